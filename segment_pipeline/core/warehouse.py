@@ -251,7 +251,7 @@ class Warehouse:
             )
         return con.execute(
             f"SELECT count(*) FROM read_parquet({sql_string(str(target))})"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
 
     def delete_partition(self, table: str, day: str | dt.date) -> None:
         path = self.partition_path(table, day)

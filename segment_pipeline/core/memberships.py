@@ -1,0 +1,181 @@
+"""Daily segment memberships, day-over-day changes and per-segment stats.
+
+For a day D:
+
+* a segment that is inactive on D (status ``inactive``, or outside ``[active_from,
+  active_until)``) is *skipped*: no members, status ``skipped``;
+* a ``dynamic`` segment is evaluated against the profiles and events as of D (``refreshed``);
+* a ``static`` segment is frozen: it keeps the members it had on its refresh day P (the
+  ``frozen_on`` date recorded in ``segment_stats``), read from the memberships of day P. Its
+  first materialization is a refresh, and so is a day listed in ``refresh_static``.
+  The refresh day is taken from the latest earlier day's stats, so running a range in one go
+  or day by day (ascending) gives identical results;
+* changes compare D with the latest earlier memberships partition (normally D-1): ``added``
+  and ``removed`` rows per segment, the dataset the ESP syncs read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import duckdb
+
+from segment_pipeline.core.segments import Catalog, compile_segments
+from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
+
+
+@dataclass
+class SegmentDayStats:
+    segment_id: str
+    name: str
+    type: str
+    status: str  # refreshed | frozen | skipped
+    frozen_on: dt.date | None
+    member_count: int = 0
+    added: int = 0
+    removed: int = 0
+
+
+@dataclass
+class MembershipReport:
+    day: dt.date
+    compared_with: dt.date | None
+    stats: list[SegmentDayStats] = field(default_factory=list)
+    total_rows: int = 0
+
+    def by_id(self) -> dict[str, SegmentDayStats]:
+        return {s.segment_id: s for s in self.stats}
+
+
+def _refresh_points(warehouse: Warehouse, con: duckdb.DuckDBPyConnection, day: dt.date) -> dict[str, dt.date]:
+    """segment_id -> frozen_on, from the latest stats partition before ``day``."""
+    earlier = [d for d in warehouse.partition_dates("segment_stats") if d < day]
+    if not earlier:
+        return {}
+    rows = con.execute(
+        f"SELECT segment_id, frozen_on FROM {warehouse.scan('segment_stats', days=[earlier[-1]])} "
+        "WHERE frozen_on IS NOT NULL"
+    ).fetchall()
+    return dict(rows)
+
+
+def compute_memberships(
+    con: duckdb.DuckDBPyConnection,
+    warehouse: Warehouse,
+    catalog: Catalog,
+    day: str | dt.date,
+    refresh_static: Iterable[str] = (),
+) -> MembershipReport:
+    day = as_date(day)
+    con.execute("SET TimeZone = 'UTC'")
+    refresh_static = set(refresh_static)
+    unknown = refresh_static - set(catalog.by_id())
+    if unknown:
+        raise ValueError(f"refresh_static names unknown segment(s) {sorted(unknown)}")
+
+    previous_points = _refresh_points(warehouse, con, day)
+    inactive: set[str] = set()
+    frozen: dict[str, dt.date] = {}
+    live: list[str] = []
+    frozen_on: dict[str, dt.date | None] = {}
+    for seg in catalog.evaluation_order():
+        if not seg.is_active_on(day):
+            inactive.add(seg.id)
+            frozen_on[seg.id] = previous_points.get(seg.id) if seg.type == "static" else None
+            continue
+        if seg.type == "static":
+            point = previous_points.get(seg.id)
+            if (
+                point is None
+                or seg.id in refresh_static
+                or point >= day
+                or not warehouse.has_partition("memberships", point)
+            ):
+                live.append(seg.id)
+                frozen_on[seg.id] = day
+            else:
+                frozen[seg.id] = point
+                frozen_on[seg.id] = point
+        else:
+            live.append(seg.id)
+            frozen_on[seg.id] = None
+
+    compiled = compile_segments(catalog, live, day, frozen=set(frozen), inactive=inactive)
+    frozen_rel = _frozen_relation(warehouse, frozen)
+    query = compiled.render(
+        profiles=warehouse.scan("profiles", days=[day]),
+        events=warehouse.scan("raw_events", upto=day),
+        frozen=frozen_rel,
+    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE seg_eval AS {query}", compiled.params)
+    parts = []
+    for seg_id, col in compiled.columns.items():
+        parts.append(f"SELECT {sql_string(seg_id)} AS segment_id, identity_id, email FROM seg_eval WHERE {col}")
+    if frozen:
+        parts.append(f"SELECT segment_id, identity_id, email FROM {frozen_rel}")
+    members_sql = " UNION ALL ".join(parts) if parts else "SELECT NULL::VARCHAR AS segment_id, NULL::VARCHAR AS identity_id, NULL::VARCHAR AS email LIMIT 0"
+    total = warehouse.write_partition(con, "memberships", day, members_sql)
+    con.execute("DROP TABLE IF EXISTS seg_eval")
+
+    earlier = [d for d in warehouse.partition_dates("memberships") if d < day]
+    compared_with = earlier[-1] if earlier else None
+    today = warehouse.scan("memberships", days=[day])
+    before = warehouse.scan("memberships", days=[compared_with]) if compared_with else warehouse.empty_relation("memberships")
+    changes_sql = f"""
+        SELECT segment_id, identity_id, email, 'added' AS change FROM (
+            SELECT segment_id, identity_id, email FROM {today}
+            EXCEPT SELECT segment_id, identity_id, email FROM {before})
+        UNION ALL
+        SELECT segment_id, identity_id, email, 'removed' AS change FROM (
+            SELECT segment_id, identity_id, email FROM {before}
+            EXCEPT SELECT segment_id, identity_id, email FROM {today})
+    """
+    warehouse.write_partition(con, "membership_changes", day, changes_sql)
+
+    counts = {
+        seg: (n, a, r)
+        for seg, n, a, r in con.execute(f"""
+            WITH m AS (SELECT segment_id, count(*) AS n FROM {today} GROUP BY segment_id),
+                 c AS (SELECT segment_id,
+                              count(*) FILTER (WHERE change = 'added') AS a,
+                              count(*) FILTER (WHERE change = 'removed') AS r
+                       FROM {warehouse.scan('membership_changes', days=[day])} GROUP BY segment_id)
+            SELECT segment_id, coalesce(m.n, 0), coalesce(c.a, 0), coalesce(c.r, 0)
+            FROM m FULL OUTER JOIN c USING (segment_id)
+        """).fetchall()
+    }
+    report = MembershipReport(day=day, compared_with=compared_with, total_rows=total)
+    for seg in catalog.segments:
+        status = "skipped" if seg.id in inactive else ("frozen" if seg.id in frozen else "refreshed")
+        n, a, r = counts.get(seg.id, (0, 0, 0))
+        report.stats.append(SegmentDayStats(seg.id, seg.name, seg.type, status, frozen_on.get(seg.id), n, a, r))
+    # Removals of segments no longer in the catalog still count in the changes dataset.
+    _write_stats(con, warehouse, day, report.stats)
+    return report
+
+
+def _frozen_relation(warehouse: Warehouse, frozen: dict[str, dt.date]) -> str:
+    if not frozen:
+        return warehouse.empty_relation("memberships")
+    parts = [
+        f"SELECT segment_id, identity_id, email FROM {warehouse.scan('memberships', days=[point])} "
+        f"WHERE segment_id = {sql_string(seg_id)}"
+        for seg_id, point in sorted(frozen.items())
+    ]
+    return "(" + " UNION ALL ".join(parts) + ")"
+
+
+def _write_stats(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: dt.date, stats: list[SegmentDayStats]) -> None:
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE seg_stats (segment_id VARCHAR, segment_name VARCHAR, segment_type VARCHAR, "
+        "status VARCHAR, frozen_on DATE, member_count BIGINT, added BIGINT, removed BIGINT)"
+    )
+    if stats:
+        con.executemany(
+            "INSERT INTO seg_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(s.segment_id, s.name, s.type, s.status, s.frozen_on, s.member_count, s.added, s.removed) for s in stats],
+        )
+    warehouse.write_partition(con, "segment_stats", day, "SELECT * FROM seg_stats")
+    con.execute("DROP TABLE seg_stats")
