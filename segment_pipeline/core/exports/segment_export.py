@@ -1,0 +1,486 @@
+"""Per-segment user export, the shape of the common ``/users/export/segment`` APIs.
+
+Request (see :class:`SegmentExportRequest`)::
+
+    {"segment_id": "...",                      required
+     "fields_to_export": ["email", ...],        required, names from SUPPORTED_FIELDS
+     "output_format": "zip" | "gzip",           optional, default "zip"
+     "callback_endpoint": "https://..."}        optional
+
+Output: the segment's members (``memberships`` of the export day, default the newest day with
+memberships) as NDJSON user objects holding only the requested fields, in files of at most 5,000
+users (so ``ceil(members / 5000)`` files), each zipped (one ``<random>.json`` entry) or gzipped::
+
+    segment-export/<SEGMENT_ID>/<YYYY-MM-DD>/<RANDOM_UUID>-<TIMESTAMP>/<random>.zip|.gz
+    segment-export/<SEGMENT_ID>/<YYYY-MM-DD>/<RANDOM_UUID>-<TIMESTAMP>.manifest.json
+
+``SEGMENT_ID`` is the percent-encoded id (:func:`.keys.encode_segment`), ``YYYY-MM-DD`` the UTC
+day and ``TIMESTAMP`` the unix time (seconds) when the export started. The manifest (files, line
+counts, request) is written last: an export folder without its manifest is incomplete. Locally
+the folder appears in one rename; on S3 files are uploaded whole, deleted again if the export
+fails, and folders a crashed export left without manifest are swept by the segment's next export.
+
+Values follow the reference promise "the least data possible": a field the user has no value for
+is left out of the object (read a missing field as null / empty). Field meanings:
+
+* ``braze_id`` (alias ``identity_id``): our identity id; ``external_id``: ``customer_id``;
+  ``home_city``: ``city``; ``dob``: ``YYYY-MM-DD``; ``created_at``: ISO 8601 UTC (``...Z``);
+  ``custom_attributes``: ``{"loyalty_tier": ...}``.
+* ``purchases``: order events grouped by ``product_id`` (``name``); ``custom_events``: every other
+  event grouped by ``event_type``. Each item is ``{"name", "first", "last", "count"}`` where
+  ``first``, ``last`` and ``count`` (number of events) cover *all* events that occurred up to the
+  end of the export day, and only items whose ``last`` falls in the 90 days ending with the
+  export day (``last >= export_day - 89 days``, 00:00 UTC) are listed, sorted by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gzip
+import io
+import json
+import math
+import shutil
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from segment_pipeline.core.exports.callback import CallbackResult, post_callback, redact, validate_endpoint
+from segment_pipeline.core.exports.daily_feed import ExportInputError, _local_copy
+from segment_pipeline.core.exports.keys import encode_segment, join_key
+from segment_pipeline.core.exports.locks import global_slot, segment_lock
+from segment_pipeline.core.exports.storage import ExportStorage, LocalExportStorage
+from segment_pipeline.core.warehouse import Warehouse, as_date
+
+EXPORT_PREFIX = "segment-export"
+LOCK_KIND = "segment-export"
+CHUNK_SIZE = 5000
+OUTPUT_FORMATS = {"zip": ".zip", "gzip": ".gz"}
+EVENT_WINDOW_DAYS = 90
+MANIFEST_SUFFIX = ".manifest.json"
+
+_TS = "'%Y-%m-%dT%H:%M:%SZ'"
+
+#: field name -> SQL for its JSON value over ``p`` (profile), ``m`` (member) and ``ev`` (events);
+#: NULL leaves the field out of the object.
+SUPPORTED_FIELDS: dict[str, str] = {
+    "braze_id": "to_json(m.identity_id)",
+    "identity_id": "to_json(m.identity_id)",
+    "external_id": "to_json(p.customer_id)",
+    "email": "to_json(coalesce(p.email, m.email))",
+    "first_name": "to_json(p.first_name)",
+    "last_name": "to_json(p.last_name)",
+    "country": "to_json(p.country)",
+    "home_city": "to_json(p.city)",
+    "language": "to_json(p.language)",
+    "time_zone": "to_json(p.time_zone)",
+    "dob": "to_json(strftime(p.dob, '%Y-%m-%d'))",
+    "gender": "to_json(p.gender)",
+    "phone": "to_json(p.phone)",
+    "random_bucket": "to_json(p.random_bucket)",
+    "total_revenue": "to_json(p.total_revenue)",
+    "created_at": f"to_json(strftime(p.created_at, {_TS}))",
+    "custom_attributes": "CASE WHEN p.loyalty_tier IS NOT NULL THEN json_object('loyalty_tier', p.loyalty_tier)::VARCHAR END",
+    "purchases": "to_json(ev.purchases)",
+    "custom_events": "to_json(ev.custom_events)",
+}
+_EVENT_FIELDS = {"purchases", "custom_events"}
+
+
+class SegmentExportRequestError(ValueError):
+    """A request that cannot run; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SegmentExportRequest:
+    segment_id: str
+    fields_to_export: tuple[str, ...]
+    output_format: str = "zip"
+    callback_endpoint: str | None = None
+
+    @classmethod
+    def parse(cls, body: Mapping[str, object]) -> SegmentExportRequest:
+        unknown_keys = sorted(set(body) - {"segment_id", "fields_to_export", "output_format", "callback_endpoint"})
+        if unknown_keys:
+            raise SegmentExportRequestError(f"unknown request field(s) {unknown_keys}")
+        segment_id = body.get("segment_id")
+        if not isinstance(segment_id, str) or not segment_id.strip():
+            raise SegmentExportRequestError(f"segment_id is required (a non-empty string), got {segment_id!r}")
+        try:
+            encode_segment(segment_id)
+        except ValueError as exc:
+            raise SegmentExportRequestError(f"segment_id: {exc}") from exc
+        fields = body.get("fields_to_export")
+        if fields is None:
+            raise SegmentExportRequestError(
+                f"fields_to_export is required; valid fields: {', '.join(SUPPORTED_FIELDS)}"
+            )
+        if isinstance(fields, str) or not isinstance(fields, Sequence) or not fields:
+            raise SegmentExportRequestError("fields_to_export must be a non-empty list of field names")
+        bad = [f for f in fields if f not in SUPPORTED_FIELDS]
+        if bad:
+            raise SegmentExportRequestError(
+                f"fields_to_export: unknown field(s) {bad} for segment {segment_id!r}; "
+                f"valid fields: {', '.join(SUPPORTED_FIELDS)}"
+            )
+        output_format = body.get("output_format") or "zip"
+        if output_format not in OUTPUT_FORMATS:
+            raise SegmentExportRequestError(
+                f"output_format must be one of {sorted(OUTPUT_FORMATS)}, got {output_format!r}"
+            )
+        callback = body.get("callback_endpoint") or None
+        if callback is not None:
+            try:
+                validate_endpoint(str(callback))
+            except ValueError as exc:
+                raise SegmentExportRequestError(str(exc)) from exc
+        return cls(segment_id, tuple(dict.fromkeys(fields)), str(output_format), callback)
+
+
+@dataclass
+class ExportedFile:
+    key: str
+    lines: int
+    bytes: int
+
+
+@dataclass
+class SegmentExportResult:
+    segment_id: str
+    as_of: str
+    started_at: int
+    object_prefix: str
+    prefix: str
+    manifest_key: str
+    location: str
+    url: str
+    output_format: str
+    fields: list[str]
+    members: int
+    files: list[ExportedFile] = field(default_factory=list)
+    callback: CallbackResult | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(f.lines for f in self.files)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+
+def segment_prefix(segment_id: str) -> str:
+    return join_key(EXPORT_PREFIX, encode_segment(segment_id))
+
+
+def latest_membership_day(warehouse: Warehouse) -> dt.date:
+    days = warehouse.partition_dates("memberships")
+    if not days:
+        raise ExportInputError("no memberships partition exists yet: nothing to export")
+    return days[-1]
+
+
+def member_lines_sql(warehouse: Warehouse, fields: Sequence[str], as_of: dt.date) -> str:
+    """One VARCHAR column ``line`` (a JSON object plus ``\\n``) per member; ``?`` = segment_id."""
+    members = warehouse.scan("memberships", days=[as_of])
+    profiles = warehouse.scan("profiles", days=[as_of])
+    parts = ", ".join(f"'\"{name}\":' || ({SUPPORTED_FIELDS[name]})" for name in fields)
+    ctes = [
+        f"m AS (SELECT identity_id, any_value(email) AS email FROM {members} "
+        "WHERE segment_id = $segment_id GROUP BY identity_id)"
+    ]
+    event_join = ""
+    if _EVENT_FIELDS & set(fields):
+        events = warehouse.scan("raw_events", upto=as_of)
+        window_start = as_of - dt.timedelta(days=EVENT_WINDOW_DAYS - 1)
+        day_end = as_of + dt.timedelta(days=1)
+        ctes.append(
+            f"""items AS (
+                SELECT e.email, e.event_type = 'order' AS is_order,
+                       CASE WHEN e.event_type = 'order' THEN e.product_id ELSE e.event_type END AS name,
+                       min(e.occurred_at) AS first, max(e.occurred_at) AS last, count(*) AS count
+                FROM {events} e
+                WHERE e.occurred_at < DATE '{day_end}'
+                  AND e.email IN (SELECT coalesce(p.email, m.email) FROM m LEFT JOIN {profiles} p USING (identity_id))
+                GROUP BY ALL
+                HAVING name IS NOT NULL AND max(e.occurred_at) >= DATE '{window_start}')"""
+        )
+        item = f"{{'name': name, 'first': strftime(first, {_TS}), 'last': strftime(last, {_TS}), 'count': count}}"
+        ctes.append(
+            f"""ev AS (
+                SELECT email,
+                       list({item} ORDER BY name) FILTER (WHERE is_order) AS purchases,
+                       list({item} ORDER BY name) FILTER (WHERE NOT is_order) AS custom_events
+                FROM items GROUP BY email)"""
+        )
+        event_join = "LEFT JOIN ev ON ev.email = coalesce(p.email, m.email)"
+    return f"""
+        WITH {", ".join(ctes)}
+        SELECT '{{' || concat_ws(',', {parts}) || '}}' || chr(10) AS line
+        FROM m LEFT JOIN {profiles} p ON p.identity_id = m.identity_id {event_join}
+    """
+
+
+def _check_segment(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, segment_id: str, as_of: dt.date) -> int:
+    members = con.execute(
+        f"SELECT count(DISTINCT identity_id) FROM {warehouse.scan('memberships', days=[as_of])} "
+        "WHERE segment_id = ?",
+        [segment_id],
+    ).fetchone()[0]
+    if members:
+        return members
+    stats = warehouse.scan("segment_stats", days=[as_of])
+    known = con.execute(f"SELECT count(*) FROM {stats} WHERE segment_id = ?", [segment_id]).fetchone()[0]
+    if not known:
+        some = [r[0] for r in con.execute(f"SELECT DISTINCT segment_id FROM {stats} ORDER BY 1 LIMIT 10").fetchall()]
+        raise ExportInputError(f"segment {segment_id!r} does not exist on {as_of} (known segments include {some})")
+    return 0
+
+
+def _line_chunks(reader: pa.RecordBatchReader, chunk_size: int) -> Iterator[tuple[list[memoryview], int]]:
+    """Group the ``line`` strings into runs of ``chunk_size`` as zero-copy views of Arrow buffers."""
+    pieces: list[memoryview] = []
+    count = 0
+    for batch in reader:
+        arr = batch.column(0)
+        if arr.type not in (pa.string(), pa.large_string()):
+            arr = arr.cast(pa.large_string())
+        offsets = arr.offsets
+        data = memoryview(arr.buffers()[2] or b"")
+        pos, n = 0, len(arr)
+        while pos < n:
+            take = min(chunk_size - count, n - pos)
+            start, stop = offsets[pos].as_py(), offsets[pos + take].as_py()
+            pieces.append(data[start:stop])
+            count += take
+            pos += take
+            if count == chunk_size:
+                yield pieces, count
+                pieces, count = [], 0
+    if count:
+        yield pieces, count
+
+
+def _write_chunk(path, name: str, pieces: list[memoryview], output_format: str, started: dt.datetime) -> None:
+    if output_format == "zip":
+        info = zipfile.ZipInfo(f"{name}.json", date_time=started.timetuple()[:6])
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with zipfile.ZipFile(path, "w") as zf, zf.open(info, "w") as entry:
+            for piece in pieces:
+                entry.write(piece)
+    else:
+        with open(path, "wb") as raw, gzip.GzipFile(
+            filename=f"{name}.json", mode="wb", fileobj=raw, compresslevel=6, mtime=int(started.timestamp())
+        ) as gz:
+            for piece in pieces:
+                gz.write(piece)
+
+
+def sweep_incomplete(storage: ExportStorage, segment_id: str) -> list[str]:
+    """Delete export folders of ``segment_id`` that have no manifest (left by crashed exports).
+
+    Only safe while holding the segment's export lock (no other export of it is running).
+    """
+    prefix = segment_prefix(segment_id)
+    keys = storage.list_keys(prefix)
+    manifests = {k[: -len(MANIFEST_SUFFIX)] for k in keys if k.endswith(MANIFEST_SUFFIX)}
+    folders = {k.rsplit("/", 1)[0] for k in keys if not k.endswith(MANIFEST_SUFFIX)}
+    removed = sorted(f for f in folders if f.count("/") == 3 and f not in manifests)
+    for folder in removed:
+        storage.delete_prefix(folder)
+    if isinstance(storage, LocalExportStorage):
+        for leftover in storage.list_temporaries(prefix):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+    return removed
+
+
+def export_segment(
+    con: duckdb.DuckDBPyConnection,
+    warehouse: Warehouse,
+    storage: ExportStorage,
+    request: SegmentExportRequest,
+    *,
+    as_of: str | dt.date | None = None,
+    started_at: float | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    batch_rows: int = 65536,
+    progress: Callable[[int, int], None] | None = None,
+) -> SegmentExportResult:
+    """Write the export files and then the manifest (no lock, no callback: see :func:`run_segment_export`)."""
+    day = as_date(as_of) if as_of is not None else latest_membership_day(warehouse)
+    members = _check_segment(con, warehouse, request.segment_id, day)
+    started_ts = int(started_at if started_at is not None else time.time())
+    started = dt.datetime.fromtimestamp(started_ts, tz=dt.UTC)
+    object_prefix = f"{uuid.uuid4()}-{started_ts}"
+    date_prefix = join_key(EXPORT_PREFIX, encode_segment(request.segment_id), started.date().isoformat())
+    prefix = f"{date_prefix}/{object_prefix}"
+    ext = OUTPUT_FORMATS[request.output_format]
+    files: list[ExportedFile] = []
+    sql = member_lines_sql(warehouse, request.fields_to_export, day)
+    reader = con.sql(sql, params={"segment_id": request.segment_id}).to_arrow_reader(batch_rows)
+    with storage.batch(prefix) as batch:
+        for pieces, lines in _line_chunks(reader, chunk_size):
+            name = uuid.uuid4().hex
+            with batch.writer(name + ext) as tmp:
+                _write_chunk(tmp, name, pieces, request.output_format, started)
+                size = tmp.stat().st_size
+            files.append(ExportedFile(f"{prefix}/{name}{ext}", lines, size))
+            if progress:
+                progress(len(files), sum(f.lines for f in files))
+    exported = sum(f.lines for f in files)
+    if exported != members:
+        raise ExportInputError(f"segment {request.segment_id!r}: exported {exported} users but it has {members} members")
+    result = SegmentExportResult(
+        segment_id=request.segment_id,
+        as_of=day.isoformat(),
+        started_at=started_ts,
+        object_prefix=object_prefix,
+        prefix=prefix,
+        manifest_key=prefix + MANIFEST_SUFFIX,
+        location=storage.location(prefix),
+        url=storage.url(prefix),
+        output_format=request.output_format,
+        fields=list(request.fields_to_export),
+        members=members,
+        files=files,
+    )
+    manifest = {
+        "segment_id": request.segment_id,
+        "as_of": result.as_of,
+        "started_at": started_ts,
+        "finished_at": int(time.time()),
+        "object_prefix": object_prefix,
+        "prefix": prefix,
+        "output_format": request.output_format,
+        "fields_to_export": result.fields,
+        "members": members,
+        "files": [asdict(f) for f in files],
+    }
+    storage.put_bytes(result.manifest_key, json.dumps(manifest, ensure_ascii=False, indent=1).encode())
+    return result
+
+
+def callback_payload(storage: ExportStorage, result: SegmentExportResult) -> dict:
+    """``{"success": true}``, plus ``url`` when exports are not in the partner's own S3 bucket."""
+    payload: dict[str, object] = {"success": True}
+    if storage.kind != "s3":
+        payload["url"] = result.url
+    return payload
+
+
+def run_segment_export(
+    con: duckdb.DuckDBPyConnection,
+    warehouse: Warehouse,
+    storage: ExportStorage,
+    request: SegmentExportRequest,
+    *,
+    owner: str = "",
+    as_of: str | dt.date | None = None,
+    max_concurrent: int = 4,
+    lock_stale_after: float = 6 * 3600,
+    callback_attempts: int = 5,
+    callback_backoff_seconds: float = 1.0,
+    callback_token: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> SegmentExportResult:
+    """The whole request: one export per segment and ``max_concurrent`` overall (fail fast
+    otherwise), sweep leftovers of crashed exports, export, then the callback (outcome recorded
+    on the result; a failing callback never undoes the published export)."""
+    started_at = time.time()
+    encoded = encode_segment(request.segment_id)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            segment_lock(storage, LOCK_KIND, encoded, request.segment_id, owner=owner, stale_after=lock_stale_after)
+        )
+        stack.enter_context(global_slot(storage, LOCK_KIND, max_concurrent, owner=owner, stale_after=lock_stale_after))
+        swept = sweep_incomplete(storage, request.segment_id)
+        if swept:
+            log(f"removed {len(swept)} incomplete export folder(s) of segment {request.segment_id!r}: {swept}")
+        result = export_segment(
+            con, warehouse, storage, request, as_of=as_of, started_at=started_at, progress=progress
+        )
+    if request.callback_endpoint:
+        result.callback = post_callback(
+            request.callback_endpoint,
+            callback_payload(storage, result),
+            attempts=callback_attempts,
+            backoff_seconds=callback_backoff_seconds,
+            bearer_token=callback_token,
+        )
+        outcome = "delivered" if result.callback.delivered else "FAILED"
+        log(
+            f"callback to {redact(request.callback_endpoint)} {outcome} after {result.callback.attempts} "
+            f"attempt(s): {result.callback.history}"
+        )
+    return result
+
+
+# -- verification (asset check) --------------------------------------------------------------------
+
+
+@dataclass
+class SegmentExportCheck:
+    passed: bool
+    expected_files: int
+    files: int
+    lines: int
+    members: int
+    problems: list[str]
+
+
+def verify_segment_export(
+    storage: ExportStorage, manifest_key: str, members: int, chunk_size: int = CHUNK_SIZE
+) -> SegmentExportCheck:
+    """Re-read a published export: ``ceil(members / chunk_size)`` files whose decompressed line
+    counts (each at most ``chunk_size``) add up to ``members``, exactly the files of the manifest."""
+    problems: list[str] = []
+    raw = storage.get_bytes(manifest_key)
+    expected_files = math.ceil(members / chunk_size)
+    if raw is None:
+        return SegmentExportCheck(False, expected_files, 0, 0, members, [f"manifest {manifest_key} missing"])
+    manifest = json.loads(raw)
+    keys = storage.list_keys(manifest["prefix"])
+    if sorted(keys) != sorted(f["key"] for f in manifest["files"]):
+        problems.append("the files present differ from the manifest")
+    if len(keys) != expected_files:
+        problems.append(f"{len(keys)} files, expected ceil({members}/{chunk_size}) = {expected_files}")
+    total = 0
+    for key in keys:
+        with _local_copy(storage, key) as path:
+            lines = _count_lines_compressed(path, key)
+        if lines > chunk_size:
+            problems.append(f"{key} holds {lines} lines (> {chunk_size})")
+        total += lines
+    if total != members:
+        problems.append(f"{total} lines in all files for {members} members")
+    return SegmentExportCheck(not problems, expected_files, len(keys), total, members, problems)
+
+
+def _count_lines_compressed(path, key: str) -> int:
+    count = 0
+    if key.endswith(".zip"):
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                with zf.open(name) as fh:
+                    count += _count_stream(fh)
+    else:
+        with gzip.open(path, "rb") as fh:
+            count += _count_stream(fh)
+    return count
+
+
+def _count_stream(fh: io.BufferedIOBase) -> int:
+    count = 0
+    while chunk := fh.read(1 << 20):
+        count += chunk.count(b"\n")
+    return count
