@@ -214,7 +214,7 @@ class Warehouse:
         if not selected:
             return self.empty_relation(table)
         files = ", ".join(sql_string(str(self.partition_path(table, d))) for d in selected)
-        return f"read_parquet([{files}], hive_partitioning = true, hive_types = {{'date': DATE}})"
+        return f"read_parquet([{files}], hive_partitioning = true, hive_types = {{'date': 'DATE'}})"
 
     @staticmethod
     def empty_relation(table: str) -> str:

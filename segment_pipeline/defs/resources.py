@@ -1,7 +1,5 @@
 """Resources shared by every stage: where the warehouse, the landing zone and the segments live."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from segment_pipeline import settings

@@ -1,0 +1,224 @@
+"""Segment memberships: one asset for the membership dataset, one per segment for the UI.
+
+Every segment in the definitions file becomes an asset (``segment/<id>``) whose page shows its
+member-count trend, day-over-day changes and a preview of the first 100 members; all of them are
+computed together in one pass over profiles and events by the ``memberships`` multi-asset. An
+invalid definitions file stops the code location from loading, with a message naming the segment.
+Edit the YAML and reload the code location to add or change segments.
+"""
+
+import datetime as dt
+
+import dagster as dg
+import yaml
+
+from segment_pipeline import settings
+from segment_pipeline.core.memberships import compute_memberships
+from segment_pipeline.core.segments import Catalog, load_catalog
+from segment_pipeline.core.warehouse import Warehouse, connect, sql_string
+from segment_pipeline.defs.partitions import daily_partitions, partition_days, single_run
+from segment_pipeline.defs.resources import SegmentCatalogResource, WarehouseResource
+
+MEMBERSHIPS = dg.AssetKey("memberships")
+CHANGES = dg.AssetKey("membership_changes")
+PREVIEW_ROWS = 100
+
+
+def segment_key(segment_id: str) -> dg.AssetKey:
+    return dg.AssetKey(["segment", segment_id])
+
+
+class MembershipsConfig(dg.Config):
+    refresh_static: list[str] = []
+    """Ids of static segments to re-evaluate (refresh) on the materialized day(s)."""
+
+
+def _segment_spec(seg) -> dg.AssetSpec:
+    window = []
+    if seg.active_from:
+        window.append(f"from {seg.active_from}")
+    if seg.active_until:
+        window.append(f"until {seg.active_until} (exclusive)")
+    description = "\n\n".join(
+        part
+        for part in [
+            f"**{seg.name}** ({seg.type}, {seg.status}{', ' + ', '.join(window) if window else ''})",
+            seg.description,
+            "Rule:\n```yaml\n" + yaml.safe_dump(dict(seg.rule), sort_keys=False, allow_unicode=True) + "```",
+        ]
+        if part
+    )
+    synced = [k for k, v in seg.sync.items() if v]
+    return dg.AssetSpec(
+        segment_key(seg.id),
+        deps=[MEMBERSHIPS],
+        description=description,
+        group_name="segments",
+        kinds={"duckdb"},
+        skippable=True,
+        tags={f"sync/{k}": "" for k in synced},
+        metadata={"segment_name": seg.name, "segment_type": seg.type},
+    )
+
+
+def build_memberships_asset(catalog: Catalog) -> dg.AssetsDefinition:
+    @dg.multi_asset(
+        name="compute_memberships",
+        specs=[
+            dg.AssetSpec(
+                MEMBERSHIPS,
+                deps=[dg.AssetKey("profiles"), dg.AssetKey("raw_events")],
+                description="One row per (date, segment, identity): the daily segment membership snapshot.",
+                group_name="segments",
+                kinds={"duckdb", "parquet"},
+            ),
+            dg.AssetSpec(
+                CHANGES,
+                deps=[MEMBERSHIPS],
+                description="Day-over-day membership changes (added/removed per segment), read by the syncs.",
+                group_name="segments",
+                kinds={"duckdb", "parquet"},
+            ),
+            *[_segment_spec(seg) for seg in catalog.segments],
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "known_segments_and_identities",
+                asset=MEMBERSHIPS,
+                blocking=True,
+                description="Memberships only reference segments in the catalog and identities in that day's profiles.",
+            ),
+        ],
+        partitions_def=daily_partitions,
+        backfill_policy=single_run,
+        can_subset=False,
+    )
+    def compute_memberships_asset(
+        context: dg.AssetExecutionContext,
+        config: MembershipsConfig,
+        warehouse: WarehouseResource,
+        segment_catalog: SegmentCatalogResource,
+    ):
+        wh = warehouse.get()
+        runtime_catalog = segment_catalog.load()
+        known_specs = set(context.selected_asset_keys)
+        con = connect()
+        problems: list[str] = []
+        for day in partition_days(context):
+            report = compute_memberships(con, wh, runtime_catalog, day, refresh_static=config.refresh_static)
+            key = day.isoformat()
+            stats = report.by_id()
+            counts = {f"members/{s.segment_id}": s.member_count for s in report.stats}
+            context.add_asset_metadata(
+                {
+                    "total_memberships": report.total_rows,
+                    "segments_refreshed": sum(s.status == "refreshed" for s in report.stats),
+                    "segments_frozen": sum(s.status == "frozen" for s in report.stats),
+                    "segments_skipped": sum(s.status == "skipped" for s in report.stats),
+                    **counts,
+                    "summary": dg.MetadataValue.md(_summary_table(report.stats)),
+                    "path": dg.MetadataValue.path(str(wh.partition_path("memberships", day))),
+                },
+                asset_key=MEMBERSHIPS,
+                partition_key=key,
+            )
+            context.add_asset_metadata(
+                {
+                    "added": sum(s.added for s in report.stats),
+                    "removed": sum(s.removed for s in report.stats),
+                    "compared_with": str(report.compared_with or "nothing (first day)"),
+                    **{f"added/{s.segment_id}": s.added for s in report.stats},
+                    **{f"removed/{s.segment_id}": s.removed for s in report.stats},
+                    "path": dg.MetadataValue.path(str(wh.partition_path("membership_changes", day))),
+                },
+                asset_key=CHANGES,
+                partition_key=key,
+            )
+            previews = _previews(con, wh, day, [s for s in stats if segment_key(s) in known_specs])
+            for seg_id, seg_stats in stats.items():
+                spec_key = segment_key(seg_id)
+                if spec_key not in known_specs:
+                    continue
+                context.add_asset_metadata(
+                    {
+                        "member_count": seg_stats.member_count,
+                        "added": seg_stats.added,
+                        "removed": seg_stats.removed,
+                        "status": seg_stats.status,
+                        "frozen_on": str(seg_stats.frozen_on or ""),
+                        "preview": dg.MetadataValue.md(previews.get(seg_id, "_no members_")),
+                    },
+                    asset_key=spec_key,
+                    partition_key=key,
+                )
+            problems.extend(_integrity_problems(con, wh, runtime_catalog, day))
+        stale = sorted(k.path[-1] for k in known_specs if k.path[0] == "segment" and k.path[-1] not in runtime_catalog.by_id())
+        if stale:
+            context.log.warning(f"segment asset(s) {stale} are no longer in the definitions file: reload the code location")
+        # dataset first, then the per-segment assets that depend on it (topological order)
+        yield dg.MaterializeResult(asset_key=MEMBERSHIPS)
+        yield dg.MaterializeResult(asset_key=CHANGES)
+        for spec_key in sorted(known_specs - {MEMBERSHIPS, CHANGES}, key=lambda k: k.path):
+            if spec_key.path[-1] in runtime_catalog.by_id():
+                yield dg.MaterializeResult(asset_key=spec_key)
+        yield dg.AssetCheckResult(
+            asset_key=MEMBERSHIPS,
+            check_name="known_segments_and_identities",
+            passed=not problems,
+            metadata={"problems": dg.MetadataValue.json(problems[:50])},
+        )
+
+    return compute_memberships_asset
+
+
+def _summary_table(stats) -> str:
+    lines = ["| segment | name | type | status | members | added | removed |", "|---|---|---|---|---|---|---|"]
+    for s in stats:
+        name = s.name.replace("|", "\\|")
+        lines.append(f"| {s.segment_id} | {name} | {s.type} | {s.status} | {s.member_count} | {s.added} | {s.removed} |")
+    return "\n".join(lines)
+
+
+def _previews(con, wh: Warehouse, day: dt.date, segment_ids: list[str]) -> dict[str, str]:
+    """Markdown tables of the first 100 members (by email) of each segment."""
+    if not segment_ids:
+        return {}
+    rows = con.execute(
+        f"""
+        SELECT m.segment_id, m.email, p.country, p.city, p.order_count, p.total_revenue, p.top_brand_90d
+        FROM (SELECT * FROM {wh.scan('memberships', days=[day])}
+              QUALIFY row_number() OVER (PARTITION BY segment_id ORDER BY email) <= {PREVIEW_ROWS}) m
+        LEFT JOIN {wh.scan('profiles', days=[day])} p USING (identity_id)
+        ORDER BY m.segment_id, m.email
+        """
+    ).fetchall()
+    tables: dict[str, list[str]] = {}
+    for seg_id, email, country, city, orders, revenue, brand in rows:
+        table = tables.setdefault(
+            seg_id, ["| email | country | city | orders | revenue | top brand |", "|---|---|---|---|---|---|"]
+        )
+        cells = [email, country, city, orders, f"{revenue:.2f}" if revenue is not None else "", brand]
+        table.append("| " + " | ".join("" if c is None else str(c).replace("|", "\\|") for c in cells) + " |")
+    return {seg: "\n".join(lines) for seg, lines in tables.items()}
+
+
+def _integrity_problems(con, wh: Warehouse, catalog: Catalog, day: dt.date) -> list[str]:
+    known = ", ".join(sql_string(s) for s in catalog.by_id()) or "NULL"
+    rows = con.execute(
+        f"""
+        SELECT 'unknown segment ' || segment_id, count(*) FROM {wh.scan('memberships', days=[day])}
+        WHERE segment_id NOT IN ({known}) GROUP BY segment_id
+        UNION ALL
+        SELECT 'identity not in profiles', count(*) FROM {wh.scan('memberships', days=[day])} m
+        ANTI JOIN {wh.scan('profiles', days=[day])} p USING (identity_id)
+        HAVING count(*) > 0
+        UNION ALL
+        SELECT 'duplicate (segment, identity)', count(*) - count(DISTINCT (segment_id, identity_id))
+        FROM {wh.scan('memberships', days=[day])}
+        HAVING count(*) - count(DISTINCT (segment_id, identity_id)) > 0
+        """
+    ).fetchall()
+    return [f"{day}: {what} ({n} rows)" for what, n in rows]
+
+
+memberships_asset = build_memberships_asset(load_catalog(settings.segments_file()))
