@@ -1,0 +1,1 @@
+"""Clients for email service platforms (no Dagster here)."""

@@ -1,0 +1,179 @@
+"""dotdigital v2 REST client (HTTP Basic with the API user).
+
+Only what the sync needs, shaped as ``v2-api-swagger.json`` describes it: data fields (list,
+create), address books (list, create), CSV contact import into an address book with a merge option
+(``ApiFileMedia``: file name + base64 data), import progress, report and faults.
+
+Imports carry only two columns, ``Email`` and our data field, so no other contact data is ever
+touched; there is no opt-in or consent column, so new contacts get dotdigital's default opt-in
+type (Unknown) and existing contacts keep theirs.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy
+
+DEFAULT_BASE_URL = "https://r1-api.dotdigital.com"
+MAX_FILE_BYTES = 50 * 1024 * 1024
+#: Per-minute limits per tier. dotdigital's numbers depend on the account package; these are
+#: conservative defaults, overridable (``limits=``) when an account has more.
+DEFAULT_LIMITS: dict[str, list[tuple[int, float]]] = {
+    "import": [(20, 60.0)],
+    "default": [(300, 60.0)],
+}
+FINISHED = "Finished"
+FAILED_STATUSES = {"RejectedByWatchdog", "InvalidFileFormat", "Failed", "ExceedsAllowedContactLimit", "Unknown"}
+
+
+@dataclass(frozen=True)
+class ImportFault:
+    email: str | None
+    reason: str
+
+
+def contacts_csv(rows: Iterable[tuple[str, str]], field: str) -> bytes:
+    """``Email,<FIELD>`` CSV (RFC 4180 quoting) for ``(email, value)`` rows; an empty value clears."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\r\n")
+    w.writerow(["Email", field])
+    w.writerows(rows)
+    return out.getvalue().encode("utf-8")
+
+
+class DotdigitalClient:
+    def __init__(
+        self,
+        username: str,
+        password: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        policy: RetryPolicy | None = None,
+        limits: Mapping[str, list[tuple[int, float]]] | None = None,
+        pool_size: int = 8,
+        poll_initial: float = 2.0,
+        poll_max: float = 15.0,
+        import_timeout: float = 3600.0,
+    ):
+        if not username or not password:
+            raise ValueError("a dotdigital API user and password are required")
+        self.http = HttpSession(base_url, service="dotdigital", auth=(username, password),
+                                headers={"Accept": "application/json"},
+                                families={**DEFAULT_LIMITS, **(limits or {})}, policy=policy, pool_size=pool_size)
+        self.base_url = base_url.rstrip("/")
+        self.poll_initial, self.poll_max, self.import_timeout = poll_initial, poll_max, import_timeout
+
+    @property
+    def stats(self):
+        return self.http.stats
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- data fields ---------------------------------------------------------------------
+    def data_fields(self) -> list[dict[str, Any]]:
+        return self.http.request("GET", "/v2/data-fields", family="default").json()
+
+    def _has_field(self, name: str) -> bool:
+        return any(str(f.get("name", "")).upper() == name.upper() for f in self.data_fields())
+
+    def ensure_data_field(self, name: str, attempts: int = 5) -> None:
+        """Create the String data field ``name`` unless it exists; a failed create is re-checked."""
+        last: Exception | None = None
+        for _ in range(attempts):
+            if self._has_field(name):
+                return
+            try:
+                self.http.request("POST", "/v2/data-fields", family="default", idempotent=False, expect=(200, 201),
+                                  json_body={"name": name, "type": "String", "visibility": "Private",
+                                             "defaultValue": None}, content_type="application/json")
+                return
+            except EspAmbiguous as exc:
+                last = exc
+            except EspError as exc:
+                if exc.status == 400 and self._has_field(name):  # created concurrently
+                    return
+                raise
+            time.sleep(0.2)
+        raise EspError(f"dotdigital: could not ensure data field {name!r}: {last}")
+
+    # -- address books -------------------------------------------------------------------
+    def find_address_book(self, name: str) -> int | None:
+        skip, found = 0, []
+        while True:
+            page = self.http.request("GET", "/v2/address-books", family="default",
+                                     params={"select": 1000, "skip": skip}).json()
+            found += [b["id"] for b in page if b.get("name") == name]
+            if len(page) < 1000:
+                return min(found) if found else None
+            skip += 1000
+
+    def ensure_address_book(self, name: str, attempts: int = 5) -> int:
+        last: Exception | None = None
+        for _ in range(attempts):
+            found = self.find_address_book(name)
+            if found is not None:
+                return found
+            try:
+                resp = self.http.request("POST", "/v2/address-books", family="default", idempotent=False,
+                                         expect=(200, 201), content_type="application/json",
+                                         json_body={"name": name, "visibility": "Private"})
+                return int(resp.json()["id"])
+            except EspAmbiguous as exc:
+                last = exc
+            time.sleep(0.2)
+        raise EspError(f"dotdigital: could not ensure address book {name!r}: {last}")
+
+    # -- imports -------------------------------------------------------------------------
+    def start_import(self, address_book_id: int, csv_bytes: bytes, merge_option: str, file_name: str = "nosto.csv") -> str:
+        if len(csv_bytes) > MAX_FILE_BYTES:
+            raise ValueError(f"import file of {len(csv_bytes)} bytes exceeds 50MB")
+        body = {"fileName": file_name, "data": base64.b64encode(csv_bytes).decode("ascii")}
+        resp = self.http.request(
+            "POST", f"/v2/address-books/{int(address_book_id)}/contacts/import/with-merge-option/{merge_option}",
+            family="import", json_body=body, content_type="application/json", expect=(200, 201, 202),
+        )
+        return resp.json()["id"]
+
+    def import_status(self, import_id: str) -> str:
+        return self.http.request("GET", f"/v2/contacts/import/{import_id}", family="status").json()["status"]
+
+    def wait_import(self, import_id: str) -> str:
+        delay = self.poll_initial
+        deadline = time.monotonic() + self.import_timeout
+        while True:
+            time.sleep(delay)
+            status = self.import_status(import_id)
+            if status == FINISHED:
+                return status
+            if status in FAILED_STATUSES:
+                raise EspError(f"dotdigital import {import_id} ended with status {status}")
+            if time.monotonic() > deadline:
+                raise EspError(f"dotdigital import {import_id} not finished after {self.import_timeout:.0f}s")
+            delay = min(self.poll_max, delay * 1.5)
+
+    def import_report(self, import_id: str) -> dict[str, int]:
+        return self.http.request("GET", f"/v2/contacts/import/{import_id}/report", family="default").json()
+
+    def import_faults(self, import_id: str) -> list[ImportFault]:
+        raw = self.http.request("GET", f"/v2/contacts/import/{import_id}/report-faults", family="default").content
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+        if not rows:
+            return []
+        lower = [h.strip().lower() for h in rows[0]]
+        ei = lower.index("email") if "email" in lower else None
+        ri = lower.index("reason") if "reason" in lower else None
+        return [ImportFault(row[ei].strip().lower() if ei is not None and ei < len(row) else None,
+                            (row[ri] if ri is not None and ri < len(row) else "rejected")[:500])
+                for row in rows[1:] if row]
+
+
+def field_value(segments: Sequence[str], separator: str) -> str:
+    return separator.join(segments)

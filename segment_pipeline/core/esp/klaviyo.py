@@ -1,0 +1,224 @@
+"""Klaviyo client (current JSON:API, revision header, ``Klaviyo-API-Key`` auth).
+
+Only the endpoints the sync needs, shaped exactly as the shipped OpenAPI specs describe them:
+lists (find by name, create), profile bulk import jobs (create, poll, import errors), profile
+lookup by email (to get ids for list removal) and list membership add/remove. No consent or
+subscription data is ever built here and no subscribe/unsubscribe endpoint exists in this module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy
+
+DEFAULT_BASE_URL = "https://a.klaviyo.com"
+#: The revision of the shipped specs (``/work/shared/specs/klaviyo``, ``info.version``).
+DEFAULT_REVISION = "2026-07-15"
+JSONAPI = "application/vnd.api+json"
+
+MAX_IMPORT_PROFILES = 10_000
+#: "5MB" per job; we stay under 5,000,000 bytes so either reading of "MB" holds.
+MAX_IMPORT_BYTES = 5_000_000
+MAX_LIST_MEMBERS_PER_CALL = 1_000
+MAX_FILTER_VALUES = 100  # get_profiles page[size] max
+_STEADY = [(10, 1.0), (150, 60.0)]
+#: Documented per-endpoint limits (burst per second, steady per minute), ``x-klaviyo-ratelimit``.
+DEFAULT_LIMITS: dict[str, list[tuple[int, float]]] = {
+    "bulk_import_profiles": _STEADY,
+    "get_bulk_import_profiles_job": _STEADY,
+    "get_errors_for_bulk_import_profiles_job": _STEADY,
+    "add_profiles_to_list": _STEADY,
+    "remove_profiles_from_list": _STEADY,
+    "create_list": [(10, 1.0), (150, 60.0), (150, 86400.0)],
+    "get_lists": [(75, 1.0), (750, 60.0)],
+    "get_profiles": [(75, 1.0), (750, 60.0)],
+}
+
+
+@dataclass(frozen=True)
+class ImportJob:
+    id: str
+    status: str
+    total: int
+    completed: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class ImportError_:
+    email: str | None
+    reason: str
+
+
+def profile_item(email: str, property_name: str, segments: Sequence[str]) -> bytes:
+    """One ``ProfileUpsertQueryResourceObject``, pre-encoded (so batches can be sized in bytes)."""
+    item = {"type": "profile", "attributes": {"email": email, "properties": {property_name: list(segments)}}}
+    return json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+_ENVELOPE_HEAD = b'{"data":{"type":"profile-bulk-import-job","attributes":{"profiles":{"data":['
+
+
+def import_body(items: Sequence[bytes], list_id: str | None) -> bytes:
+    """A ``ProfileImportJobCreateQuery`` from pre-encoded profile items (optionally adding them to a list)."""
+    tail = b"]}}"
+    if list_id is not None:
+        rel = {"lists": {"data": [{"type": "list", "id": list_id}]}}
+        tail += b',"relationships":' + json.dumps(rel, separators=(",", ":")).encode()
+    return _ENVELOPE_HEAD + b",".join(items) + tail + b"}}"
+
+
+#: Bytes of an import body besides the items themselves (commas included), for batch sizing.
+IMPORT_OVERHEAD_BYTES = len(import_body([], "x" * 64)) + 64
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class KlaviyoClient:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        revision: str = DEFAULT_REVISION,
+        policy: RetryPolicy | None = None,
+        limits: Mapping[str, list[tuple[int, float]]] | None = None,
+        pool_size: int = 16,
+        poll_initial: float = 1.0,
+        poll_max: float = 10.0,
+        job_timeout: float = 3600.0,
+    ):
+        if not api_key:
+            raise ValueError("a Klaviyo private API key is required")
+        self.http = HttpSession(
+            base_url, service="klaviyo",
+            headers={"Authorization": f"Klaviyo-API-Key {api_key}", "revision": revision, "Accept": JSONAPI},
+            families={**DEFAULT_LIMITS, **(limits or {})}, policy=policy, pool_size=pool_size,
+        )
+        self.base_url = base_url.rstrip("/")
+        self.poll_initial, self.poll_max, self.job_timeout = poll_initial, poll_max, job_timeout
+
+    @property
+    def stats(self):
+        return self.http.stats
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _get_pages(self, path: str, params: dict[str, Any] | None, family: str) -> Iterable[dict[str, Any]]:
+        while path:
+            body = self.http.request("GET", path, family=family, params=params).json()
+            yield from body.get("data") or []
+            nxt = (body.get("links") or {}).get("next")
+            if not nxt:
+                return
+            parts = urlsplit(nxt)
+            path, params = parts.path + (f"?{parts.query}" if parts.query else ""), None
+
+    # -- lists ---------------------------------------------------------------------------
+    def find_list(self, name: str) -> str | None:
+        """The id of the list called ``name`` (the oldest one if several exist), else None."""
+        found = [
+            (d["attributes"].get("created") or "", d["id"])
+            for d in self._get_pages("/api/lists", {"filter": f"equals(name,{_quote(name)})"}, "get_lists")
+            if d.get("attributes", {}).get("name") == name
+        ]
+        return min(found)[1] if found else None
+
+    def create_list(self, name: str) -> str:
+        body = {"data": {"type": "list", "attributes": {"name": name}}}
+        resp = self.http.request("POST", "/api/lists", family="create_list", json_body=body,
+                                 content_type=JSONAPI, expect=(201,), idempotent=False)
+        return resp.json()["data"]["id"]
+
+    def ensure_list(self, name: str, attempts: int = 5) -> str:
+        """Find the list by name, creating it once if missing; a failed create is re-checked first."""
+        last: Exception | None = None
+        for _ in range(attempts):
+            found = self.find_list(name)
+            if found:
+                return found
+            try:
+                return self.create_list(name)
+            except EspAmbiguous as exc:  # may or may not exist now: look again before retrying
+                last = exc
+                time.sleep(0.2)
+        raise EspError(f"klaviyo: could not ensure list {name!r}: {last}")
+
+    # -- bulk import ---------------------------------------------------------------------
+    def submit_import(self, body: bytes) -> str:
+        if len(body) > MAX_IMPORT_BYTES:
+            raise ValueError(f"import body of {len(body)} bytes exceeds {MAX_IMPORT_BYTES}")
+        resp = self.http.request("POST", "/api/profile-bulk-import-jobs", family="bulk_import_profiles",
+                                 data=body, content_type=JSONAPI, expect=(202,))
+        return resp.json()["data"]["id"]
+
+    def get_import(self, job_id: str) -> ImportJob:
+        data = self.http.request("GET", f"/api/profile-bulk-import-jobs/{job_id}",
+                                 family="get_bulk_import_profiles_job").json()["data"]
+        a = data["attributes"]
+        return ImportJob(job_id, a["status"], a.get("total_count") or 0, a.get("completed_count") or 0,
+                         a.get("failed_count") or 0)
+
+    def wait_import(self, job_id: str, first_poll: float | None = None) -> ImportJob:
+        """Poll until the job is complete (or cancelled); polls back off to spare the 150/min budget."""
+        delay = self.poll_initial if first_poll is None else first_poll
+        deadline = time.monotonic() + self.job_timeout
+        while True:
+            time.sleep(delay)
+            job = self.get_import(job_id)
+            if job.status in ("complete", "cancelled"):
+                if job.status == "cancelled":
+                    raise EspError(f"klaviyo import job {job_id} was cancelled")
+                return job
+            if time.monotonic() > deadline:
+                raise EspError(f"klaviyo import job {job_id} not complete after {self.job_timeout:.0f}s")
+            delay = min(self.poll_max, max(delay, self.poll_initial) * 1.5)
+
+    def import_errors(self, job_id: str) -> list[ImportError_]:
+        out = []
+        for err in self._get_pages(f"/api/profile-bulk-import-jobs/{job_id}/import-errors", {"page[size]": 100},
+                                   "get_errors_for_bulk_import_profiles_job"):
+            a = err.get("attributes") or {}
+            payload = a.get("original_payload") or {}
+            email = payload.get("email") or (payload.get("attributes") or {}).get("email")
+            out.append(ImportError_(email, f"{a.get('code', 'error')}: {a.get('detail') or a.get('title')}"[:500]))
+        return out
+
+    # -- profiles and list membership ----------------------------------------------------
+    def profile_ids(self, emails: Sequence[str]) -> dict[str, str]:
+        """``email -> profile id`` for the emails that exist (100 per lookup)."""
+        out: dict[str, str] = {}
+        for i in range(0, len(emails), MAX_FILTER_VALUES):
+            chunk = emails[i:i + MAX_FILTER_VALUES]
+            params = {"filter": f"any(email,[{','.join(_quote(e) for e in chunk)}])",
+                      "fields[profile]": "email", "page[size]": MAX_FILTER_VALUES}
+            for d in self._get_pages("/api/profiles", params, "get_profiles"):
+                email = (d.get("attributes") or {}).get("email")
+                if email:
+                    out[email] = d["id"]
+        return out
+
+    def _members(self, method: str, family: str, list_id: str, profile_ids: Sequence[str]) -> int:
+        calls = 0
+        for i in range(0, len(profile_ids), MAX_LIST_MEMBERS_PER_CALL):
+            chunk = profile_ids[i:i + MAX_LIST_MEMBERS_PER_CALL]
+            body = {"data": [{"type": "profile", "id": pid} for pid in chunk]}
+            self.http.request(method, f"/api/lists/{list_id}/relationships/profiles", family=family,
+                              json_body=body, content_type=JSONAPI, expect=(204,))
+            calls += 1
+        return calls
+
+    def add_to_list(self, list_id: str, profile_ids: Sequence[str]) -> int:
+        return self._members("POST", "add_profiles_to_list", list_id, profile_ids)
+
+    def remove_from_list(self, list_id: str, profile_ids: Sequence[str]) -> int:
+        return self._members("DELETE", "remove_profiles_from_list", list_id, profile_ids)

@@ -1,0 +1,1 @@
+"""Incremental, crash-safe sync of segment memberships to email platforms (no Dagster here)."""

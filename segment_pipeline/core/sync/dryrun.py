@@ -1,0 +1,26 @@
+"""Dry run: write exactly the request payloads a run would send, plus a counts summary, no network."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from segment_pipeline.core.atomic import atomic_write_bytes, atomic_write_text
+
+
+class DryRunWriter:
+    def __init__(self, root: str | Path, integration: str, now: dt.datetime | None = None):
+        stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S%fZ")
+        self.dir = Path(root) / integration / stamp
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.files = 0
+        self.requests = 0
+
+    def write(self, name: str, payload: bytes) -> Path:
+        self.files += 1
+        self.requests += 1
+        return atomic_write_bytes(self.dir / name, payload)
+
+    def summary(self, counts: dict[str, object]) -> Path:
+        return atomic_write_text(self.dir / "summary.json", json.dumps(counts, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,45 @@
+"""What one sync run did, as numbers (safe for Dagster metadata: no secrets, no emails)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SyncReport:
+    integration: str
+    destination: str  # mirror key, e.g. "klaviyo|https://a.klaviyo.com|list=AbC123|prop=nosto_segment"
+    day: str
+    dry_run: bool
+    run_id: str = ""
+    desired: int = 0  # emails that should carry at least one segment name
+    planned_upserts: int = 0
+    planned_clears: int = 0
+    planned_removals: int = 0
+    upserted: int = 0  # profiles/contacts confirmed with their new segment list
+    added: int = 0  # of which new to the list / address book
+    cleared: int = 0  # property / data field confirmed cleared
+    removed: int = 0  # removed from the list (Klaviyo)
+    rejected: int = 0  # rows the destination refused this run (recorded, retried next run)
+    batches: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    faults: int = 0
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    status: str = "ok"
+    payload_dir: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def records_sent(self) -> int:
+        return self.upserted + self.cleared + self.rejected
+
+    def counts(self) -> dict[str, float | int]:
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if isinstance(v, int | float) and not isinstance(v, bool)}
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)

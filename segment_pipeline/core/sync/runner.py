@@ -1,0 +1,311 @@
+"""Sync entry points: :func:`sync_klaviyo` and :func:`sync_dotdigital`.
+
+One run, for one integration and one memberships day:
+
+1. build the desired state (emails in synced segments -> sorted segment names),
+2. ensure the destination containers exist (Klaviyo list; dotdigital data field + address book),
+   which also yields the destination identity used as the mirror key,
+3. diff desired vs. the mirror into a plan (upserts, clears, removals),
+4. send the plan in batches with a bounded number in flight; after the destination confirms a
+   batch (job complete / import finished, errors read) the mirror is updated for exactly the
+   accepted rows, rejected rows are recorded with their reason (and retried next run),
+5. record the run (counts) in the run history and return a :class:`SyncReport`.
+
+Without a client (no credentials) the run is a dry run: the same plan, diffed against the mirror of
+the last real destination, is written as request payloads under ``dry_run_root`` with a summary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from segment_pipeline.core.esp import dotdigital as dd
+from segment_pipeline.core.esp import klaviyo as kl
+from segment_pipeline.core.esp.http import HttpStats
+from segment_pipeline.core.sync.batching import InFlight, Row, chunk, plan_rows
+from segment_pipeline.core.sync.desired import desired_sql
+from segment_pipeline.core.sync.diff import CLEAR, REMOVE, UPSERT, write_plan
+from segment_pipeline.core.sync.dryrun import DryRunWriter
+from segment_pipeline.core.sync.report import SyncReport
+from segment_pipeline.core.sync.state import StateStore
+from segment_pipeline.core.warehouse import Warehouse
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class KlaviyoSettings:
+    list_name: str = "Nosto Customers"
+    property_name: str = "nosto_segment"
+    max_profiles_per_job: int = kl.MAX_IMPORT_PROFILES
+    max_bytes_per_job: int = kl.MAX_IMPORT_BYTES
+    max_in_flight: int = 12  # import jobs submitted and not yet confirmed
+    removal_batch: int = kl.MAX_LIST_MEMBERS_PER_CALL
+
+
+@dataclass(frozen=True)
+class DotdigitalSettings:
+    data_field: str = "NOSTOSEGMENT"
+    address_book: str = "Nosto Customers"
+    separator: str = "|"
+    contacts_per_import: int = 20_000
+    max_in_flight: int = 3  # concurrent imports
+    upsert_merge_option: str = "OnlyOverwriteIfNotEmpty"  # an empty cell never wipes anything
+    clear_merge_option: str = "Overwrite"  # only way to empty a field; the file has Email + our field only
+
+
+def _names(segments_json: str) -> list[str]:
+    return json.loads(segments_json)
+
+
+class _Run:
+    """Shared bookkeeping for one run."""
+
+    def __init__(self, integration: str, warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str],
+                 state_dir: Path, dry_run_root: Path, dry_run: bool, log: Log | None):
+        self.integration = integration
+        self.warehouse = warehouse
+        self.day = str(day)
+        self.synced = dict(synced)
+        self.state_dir = Path(state_dir)
+        self.dry_run_root = Path(dry_run_root)
+        self.log = log or (lambda _m: None)
+        self.run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        self.store = StateStore(self.state_dir)
+        self.store.lock()
+        self.report = SyncReport(integration, "", self.day, dry_run, self.run_id)
+        self.started = time.monotonic()
+        self.stats0: tuple[int, ...] | None = None
+
+    @staticmethod
+    def _snap(stats: HttpStats) -> tuple[int, ...]:
+        return (stats.requests, stats.retries, stats.throttled, stats.faults, stats.bytes_sent)
+
+    def begin(self, stats: HttpStats | None) -> None:
+        if stats is not None:
+            self.stats0 = self._snap(stats)
+
+    def dry_dest(self) -> str:
+        return self.store.get_meta("last_dest") or f"{self.integration}|dry-run"
+
+    def plan(self, dest: str, track_list: bool) -> Path:
+        self.report.destination = dest
+        sql, params = desired_sql(self.warehouse, self.day, self.synced)
+        plan_path = self.state_dir / "plans" / f"{self.run_id}.parquet"
+        counts = write_plan(self.store, dest, sql, params, plan_path, track_list)
+        r = self.report
+        r.desired, r.planned_upserts, r.planned_clears, r.planned_removals = (
+            counts.desired, counts.upserts, counts.clears, counts.removals)
+        self.log(f"{self.integration}: {counts.desired} desired; plan: {counts.upserts} upserts, "
+                 f"{counts.clears} clears, {counts.removals} removals")
+        if not self.report.dry_run:
+            self.store.start_run(self.run_id, self.integration, dest, self.day, False)
+            self.store.set_meta("last_dest", dest)
+        return plan_path
+
+    def finish(self, stats: HttpStats | None, plan_path: Path | None, error: BaseException | None) -> SyncReport:
+        r = self.report
+        if stats is not None:
+            now, base = self._snap(stats), self.stats0 or (0, 0, 0, 0, 0)
+            r.requests, r.retries, r.throttled, r.faults, r.bytes_sent = (a - b for a, b in zip(now, base, strict=True))
+        r.seconds = round(time.monotonic() - self.started, 3)
+        r.status = "ok" if error is None else "failed"
+        try:
+            if not r.dry_run and r.destination:
+                self.store.finish_run(self.run_id, r.status, r.counts(), None if error is None else str(error)[:500])
+        finally:
+            if plan_path is not None and plan_path.exists():
+                plan_path.unlink()
+            self.store.close()
+        return r
+
+
+# -- Klaviyo ------------------------------------------------------------------------------
+def sync_klaviyo(warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str], *, state_dir: Path,
+                 dry_run_root: Path, client: kl.KlaviyoClient | None, settings: KlaviyoSettings = KlaviyoSettings(),
+                 log: Log | None = None) -> SyncReport:
+    run = _Run("klaviyo", warehouse, day, synced, state_dir, dry_run_root, client is None, log)
+    run.begin(client.stats if client else None)
+    plan_path = None
+    error: BaseException | None = None
+    try:
+        if client is None:
+            dest = run.dry_dest()
+            list_id = f"DRY-RUN:{settings.list_name}"
+        else:
+            list_id = client.ensure_list(settings.list_name)
+            dest = f"klaviyo|{client.base_url}|list={list_id}|property={settings.property_name}"
+        plan_path = run.plan(dest, track_list=True)
+        _klaviyo_send(run, plan_path, dest, list_id, client, settings)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        report = run.finish(client.stats if client else None, plan_path, error)
+    return report
+
+
+def _klaviyo_send(run: _Run, plan_path: Path, dest: str, list_id: str, client: kl.KlaviyoClient | None,
+                  s: KlaviyoSettings) -> None:
+    r, store = run.report, run.store
+    writer = DryRunWriter(run.dry_run_root, "klaviyo") if client is None else None
+    prop = s.property_name
+    budget = s.max_bytes_per_job - kl.IMPORT_OVERHEAD_BYTES
+
+    def encode(row: Row) -> bytes:
+        return kl.profile_item(row.email, prop, _names(row.segments))
+
+    for action in (UPSERT, CLEAR):
+        into_list = list_id if action == UPSERT else None  # clears never (re-)add anyone to the list
+        batches = chunk(plan_rows(plan_path, action), s.max_profiles_per_job, budget, encode, overhead=1)
+        if writer is not None:
+            for i, batch in enumerate(batches, 1):
+                writer.write(f"{action}-{i:05d}.json", kl.import_body([b.encoded for b in batch], into_list))
+                _count_klaviyo(r, action, batch, len(batch))
+            continue
+
+        def work(batch: list[Row], into_list: str | None = into_list) -> tuple[kl.ImportJob, list[kl.ImportError_]]:
+            job_id = client.submit_import(kl.import_body([b.encoded for b in batch], into_list))
+            job = client.wait_import(job_id)
+            return job, (client.import_errors(job_id) if job.failed else [])
+
+        def done(batch: list[Row], result: tuple[kl.ImportJob, list[kl.ImportError_]], action: str = action) -> None:
+            job, errors = result
+            bad = {e.email: e.reason for e in errors if e.email}
+            if job.failed > len(bad):  # errors we cannot attribute: confirm nothing, resend next run
+                run.log(f"klaviyo job {job.id}: {job.failed} failures, {len(bad)} attributable; batch left unconfirmed")
+                bad = {b.email: "import failed (unattributed error)" for b in batch}
+            ok = [b for b in batch if b.email not in bad]
+            store.confirm(dest, [b.email for b in ok], [b.segments for b in ok],
+                          True if action == UPSERT else [b.member for b in ok])
+            store.reject(dest, [(b.email, action, bad[b.email]) for b in batch if b.email in bad], run.run_id)
+            _count_klaviyo(r, action, ok, len(batch))
+            r.rejected += sum(1 for b in batch if b.email in bad)
+
+        InFlight(work, done, s.max_in_flight).run(batches)
+
+    removals = chunk(plan_rows(plan_path, REMOVE), s.removal_batch)
+    if writer is not None:
+        for i, batch in enumerate(removals, 1):
+            body = {"list": list_id, "emails": [b.email for b in batch]}
+            writer.write(f"remove-{i:05d}.json", json.dumps(body, indent=1).encode())
+            r.removed += len(batch)
+            r.batches += 1
+        r.payload_dir = str(writer.dir)
+        writer.summary({**r.counts(), "requests_planned": writer.requests, "list_name": s.list_name,
+                        "property_name": prop, "destination": dest, "day": run.day})
+        return
+
+    def remove_work(batch: list[Row]) -> int:
+        ids = client.profile_ids([b.email for b in batch])
+        if ids:
+            client.remove_from_list(list_id, sorted(ids.values()))
+        return len(ids)
+
+    def remove_done(batch: list[Row], _found: int) -> None:
+        store.set_in_list(dest, [b.email for b in batch], False)
+        r.removed += len(batch)
+        r.batches += 1
+
+    InFlight(remove_work, remove_done, 2).run(removals)
+
+
+def _count_klaviyo(r: SyncReport, action: str, ok: list[Row], sent: int) -> None:
+    r.batches += 1
+    if action == UPSERT:
+        r.upserted += len(ok)
+        r.added += sum(1 for b in ok if not b.member)
+    else:
+        r.cleared += len(ok)
+
+
+# -- dotdigital ---------------------------------------------------------------------------
+REPORT_OK_KEYS = {"newContacts", "updatedContacts"}
+
+
+def sync_dotdigital(warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str], *, state_dir: Path,
+                    dry_run_root: Path, client: dd.DotdigitalClient | None,
+                    settings: DotdigitalSettings = DotdigitalSettings(), log: Log | None = None) -> SyncReport:
+    run = _Run("dotdigital", warehouse, day, synced, state_dir, dry_run_root, client is None, log)
+    run.begin(client.stats if client else None)
+    plan_path = None
+    error: BaseException | None = None
+    try:
+        if client is None:
+            dest, book = run.dry_dest(), 0
+        else:
+            client.ensure_data_field(settings.data_field)
+            book = client.ensure_address_book(settings.address_book)
+            dest = f"dotdigital|{client.base_url}|book={book}|field={settings.data_field.upper()}"
+        plan_path = run.plan(dest, track_list=False)
+        _dotdigital_send(run, plan_path, dest, book, client, settings)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        report = run.finish(client.stats if client else None, plan_path, error)
+    return report
+
+
+def _dotdigital_send(run: _Run, plan_path: Path, dest: str, book: int, client: dd.DotdigitalClient | None,
+                     s: DotdigitalSettings) -> None:
+    r, store = run.report, run.store
+    writer = DryRunWriter(run.dry_run_root, "dotdigital") if client is None else None
+    budget = dd.MAX_FILE_BYTES - 1024
+
+    def encode(row: Row) -> bytes:
+        return dd.contacts_csv([(row.email, s.separator.join(_names(row.segments)))], s.data_field).split(b"\r\n", 1)[1]
+
+    for action, merge in ((UPSERT, s.upsert_merge_option), (CLEAR, s.clear_merge_option)):
+        batches = chunk(plan_rows(plan_path, action), s.contacts_per_import, budget, encode)
+
+        def csv_of(batch: list[Row]) -> bytes:
+            return f"Email,{s.data_field}\r\n".encode() + b"".join(b.encoded for b in batch)
+
+        if writer is not None:
+            for i, batch in enumerate(batches, 1):
+                writer.write(f"{action}-{i:05d}-{merge}.csv", csv_of(batch))
+                _count_dd(r, action, batch)
+            continue
+
+        def work(batch: list[Row], merge: str = merge) -> tuple[dict[str, int], list[dd.ImportFault]]:
+            import_id = client.start_import(book, csv_of(batch), merge)
+            client.wait_import(import_id)
+            report = client.import_report(import_id)
+            problems = sum(v for k, v in report.items() if k not in REPORT_OK_KEYS and isinstance(v, int))
+            return report, (client.import_faults(import_id) if problems else [])
+
+        def done(batch: list[Row], result: tuple[dict[str, int], list[dd.ImportFault]], action: str = action) -> None:
+            report, faults = result
+            bad = {f.email: f.reason for f in faults if f.email}
+            problems = sum(v for k, v in report.items() if k not in REPORT_OK_KEYS and isinstance(v, int))
+            if problems > len(bad):
+                run.log(f"dotdigital import: {problems} problems, {len(bad)} attributable; batch left unconfirmed")
+                bad = {b.email: "import problem (unattributed)" for b in batch}
+            ok = [b for b in batch if b.email not in bad]
+            store.confirm(dest, [b.email for b in ok], [b.segments for b in ok], True)
+            store.reject(dest, [(b.email, action, bad[b.email]) for b in batch if b.email in bad], run.run_id)
+            _count_dd(r, action, ok)
+            r.rejected += len(batch) - len(ok)
+
+        InFlight(work, done, s.max_in_flight).run(batches)
+
+    if writer is not None:
+        r.payload_dir = str(writer.dir)
+        writer.summary({**r.counts(), "requests_planned": writer.requests, "data_field": s.data_field,
+                        "address_book": s.address_book, "destination": dest, "day": run.day})
+
+
+def _count_dd(r: SyncReport, action: str, ok: list[Row]) -> None:
+    r.batches += 1
+    if action == UPSERT:
+        r.upserted += len(ok)
+        r.added += sum(1 for b in ok if not b.member)
+    else:
+        r.cleared += len(ok)

@@ -1,0 +1,302 @@
+"""A stateful fake of the dotdigital v2 REST API (the parts in ``v2-api-swagger.json`` the sync uses).
+
+State: data fields (names unique, as in dotdigital), address books (names NOT unique here, so a
+client creating a second one is caught), contacts (unique by email, with data fields, opt-in type,
+status, consent records and address-book memberships) and async contact imports with a report and
+a faults CSV.
+
+Enforced: HTTP Basic auth (401), JSON bodies valid against the spec (400 + ``spec_violations``),
+the 50 MB file limit, at most ``max_active_imports`` running imports, per-minute rate limits per
+tier (429 + ``Retry-After``), merge-option semantics for the columns in the file (other data is
+never touched), opt-in type ``Unknown`` for new contacts. Consent columns (``consent*``) or an
+opt-in column in an import are recorded in ``consent_attempts`` (and ignored), as are calls to
+unsubscribe/resubscribe/suppress or ``with-consent`` endpoints (answered 404).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import itertools
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+from segment_pipeline_tests.fakes.base import SPECS_DIR, FakeService, HttpError, Response, SpecValidator
+
+SPEC_PATH = SPECS_DIR / "dotdigital" / "v2-api-swagger.json"
+EMAIL_RE = re.compile(r"^[^@\s,]+@[^@\s,]+\.[^@\s,]+$")
+MAX_FILE_BYTES = 50 * 1024 * 1024
+CONSENT_COLUMNS = {"consentdatetime", "consentip", "consenttext", "consenturl", "consentuseragent",
+                   "optintype", "opt_in_type", "status"}
+MERGE_OPTIONS = {"Overwrite", "OnlyOverwriteIfNotEmpty", "OnlyOverwriteIfContactDataNotPopulated"}
+#: Per-minute limits per tier (dotdigital's tiered scheme; the numbers are account dependent).
+DEFAULT_LIMITS: dict[str, list[tuple[int, float]]] = {
+    "import": [(20, 60.0)],  # "low" tier: bulk imports
+    "default": [(300, 60.0)],
+}
+BUILTIN_FIELDS = ("FIRSTNAME", "LASTNAME", "FULLNAME", "GENDER", "POSTCODE")
+
+
+class FakeDotdigital(FakeService):
+    name = "dotdigital"
+
+    def __init__(
+        self,
+        username: str = "apiuser-fake@apiconnector.com",
+        password: str = "fake-password",
+        *,
+        limits: dict[str, list[tuple[int, float]]] | None = None,
+        max_active_imports: int = 3,
+        advance_on_poll: bool = True,
+        seconds_per_contact: float | None = None,
+        validate: bool = True,
+    ):
+        super().__init__(limits={**DEFAULT_LIMITS, **(limits or {})}, max_body_bytes=MAX_FILE_BYTES * 4 // 3 + 4096)
+        self.auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.max_active_imports = max_active_imports
+        self.advance_on_poll = advance_on_poll
+        self.seconds_per_contact = seconds_per_contact
+        self.validate = validate
+        self.spec = SpecValidator(SPEC_PATH)
+        self.data_fields: dict[str, dict[str, Any]] = {f: {"name": f, "type": "String", "visibility": "Private",
+                                                            "defaultValue": None} for f in BUILTIN_FIELDS}
+        self.address_books: dict[int, dict[str, Any]] = {}
+        self.contacts: dict[str, dict[str, Any]] = {}  # email -> contact
+        self.imports: dict[str, dict[str, Any]] = {}
+        self.consent_attempts: list[str] = []
+        self.reject_emails: set[str] = set()
+        self.create_calls: dict[str, int] = {"data-fields": 0, "address-books": 0}
+        self._book_ids = itertools.count(1001)
+        self._contact_ids = itertools.count(1)
+        r = self.route
+        r("GET", r"/v2/data-fields", "default", self._get_fields)
+        r("POST", r"/v2/data-fields", "default", self._create_field)
+        r("GET", r"/v2/address-books", "default", self._get_books)
+        r("POST", r"/v2/address-books", "default", self._create_book)
+        r("POST", r"/v2/address-books/(?P<book>\d+)/contacts/import/with-merge-option/(?P<merge>\w+)", "import",
+          self._import)
+        r("GET", r"/v2/contacts/import/(?P<id>[0-9a-f-]{36})", "status", self._status)
+        r("GET", r"/v2/contacts/import/(?P<id>[0-9a-f-]{36})/report", "default", self._report)
+        r("GET", r"/v2/contacts/import/(?P<id>[0-9a-f-]{36})/report-faults", "default", self._faults)
+
+    # -- test helpers --------------------------------------------------------------------
+    def seed_contact(self, email: str, fields: dict[str, Any] | None = None, opt_in: str = "Double",
+                     status: str = "Subscribed", consent: list[dict[str, Any]] | None = None) -> None:
+        with self.lock:
+            c = self._new_contact(email)
+            c.update(optInType=opt_in, status=status, consent=consent or [{"key": "TEXT", "value": "yes please"}])
+            c["dataFields"].update(fields or {})
+
+    def books_named(self, name: str) -> list[int]:
+        with self.lock:
+            return [i for i, b in self.address_books.items() if b["name"] == name]
+
+    def field_value(self, email: str, field: str) -> Any:
+        with self.lock:
+            c = self.contacts.get(email)
+            return None if c is None else c["dataFields"].get(field)
+
+    def book_members(self, book_id: int) -> set[str]:
+        with self.lock:
+            return {e for e, c in self.contacts.items() if book_id in c["books"]}
+
+    # -- hooks ---------------------------------------------------------------------------
+    def authenticate(self, headers: Any) -> None:
+        if headers.get("Authorization") != self.auth:
+            raise HttpError(401, "Authorization has been denied for this request.", headers={
+                "WWW-Authenticate": 'Basic realm="dotdigital"'})
+
+    def error_response(self, err: HttpError) -> Response:
+        return Response(err.status, {"message": err.message}, err.headers)
+
+    def on_unknown(self, method: str, path: str, body: bytes) -> None:
+        if re.search(r"unsubscribe|resubscribe|suppress|consent|preferences", path):
+            with self.lock:
+                self.consent_attempts.append(f"{method} {path}")
+
+    # -- helpers -------------------------------------------------------------------------
+    def _body(self, body: bytes, headers: Any, schema: str) -> Any:
+        if (headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
+            raise HttpError(415, "The request entity's media type is not supported.")
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise HttpError(400, "ERROR_INVALID_JSON") from None
+        if self.validate:
+            errs = self.spec.errors(schema, doc)
+            if errs:
+                with self.lock:
+                    self.spec_violations.extend(errs)
+                raise HttpError(400, f"ERROR_VALIDATION: {errs[0]}")
+        return doc
+
+    def _new_contact(self, email: str) -> dict[str, Any]:
+        c = {"id": next(self._contact_ids), "email": email, "optInType": "Unknown", "emailType": "Html",
+             "status": "Subscribed", "dataFields": {}, "consent": [], "books": set()}
+        self.contacts[email] = c
+        return c
+
+    # -- data fields and address books ---------------------------------------------------
+    def _get_fields(self, **_: Any) -> Response:
+        with self.lock:
+            return Response(200, list(self.data_fields.values()))
+
+    def _create_field(self, body: bytes, headers: Any, **_: Any) -> Response:
+        doc = self._body(body, headers, "ApiDataField")
+        name = doc["name"].upper()
+        with self.lock:
+            self.create_calls["data-fields"] += 1
+            if name in self.data_fields:
+                raise HttpError(400, "Field name already exists ERROR_NON_UNIQUE_DATAFIELD")
+            if doc.get("type", "String") != "String" and doc.get("type") not in ("Numeric", "Date", "Boolean"):
+                raise HttpError(400, "ERROR_DATAFIELD_INVALID_TYPE")
+            self.data_fields[name] = {"name": name, "type": doc.get("type", "String"),
+                                      "visibility": doc.get("visibility", "Private"),
+                                      "defaultValue": doc.get("defaultValue")}
+        return Response(201)
+
+    def _get_books(self, query: dict[str, str], **_: Any) -> Response:
+        select, skip = int(query.get("select", 1000)), int(query.get("skip", 0))
+        if not 1 <= select <= 1000:
+            raise HttpError(400, "select must be between 1 and 1000")
+        with self.lock:
+            books = [{"id": i, "name": b["name"], "visibility": b["visibility"],
+                      "contacts": sum(1 for c in self.contacts.values() if i in c["books"])}
+                     for i, b in sorted(self.address_books.items())]
+        return Response(200, books[skip:skip + select])
+
+    def _create_book(self, body: bytes, headers: Any, **_: Any) -> Response:
+        doc = self._body(body, headers, "ApiAddressBook")
+        with self.lock:
+            self.create_calls["address-books"] += 1
+            bid = next(self._book_ids)
+            self.address_books[bid] = {"name": doc["name"], "visibility": doc.get("visibility", "Private")}
+            return Response(201, {"id": bid, "name": doc["name"], "visibility": self.address_books[bid]["visibility"],
+                                  "contacts": 0})
+
+    # -- imports -------------------------------------------------------------------------
+    def _active(self) -> int:
+        for imp in self.imports.values():
+            self._advance(imp, polled=False)
+        return sum(1 for i in self.imports.values() if i["status"] == "NotFinished")
+
+    def _import(self, match: re.Match[str], body: bytes, headers: Any, **_: Any) -> Response:
+        merge = match["merge"]
+        if merge not in MERGE_OPTIONS:
+            raise HttpError(400, f"ERROR_INVALID_MERGE_OPTION {merge}")
+        doc = self._body(body, headers, "ApiFileMedia")
+        try:
+            raw = base64.b64decode(doc.get("data") or "", validate=True)
+        except ValueError:
+            raise HttpError(400, "ERROR_FILE_INVALID: data is not base64") from None
+        if len(raw) > MAX_FILE_BYTES:
+            raise HttpError(400, "ERROR_FILE_TOO_LARGE (max 50MB)")
+        if not str(doc.get("fileName") or "").lower().endswith(".csv"):
+            raise HttpError(400, "ERROR_FILE_INVALID: only .csv is supported by this fake")
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+        if not rows or "email" not in [h.strip().lower() for h in rows[0]]:
+            raise HttpError(400, "ERROR_FILE_INVALID: the file must have an Email column")
+        book = int(match["book"])
+        with self.lock:
+            if book not in self.address_books:
+                raise HttpError(404, "ERROR_ADDRESSBOOK_NOT_FOUND")
+            if self._active() >= self.max_active_imports:
+                raise HttpError(429, "Too many active imports", headers={"Retry-After": "1"})
+            iid = str(uuid.uuid4())
+            self.imports[iid] = {"id": iid, "status": "NotFinished", "stage": 0, "created": time.monotonic(),
+                                 "rows": rows, "book": book, "merge": merge, "report": None, "faults": []}
+            return Response(202, {"id": iid, "status": "NotFinished"})
+
+    def _advance(self, imp: dict[str, Any], polled: bool) -> None:
+        if imp["status"] != "NotFinished":
+            return
+        done = polled and self.advance_on_poll and imp["stage"] >= 1
+        if polled:
+            imp["stage"] += 1
+        if self.seconds_per_contact is not None:
+            done = done or time.monotonic() - imp["created"] >= self.seconds_per_contact * len(imp["rows"])
+        if done:
+            self._apply(imp)
+
+    def _apply(self, imp: dict[str, Any]) -> None:
+        header = [h.strip() for h in imp["rows"][0]]
+        lower = [h.lower() for h in header]
+        email_col = lower.index("email")
+        consent_cols = [h for h in lower if h in CONSENT_COLUMNS]
+        if consent_cols:
+            self.consent_attempts.append(f"import with columns {consent_cols}")
+        field_cols = [(i, h.upper()) for i, h in enumerate(header)
+                      if i != email_col and h.lower() not in CONSENT_COLUMNS]
+        unknown = [h for _, h in field_cols if h not in self.data_fields]
+        report = {k: 0 for k in ("newContacts", "updatedContacts", "globallySuppressed", "invalidEntries",
+                                 "duplicateEmails", "blocked", "unsubscribed", "hardBounced", "softBounced",
+                                 "ispComplaints", "mailBlocked", "domainSuppressed", "pendingDoubleOptin",
+                                 "failures", "suppressedContacts")}
+        seen: set[str] = set()
+        for row in imp["rows"][1:]:
+            if not row:
+                continue
+            email = row[email_col].strip().lower() if email_col < len(row) else ""
+            if email in seen:
+                report["duplicateEmails"] += 1
+                imp["faults"].append(("Duplicate email in file", row))
+                continue
+            seen.add(email)
+            if not EMAIL_RE.match(email) or email in self.reject_emails or unknown:
+                report["invalidEntries"] += 1
+                imp["faults"].append(("Invalid email" if not unknown else f"Unknown data field {unknown[0]}", row))
+                continue
+            c = self.contacts.get(email)
+            if c is None:
+                c = self._new_contact(email)
+                report["newContacts"] += 1
+            else:
+                report["updatedContacts"] += 1
+            for i, name in field_cols:
+                value = row[i] if i < len(row) else ""
+                current = c["dataFields"].get(name)
+                if imp["merge"] == "Overwrite":
+                    c["dataFields"][name] = value or None
+                elif imp["merge"] == "OnlyOverwriteIfNotEmpty":
+                    if value:
+                        c["dataFields"][name] = value
+                elif not current:  # OnlyOverwriteIfContactDataNotPopulated
+                    c["dataFields"][name] = value or None
+            c["books"].add(imp["book"])
+        imp["report"] = report
+        imp["status"] = "Finished"
+
+    def _imp(self, iid: str) -> dict[str, Any]:
+        imp = self.imports.get(iid)
+        if imp is None:
+            raise HttpError(404, "ERROR_IMPORT_NOT_FOUND")
+        return imp
+
+    def _status(self, match: re.Match[str], **_: Any) -> Response:
+        with self.lock:
+            imp = self._imp(match["id"])
+            self._advance(imp, polled=True)
+            return Response(200, {"id": imp["id"], "status": imp["status"]})
+
+    def _report(self, match: re.Match[str], **_: Any) -> Response:
+        with self.lock:
+            imp = self._imp(match["id"])
+            if imp["status"] == "NotFinished":
+                raise HttpError(400, "ERROR_IMPORT_REPORT_NOT_FOUND: import not finished")
+            return Response(200, imp["report"])
+
+    def _faults(self, match: re.Match[str], **_: Any) -> Response:
+        with self.lock:
+            imp = self._imp(match["id"])
+            if imp["status"] == "NotFinished":
+                raise HttpError(400, "ERROR_IMPORT_REPORT_NOT_FOUND: import not finished")
+            out = io.StringIO()
+            w = csv.writer(out)
+            w.writerow(["Reason", *imp["rows"][0]])
+            for reason, row in imp["faults"]:
+                w.writerow([reason, *row])
+            return Response(200, out.getvalue().encode("utf-8"), content_type="application/octet-stream")
