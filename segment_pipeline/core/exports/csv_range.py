@@ -89,7 +89,7 @@ def write_segment_csv(
         f"SELECT (SELECT count(*) FROM {stats} WHERE segment_id = $s) "
         f"+ (SELECT count(*) FROM (SELECT 1 FROM {memberships} WHERE segment_id = $s LIMIT 1))",
         {"s": segment_id},
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     if not known:
         raise ExportInputError(f"segment {segment_id!r} has no stats or memberships between {start} and {end}")
     select = f"""
@@ -104,7 +104,7 @@ def write_segment_csv(
             "(FORMAT csv, HEADER true, DELIMITER ',', QUOTE '\"', ESCAPE '\"', NEW_LINE '\\r\\n', "
             "COMPRESSION uncompressed)",
             {"s": segment_id},
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if not tmp.exists() or tmp.stat().st_size == 0:
             tmp.write_bytes((",".join(CSV_COLUMNS) + "\r\n").encode())
         size = tmp.stat().st_size

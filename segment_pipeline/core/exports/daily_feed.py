@@ -123,7 +123,7 @@ def write_daily_feed(
     with storage.writer(key) as tmp:
         lines = con.execute(
             f"COPY ({select}) TO {sql_string(str(tmp))} (FORMAT json, COMPRESSION uncompressed)"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if not tmp.exists():  # zero rows: DuckDB may not create the file; an empty feed is a file
             tmp.touch()
         size = tmp.stat().st_size
@@ -177,7 +177,7 @@ def verify_daily_feed(
     day = as_date(day)
     key = daily_key(identifier, day)
     problems: list[str] = []
-    identities = con.execute(f"SELECT count(*) FROM {warehouse.scan('profiles', days=[day])}").fetchone()[0]
+    identities = con.execute(f"SELECT count(*) FROM {warehouse.scan('profiles', days=[day])}").fetchall()[0][0]
     if not storage.exists(key):
         return DailyFeedCheck(day.isoformat(), False, 0, identities, [f"{storage.location(key)} is missing"])
     with _local_copy(storage, key) as path:
@@ -194,7 +194,7 @@ def verify_daily_feed(
                                    OR json_type(j, '$.' || json_quote({ident})) <> 'ARRAY')
                         FROM (SELECT json AS j, json ->> 'email' AS email
                               FROM read_json_objects({sql_string(str(path))}, format = 'newline_delimited'))"""
-                ).fetchone()
+                ).fetchall()[0]
             except duckdb.Error as exc:
                 problems.append(f"invalid JSON: {str(exc).splitlines()[0]}")
             else:

@@ -232,11 +232,11 @@ def _check_segment(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, segment
         f"SELECT count(DISTINCT identity_id) FROM {warehouse.scan('memberships', days=[as_of])} "
         "WHERE segment_id = ?",
         [segment_id],
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     if members:
         return members
     stats = warehouse.scan("segment_stats", days=[as_of])
-    known = con.execute(f"SELECT count(*) FROM {stats} WHERE segment_id = ?", [segment_id]).fetchone()[0]
+    known = con.execute(f"SELECT count(*) FROM {stats} WHERE segment_id = ?", [segment_id]).fetchall()[0][0]
     if not known:
         some = [r[0] for r in con.execute(f"SELECT DISTINCT segment_id FROM {stats} ORDER BY 1 LIMIT 10").fetchall()]
         raise ExportInputError(f"segment {segment_id!r} does not exist on {as_of} (known segments include {some})")
@@ -251,12 +251,13 @@ def _line_chunks(reader: pa.RecordBatchReader, chunk_size: int) -> Iterator[tupl
         arr = batch.column(0)
         if arr.type not in (pa.string(), pa.large_string()):
             arr = arr.cast(pa.large_string())
-        offsets = arr.offsets
-        data = memoryview(arr.buffers()[2] or b"")
-        pos, n = 0, len(arr)
+        _validity, offsets_buf, data_buf = arr.buffers()
+        offsets = memoryview(offsets_buf).cast("q" if arr.type == pa.large_string() else "i")
+        data = memoryview(data_buf or b"")
+        base, pos, n = arr.offset, 0, len(arr)
         while pos < n:
             take = min(chunk_size - count, n - pos)
-            start, stop = offsets[pos].as_py(), offsets[pos + take].as_py()
+            start, stop = offsets[base + pos], offsets[base + pos + take]
             pieces.append(data[start:stop])
             count += take
             pos += take
