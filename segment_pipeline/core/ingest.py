@@ -14,6 +14,7 @@ appends twice.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,12 @@ from segment_pipeline.core.warehouse import SCHEMAS, Warehouse, as_date, sql_str
 KINDS = ("profiles", "events")
 FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv", ".parquet": "parquet"}
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+#: RFC 4180 CSV with a header row; everything read as text and typed by the validation below.
+#: (No hive partitioning: the ``date=`` folder is where the file landed, not a column of it.)
+CSV_OPTIONS = (
+    "header = true, all_varchar = true, delim = ',', quote = '\"', escape = '\"', "
+    "auto_detect = false, hive_partitioning = false, null_padding = false"
+)
 
 #: Fields read from landing files, per kind (everything is read as text, then typed here).
 SOURCE_FIELDS: dict[str, list[str]] = {
@@ -92,7 +99,8 @@ def _ndjson_relation(path: Path, fields: list[str]) -> str:
     # them with a streaming row_number (the connection preserves insertion order), then parse.
     lines = (
         f"read_csv({sql_string(str(path))}, columns = {{'raw': 'VARCHAR'}}, header = false, "
-        "delim = '\x1f', quote = '', escape = '', auto_detect = false, strict_mode = false)"
+        "delim = '\x1f', quote = '', escape = '', auto_detect = false, strict_mode = false, "
+        "hive_partitioning = false)"
     )
     extracted = ", ".join(f"j[{i + 1}] AS {f}" for i, f in enumerate(fields))
     paths = "[" + ", ".join(sql_string(f"$.{f}") for f in fields) + "]"
@@ -116,22 +124,24 @@ def _ndjson_relation(path: Path, fields: list[str]) -> str:
 def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, fields: list[str], required: list[str]) -> str:
     src = sql_string(str(path))
     try:
-        header = [r[0] for r in con.execute(
-            f"DESCRIBE SELECT * FROM read_csv({src}, header = true, all_varchar = true, auto_detect = true)"
-        ).fetchall()]
-    except duckdb.Error as exc:
-        raise LandingFileError(f"{path}: cannot be read as CSV: {_first_line(exc)}") from None
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), [])
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LandingFileError(f"{path}: cannot be read as CSV: {exc}") from None
+    if len(set(header)) != len(header) or any(not h for h in header):
+        raise LandingFileError(f"{path}: CSV header has empty or repeated column names: {header}")
     missing = [f for f in required if f not in header]
     if missing:
         raise LandingFileError(f"{path}: CSV header lacks required column(s) {missing}; header is {header}")
     cols = ", ".join(f"{_q(f)} AS {f}" if f in header else f"NULL::VARCHAR AS {f}" for f in fields)
     struct = ", ".join(f"{sql_string(h)}: {_q(h)}" for h in header)
+    columns = ", ".join(f"{sql_string(h)}: 'VARCHAR'" for h in header)
     # Rows DuckDB's CSV reader rejects (wrong column count, bad quoting, invalid UTF-8) are kept
     # in its reject tables with their line numbers; they are quarantined, not lost.
     return f"""(
         SELECT {src} AS source_file, row_number() OVER () + 1 AS source_line, NULL::VARCHAR AS parse_error,
                to_json({{{struct}}})::VARCHAR AS raw, {cols}
-        FROM read_csv({src}, header = true, all_varchar = true, auto_detect = true,
+        FROM read_csv({src}, {CSV_OPTIONS}, columns = {{{columns}}},
                       store_rejects = true, rejects_table = 'csv_rejects', rejects_scan = 'csv_reject_scans')
     )"""
 
@@ -139,7 +149,7 @@ def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, fields: list[str],
 def _parquet_relation(con: duckdb.DuckDBPyConnection, path: Path, fields: list[str], required: list[str]) -> str:
     src = sql_string(str(path))
     try:
-        names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({src})").fetchall()]
+        names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({src}, hive_partitioning = false)").fetchall()]
     except duckdb.Error as exc:
         raise LandingFileError(f"{path}: cannot be read as Parquet: {_first_line(exc)}") from None
     missing = [f for f in required if f not in names]
@@ -150,7 +160,7 @@ def _parquet_relation(con: duckdb.DuckDBPyConnection, path: Path, fields: list[s
     return f"""(
         SELECT {src} AS source_file, file_row_number + 1 AS source_line, NULL::VARCHAR AS parse_error,
                to_json({{{struct}}})::VARCHAR AS raw, {cols}
-        FROM read_parquet({src}, file_row_number = true)
+        FROM read_parquet({src}, file_row_number = true, hive_partitioning = false)
     )"""
 
 
@@ -274,6 +284,8 @@ def ingest_day(
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {staged} AS SELECT *, {reason} AS reason FROM ({union})")
         rejected_csv = _csv_rejects(con)
+        if rejected_csv:
+            _renumber_after_rejects(con, staged, rejected_csv)
     except duckdb.Error as exc:
         names = ", ".join(report.files) or "(no files)"
         raise LandingFileError(f"{kind} for {day}: cannot read landing file(s) {names}: {_first_line(exc)}") from None
@@ -331,11 +343,33 @@ def _csv_rejects(con: duckdb.DuckDBPyConnection) -> str | None:
         return None
     con.execute("""
         CREATE OR REPLACE TEMP TABLE csv_rejects_q AS
-        SELECT s.file_path AS source_file, e.line::BIGINT AS source_line,
+        SELECT DISTINCT ON (s.file_path, e.line) s.file_path AS source_file, e.line::BIGINT AS source_line,
                'unparsable CSV row: ' || e.error_type || ': ' || coalesce(e.error_message, '') AS reason,
                e.csv_line AS raw
         FROM csv_rejects e JOIN csv_reject_scans s USING (scan_id, file_id)
+        ORDER BY s.file_path, e.line, e.column_idx  -- one row per rejected line, its first error
     """)
     con.execute("DROP TABLE IF EXISTS csv_rejects")
     con.execute("DROP TABLE IF EXISTS csv_reject_scans")
     return "csv_rejects_q"
+
+
+def _renumber_after_rejects(con: duckdb.DuckDBPyConnection, staged: str, rejects: str) -> None:
+    """CSV rows were numbered by position among accepted rows; shift them past rejected lines.
+
+    (Assumes one physical line per record, which holds unless a quoted field spans lines.)
+    """
+    for (path,) in con.execute(f"SELECT DISTINCT source_file FROM {rejects}").fetchall():
+        con.execute(
+            f"""
+            UPDATE {staged} SET source_line = m.line
+            FROM (
+                SELECT l AS line, row_number() OVER (ORDER BY l) + 1 AS position
+                FROM range(2, (SELECT count(*) FROM {staged} WHERE source_file = $path)
+                              + (SELECT count(*) FROM {rejects} WHERE source_file = $path) + 2) t(l)
+                WHERE l NOT IN (SELECT source_line FROM {rejects} WHERE source_file = $path)
+            ) m
+            WHERE {staged}.source_file = $path AND {staged}.source_line = m.position
+            """,
+            {"path": path},
+        )
