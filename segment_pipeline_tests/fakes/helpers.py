@@ -1,0 +1,70 @@
+"""Test helpers shared by the sync tests: memberships fixtures and a sync child process.
+
+``python -m segment_pipeline_tests.fakes.helpers <integration> <base_url> <warehouse> <state> <day> <synced-json>``
+runs one real sync (our production code path) against a fake, so a test can SIGKILL it mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import duckdb
+
+from segment_pipeline.core.esp.dotdigital import DotdigitalClient
+from segment_pipeline.core.esp.http import RetryPolicy
+from segment_pipeline.core.esp.klaviyo import KlaviyoClient
+from segment_pipeline.core.sync.runner import (
+    DotdigitalSettings,
+    KlaviyoSettings,
+    sync_dotdigital,
+    sync_klaviyo,
+)
+from segment_pipeline.core.warehouse import Warehouse
+
+KLAVIYO_KEY = "pk_test_fake"
+DD_USER, DD_PASSWORD = "apiuser-fake@apiconnector.com", "fake-password"
+FAST = RetryPolicy(max_elapsed=20.0, base_delay=0.02, max_delay=0.2, connect_timeout=2.0, read_timeout=2.0)
+
+
+def write_memberships(wh: Warehouse, day: str, rows: Iterable[tuple[str, str]]) -> int:
+    """Write ``(segment_id, email)`` rows as the memberships partition of ``day``."""
+    rows = list(rows)
+    con = duckdb.connect()
+    try:
+        con.execute("CREATE TABLE m (segment_id VARCHAR, email VARCHAR)")
+        if rows:
+            con.executemany("INSERT INTO m VALUES (?, ?)", rows)
+        return wh.write_partition(con, "memberships", day,
+                                  "SELECT segment_id, substr(md5(email), 1, 16) AS identity_id, email FROM m")
+    finally:
+        con.close()
+
+
+def klaviyo_client(url: str, **kw: object) -> KlaviyoClient:
+    kw.setdefault("policy", FAST)
+    return KlaviyoClient(KLAVIYO_KEY, base_url=url, poll_initial=0.01, poll_max=0.05, **kw)  # type: ignore[arg-type]
+
+
+def dotdigital_client(url: str, **kw: object) -> DotdigitalClient:
+    kw.setdefault("policy", FAST)
+    return DotdigitalClient(DD_USER, DD_PASSWORD, base_url=url, poll_initial=0.01, poll_max=0.05, **kw)  # type: ignore[arg-type]
+
+
+def run(integration: str, url: str, wh_root: str, state: str, day: str, synced: dict[str, str],
+        batch: int = 100, in_flight: int = 2):
+    wh = Warehouse(wh_root)
+    dry = Path(state) / "dry"
+    if integration == "klaviyo":
+        return sync_klaviyo(wh, day, synced, state_dir=Path(state), dry_run_root=dry, client=klaviyo_client(url),
+                            settings=KlaviyoSettings(max_profiles_per_job=batch, max_in_flight=in_flight))
+    return sync_dotdigital(wh, day, synced, state_dir=Path(state), dry_run_root=dry, client=dotdigital_client(url),
+                           settings=DotdigitalSettings(contacts_per_import=batch, max_in_flight=in_flight))
+
+
+if __name__ == "__main__":
+    integration, url, wh_root, state, day, synced = sys.argv[1:7]
+    report = run(integration, url, wh_root, state, day, json.loads(synced))
+    print(json.dumps(report.counts()))
