@@ -1,0 +1,127 @@
+"""Memberships over days: dynamic vs static, inactive and scheduled segments, day-over-day changes."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from segment_pipeline.core.segments import parse_catalog
+from segment_pipeline.core.warehouse import Warehouse
+from segment_pipeline_tests.landing import event, members, profile, run_pipeline, write_ndjson
+
+DAYS = ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
+
+
+def catalog(*extra: dict):
+    buyers = {"id": "buyers", "name": "Buyers", "rule": {"field": "order_count", "op": ">=", "value": 1}}
+    return parse_catalog({"segments": [buyers, *extra]}, source="test.yaml")
+
+
+@pytest.fixture
+def landing(tmp_path):
+    """A new buyer each day: a on day 1, b on day 2, c on day 3, d on day 4 (alternating US/DE)."""
+    land = tmp_path / "landing"
+    for i, (day, who) in enumerate(zip(DAYS, ["a", "b", "c", "d"], strict=True)):
+        write_ndjson(land, "profiles", day, [profile(f"{who}@example.com", f"{day}T08:00:00Z", country="DE" if i % 2 else "US")])
+        write_ndjson(land, "events", day, [event(f"e{i}", f"{who}@example.com", "order", f"{day}T09:00:00Z", revenue=10)])
+    return land
+
+
+def test_dynamic_segment_refreshes_daily_and_changes_are_recorded(tmp_path, landing):
+    wh = Warehouse(tmp_path / "wh")
+    reports = run_pipeline(wh, landing, catalog(), DAYS)
+    assert [len(members(wh, d, "buyers")) for d in DAYS] == [1, 2, 3, 4]
+    changes = duckdb.connect().execute(
+        f"SELECT date::VARCHAR, email, change FROM {wh.scan('membership_changes')} ORDER BY ALL"
+    ).fetchall()
+    assert changes == [
+        ("2026-11-01", "a@example.com", "added"),
+        ("2026-11-02", "b@example.com", "added"),
+        ("2026-11-03", "c@example.com", "added"),
+        ("2026-11-04", "d@example.com", "added"),
+    ]
+    assert reports["2026-11-02"].compared_with.isoformat() == "2026-11-01"
+    assert reports["2026-11-01"].compared_with is None
+    stats = reports["2026-11-04"].by_id()["buyers"]
+    assert (stats.status, stats.member_count, stats.added, stats.removed) == ("refreshed", 4, 1, 0)
+
+
+def test_removals_when_a_rule_stops_matching(tmp_path, landing):
+    wh = Warehouse(tmp_path / "wh")
+    recent = {"id": "recent", "name": "Ordered in the last 2 days",
+              "rule": {"event": {"type": "order", "within_days": 2}}}
+    reports = run_pipeline(wh, landing, catalog(recent), DAYS)
+    assert members(wh, "2026-11-04", "recent") == {"c@example.com", "d@example.com"}
+    day4 = reports["2026-11-04"].by_id()["recent"]
+    assert (day4.added, day4.removed) == (1, 1)
+    removed = duckdb.connect().execute(
+        f"SELECT email FROM {wh.scan('membership_changes', days=['2026-11-04'])} "
+        "WHERE segment_id = 'recent' AND change = 'removed'"
+    ).fetchall()
+    assert removed == [("b@example.com",)]
+
+
+def test_static_segment_is_frozen_at_first_materialization_until_refreshed(tmp_path, landing):
+    wh = Warehouse(tmp_path / "wh")
+    static = {"id": "launch_list", "name": "Launch list", "type": "static", "active_from": "2026-11-02",
+              "rule": {"segment": "buyers"}}
+    cat = catalog(static)
+    reports = run_pipeline(wh, landing, cat, DAYS[:3])
+    assert members(wh, "2026-11-01", "launch_list") == set()  # not active yet
+    assert reports["2026-11-01"].by_id()["launch_list"].status == "skipped"
+    frozen = {"a@example.com", "b@example.com"}
+    assert members(wh, "2026-11-02", "launch_list") == frozen
+    assert members(wh, "2026-11-03", "launch_list") == frozen  # buyers grew, the static segment did not
+    s3 = reports["2026-11-03"].by_id()["launch_list"]
+    assert (s3.status, str(s3.frozen_on)) == ("frozen", "2026-11-02")
+    # re-running a frozen day is idempotent; an explicit refresh re-evaluates and moves the anchor
+    run_pipeline(wh, landing, cat, ["2026-11-03"])
+    assert members(wh, "2026-11-03", "launch_list") == frozen
+    refreshed = run_pipeline(wh, landing, cat, ["2026-11-03"], refresh_static=["launch_list"])
+    assert members(wh, "2026-11-03", "launch_list") == frozen | {"c@example.com"}
+    assert refreshed["2026-11-03"].by_id()["launch_list"].status == "refreshed"
+    run_pipeline(wh, landing, cat, ["2026-11-04"])
+    assert members(wh, "2026-11-04", "launch_list") == frozen | {"c@example.com"}
+
+
+def test_inactive_and_scheduled_segments_are_skipped(tmp_path, landing):
+    wh = Warehouse(tmp_path / "wh")
+    paused = {"id": "paused", "name": "Paused", "status": "inactive", "rule": {"segment": "buyers"}}
+    window = {"id": "window", "name": "Window", "active_from": "2026-11-02", "active_until": "2026-11-04",
+              "rule": {"segment": "buyers"}}
+    uses_paused = {"id": "uses_paused", "name": "Uses paused", "rule": {"any": [{"segment": "paused"}]}}
+    reports = run_pipeline(wh, landing, catalog(paused, window, uses_paused), DAYS)
+    statuses = {d: {s: reports[d].by_id()[s].status for s in ("paused", "window")} for d in DAYS}
+    assert statuses == {
+        "2026-11-01": {"paused": "skipped", "window": "skipped"},
+        "2026-11-02": {"paused": "skipped", "window": "refreshed"},
+        "2026-11-03": {"paused": "skipped", "window": "refreshed"},
+        "2026-11-04": {"paused": "skipped", "window": "skipped"},  # active_until is exclusive
+    }
+    assert [len(members(wh, d, "window")) for d in DAYS] == [0, 2, 3, 0]
+    assert all(members(wh, d, "paused") == set() for d in DAYS)
+    assert all(members(wh, d, "uses_paused") == set() for d in DAYS)  # an inactive segment has no members
+    removed_day4 = reports["2026-11-04"].by_id()["window"]
+    assert (removed_day4.member_count, removed_day4.removed) == (0, 3)
+
+
+def test_range_in_one_go_equals_day_by_day(tmp_path, landing):
+    static = {"id": "frozen", "name": "Frozen", "type": "static", "rule": {"field": "country", "op": "=", "value": "DE"}}
+    cat = catalog(static)
+    one_go, by_day = Warehouse(tmp_path / "a"), Warehouse(tmp_path / "b")
+    run_pipeline(one_go, landing, cat, DAYS)
+    for day in DAYS:
+        run_pipeline(by_day, landing, cat, [day])
+    run_pipeline(by_day, landing, cat, ["2026-11-02"])  # and a re-run replaces, never appends
+    con = duckdb.connect()
+    for table in ("raw_profiles", "raw_events", "profiles", "memberships", "membership_changes", "segment_stats"):
+        cols = "* EXCLUDE (source_file)" if table.startswith("raw_") else "*"
+        a = con.execute(f"SELECT {cols} FROM {one_go.scan(table)} ORDER BY ALL").fetchall()
+        b = con.execute(f"SELECT {cols} FROM {by_day.scan(table)} ORDER BY ALL").fetchall()
+        assert a == b, table
+        assert a, table
+
+
+def test_unknown_refresh_segment_is_rejected(tmp_path, landing):
+    with pytest.raises(ValueError, match="ghost"):
+        run_pipeline(Warehouse(tmp_path / "wh"), landing, catalog(), DAYS[:1], refresh_static=["ghost"])
