@@ -1,0 +1,1 @@
+"""Per-integration sync assets (Klaviyo, dotdigital) and their schedules."""

@@ -1,0 +1,106 @@
+"""Sync assets: keep each email platform's contacts carrying the names of their synced segments.
+
+``klaviyo_sync`` / ``dotdigital_sync`` sync the latest complete ``memberships`` day (or
+``config.day``) for the segments whose toggle for that integration is on, incrementally against
+the destination mirror under ``<warehouse>/sync_state/<integration>/``; without credentials they
+dry-run into ``<warehouse>/sync_dry_run/<integration>/<timestamp>/``. Each materialization
+records the run's counts as metadata (the asset page plots them: the run history).
+
+Schedules (UTC; cron overridable): ``SEGMENT_PIPELINE_KLAVIYO_SYNC_CRON`` (default every 12 hours,
+``0 */12 * * *``) and ``SEGMENT_PIPELINE_DOTDIGITAL_SYNC_CRON`` (default daily, ``0 6 * * *``).
+A segment whose toggle is switched on is picked up by the next run (the catalog is read per run).
+"""
+
+
+import datetime as dt
+import os
+
+import dagster as dg
+
+from segment_pipeline.core.sync.report import SyncReport
+from segment_pipeline.core.sync.runner import sync_dotdigital, sync_klaviyo
+from segment_pipeline.core.warehouse import Warehouse
+from segment_pipeline.defs.resources import SegmentCatalogResource, WarehouseResource
+from segment_pipeline.defs.syncs.resources import DotdigitalResource, KlaviyoResource
+
+KLAVIYO_CRON_ENV, KLAVIYO_CRON = "SEGMENT_PIPELINE_KLAVIYO_SYNC_CRON", "0 */12 * * *"
+DOTDIGITAL_CRON_ENV, DOTDIGITAL_CRON = "SEGMENT_PIPELINE_DOTDIGITAL_SYNC_CRON", "0 6 * * *"
+
+
+class SyncConfig(dg.Config):
+    day: str = ""  # YYYY-MM-DD; empty = the latest complete memberships day
+
+
+def _day(wh: Warehouse, config: SyncConfig) -> dt.date:
+    if config.day:
+        day = dt.date.fromisoformat(config.day)
+        if not wh.has_partition("memberships", day):
+            raise dg.Failure(f"no complete memberships partition for {day}")
+        return day
+    days = wh.partition_dates("memberships")
+    if not days:
+        raise dg.Failure("no complete memberships partition yet: materialize memberships first")
+    return days[-1]
+
+
+def _synced(catalog, integration: str) -> dict[str, str]:
+    return {s.id: s.name for s in catalog.segments if s.sync.get(integration)}
+
+
+def _result(report: SyncReport) -> dg.MaterializeResult:
+    meta: dict[str, object] = dict(report.counts())
+    meta.update(dry_run=report.dry_run, day=report.day, status=report.status, run_id=report.run_id,
+                destination=report.destination)
+    if report.payload_dir:
+        meta["payload_dir"] = dg.MetadataValue.path(report.payload_dir)
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset(group_name="syncs", kinds={"klaviyo"}, deps=[dg.AssetKey("memberships")])
+def klaviyo_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,
+                 segment_catalog: SegmentCatalogResource, klaviyo: KlaviyoResource) -> dg.MaterializeResult:
+    """Klaviyo list membership + ``nosto_segment`` profile property for the synced segments."""
+    wh = warehouse.get()
+    day = _day(wh, config)
+    synced = _synced(segment_catalog.load(), "klaviyo")
+    client = klaviyo.client()
+    context.log.info(f"klaviyo sync of {day}: {len(synced)} synced segments" + ("" if client else " (dry run)"))
+    try:
+        report = sync_klaviyo(wh, day, synced, state_dir=wh.root / "sync_state" / "klaviyo",
+                              dry_run_root=wh.root / "sync_dry_run", client=client, settings=klaviyo.settings(),
+                              log=context.log.info)
+    finally:
+        if client:
+            client.close()
+    return _result(report)
+
+
+@dg.asset(group_name="syncs", kinds={"dotdigital"}, deps=[dg.AssetKey("memberships")])
+def dotdigital_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,
+                    segment_catalog: SegmentCatalogResource, dotdigital: DotdigitalResource) -> dg.MaterializeResult:
+    """dotdigital ``NOSTOSEGMENT`` data field (+ address book) for the synced segments."""
+    wh = warehouse.get()
+    day = _day(wh, config)
+    synced = _synced(segment_catalog.load(), "dotdigital")
+    client = dotdigital.client()
+    context.log.info(f"dotdigital sync of {day}: {len(synced)} synced segments" + ("" if client else " (dry run)"))
+    try:
+        report = sync_dotdigital(wh, day, synced, state_dir=wh.root / "sync_state" / "dotdigital",
+                                 dry_run_root=wh.root / "sync_dry_run", client=client, settings=dotdigital.settings(),
+                                 log=context.log.info)
+    finally:
+        if client:
+            client.close()
+    return _result(report)
+
+
+klaviyo_sync_schedule = dg.ScheduleDefinition(
+    name="klaviyo_sync_schedule", target=dg.AssetSelection.assets(klaviyo_sync),
+    cron_schedule=os.environ.get(KLAVIYO_CRON_ENV) or KLAVIYO_CRON, execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+dotdigital_sync_schedule = dg.ScheduleDefinition(
+    name="dotdigital_sync_schedule", target=dg.AssetSelection.assets(dotdigital_sync),
+    cron_schedule=os.environ.get(DOTDIGITAL_CRON_ENV) or DOTDIGITAL_CRON, execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
