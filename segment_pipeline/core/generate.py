@@ -356,7 +356,7 @@ class _Sql:
                  WHEN {self.u(_S.LANG, p)} < 0.96 THEN 'en' END AS language,
             {_lit([g[1] for g in geo])}[gi + 1] AS time_zone,
             {self.pick(tier, _S.TIER, p)} AS loyalty_tier,
-            {self.ts(f's * 86400 + cs')} AS created_at,
+            {self.ts('s * 86400 + cs')} AS created_at,
             s * 86400 + cs AS created_sec"""
         # email: unique through the trailing customer number (names contain no digits)
         ascii_f = "regexp_replace(lower(strip_accents(first_name)), '[^a-z]', '', 'g')"
