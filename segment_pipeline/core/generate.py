@@ -358,7 +358,7 @@ class _Sql:
             {self.pick(tier, _S.TIER, p)} AS loyalty_tier,
             {self.ts('s * 86400 + cs')} AS created_at,
             s * 86400 + cs AS created_sec"""
-        # email: unique through the trailing customer number (names contain no digits)
+        # email: unique through the trailing customer number, as in customer_id (names contain no digits)
         ascii_f = "regexp_replace(lower(strip_accents(first_name)), '[^a-z]', '', 'g')"
         ascii_l = "regexp_replace(lower(strip_accents(last_name)), '[^a-z]', '', 'g')"
         pattern = self.i(_S.EPAT, 4, p)
@@ -368,7 +368,7 @@ class _Sql:
               WHEN 1 THEN {ascii_f} || {ascii_l}
               WHEN 2 THEN left({ascii_f}, 1) || '.' || {ascii_l}
               ELSE {ascii_f} || '_' || {ascii_l} END
-            || {p}::VARCHAR || '@'
+            || ({p} + 1)::VARCHAR || '@'
             || CASE WHEN {self.u(_S.LOCALDOM, p)} < 0.3 THEN {_lit([c[4] for c in COUNTRIES])}[ci + 1]
                     ELSE {self.pick(MAIL_DOMAINS, _S.DOMAIN, p)} END AS email"""
         sql = f"SELECT *, {l1} FROM ({source})"
