@@ -223,6 +223,7 @@ def _validation_sql(kind: str, day: dt.date) -> tuple[list[tuple[str, str]], dic
                  f"'{num}: not a number'")
             )
             rules.append((f"try_cast({num} AS DOUBLE) < 0", f"'{num}: negative'"))
+            rules.append((f"try_cast({num} AS DOUBLE) >= 1e15", f"'{num}: implausibly large'"))
         rules.append(
             ("quantity IS NOT NULL AND trim(quantity) <> '' AND (try_cast(quantity AS DOUBLE) IS NULL "
              "OR try_cast(quantity AS DOUBLE) <> floor(try_cast(quantity AS DOUBLE)) OR try_cast(quantity AS DOUBLE) < 0 "
@@ -234,8 +235,8 @@ def _validation_sql(kind: str, day: dt.date) -> tuple[list[tuple[str, str]], dic
         typed["email"] = "lower(trim(email))"
         typed["event_type"] = "trim(event_type)"
         typed["occurred_at"] = _ts("occurred_at")
-        typed["price"] = "try_cast(nullif(trim(price), '') AS DOUBLE)"
-        typed["revenue"] = "try_cast(nullif(trim(revenue), '') AS DOUBLE)"
+        typed["price"] = "try_cast(try_cast(nullif(trim(price), '') AS DOUBLE) AS DECIMAL(18,2))"
+        typed["revenue"] = "try_cast(try_cast(nullif(trim(revenue), '') AS DOUBLE) AS DECIMAL(18,2))"
         typed["quantity"] = "try_cast(try_cast(nullif(trim(quantity), '') AS DOUBLE) AS INTEGER)"
     typed["source_file"] = "source_file"
     typed["source_line"] = "source_line"
