@@ -217,19 +217,23 @@ MODEL_WORDS = [
     "Tempo", "Arc", "Frontier", "Boulder", "Breeze", "Cruise", "Dune", "Ember", "Forge", "Grove",
 ]
 
-# utm sources: (name, first-touch weight, later-session weight, mediums, campaigns)
+# utm sources: (name, first-touch weight, later-session weight, mediums, campaigns). Events on the
+# signup day carry the first-touch (acquisition) source; later sessions come back through it with
+# probability RETURN_VIA_FIRST_TOUCH, else through a source drawn with the later-session weights.
+RETURN_VIA_FIRST_TOUCH = 0.35
 SOURCES: list[tuple[str | None, int, int, list[str | None], list[str | None]]] = [
-    ("instagram", 32, 17, ["social", "paid_social"], ["singles_day_2026", "winter_jackets", "influencer_collab"]),
+    ("instagram", 32, 18, ["social", "paid_social"], ["singles_day_2026", "winter_jackets", "influencer_collab"]),
     ("google", 24, 18, ["cpc", "organic"], ["brand_search", "singles_day_2026", "winter_jackets"]),
-    ("facebook", 10, 6, ["paid_social", "paid_social"], ["retargeting", "winter_jackets", "retargeting"]),
-    ("newsletter", 4, 20, ["email", "email"], ["weekly_digest", "welcome_series", "singles_day_2026"]),
-    ("tiktok", 12, 9, ["paid_social", "paid_social"], ["sneaker_drop", "influencer_collab", "sneaker_drop"]),
-    ("direct", 18, 30, [None, None], [None, None, None]),
+    ("facebook", 10, 8, ["paid_social", "paid_social"], ["retargeting", "winter_jackets", "retargeting"]),
+    ("newsletter", 4, 22, ["email", "email"], ["weekly_digest", "welcome_series", "singles_day_2026"]),
+    ("tiktok", 12, 10, ["paid_social", "paid_social"], ["sneaker_drop", "influencer_collab", "sneaker_drop"]),
+    ("direct", 18, 24, [None, None], [None, None, None]),
 ]
 
 # customer behaviour types: (weight, orders min, orders max, browse weight)
 CUSTOMER_TYPES = [(62, 0, 0, 1.0), (21, 1, 1, 1.0), (7, 2, 2, 1.3), (10, 3, 5, 2.0)]
 CART_BEFORE_ORDER = 0.6  # probability that an order is preceded by an add_to_cart event
+MAX_ORDER_EVENT_SHARE = 0.45  # at low events_per_profile, orders + their carts stay below this share
 BROWSE_TYPES = [("page_view", 50), ("product_view", 38), ("add_to_cart", 12)]
 UPDATE_RATE = 0.05  # per day, share of existing customers with an update record
 UPDATE_KINDS = [("move", 25), ("phone", 20), ("tier", 25), ("variant", 30)]
@@ -243,7 +247,7 @@ class _S:
     LANG, TIER, GUEST, EPAT, DOMAIN, LOCALDOM, CTYPE, KORD, BUDGET, FAV1, FAV2, ACQ = range(12, 24)
     UPD_T, UPD_KIND, UPD_TIME, UPD_CITY, UPD_PHONE, UPD_TIER, UPD_VAR, UPD_VARCID, UPD_EVAR = range(24, 33)
     BDAY, ODAY, CART, BTYPE, ETIME, CTIME, BRAND, BRANDANY, PROD, PRICE, QTY = range(33, 44)
-    SESS, MEDIUM, CAMPAIGN, EVAR, EVARK, MAL, MALK, MALV = range(44, 52)
+    SESS, MEDIUM, CAMPAIGN, EVAR, EVARK, MAL, MALK, MALV, RETURNING = range(44, 53)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,10 +313,19 @@ class _Sql:
         group_of_country = [NAME_GROUPS.index(c[3]) for c in COUNTRIES]
         first = [[NAMES[g][0], NAMES[g][1]] for g in NAME_GROUPS]
         last = [NAMES[g][2] for g in NAME_GROUPS]
-        ctypes = _expand([(t, w[0]) for t, w in enumerate(CUSTOMER_TYPES)])
-        order_events = sum(w * (lo + hi) / 2 for w, lo, hi, _ in CUSTOMER_TYPES) / 100 * (1 + CART_BEFORE_ORDER)
-        browse_mean = max(self.epp - order_events, 0.0)
-        mean_w = sum(w * bw for w, _, _, bw in CUSTOMER_TYPES) / 100
+        # Buyer shares are as in CUSTOMER_TYPES unless events_per_profile is too low to leave
+        # room for browsing; then fewer customers buy (none at 0), so the average stays right.
+        probs = [w / 100 for w, _, _, _ in CUSTOMER_TYPES]
+        order_events = sum(pr * (lo + hi) / 2 for pr, (_, lo, hi, _) in zip(probs, CUSTOMER_TYPES, strict=True))
+        order_events *= 1 + CART_BEFORE_ORDER
+        scale = min(1.0, MAX_ORDER_EVENT_SHARE * self.epp / order_events)
+        probs = [1 - scale * (1 - probs[0])] + [scale * pr for pr in probs[1:]]
+        bounds = [sum(probs[: t + 1]) for t in range(len(probs) - 1)]
+        ctype = "CASE " + " ".join(
+            f"WHEN {self.u(_S.CTYPE, 'p')} < {b!r} THEN {t}" for t, b in enumerate(bounds)
+        ) + f" ELSE {len(bounds)} END"
+        browse_mean = max(self.epp - order_events * scale, 0.0)
+        mean_w = sum(pr * bw for pr, (_, _, _, bw) in zip(probs, CUSTOMER_TYPES, strict=True))
         browse_w = [bw / mean_w * browse_mean for _, _, _, bw in CUSTOMER_TYPES]
         brand_pop = _expand([(b, x[1]) for b, x in enumerate(BRANDS)])
         acq = _expand([(s, x[1]) for s, x in enumerate(SOURCES)])
@@ -325,7 +338,7 @@ class _Sql:
             {self.i(_S.GSIDE, 2, p)} AS gside,
             {self.i(_S.FIRST, 10, p)} AS fni,
             {self.i(_S.LAST, 12, p)} AS lni,
-            {self.pick(ctypes, _S.CTYPE, p)} AS ctype,
+            {ctype} AS ctype,
             {self.u(_S.GUEST, p)} < 0.06 AS guest,
             {self.pick(brand_pop, _S.FAV1, p)} AS fav1,
             {self.i(_S.FAV2, len(BRANDS) - 1, p)} AS fav2off,
@@ -486,7 +499,8 @@ class _Sql:
             CASE WHEN rb < 0.55 THEN fav1 WHEN rb < 0.8 THEN fav2
                  ELSE {self.pick(brand_pop, _S.BRANDANY, 'p', d, sk, 'j')} END AS b,
             CASE WHEN ek = 1 THEN greatest(lowsec, t0 - 1 - {self.i(_S.CTIME, 1800, 'p', d, 'j')}) ELSE t0 END AS t,
-            CASE WHEN s = {d} THEN acq ELSE sess_src END AS src"""
+            CASE WHEN s = {d} OR {self.u(_S.RETURNING, "p", d, sk, "j")} < {RETURN_VIA_FIRST_TOUCH}
+                 THEN acq ELSE sess_src END AS src"""
         cats = [_expand(x[2]) for x in BRANDS]
         cat_names = list(CATEGORY_INFO)
         layer3 = f"""

@@ -406,8 +406,15 @@ def test_behaviour_mix(sample):
     assert sum(shares) / len(shares) > 0.7
     sources = collections.Counter(src for _, src in first_touch.values())
     assert sources.most_common(1)[0][0] == "instagram"
+    assert sources["instagram"] / sum(sources.values()) > 0.2
     # average events per profile close to the requested 3
     assert 2.5 <= summary["event_rows"] / SAMPLE_ARGS["profiles"] <= 3.5
+
+
+@pytest.mark.parametrize("epp", [0.0, 1.0, 5.0])
+def test_events_per_profile_is_the_average(tmp_path, epp):
+    summary = generate(tmp_path, 2000, 3, 5, "2026-11-01", "parquet", events_per_profile=epp, malformed_rate=0)
+    assert summary["event_rows"] == pytest.approx(2000 * epp, rel=0.1, abs=0)
 
 
 def test_formats_carry_the_same_logical_rows(small):
