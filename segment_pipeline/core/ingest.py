@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import polars as pl
 
 from segment_pipeline.core.warehouse import SCHEMAS, Warehouse, as_date, sql_string
 
@@ -94,30 +96,41 @@ def landing_files(landing_root: str | Path, kind: str, day: str | dt.date) -> li
 # ---------------------------------------------------------------------------------------------
 
 
-def _ndjson_relation(path: Path, fields: list[str]) -> str:
-    # Read physical lines (0x1F never occurs unescaped in valid JSON, so no line is split), number
-    # them with a streaming row_number (the connection preserves insertion order), then parse.
-    lines = (
-        f"read_csv({sql_string(str(path))}, columns = {{'raw': 'VARCHAR'}}, header = false, "
-        "delim = '\x1f', quote = '', escape = '', auto_detect = false, strict_mode = false, "
-        "hive_partitioning = false)"
-    )
+def _number_lines(path: Path, target: Path) -> None:
+    """Write ``(source_line, raw)`` for every physical line of ``path`` to a Parquet file.
+
+    Polars reads the file in parallel and numbers rows exactly (0x1F never occurs unescaped in
+    valid JSON, so no line is split and quotes mean nothing); DuckDB then parses the numbered
+    lines in parallel. Numbering inside DuckDB needs an order-preserving window that serialises
+    the whole parse onto one core.
+    """
+    try:
+        (
+            pl.scan_csv(path, has_header=False, separator="\x1f", quote_char=None, schema={"raw": pl.String},
+                        raise_if_empty=False, encoding="utf8")
+            .with_row_index("source_line", offset=1)
+            .sink_parquet(target, compression="lz4")
+        )
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise LandingFileError(f"{path}: cannot be read as NDJSON: {_first_line(exc)}") from None
+
+
+def _ndjson_relation(path: Path, lines: Path, fields: list[str]) -> str:
     extracted = ", ".join(f"j[{i + 1}] AS {f}" for i, f in enumerate(fields))
     paths = "[" + ", ".join(sql_string(f"$.{f}") for f in fields) + "]"
     return f"""(
         SELECT source_file, source_line,
-               CASE WHEN raw IS NULL OR trim(raw) = '' THEN 'empty line'
-                    WHEN NOT json_valid(raw) THEN 'line is not valid JSON'
+               CASE WHEN NOT json_valid(raw) THEN 'line is not valid JSON'
                     WHEN json_type(raw) <> 'OBJECT' THEN 'line is not a JSON object'
                END AS parse_error,
                raw, {extracted}
         FROM (
-            SELECT {sql_string(str(path))} AS source_file, source_line, raw,
+            SELECT {sql_string(str(path))} AS source_file, source_line::BIGINT AS source_line, raw,
                    CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT'
                         THEN json_extract_string(raw, {paths}) END AS j
-            FROM (SELECT raw, row_number() OVER () AS source_line FROM {lines})
+            FROM read_parquet({sql_string(str(lines))})
+            WHERE raw IS NOT NULL AND trim(raw) <> ''
         )
-        WHERE NOT (raw IS NULL OR trim(raw) = '')
     )"""
 
 
@@ -181,10 +194,15 @@ def _ts(col: str) -> str:
     return f"try_cast({col} AS TIMESTAMPTZ)::TIMESTAMP"
 
 
-def _validation_sql(kind: str, day: dt.date) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """(ordered list of (condition, reason), typed projections) for ``kind``."""
+def _validation_sql(kind: str, day: dt.date) -> tuple[dict[str, str], list[tuple[str, str]], dict[str, str]]:
+    """SQL for ``kind``: (values parsed once, ordered (condition, reason) rules, typed output columns).
+
+    The parsed values (``_ts_*``, ``_num_*``) are computed once per row in an inner projection and
+    shared by the rules and the typed output; the first rule that matches names the reason.
+    """
     latest = dt.datetime.combine(day + dt.timedelta(days=1), dt.time()) + FUTURE_TOLERANCE
     latest_sql = f"TIMESTAMP '{latest.isoformat(sep=' ')}'"
+    parsed: dict[str, str] = {}
     rules: list[tuple[str, str]] = [("parse_error IS NOT NULL", "parse_error")]
     for f in REQUIRED_FIELDS[kind]:
         rules.append((f"{f} IS NULL OR trim({f}) = ''", f"'missing required field {f}'"))
@@ -193,54 +211,51 @@ def _validation_sql(kind: str, day: dt.date) -> tuple[list[tuple[str, str]], dic
     )
 
     def ts_rule(col: str, required: bool) -> None:
+        parsed[f"_ts_{col}"] = _ts(f"nullif(trim({col}), '')")
         guard = "" if required else f"{col} IS NOT NULL AND trim({col}) <> '' AND "
-        rules.append((f"{guard}{_ts(col)} IS NULL", f"'{col}: not a valid ISO 8601 timestamp'"))
+        rules.append((f"{guard}_ts_{col} IS NULL", f"'{col}: not a valid ISO 8601 timestamp'"))
         rules.append(
-            (f"{guard}({_ts(col)} < TIMESTAMP '{MIN_TIMESTAMP.isoformat(sep=' ')}' OR {_ts(col)} > {latest_sql})",
+            (f"{guard}(_ts_{col} < TIMESTAMP '{MIN_TIMESTAMP.isoformat(sep=' ')}' OR _ts_{col} > {latest_sql})",
              f"'{col}: timestamp outside the plausible range (2000-01-01 .. end of the landing day)'")
         )
 
-    typed: dict[str, str] = {}
+    typed: dict[str, str] = {f: f"nullif(trim({f}), '')" for f in SOURCE_FIELDS[kind]}
+    typed["email"] = "lower(trim(email))"
     if kind == "profiles":
         ts_rule("updated_at", True)
         ts_rule("created_at", False)
-        rules.append(("dob IS NOT NULL AND trim(dob) <> '' AND try_cast(dob AS DATE) IS NULL", "'dob: not a valid date (YYYY-MM-DD)'"))
-        for f in SOURCE_FIELDS[kind]:
-            typed[f] = f"nullif(trim({f}), '')"
-        typed["email"] = "lower(trim(email))"
+        parsed["_dob"] = "try_cast(nullif(trim(dob), '') AS DATE)"
+        rules.append(("dob IS NOT NULL AND trim(dob) <> '' AND _dob IS NULL", "'dob: not a valid date (YYYY-MM-DD)'"))
         typed["email_raw"] = "email"
-        typed["dob"] = "try_cast(nullif(trim(dob), '') AS DATE)"
-        typed["created_at"] = _ts("nullif(trim(created_at), '')")
-        typed["updated_at"] = _ts("updated_at")
+        typed["dob"] = "_dob"
+        typed["created_at"] = "_ts_created_at"
+        typed["updated_at"] = "_ts_updated_at"
         typed["country"] = "upper(nullif(trim(country), ''))"
     else:
         ts_rule("occurred_at", True)
         types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
         rules.append((f"event_type NOT IN ({types})", f"'event_type: unknown value (expected one of {', '.join(EVENT_TYPES)})'"))
         for num in ("price", "revenue"):
+            parsed[f"_num_{num}"] = f"try_cast(nullif(trim({num}), '') AS DOUBLE)"
             rules.append(
-                (f"{num} IS NOT NULL AND trim({num}) <> '' AND (try_cast({num} AS DOUBLE) IS NULL OR NOT isfinite(try_cast({num} AS DOUBLE)))",
+                (f"{num} IS NOT NULL AND trim({num}) <> '' AND (_num_{num} IS NULL OR NOT isfinite(_num_{num}))",
                  f"'{num}: not a number'")
             )
-            rules.append((f"try_cast({num} AS DOUBLE) < 0", f"'{num}: negative'"))
-            rules.append((f"try_cast({num} AS DOUBLE) >= 1e15", f"'{num}: implausibly large'"))
+            rules.append((f"_num_{num} < 0", f"'{num}: negative'"))
+            rules.append((f"_num_{num} >= 1e15", f"'{num}: implausibly large'"))
+            typed[num] = f"_num_{num}::DECIMAL(18,2)"
+        parsed["_num_quantity"] = "try_cast(nullif(trim(quantity), '') AS DOUBLE)"
         rules.append(
-            ("quantity IS NOT NULL AND trim(quantity) <> '' AND (try_cast(quantity AS DOUBLE) IS NULL "
-             "OR try_cast(quantity AS DOUBLE) <> floor(try_cast(quantity AS DOUBLE)) OR try_cast(quantity AS DOUBLE) < 0 "
-             "OR try_cast(quantity AS DOUBLE) > 1000000)",
+            ("quantity IS NOT NULL AND trim(quantity) <> '' AND (_num_quantity IS NULL "
+             "OR _num_quantity <> floor(_num_quantity) OR _num_quantity < 0 OR _num_quantity > 1000000)",
              "'quantity: not a non-negative integer'")
         )
-        for f in SOURCE_FIELDS[kind]:
-            typed[f] = f"nullif(trim({f}), '')"
-        typed["email"] = "lower(trim(email))"
         typed["event_type"] = "trim(event_type)"
-        typed["occurred_at"] = _ts("occurred_at")
-        typed["price"] = "try_cast(try_cast(nullif(trim(price), '') AS DOUBLE) AS DECIMAL(18,2))"
-        typed["revenue"] = "try_cast(try_cast(nullif(trim(revenue), '') AS DOUBLE) AS DECIMAL(18,2))"
-        typed["quantity"] = "try_cast(try_cast(nullif(trim(quantity), '') AS DOUBLE) AS INTEGER)"
+        typed["occurred_at"] = "_ts_occurred_at"
+        typed["quantity"] = "_num_quantity::INTEGER"
     typed["source_file"] = "source_file"
     typed["source_line"] = "source_line"
-    return rules, typed
+    return parsed, rules, typed
 
 
 def ingest_day(
@@ -250,7 +265,13 @@ def ingest_day(
     kind: str,
     day: str | dt.date,
 ) -> IngestReport:
-    """Validate every landing file of ``kind`` for ``day`` into the warehouse; return the counts."""
+    """Validate every landing file of ``kind`` for ``day`` into the warehouse; return the counts.
+
+    One ordered pass reads, numbers, parses and validates every row into a staging Parquet file
+    (typed values, the reason for rejected rows, and their original text); the outputs are then
+    written from it with column-pruned scans. Nothing reaches the warehouse until every file has
+    been read, so an unreadable file leaves the day's previous partitions as they were.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     day = as_date(day)
@@ -260,78 +281,120 @@ def ingest_day(
     fields = SOURCE_FIELDS[kind]
     con.execute("SET TimeZone = 'UTC'")
 
+    staging_dir = warehouse.root / "_staging"
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex
+    staging = staging_dir / f"{kind}-{day.isoformat()}-{run_id}.parquet"
+    temp_files = [staging]
     parts: list[str] = []
-    for path in files:
+    ndjson_files: list[Path] = []
+    has_csv = False
+    for i, path in enumerate(files):
         fmt = FORMATS[path.suffix.lower()]
         if path.stat().st_size == 0:
             continue  # an empty delivery is valid: no rows
         if fmt == "ndjson":
-            rel = _ndjson_relation(path, fields)
-            _check_ndjson_readable(con, path, rel)
+            lines = staging_dir / f"{kind}-{day.isoformat()}-{run_id}-lines-{i}.parquet"
+            temp_files.append(lines)
+            try:
+                _number_lines(path, lines)
+            except LandingFileError:
+                _remove(temp_files)
+                raise
+            parts.append(_ndjson_relation(path, lines, fields))
+            ndjson_files.append(path)
         elif fmt == "csv":
-            rel = _csv_relation(con, path, fields, REQUIRED_FIELDS[kind])
+            parts.append(_csv_relation(con, path, fields, REQUIRED_FIELDS[kind]))
+            has_csv = True
         else:
-            rel = _parquet_relation(con, path, fields, REQUIRED_FIELDS[kind])
-        parts.append(rel)
+            parts.append(_parquet_relation(con, path, fields, REQUIRED_FIELDS[kind]))
 
-    rules, typed = _validation_sql(kind, day)
+    parsed, rules, typed = _validation_sql(kind, day)
     reason = "CASE " + " ".join(f"WHEN {cond} THEN {msg}" for cond, msg in rules) + " END"
     source_cols = ", ".join(["source_file", "source_line", "parse_error", "raw", *fields])
     if parts:
         union = " UNION ALL ".join(f"SELECT {source_cols} FROM {p}" for p in parts)
     else:
         union = f"SELECT NULL::VARCHAR AS source_file, NULL::BIGINT AS source_line, NULL::VARCHAR AS parse_error, NULL::VARCHAR AS raw, {', '.join(f'NULL::VARCHAR AS {f}' for f in fields)} LIMIT 0"
-    staged = f"staged_{kind}"
+    outputs = {name: expr for name, expr in typed.items() if name in SCHEMAS[f"raw_{kind}"]}
+    staged_sql = f"""
+        SELECT {', '.join(f'{expr} AS {name}' for name, expr in outputs.items())},
+               reason, parse_error, CASE WHEN reason IS NOT NULL THEN raw END AS raw
+        FROM (SELECT *, {reason} AS reason
+              FROM (SELECT *, {', '.join(f'{expr} AS {name}' for name, expr in parsed.items())} FROM ({union})))
+    """
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {staged} AS SELECT *, {reason} AS reason FROM ({union})")
+        # CSV rows are numbered by position (an order-preserving scan); NDJSON and Parquet rows
+        # carry their line numbers already, so their parse runs in parallel, in any order.
+        con.execute(f"SET preserve_insertion_order = {'true' if has_csv else 'false'}")
+        try:
+            con.execute(f"COPY ({staged_sql}) TO {sql_string(str(staging))} (FORMAT parquet, COMPRESSION lz4)")
+        except duckdb.Error as exc:
+            names = ", ".join(report.files) or "(no files)"
+            raise LandingFileError(f"{kind} for {day}: cannot read landing file(s) {names}: {_first_line(exc)}") from None
+        staged = f"read_parquet({sql_string(str(staging))})"
+        _check_ndjson_readable(con, staged, ndjson_files)
         rejected_csv = _csv_rejects(con)
+        line = "s.source_line"
+        joins = ""
         if rejected_csv:
             _renumber_after_rejects(con, staged, rejected_csv)
-    except duckdb.Error as exc:
-        names = ", ".join(report.files) or "(no files)"
-        raise LandingFileError(f"{kind} for {day}: cannot read landing file(s) {names}: {_first_line(exc)}") from None
-
-    if kind == "events":
-        # An event delivered twice (same event_id) is kept once: later copies are quarantined.
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE {staged} AS
-            SELECT * EXCLUDE (dup_rank) REPLACE (
-                CASE WHEN dup_rank > 1 THEN 'duplicate event_id (an earlier row of this day has it)'
-                     ELSE reason END AS reason)
-            FROM (
-                SELECT *, CASE WHEN reason IS NULL THEN row_number() OVER (
-                    PARTITION BY event_id, reason IS NULL ORDER BY source_file, source_line) END AS dup_rank
-                FROM {staged}
-            )
-        """)
-
-    valid_cols = ", ".join(f"{expr} AS {name}" for name, expr in typed.items() if name in SCHEMAS[f"raw_{kind}"])
-    quarantine_sql = (
-        f"SELECT source_file, source_line, reason, raw FROM {staged} WHERE reason IS NOT NULL"
-        + (f" UNION ALL SELECT source_file, source_line, reason, raw FROM {rejected_csv}" if rejected_csv else "")
-    )
-    report.rows_valid = warehouse.write_partition(
-        con, f"raw_{kind}", day, f"SELECT {valid_cols} FROM {staged} WHERE reason IS NULL"
-    )
-    report.rows_quarantined = warehouse.write_partition(con, f"quarantine_{kind}", day, quarantine_sql)
-    report.rows_read = report.rows_valid + report.rows_quarantined
-    report.reasons = dict(
-        con.execute(f"SELECT reason, count(*) FROM ({quarantine_sql}) GROUP BY reason ORDER BY 2 DESC, 1").fetchall()
-    )
-    con.execute(f"DROP TABLE IF EXISTS {staged}")
+            joins += " LEFT JOIN csv_line_map lm ON lm.source_file = s.source_file AND lm.position = s.source_line"
+            line = "coalesce(lm.line, s.source_line)"
+        duplicate = "FALSE"
+        if kind == "events":
+            # An event delivered twice (same event_id) is kept once: later copies are quarantined.
+            con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE dup_events AS
+                SELECT event_id, min((source_file, source_line)) AS first
+                FROM {staged} WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1
+            """)
+            joins += " LEFT JOIN dup_events d ON d.event_id = s.event_id"
+            duplicate = "(d.event_id IS NOT NULL AND (s.source_file, s.source_line) <> d.first)"
+        columns = ", ".join(f"s.{c}" if c != "source_line" else f"{line} AS source_line" for c in outputs)
+        as_json = "to_json({" + ", ".join(f"'{f}': s.{f}" for f in fields if f in outputs) + "})::VARCHAR"
+        quarantine_sql = f"""
+            SELECT s.source_file, {line} AS source_line,
+                   CASE WHEN s.reason IS NOT NULL THEN s.reason
+                        ELSE 'duplicate event_id (an earlier row of this day has it)' END AS reason,
+                   coalesce(s.raw, {as_json}) AS raw
+            FROM {staged} s {joins} WHERE s.reason IS NOT NULL OR {duplicate}
+        """ + (f" UNION ALL SELECT source_file, source_line, reason, raw FROM {rejected_csv}" if rejected_csv else "")
+        report.rows_valid = warehouse.write_partition(
+            con, f"raw_{kind}", day, f"SELECT {columns} FROM {staged} s {joins} WHERE s.reason IS NULL AND NOT {duplicate}"
+        )
+        report.rows_quarantined = warehouse.write_partition(con, f"quarantine_{kind}", day, quarantine_sql)
+        report.rows_read = report.rows_valid + report.rows_quarantined
+        report.reasons = dict(con.execute(
+            f"SELECT reason, count(*) FROM {warehouse.scan(f'quarantine_{kind}', days=[day])} "
+            "GROUP BY reason ORDER BY 2 DESC, 1"
+        ).fetchall())
+    finally:
+        _remove(temp_files)
+        for table in ("dup_events", "csv_line_map", "csv_rejects_q"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
     return report
 
 
-def _check_ndjson_readable(con: duckdb.DuckDBPyConnection, path: Path, rel: str) -> None:
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _check_ndjson_readable(con: duckdb.DuckDBPyConnection, staged: str, files: list[Path]) -> None:
     """A file with lines but not one JSON object among them is not NDJSON: fail, naming it."""
-    try:
-        total, parsed = con.execute(
-            f"SELECT count(*), count(*) FILTER (WHERE parse_error IS NULL) FROM {rel}"
-        ).fetchall()[0]
-    except duckdb.Error as exc:
-        raise LandingFileError(f"{path}: cannot be read as NDJSON: {_first_line(exc)}") from None
-    if total and not parsed:
-        raise LandingFileError(f"{path}: not NDJSON: none of its {total} line(s) is a JSON object")
+    if not files:
+        return
+    counts = dict(
+        (f, (total, ok))
+        for f, total, ok in con.execute(
+            f"SELECT source_file, count(*), count(*) FILTER (WHERE parse_error IS NULL) FROM {staged} GROUP BY ALL"
+        ).fetchall()
+    )
+    for path in files:
+        total, ok = counts.get(str(path), (0, 0))
+        if total and not ok:
+            raise LandingFileError(f"{path}: not NDJSON: none of its {total} line(s) is a JSON object")
 
 
 def _csv_rejects(con: duckdb.DuckDBPyConnection) -> str | None:
@@ -356,21 +419,19 @@ def _csv_rejects(con: duckdb.DuckDBPyConnection) -> str | None:
 
 
 def _renumber_after_rejects(con: duckdb.DuckDBPyConnection, staged: str, rejects: str) -> None:
-    """CSV rows were numbered by position among accepted rows; shift them past rejected lines.
+    """CSV rows are numbered by position among accepted rows; map positions past rejected lines.
 
+    Builds ``csv_line_map(source_file, position, line)`` for the files that had rejected lines.
     (Assumes one physical line per record, which holds unless a quoted field spans lines.)
     """
-    for (path,) in con.execute(f"SELECT DISTINCT source_file FROM {rejects}").fetchall():
-        con.execute(
-            f"""
-            UPDATE {staged} SET source_line = m.line
-            FROM (
-                SELECT l AS line, row_number() OVER (ORDER BY l) + 1 AS position
-                FROM range(2, (SELECT count(*) FROM {staged} WHERE source_file = $path)
-                              + (SELECT count(*) FROM {rejects} WHERE source_file = $path) + 2) t(l)
-                WHERE l NOT IN (SELECT source_line FROM {rejects} WHERE source_file = $path)
-            ) m
-            WHERE {staged}.source_file = $path AND {staged}.source_line = m.position
-            """,
-            {"path": path},
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE csv_line_map AS
+        WITH files AS (
+            SELECT source_file,
+                   (SELECT count(*) FROM {staged} s WHERE s.source_file = r.source_file) + count(*) AS total
+            FROM {rejects} r GROUP BY source_file
         )
+        SELECT f.source_file, row_number() OVER (PARTITION BY f.source_file ORDER BY l) + 1 AS position, l AS line
+        FROM files f, LATERAL (SELECT unnest(range(2, f.total + 2)) AS l) lines
+        WHERE l NOT IN (SELECT source_line FROM {rejects} r WHERE r.source_file = f.source_file)
+    """)

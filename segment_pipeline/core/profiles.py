@@ -2,8 +2,8 @@
 
 Identity is the normalized email (trimmed, lowercased; ingestion already normalized it), so
 ``Anna@Example.com `` and ``anna@example.com`` are one customer. For every attribute the latest
-non-null value wins, ordered by ``updated_at`` and then by delivery order (landing day, file, line)
-so ties resolve the same way every time; a partial update (attribute left out) keeps the older
+non-null value wins, ordered by ``updated_at`` and then by delivery (landing day, file, line), so
+ties resolve the same way every time; a partial update (attribute left out) keeps the older
 value. Events join the identity by the same normalized email. An email seen only in events (a guest
 checkout) is an identity too, with empty attributes.
 
@@ -24,6 +24,15 @@ ATTRIBUTES = (
     "customer_id", "first_name", "last_name", "gender", "dob", "phone", "country", "city",
     "language", "time_zone", "loyalty_tier",
 )
+#: "Latest" order of profile records, packed into one HUGEINT (a struct-valued arg_max key is
+#: ~12x slower): updated_at (microseconds), then landing day, then file (a stable 16-bit hash of
+#: its path, so same-timestamp ties resolve identically on every run), then line.
+ORDER_KEY = (
+    "(epoch_us(updated_at)::HUGEINT * (1::HUGEINT << 72)"
+    " + ((date - DATE '1970-01-01')::HUGEINT << 56)"
+    " + ((hash(source_file) % 65536)::HUGEINT << 40)"
+    " + source_line)"
+)
 SHORT_WINDOW_DAYS = 30
 AFFINITY_WINDOW_DAYS = 90
 
@@ -38,12 +47,11 @@ def profiles_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[str, dict[st
         "since_short": end - dt.timedelta(days=SHORT_WINDOW_DAYS),
         "since_affinity": end - dt.timedelta(days=AFFINITY_WINDOW_DAYS),
     }
-    order_key = "(updated_at, date, source_file, source_line)"
     latest = ",\n            ".join(
-        f"arg_max({a}, {order_key}) FILTER (WHERE {a} IS NOT NULL) AS {a}" for a in ATTRIBUTES
+        f"arg_max({a}, ord) FILTER (WHERE {a} IS NOT NULL) AS {a}" for a in ATTRIBUTES
     )
     sql = f"""
-    WITH rp AS (SELECT * FROM {warehouse.scan('raw_profiles', upto=day)}),
+    WITH rp AS (SELECT *, {ORDER_KEY} AS ord FROM {warehouse.scan('raw_profiles', upto=day)}),
     ev AS (
         SELECT email, event_type, occurred_at, brand, category, revenue, utm_source
         FROM {warehouse.scan('raw_events', upto=day)}
