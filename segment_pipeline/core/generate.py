@@ -10,8 +10,9 @@ with ``<ext>`` one of ``ndjson``, ``csv`` or ``parquet`` and one file per kind p
 How it works
 ------------
 Nothing is generated row by row in Python. Every value is a pure function of
-``(seed, field salt, row keys)`` through DuckDB's ``hash`` (stable for equal inputs; the output of
-a given duckdb version is what the committed sample and its test pin down), so any day can be
+``(seed, field salt, row keys)``, chained through DuckDB's single-argument ``hash`` (a 64-bit
+murmur-style mix, stable for equal inputs; the committed sample and its test pin down the output
+of the pinned duckdb version), so any day can be
 produced on its own and the data stays consistent across days without keeping state:
 
 * Customer ``p`` (0 <= p < profiles) signs up on day ``p * days // profiles``; all its immutable
@@ -24,11 +25,14 @@ produced on its own and the data stays consistent across days without keeping st
   identity record whose email differs from the stored one only in case / surrounding spaces.
   Mutable attributes only ever appear in the record that sets them, so records never contradict
   each other.
-* A day's event file scans the customers signed up by that day and gives each one its share of
-  browsing events (page_view / product_view / add_to_cart) for the day plus the orders whose day
-  falls on it (an order may be preceded by an add_to_cart of the same product). Buyers have an
-  exact number of orders over the whole window (1, 2 or 3-5); prospects never order. Events on a
-  customer's signup day happen after the signup and carry the customer's first-touch source.
+* A day's event file scans the customers signed up by that day. Each customer is active for
+  ``days`` days from its signup: a share of its browsing (page_view / product_view / add_to_cart)
+  happens on the signup day, the rest at a constant daily rate; buyers place 1, 2 or 3-6 orders on
+  days drawn over that horizon (the first often on the signup day; an order may be preceded by an
+  add_to_cart of the same product) and prospects never order. What falls after the last day is
+  simply not in the data, so daily volumes grow with the customer base instead of piling up on
+  the last day. Events on a customer's signup day happen after the signup and carry the
+  customer's first-touch source.
 * Malformed rows are extra rows right after a valid row they are a broken copy of (bad email,
   missing required field, unparsable timestamp, wrong type, unknown event type, not-JSON line /
   wrong number of CSV columns). Their share is ``malformed_rate``, but when the rate is positive
@@ -231,7 +235,9 @@ SOURCES: list[tuple[str | None, int, int, list[str | None], list[str | None]]] =
 ]
 
 # customer behaviour types: (weight, orders min, orders max, browse weight)
-CUSTOMER_TYPES = [(62, 0, 0, 1.0), (21, 1, 1, 1.0), (7, 2, 2, 1.3), (10, 3, 5, 2.0)]
+CUSTOMER_TYPES = [(60, 0, 0, 1.0), (21, 1, 1, 1.0), (7, 2, 2, 1.3), (12, 3, 6, 2.0)]
+SIGNUP_DAY_BROWSE_SHARE = 0.3  # share of a customer's browsing that happens on its signup day
+FIRST_ORDER_AT_SIGNUP = 0.4  # probability that a buyer's first order is on its signup day
 CART_BEFORE_ORDER = 0.6  # probability that an order is preceded by an add_to_cart event
 MAX_ORDER_EVENT_SHARE = 0.45  # at low events_per_profile, orders + their carts stay below this share
 BROWSE_TYPES = [("page_view", 50), ("product_view", 38), ("add_to_cart", 12)]
@@ -247,11 +253,18 @@ class _S:
     LANG, TIER, GUEST, EPAT, DOMAIN, LOCALDOM, CTYPE, KORD, BUDGET, FAV1, FAV2, ACQ = range(12, 24)
     UPD_T, UPD_KIND, UPD_TIME, UPD_CITY, UPD_PHONE, UPD_TIER, UPD_VAR, UPD_VARCID, UPD_EVAR = range(24, 33)
     BDAY, ODAY, CART, BTYPE, ETIME, CTIME, BRAND, BRANDANY, PROD, PRICE, QTY = range(33, 44)
-    SESS, MEDIUM, CAMPAIGN, EVAR, EVARK, MAL, MALK, MALV, RETURNING = range(44, 53)
+    SESS, MEDIUM, CAMPAIGN, EVAR, EVARK, MAL, MALK, MALV, RETURNING, FIRSTORDER = range(44, 54)
 
 
 # --------------------------------------------------------------------------------------------
 # SQL helpers
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
 
 
 def _lit(v: Any) -> str:
@@ -281,8 +294,16 @@ class _Sql:
 
     # random primitives ---------------------------------------------------------------------
     def h(self, salt: int, *keys: Any) -> str:
-        parts = ", ".join(f"({k})::BIGINT" for k in keys)
-        return f"hash({self.seed}::BIGINT, {salt}::BIGINT, {parts})"
+        """64-bit pseudo-random UBIGINT from (seed, salt, keys...); keys are non-negative integers.
+
+        DuckDB's multi-argument ``hash(a, b, ...)`` XORs the per-argument hashes, so values drawn
+        with different salts would be strongly correlated. Instead the keys are chained through
+        the single-argument hash (a full 64-bit mix), starting from a per-(seed, salt) constant.
+        """
+        expr = f"{_splitmix64(self.seed * 1_000_003 + salt)}::UBIGINT"
+        for k in keys:
+            expr = f"hash(xor({expr}, ({k})::UBIGINT))"
+        return expr
 
     def i(self, salt: int, n: Any, *keys: Any) -> str:
         """Integer in [0, n)."""
@@ -315,8 +336,16 @@ class _Sql:
         last = [NAMES[g][2] for g in NAME_GROUPS]
         # Buyer shares are as in CUSTOMER_TYPES unless events_per_profile is too low to leave
         # room for browsing; then fewer customers buy (none at 0), so the average stays right.
+        # Everything is calibrated on what lands inside the window: a customer's horizon is
+        # ``days`` long, so on average a share ``in_window`` of it is inside.
+        in_window = (self.days + 1) / (2 * self.days)
+        first_in = FIRST_ORDER_AT_SIGNUP + (1 - FIRST_ORDER_AT_SIGNUP) * in_window
         probs = [w / 100 for w, _, _, _ in CUSTOMER_TYPES]
-        order_events = sum(pr * (lo + hi) / 2 for pr, (_, lo, hi, _) in zip(probs, CUSTOMER_TYPES, strict=True))
+        order_events = sum(
+            pr * (first_in + ((lo + hi) / 2 - 1) * in_window)
+            for pr, (_, lo, hi, _) in zip(probs, CUSTOMER_TYPES, strict=True)
+            if hi > 0
+        )
         order_events *= 1 + CART_BEFORE_ORDER
         scale = min(1.0, MAX_ORDER_EVENT_SHARE * self.epp / order_events)
         probs = [1 - scale * (1 - probs[0])] + [scale * pr for pr in probs[1:]]
@@ -326,7 +355,8 @@ class _Sql:
         ) + f" ELSE {len(bounds)} END"
         browse_mean = max(self.epp - order_events * scale, 0.0)
         mean_w = sum(pr * bw for pr, (_, _, _, bw) in zip(probs, CUSTOMER_TYPES, strict=True))
-        browse_w = [bw / mean_w * browse_mean for _, _, _, bw in CUSTOMER_TYPES]
+        browse_in = SIGNUP_DAY_BROWSE_SHARE + (1 - SIGNUP_DAY_BROWSE_SHARE) * in_window
+        browse_w = [bw / mean_w * browse_mean / browse_in for _, _, _, bw in CUSTOMER_TYPES]
         brand_pop = _expand([(b, x[1]) for b, x in enumerate(BRANDS)])
         acq = _expand([(s, x[1]) for s, x in enumerate(SOURCES)])
         d, p = self.days, "p"
@@ -469,7 +499,9 @@ class _Sql:
         hi = self.first_customer(day + 1)
         d, days = day, self.days
         scan = f"""
-            SELECT p, s, k, budget / ({days} - s) AS mu
+            SELECT p, s, k,
+                   budget * ({(1 - SIGNUP_DAY_BROWSE_SHARE) / days!r}
+                             + CASE WHEN s = {d} THEN {SIGNUP_DAY_BROWSE_SHARE!r} ELSE 0 END) AS mu
             FROM ({self.customer(f'SELECT p FROM range(0, {hi}) t(p)')})"""
         counts = f"""
             SELECT p, k, s, floor(mu)::BIGINT + ({self.u(_S.BDAY, 'p', d)} < mu - floor(mu))::BIGINT AS nb
@@ -479,7 +511,8 @@ class _Sql:
             SELECT p, unnest(CASE WHEN {self.u(_S.CART, 'p', 'j')} < {CART_BEFORE_ORDER} THEN [1, 2] ELSE [2] END)
                    AS ek, j
             FROM (SELECT p, s, unnest(range(k)) AS j FROM ({counts}) WHERE k > 0)
-            WHERE s + {self.i(_S.ODAY, f'{days} - s', 'p', 'j')} = {d}"""
+            WHERE s + CASE WHEN j = 0 AND {self.u(_S.FIRSTORDER, "p")} < {FIRST_ORDER_AT_SIGNUP}
+                           THEN 0 ELSE {self.i(_S.ODAY, days, "p", "j")} END = {d}"""
         slots = f"SELECT * FROM ({browse}) UNION ALL SELECT * FROM ({orders})"
         # sk: the slot key shared by an order and its add_to_cart (same product, same session)
         btype = _expand([(t, w) for t, w in BROWSE_TYPES])
