@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from segment_pipeline import cli
+from segment_pipeline.core import generate as generate_module
 from segment_pipeline.core.generate import (
     EVENT_FIELDS,
     EVENT_TYPES,
@@ -408,7 +409,26 @@ def test_behaviour_mix(sample):
     assert sources.most_common(1)[0][0] == "instagram"
     assert sources["instagram"] / sum(sources.values()) > 0.2
     # average events per profile close to the requested 3
-    assert 2.5 <= summary["event_rows"] / SAMPLE_ARGS["profiles"] <= 3.5
+    assert 2.7 <= summary["event_rows"] / SAMPLE_ARGS["profiles"] <= 3.3
+    # daily volume grows with the customer base but does not pile up on the last day
+    per_day = collections.Counter(day for day, _ in landing.events)
+    assert max(per_day.values()) < 5 * min(per_day.values())
+
+
+def test_random_draws_are_independent():
+    """Different salts / neighbouring keys give uncorrelated uniforms (multi-arg hash() would not)."""
+    import duckdb
+
+    sql = generate_module._Sql(42, 1000, 7, START, 3.0)
+    row = duckdb.sql(
+        f"""SELECT corr({sql.u(1, "p")}, {sql.u(2, "p")}), corr({sql.u(1, "p")}, {sql.u(1, "p + 1")}),
+                   corr({sql.u(3, "p", 1)}, {sql.u(3, "p", 2)}), avg({sql.u(4, "p")}),
+                   avg({sql.i(5, 10, "p", 7)})
+            FROM range(100000) t(p)"""
+    ).fetchall()[0]
+    assert all(abs(c) < 0.02 for c in row[:3])
+    assert row[3] == pytest.approx(0.5, abs=0.01)
+    assert row[4] == pytest.approx(4.5, abs=0.05)
 
 
 @pytest.mark.parametrize("epp", [0.0, 1.0, 5.0])
