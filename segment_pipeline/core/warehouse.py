@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -268,12 +269,18 @@ def connect(
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection for streaming work over the warehouse.
 
+    ``memory_limit`` defaults to ``SEGMENT_PIPELINE_DUCKDB_MEMORY`` (else 3GB): beyond it DuckDB
+    spills to a temporary folder, so peak memory stays bounded whatever the data size.
     ``preserve_order`` keeps rows in source order (needed where line numbers are derived from
     position); without it DuckDB may reorder freely, which streams larger-than-memory work better.
     """
     con = duckdb.connect(config={"preserve_insertion_order": preserve_order})
-    if memory_limit:
-        con.execute(f"SET memory_limit = {sql_string(memory_limit)}")
+    limit = memory_limit or os.environ.get("SEGMENT_PIPELINE_DUCKDB_MEMORY") or "3GB"
+    con.execute(f"SET memory_limit = {sql_string(limit)}")
+    spill = Path(tempfile.gettempdir()) / "segment_pipeline_duckdb"
+    spill.mkdir(parents=True, exist_ok=True)
+    con.execute(f"SET temp_directory = {sql_string(str(spill))}")
+    con.execute("SET TimeZone = 'UTC'")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con

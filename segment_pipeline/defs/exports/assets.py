@@ -131,7 +131,7 @@ def segment_export(
         warehouse.get(),
         storage,
         request,
-        owner=f"run {context.run_id}",
+        owner=f"run {context.run.run_id}",
         as_of=config.as_of,
         max_concurrent=exports.max_concurrent_segment_exports,
         lock_stale_after=exports.lock_stale_after_seconds,

@@ -1,0 +1,201 @@
+"""Benchmark: ingestion, profiles and memberships (20 segments) at scale, against a bare-DuckDB floor.
+
+    python benchmarks/bench_pipeline.py --profiles 1000000
+    python benchmarks/bench_pipeline.py --profiles 10000000 --keep-landing
+
+Generates ``--profiles`` customers with 3 events each over ``--days`` daily files (not timed),
+then times, each stage in a fresh process so peak RSS is per stage:
+
+* ingest: validate every day's profile and event files into the warehouse (with quarantine);
+* profiles: identity-resolved profiles as of the last day, from all landed days;
+* memberships: 20 segments as of the last day (the shipped 18 plus two more);
+
+and the floor: one bare DuckDB script doing the same essential work in a single query chain
+(read the NDJSON typed, resolve identities with latest-wins, aggregate events, evaluate the same
+20 rules, write memberships Parquet), with no validation, quarantine, line numbers or stats.
+Prints seconds and peak RSS per stage, the total, and the ratio pipeline / floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+EXTRA_SEGMENTS = [
+    {"id": "big_spender_recent", "name": "Big spender, last 30 days",
+     "rule": {"event": {"type": "order", "within_days": 30, "measure": "sum", "sum_field": "revenue", "op": ">=", "value": 150}}},
+    {"id": "sneaker_viewers", "name": "Sneaker viewers",
+     "rule": {"event": {"type": "product_view", "within_days": 14, "where": [{"field": "category", "op": "=", "value": "sneakers"}]}}},
+]
+
+
+def stage(name: str, args: argparse.Namespace) -> dict:
+    """Run one stage in a child process; return its seconds and peak RSS."""
+    cmd = [sys.executable, __file__, "--run-stage", name, "--work", str(args.work), "--days", str(args.days),
+           "--start", args.start]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    info["wall_seconds"] = seconds
+    return info
+
+
+def run_stage(name: str, work: Path, days: int, start: str) -> None:
+    from segment_pipeline.core.ingest import ingest_day
+    from segment_pipeline.core.memberships import compute_memberships
+    from segment_pipeline.core.profiles import build_profiles
+    from segment_pipeline.core.segments import load_catalog
+    from segment_pipeline.core.warehouse import Warehouse, connect
+
+    wh = Warehouse(work / "warehouse")
+    landing = work / "landing"
+    day_list = [dt.date.fromisoformat(start) + dt.timedelta(days=i) for i in range(days)]
+    t0 = time.perf_counter()
+    detail: dict = {}
+    if name == "ingest":
+        con = connect(preserve_order=True)
+        rows = 0
+        for day in day_list:
+            for kind in ("profiles", "events"):
+                report = ingest_day(con, wh, landing, kind, day)
+                rows += report.rows_read
+                detail[f"quarantined_{kind}"] = detail.get(f"quarantined_{kind}", 0) + report.rows_quarantined
+        detail["rows_read"] = rows
+    elif name == "profiles":
+        detail["identities"] = build_profiles(connect(), wh, day_list[-1])
+    elif name == "memberships":
+        catalog = load_catalog(work / "segments.yaml")
+        report = compute_memberships(connect(), wh, catalog, day_list[-1])
+        detail["segments"] = len(report.stats)
+        detail["memberships"] = report.total_rows
+    elif name == "floor":
+        detail.update(floor(work, day_list))
+    detail["seconds"] = time.perf_counter() - t0
+    detail["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(detail))
+
+
+def floor(work: Path, day_list: list[dt.date]) -> dict:
+    """The same essential work as one bare DuckDB script (no validation, quarantine or bookkeeping)."""
+    import duckdb
+
+    from segment_pipeline.core.segments import compile_segments, load_catalog
+
+    con = duckdb.connect(config={"preserve_insertion_order": False})
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = '{os.environ.get('SEGMENT_PIPELINE_DUCKDB_MEMORY', '3GB')}'")
+    landing = work / "landing"
+    out = work / "floor"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    end = dt.datetime.combine(day_list[-1] + dt.timedelta(days=1), dt.time())
+    con.execute(f"""
+        CREATE TABLE ev AS
+        SELECT lower(trim(email)) AS email, event_type, try_cast(occurred_at AS TIMESTAMPTZ)::TIMESTAMP AS occurred_at,
+               brand, category, utm_source, utm_medium, utm_campaign, product_id, product_name, order_id,
+               try_cast(price AS DECIMAL(18,2)) AS price, try_cast(quantity AS INTEGER) AS quantity,
+               try_cast(revenue AS DECIMAL(18,2)) AS revenue
+        FROM read_json('{landing}/events/*/*.ndjson', format = 'newline_delimited', ignore_errors = true,
+                       columns = {{email: 'VARCHAR', event_type: 'VARCHAR', occurred_at: 'VARCHAR', brand: 'VARCHAR',
+                                  category: 'VARCHAR', utm_source: 'VARCHAR', utm_medium: 'VARCHAR', utm_campaign: 'VARCHAR',
+                                  product_id: 'VARCHAR', product_name: 'VARCHAR', order_id: 'VARCHAR', price: 'VARCHAR',
+                                  quantity: 'VARCHAR', revenue: 'VARCHAR'}})
+        WHERE email IS NOT NULL
+    """)
+    con.execute(f"""
+        CREATE TABLE prof AS
+        WITH rp AS (
+            SELECT lower(trim(email)) AS email, try_cast(updated_at AS TIMESTAMPTZ)::TIMESTAMP AS updated_at, *
+                   EXCLUDE (email, updated_at)
+            FROM read_json('{landing}/profiles/*/*.ndjson', format = 'newline_delimited', ignore_errors = true,
+                           columns = {{email: 'VARCHAR', updated_at: 'VARCHAR', customer_id: 'VARCHAR', country: 'VARCHAR',
+                                      city: 'VARCHAR', loyalty_tier: 'VARCHAR', first_name: 'VARCHAR'}})
+            WHERE email IS NOT NULL
+        ),
+        a AS (SELECT email, arg_max(country, updated_at) FILTER (WHERE country IS NOT NULL) AS country,
+                     arg_max(city, updated_at) FILTER (WHERE city IS NOT NULL) AS city,
+                     arg_max(loyalty_tier, updated_at) FILTER (WHERE loyalty_tier IS NOT NULL) AS loyalty_tier
+              FROM rp GROUP BY email),
+        o AS (SELECT email, count(*) FILTER (WHERE event_type = 'order') AS order_count,
+                     coalesce(sum(revenue) FILTER (WHERE event_type = 'order'), 0) AS total_revenue,
+                     max(occurred_at) FILTER (WHERE event_type = 'order') AS last_order_at,
+                     arg_min(utm_source, occurred_at) FILTER (WHERE utm_source IS NOT NULL) AS first_utm_source
+              FROM ev GROUP BY email)
+        SELECT md5(email)[1:16] AS identity_id, email, a.country, a.city, a.loyalty_tier,
+               coalesce(o.order_count, 0) AS order_count, coalesce(o.total_revenue, 0) AS total_revenue,
+               o.last_order_at, o.first_utm_source, (md5_number(email) % 10000)::INTEGER AS random_bucket
+        FROM a FULL OUTER JOIN o USING (email)
+    """)
+    catalog = load_catalog(work / "segments.yaml")
+    live = [s.id for s in catalog.segments if s.is_active_on(day_list[-1])]
+    inactive = {s.id for s in catalog.segments} - set(live)
+    compiled = compile_segments(catalog, live, day_list[-1], inactive=inactive)
+    query = compiled.render(profiles="prof", events=f"(SELECT * FROM ev WHERE occurred_at < TIMESTAMP '{end}')")
+    con.execute(f"CREATE TABLE flags AS {query}", compiled.params)
+    unions = " UNION ALL ".join(f"SELECT '{s}' AS segment_id, identity_id, email FROM flags WHERE {c}"
+                                for s, c in compiled.columns.items())
+    con.execute(f"COPY ({unions}) TO '{out}/memberships.parquet' (FORMAT parquet)")
+    n = con.execute(f"SELECT count(*) FROM '{out}/memberships.parquet'").fetchall()[0][0]
+    return {"memberships": n}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profiles", type=int, default=1_000_000)
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--start", default="2026-11-01")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--work", type=Path, default=Path("/tmp/segment_pipeline_bench"))
+    p.add_argument("--keep-landing", action="store_true", help="reuse generated files of the same size")
+    p.add_argument("--run-stage", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.run_stage:
+        run_stage(args.run_stage, args.work, args.days, args.start)
+        return
+
+    import yaml
+
+    from segment_pipeline.core.generate import generate
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    marker = args.work / "landing.json"
+    wanted = {"profiles": args.profiles, "days": args.days, "seed": args.seed, "start": args.start}
+    if not (args.keep_landing and marker.exists() and json.loads(marker.read_text()) == wanted):
+        shutil.rmtree(args.work / "landing", ignore_errors=True)
+        t0 = time.perf_counter()
+        generate(str(args.work / "landing"), args.profiles, args.days, args.seed, args.start, "ndjson")
+        print(f"generated {args.profiles:,} profiles x 3 events over {args.days} days in {time.perf_counter() - t0:.1f}s (not timed)")
+        marker.write_text(json.dumps(wanted))
+    shipped = yaml.safe_load((ROOT / "data" / "segments.yaml").read_text())
+    shipped["segments"].extend(EXTRA_SEGMENTS)
+    (args.work / "segments.yaml").write_text(yaml.safe_dump(shipped, sort_keys=False))
+    shutil.rmtree(args.work / "warehouse", ignore_errors=True)
+    size = sum(f.stat().st_size for f in (args.work / "landing").rglob("*") if f.is_file())
+    print(f"landing: {size / 1e9:.2f} GB of NDJSON; {len(shipped['segments'])} segments; "
+          f"cores: {os.cpu_count()}; DuckDB memory limit: {os.environ.get('SEGMENT_PIPELINE_DUCKDB_MEMORY', '3GB')}")
+
+    results = {name: stage(name, args) for name in ("ingest", "profiles", "memberships", "floor")}
+    pipeline_s = sum(results[s]["seconds"] for s in ("ingest", "profiles", "memberships"))
+    pipeline_rss = max(results[s]["peak_rss_mb"] for s in ("ingest", "profiles", "memberships"))
+    print(f"\n{'stage':<12} {'seconds':>9} {'peak RSS MB':>12}  detail")
+    for name, r in results.items():
+        detail = {k: v for k, v in r.items() if k not in ("seconds", "peak_rss_mb", "wall_seconds")}
+        print(f"{name:<12} {r['seconds']:>9.1f} {r['peak_rss_mb']:>12.0f}  {detail}")
+    print(f"{'pipeline':<12} {pipeline_s:>9.1f} {pipeline_rss:>12.0f}  (ingest + profiles + memberships)")
+    print(f"ratio pipeline/floor: {pipeline_s / results['floor']['seconds']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
