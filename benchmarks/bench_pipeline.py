@@ -11,8 +11,9 @@ then times, each stage in a fresh process so peak RSS is per stage:
 * memberships: 20 segments as of the last day (the shipped 18 plus two more);
 
 and the floor: one bare DuckDB script doing the same essential work in a single query chain
-(read the NDJSON typed, resolve identities with latest-wins, aggregate events, evaluate the same
-20 rules, write memberships Parquet), with no validation, quarantine, line numbers or stats.
+(read the landing files typed, resolve identities with latest-wins for every attribute, aggregate
+events into the same profile columns, write profiles, evaluate the same 20 rules, write memberships),
+with no validation, quarantine, line numbers, staging, per-day partitions or stats.
 Prints seconds and peak RSS per stage, the total, and the ratio pipeline / floor.
 """
 
@@ -32,6 +33,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+EVENT_COLUMNS = {c: "VARCHAR" for c in (
+    "email", "event_type", "occurred_at", "brand", "category", "utm_source", "utm_medium", "utm_campaign",
+    "product_id", "product_name", "order_id", "price", "quantity", "revenue")}
+PROFILE_COLUMNS = {c: "VARCHAR" for c in (
+    "email", "updated_at", "created_at", "dob", "customer_id", "first_name", "last_name", "gender", "phone",
+    "country", "city", "language", "time_zone", "loyalty_tier")}
+
 EXTRA_SEGMENTS = [
     {"id": "big_spender_recent", "name": "Big spender, last 30 days",
      "rule": {"event": {"type": "order", "within_days": 30, "measure": "sum", "sum_field": "revenue", "op": ">=", "value": 150}}},
@@ -43,7 +51,7 @@ EXTRA_SEGMENTS = [
 def stage(name: str, args: argparse.Namespace) -> dict:
     """Run one stage in a child process; return its seconds and peak RSS."""
     cmd = [sys.executable, __file__, "--run-stage", name, "--work", str(args.work), "--days", str(args.days),
-           "--start", args.start]
+           "--start", args.start, "--format", args.format]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -52,7 +60,7 @@ def stage(name: str, args: argparse.Namespace) -> dict:
     return info
 
 
-def run_stage(name: str, work: Path, days: int, start: str) -> None:
+def run_stage(name: str, work: Path, days: int, start: str, fmt: str) -> None:
     from segment_pipeline.core.ingest import ingest_day
     from segment_pipeline.core.memberships import compute_memberships
     from segment_pipeline.core.profiles import build_profiles
@@ -81,13 +89,23 @@ def run_stage(name: str, work: Path, days: int, start: str) -> None:
         detail["segments"] = len(report.stats)
         detail["memberships"] = report.total_rows
     elif name == "floor":
-        detail.update(floor(work, day_list))
+        detail.update(floor(work, day_list, fmt))
     detail["seconds"] = time.perf_counter() - t0
     detail["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(detail))
 
 
-def floor(work: Path, day_list: list[dt.date]) -> dict:
+def _reader(landing: Path, kind: str, fmt: str, columns: dict[str, str]) -> str:
+    cols = "{" + ", ".join(f"{k}: '{v}'" for k, v in columns.items()) + "}"
+    if fmt == "ndjson":
+        return (f"read_json('{landing}/{kind}/*/*.ndjson', format = 'newline_delimited', ignore_errors = true, "
+                f"columns = {cols})")
+    if fmt == "csv":
+        return f"read_csv('{landing}/{kind}/*/*.csv', header = true, all_varchar = true, ignore_errors = true)"
+    return f"(SELECT {', '.join(columns)} FROM read_parquet('{landing}/{kind}/*/*.parquet', union_by_name = true))"
+
+
+def floor(work: Path, day_list: list[dt.date], fmt: str) -> dict:
     """The same essential work as one bare DuckDB script (no validation, quarantine or bookkeeping)."""
     import duckdb
 
@@ -107,37 +125,42 @@ def floor(work: Path, day_list: list[dt.date]) -> dict:
                brand, category, utm_source, utm_medium, utm_campaign, product_id, product_name, order_id,
                try_cast(price AS DECIMAL(18,2)) AS price, try_cast(quantity AS INTEGER) AS quantity,
                try_cast(revenue AS DECIMAL(18,2)) AS revenue
-        FROM read_json('{landing}/events/*/*.ndjson', format = 'newline_delimited', ignore_errors = true,
-                       columns = {{email: 'VARCHAR', event_type: 'VARCHAR', occurred_at: 'VARCHAR', brand: 'VARCHAR',
-                                  category: 'VARCHAR', utm_source: 'VARCHAR', utm_medium: 'VARCHAR', utm_campaign: 'VARCHAR',
-                                  product_id: 'VARCHAR', product_name: 'VARCHAR', order_id: 'VARCHAR', price: 'VARCHAR',
-                                  quantity: 'VARCHAR', revenue: 'VARCHAR'}})
+        FROM {_reader(landing, 'events', fmt, EVENT_COLUMNS)}
         WHERE email IS NOT NULL
     """)
+    attrs = ["customer_id", "first_name", "last_name", "gender", "dob", "phone", "country", "city", "language",
+             "time_zone", "loyalty_tier"]
+    latest = ", ".join(f"arg_max({a}, updated_at) FILTER (WHERE {a} IS NOT NULL) AS {a}" for a in attrs)
     con.execute(f"""
         CREATE TABLE prof AS
         WITH rp AS (
-            SELECT lower(trim(email)) AS email, try_cast(updated_at AS TIMESTAMPTZ)::TIMESTAMP AS updated_at, *
-                   EXCLUDE (email, updated_at)
-            FROM read_json('{landing}/profiles/*/*.ndjson', format = 'newline_delimited', ignore_errors = true,
-                           columns = {{email: 'VARCHAR', updated_at: 'VARCHAR', customer_id: 'VARCHAR', country: 'VARCHAR',
-                                      city: 'VARCHAR', loyalty_tier: 'VARCHAR', first_name: 'VARCHAR'}})
+            SELECT lower(trim(email)) AS email, try_cast(updated_at AS TIMESTAMPTZ)::TIMESTAMP AS updated_at,
+                   try_cast(created_at AS TIMESTAMPTZ)::TIMESTAMP AS created_at, try_cast(dob AS DATE) AS dob,
+                   * EXCLUDE (email, updated_at, created_at, dob)
+            FROM {_reader(landing, 'profiles', fmt, PROFILE_COLUMNS)}
             WHERE email IS NOT NULL
         ),
-        a AS (SELECT email, arg_max(country, updated_at) FILTER (WHERE country IS NOT NULL) AS country,
-                     arg_max(city, updated_at) FILTER (WHERE city IS NOT NULL) AS city,
-                     arg_max(loyalty_tier, updated_at) FILTER (WHERE loyalty_tier IS NOT NULL) AS loyalty_tier
+        a AS (SELECT email, {latest}, min(created_at) AS created_at, max(updated_at) AS updated_at
               FROM rp GROUP BY email),
         o AS (SELECT email, count(*) FILTER (WHERE event_type = 'order') AS order_count,
                      coalesce(sum(revenue) FILTER (WHERE event_type = 'order'), 0) AS total_revenue,
+                     min(occurred_at) FILTER (WHERE event_type = 'order') AS first_order_at,
                      max(occurred_at) FILTER (WHERE event_type = 'order') AS last_order_at,
+                     min(occurred_at) AS first_seen_at, max(occurred_at) AS last_seen_at,
+                     count(*) FILTER (WHERE occurred_at >= TIMESTAMP '{end}' - INTERVAL 30 DAY) AS event_count_30d,
+                     count(*) FILTER (WHERE brand IS NOT NULL) AS brand_interactions_90d,
+                     count(*) FILTER (WHERE category IS NOT NULL) AS category_interactions_90d,
                      arg_min(utm_source, occurred_at) FILTER (WHERE utm_source IS NOT NULL) AS first_utm_source
-              FROM ev GROUP BY email)
-        SELECT md5(email)[1:16] AS identity_id, email, a.country, a.city, a.loyalty_tier,
-               coalesce(o.order_count, 0) AS order_count, coalesce(o.total_revenue, 0) AS total_revenue,
-               o.last_order_at, o.first_utm_source, (md5_number(email) % 10000)::INTEGER AS random_bucket
-        FROM a FULL OUTER JOIN o USING (email)
+              FROM ev GROUP BY email),
+        tb AS (SELECT email, arg_max(brand, n) AS top_brand_90d FROM
+               (SELECT email, brand, count(*) AS n FROM ev WHERE brand IS NOT NULL GROUP BY ALL) GROUP BY email),
+        tc AS (SELECT email, arg_max(category, n) AS top_category_90d FROM
+               (SELECT email, category, count(*) AS n FROM ev WHERE category IS NOT NULL GROUP BY ALL) GROUP BY email)
+        SELECT md5(email)[1:16] AS identity_id, email, a.* EXCLUDE (email), o.* EXCLUDE (email),
+               tb.top_brand_90d, tc.top_category_90d, (md5_number(email) % 10000)::INTEGER AS random_bucket
+        FROM a FULL OUTER JOIN o USING (email) LEFT JOIN tb USING (email) LEFT JOIN tc USING (email)
     """)
+    con.execute(f"COPY prof TO '{out}/profiles.parquet' (FORMAT parquet)")
     catalog = load_catalog(work / "segments.yaml")
     live = [s.id for s in catalog.segments if s.is_active_on(day_list[-1])]
     inactive = {s.id for s in catalog.segments} - set(live)
@@ -157,12 +180,13 @@ def main() -> None:
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--start", default="2026-11-01")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--format", choices=["ndjson", "parquet", "csv"], default="ndjson", help="landing file format")
     p.add_argument("--work", type=Path, default=Path("/tmp/segment_pipeline_bench"))
     p.add_argument("--keep-landing", action="store_true", help="reuse generated files of the same size")
     p.add_argument("--run-stage", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run_stage:
-        run_stage(args.run_stage, args.work, args.days, args.start)
+        run_stage(args.run_stage, args.work, args.days, args.start, args.format)
         return
 
     import yaml
@@ -171,11 +195,11 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     marker = args.work / "landing.json"
-    wanted = {"profiles": args.profiles, "days": args.days, "seed": args.seed, "start": args.start}
+    wanted = {"profiles": args.profiles, "days": args.days, "seed": args.seed, "start": args.start, "format": args.format}
     if not (args.keep_landing and marker.exists() and json.loads(marker.read_text()) == wanted):
         shutil.rmtree(args.work / "landing", ignore_errors=True)
         t0 = time.perf_counter()
-        generate(str(args.work / "landing"), args.profiles, args.days, args.seed, args.start, "ndjson")
+        generate(str(args.work / "landing"), args.profiles, args.days, args.seed, args.start, args.format)
         print(f"generated {args.profiles:,} profiles x 3 events over {args.days} days in {time.perf_counter() - t0:.1f}s (not timed)")
         marker.write_text(json.dumps(wanted))
     shipped = yaml.safe_load((ROOT / "data" / "segments.yaml").read_text())
@@ -183,7 +207,7 @@ def main() -> None:
     (args.work / "segments.yaml").write_text(yaml.safe_dump(shipped, sort_keys=False))
     shutil.rmtree(args.work / "warehouse", ignore_errors=True)
     size = sum(f.stat().st_size for f in (args.work / "landing").rglob("*") if f.is_file())
-    print(f"landing: {size / 1e9:.2f} GB of NDJSON; {len(shipped['segments'])} segments; "
+    print(f"landing: {size / 1e9:.2f} GB of {args.format}; {len(shipped['segments'])} segments; "
           f"cores: {os.cpu_count()}; DuckDB memory limit: {os.environ.get('SEGMENT_PIPELINE_DUCKDB_MEMORY', '3GB')}")
 
     results = {name: stage(name, args) for name in ("ingest", "profiles", "memberships", "floor")}
