@@ -41,6 +41,7 @@ import gzip
 import io
 import json
 import math
+import re
 import shutil
 import time
 import uuid
@@ -179,6 +180,29 @@ def segment_prefix(segment_id: str) -> str:
     return join_key(EXPORT_PREFIX, encode_segment(segment_id))
 
 
+_OBJECT_PREFIX = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-([0-9]{1,12})$")
+
+
+def new_object_prefix(started_at: float | None = None) -> str:
+    """A fresh ``RANDOM_UUID-TIMESTAMP`` (unix seconds) naming one export."""
+    return f"{uuid.uuid4()}-{int(started_at if started_at is not None else time.time())}"
+
+
+def parse_object_prefix(object_prefix: str) -> int:
+    """The start timestamp of a ``RANDOM_UUID-TIMESTAMP`` object prefix; ValueError if malformed."""
+    match = _OBJECT_PREFIX.match(object_prefix) if isinstance(object_prefix, str) else None
+    if not match:
+        raise ValueError(f"object_prefix must look like '<uuid4>-<unix seconds>', got {object_prefix!r}")
+    return int(match.group(2))
+
+
+def export_key_prefix(segment_id: str, object_prefix: str) -> str:
+    """``segment-export/<SEGMENT_ID>/<YYYY-MM-DD>/<object_prefix>``: where that export's files go
+    (the manifest is this plus :data:`MANIFEST_SUFFIX`), known before the export starts."""
+    started = dt.datetime.fromtimestamp(parse_object_prefix(object_prefix), tz=dt.UTC)
+    return f"{segment_prefix(segment_id)}/{started.date().isoformat()}/{object_prefix}"
+
+
 def latest_membership_day(warehouse: Warehouse) -> dt.date:
     days = warehouse.partition_dates("memberships")
     if not days:
@@ -315,15 +339,21 @@ def export_segment(
     chunk_size: int = CHUNK_SIZE,
     batch_rows: int = 65536,
     progress: Callable[[int, int], None] | None = None,
+    object_prefix: str | None = None,
 ) -> SegmentExportResult:
-    """Write the export files and then the manifest (no lock, no callback: see :func:`run_segment_export`)."""
+    """Write the export files and then the manifest (no lock, no callback: see :func:`run_segment_export`).
+
+    ``object_prefix`` (optional, ``RANDOM_UUID-TIMESTAMP`` from :func:`new_object_prefix`) lets a
+    caller announce where the export will land before it runs; its timestamp is the start time.
+    """
+    if object_prefix is not None:
+        started_at = parse_object_prefix(object_prefix)
     day = as_date(as_of) if as_of is not None else latest_membership_day(warehouse)
     members = _check_segment(con, warehouse, request.segment_id, day)
     started_ts = int(started_at if started_at is not None else time.time())
     started = dt.datetime.fromtimestamp(started_ts, tz=dt.UTC)
-    object_prefix = f"{uuid.uuid4()}-{started_ts}"
-    date_prefix = join_key(EXPORT_PREFIX, encode_segment(request.segment_id), started.date().isoformat())
-    prefix = f"{date_prefix}/{object_prefix}"
+    object_prefix = object_prefix or f"{uuid.uuid4()}-{started_ts}"
+    prefix = export_key_prefix(request.segment_id, object_prefix)
     ext = OUTPUT_FORMATS[request.output_format]
     files: list[ExportedFile] = []
     sql = member_lines_sql(warehouse, request.fields_to_export, day)
@@ -370,11 +400,12 @@ def export_segment(
     return result
 
 
-def callback_payload(storage: ExportStorage, result: SegmentExportResult) -> dict:
-    """``{"success": true}``, plus ``url`` when exports are not in the partner's own S3 bucket."""
+def callback_payload(storage: ExportStorage, result: SegmentExportResult, url: str | None = None) -> dict:
+    """``{"success": true}``, plus ``url`` when exports are not in the partner's own S3 bucket
+    (``url`` overrides the storage URL, e.g. with the API's status URL for this export)."""
     payload: dict[str, object] = {"success": True}
     if storage.kind != "s3":
-        payload["url"] = result.url
+        payload["url"] = url or result.url
     return payload
 
 
@@ -393,11 +424,13 @@ def run_segment_export(
     callback_token: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
+    object_prefix: str | None = None,
+    download_url: str | None = None,
 ) -> SegmentExportResult:
     """The whole request: one export per segment and ``max_concurrent`` overall (fail fast
     otherwise), sweep leftovers of crashed exports, export, then the callback (outcome recorded
     on the result; a failing callback never undoes the published export)."""
-    started_at = time.time()
+    started_at = parse_object_prefix(object_prefix) if object_prefix is not None else time.time()
     encoded = encode_segment(request.segment_id)
     with contextlib.ExitStack() as stack:
         stack.enter_context(
@@ -408,12 +441,13 @@ def run_segment_export(
         if swept:
             log(f"removed {len(swept)} incomplete export folder(s) of segment {request.segment_id!r}: {swept}")
         result = export_segment(
-            con, warehouse, storage, request, as_of=as_of, started_at=started_at, progress=progress
+            con, warehouse, storage, request, as_of=as_of, started_at=started_at, progress=progress,
+            object_prefix=object_prefix,
         )
     if request.callback_endpoint:
         result.callback = post_callback(
             request.callback_endpoint,
-            callback_payload(storage, result),
+            callback_payload(storage, result, download_url),
             attempts=callback_attempts,
             backoff_seconds=callback_backoff_seconds,
             bearer_token=callback_token,

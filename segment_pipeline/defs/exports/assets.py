@@ -93,6 +93,14 @@ class SegmentExportConfig(dg.Config):
     output_format: str = Field(default="zip", description="'zip' (default) or 'gzip'.")
     callback_endpoint: str | None = Field(default=None, description="URL to POST {'success': true} to when done.")
     as_of: str | None = Field(default=None, description="Data day (YYYY-MM-DD); default: newest memberships day.")
+    object_prefix: str | None = Field(
+        default=None,
+        description="Pre-chosen RANDOM_UUID-TIMESTAMP naming the export folder (set by the segment API so it "
+        "can answer with it at once); default: a fresh one when the run starts.",
+    )
+    download_url: str | None = Field(
+        default=None, description="URL sent as 'url' in the callback instead of the storage URL (local mode)."
+    )
 
 
 @dg.asset(
@@ -117,7 +125,7 @@ def segment_export(
     ``segment-export/SEGMENT_ID/YYYY-MM-dd/RANDOM_UUID-TIMESTAMP/<random>.zip|.gz``, then a POST to
     the callback endpoint. At most one export per segment runs at a time."""
     request = chunked.SegmentExportRequest.parse(
-        config.model_dump(exclude={"as_of"}, exclude_none=True)
+        config.model_dump(exclude={"as_of", "object_prefix", "download_url"}, exclude_none=True)
     )
     tagged = context.run.tags.get(SEGMENT_TAG)
     if tagged is not None and tagged != tag_value(request.segment_id):
@@ -140,6 +148,8 @@ def segment_export(
         callback_token=exports.callback_token,
         progress=lambda files, rows: context.log.debug(f"{files} file(s), {rows} users written"),
         log=context.log.info,
+        object_prefix=config.object_prefix,
+        download_url=config.download_url,
     )
     if result.callback is not None and not result.callback.delivered:
         context.log.error(
