@@ -101,13 +101,13 @@ def _number_lines(path: Path, target: Path) -> None:
 
     Polars reads the file in parallel and numbers rows exactly (0x1F never occurs unescaped in
     valid JSON, so no line is split and quotes mean nothing); DuckDB then parses the numbered
-    lines in parallel. Numbering inside DuckDB needs an order-preserving window that serialises
+    lines in parallel. Invalid UTF-8 bytes become U+FFFD, and such lines are quarantined. Numbering inside DuckDB needs an order-preserving window that serialises
     the whole parse onto one core.
     """
     try:
         (
             pl.scan_csv(path, has_header=False, separator="\x1f", quote_char=None, schema={"raw": pl.String},
-                        raise_if_empty=False, encoding="utf8")
+                        raise_if_empty=False, encoding="utf8-lossy")
             .with_row_index("source_line", offset=1)
             .sink_parquet(target, compression="lz4")
         )
@@ -120,13 +120,14 @@ def _ndjson_relation(path: Path, lines: Path, fields: list[str]) -> str:
     paths = "[" + ", ".join(sql_string(f"$.{f}") for f in fields) + "]"
     return f"""(
         SELECT source_file, source_line,
-               CASE WHEN NOT json_valid(raw) THEN 'line is not valid JSON'
+               CASE WHEN contains(raw, '\ufffd') THEN 'line is not valid UTF-8'
+                    WHEN NOT json_valid(raw) THEN 'line is not valid JSON'
                     WHEN json_type(raw) <> 'OBJECT' THEN 'line is not a JSON object'
                END AS parse_error,
                raw, {extracted}
         FROM (
             SELECT {sql_string(str(path))} AS source_file, source_line::BIGINT AS source_line, raw,
-                   CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT'
+                   CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT' AND NOT contains(raw, '\ufffd')
                         THEN json_extract_string(raw, {paths}) END AS j
             FROM read_parquet({sql_string(str(lines))})
             WHERE raw IS NOT NULL AND trim(raw) <> ''

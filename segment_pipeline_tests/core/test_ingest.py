@@ -174,3 +174,14 @@ def test_days_without_files_or_with_empty_files_give_empty_partitions(tmp_path, 
     assert ingest_day(con, wh, tmp_path, "profiles", DAY).rows_read == 0
     assert wh.has_partition("raw_events", DAY) and wh.has_partition("quarantine_profiles", DAY)
     assert rows(wh, "raw_events") == []
+
+
+def test_invalid_utf8_quarantines_the_line_not_the_file(tmp_path, wh):
+    path = tmp_path / "events" / f"date={DAY}" / "e.ndjson"
+    path.parent.mkdir(parents=True)
+    good = b'{"event_id": "e1", "email": "a@example.com", "event_type": "page_view", "occurred_at": "2026-11-03T10:00:00Z"}'
+    bad = b'{"event_id": "e2", "email": "b@example.com", "event_type": "page_view", "occurred_at": "2026-11-03T10:00:00Z", "brand": "\xff\xfe"}'
+    path.write_bytes(good + b"\n" + bad + b"\n")
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
+    assert (report.rows_valid, report.rows_quarantined) == (1, 1)
+    assert rows(wh, "quarantine_events", "source_line, reason") == [(2, "line is not valid UTF-8")]

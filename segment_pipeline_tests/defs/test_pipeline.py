@@ -164,3 +164,21 @@ def test_cli_week_backfill_equals_seven_single_days(tmp_path):
         assert a.partition_dates(table) == b.partition_dates(table), table
         q = "SELECT * FROM {} ORDER BY ALL"
         assert con.execute(q.format(a.scan(table))).fetchall() == con.execute(q.format(b.scan(table))).fetchall(), table
+
+
+@pytest.mark.e2e
+def test_invalid_segment_file_stops_the_code_location_with_a_clear_message(tmp_path):
+    bad = tmp_path / "segments.yaml"
+    bad.write_text(
+        "segments:\n"
+        "  - {id: germany, name: Germany, rule: {field: country, op: '=', value: DE}}\n"
+        "  - {id: vip, name: VIP, rule: {field: shoe_size, op: '>', value: 42}}\n"
+    )
+    env = {**os.environ, "SEGMENT_PIPELINE_SEGMENTS": str(bad), "SEGMENT_PIPELINE_WAREHOUSE": str(tmp_path / "wh")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "segment_pipeline.definitions"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "segment 'vip'" in output and "unknown profile field 'shoe_size'" in output and str(bad) in output
