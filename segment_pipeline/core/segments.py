@@ -589,6 +589,11 @@ class _Compiler:
 
     # features over events ----------------------------------------------------------------
     def feature(self, spec: tuple, aggregate: str) -> str:
+        """The column for an aggregate over events, computed once per distinct ``spec``.
+
+        (A repeated spec reuses the first column; values bound while building the repeated
+        aggregate text stay unreferenced and are dropped from the parameters at the end.)
+        """
         if spec not in self.features:
             name = f"f{len(self.features)}"
             self.features[spec] = name
@@ -637,12 +642,9 @@ class _Compiler:
         key_extra = tuple(repr(sorted(c.items())) for c in ev.get("where", []) or [])
         measure = ev.get("measure", "count")
         spec = ("event", tuple(types or ()), ev.get("within_days"), key_extra, measure, ev.get("sum_field"))
-        if spec in self.features:
-            col = f"coalesce(ev.{self.features[spec]}, 0)"
-        else:
-            filt = self.event_filter(types, ev.get("within_days"), extra)
-            agg = f"count(*) FILTER (WHERE {filt})" if measure == "count" else f"sum({ev['sum_field']}) FILTER (WHERE {filt})"
-            col = self.feature(spec, agg)
+        filt = self.event_filter(types, ev.get("within_days"), extra)
+        agg = f"count(*) FILTER (WHERE {filt})" if measure == "count" else f"sum({ev['sum_field']}) FILTER (WHERE {filt})"
+        col = self.feature(spec, agg)
         op = COMPARISON_OPS[ev.get("op", ">=")]
         return f"coalesce({col} {op} {self.bind(ev.get('value', 1))}, false)"
 
@@ -652,22 +654,16 @@ class _Compiler:
         types = tuple(aff.get("event_types") or ())
         value_param = self.bind(aff["value"])
         min_n = self.bind(aff.get("min_interactions", 1))
-        hit_spec = ("aff_hit", dim, days, types, aff["value"])
-        if hit_spec in self.features:
-            hits = f"coalesce(ev.{self.features[hit_spec]}, 0)"
-        else:
-            hits = self.feature(
-                hit_spec, f"count(*) FILTER (WHERE {self.event_filter(list(types), days, [f'{dim} = {value_param}'])})"
-            )
+        hits = self.feature(
+            ("aff_hit", dim, days, types, aff["value"]),
+            f"count(*) FILTER (WHERE {self.event_filter(list(types), days, [f'{dim} = {value_param}'])})",
+        )
         conds = [f"{hits} >= {min_n}"]
         if aff.get("min_share") is not None:
-            tot_spec = ("aff_total", dim, days, types)
-            if tot_spec in self.features:
-                total = f"coalesce(ev.{self.features[tot_spec]}, 0)"
-            else:
-                total = self.feature(
-                    tot_spec, f"count(*) FILTER (WHERE {self.event_filter(list(types), days, [f'{dim} IS NOT NULL'])})"
-                )
+            total = self.feature(
+                ("aff_total", dim, days, types),
+                f"count(*) FILTER (WHERE {self.event_filter(list(types), days, [f'{dim} IS NOT NULL'])})",
+            )
             conds.append(f"{hits} >= {self.bind(float(aff['min_share']))} * {total}")
         if aff.get("top"):
             cte = self.top_cte(dim, days, types)
