@@ -71,11 +71,94 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the segment API (daily feed pull, identity lookup, segment exports); see docs/api.md",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    def run(args: argparse.Namespace) -> int:
+        import logging
+
+        import uvicorn
+
+        from segment_pipeline.api.app import create_app
+
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # our own access log masks emails and drops query strings (signatures): uvicorn's is off
+        uvicorn.run(create_app(), host=args.host, port=args.port, access_log=False, log_level=args.log_level,
+                    server_header=False)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_credentials(sub: argparse._SubParsersAction, command: str, kind: str) -> None:
+    what = "feed token" if kind == "feed" else "API key"
+    p = sub.add_parser(
+        command,
+        help=f"create, list or revoke {what}s of the segment API (stored hashed under SEGMENT_PIPELINE_API_STATE)",
+    )
+    actions = p.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help=f"create a {what}; it is printed once and never stored")
+    if kind == "feed":
+        create.add_argument("--identifier", default="nosto", help="the Basic auth user name (default: nosto)")
+    else:
+        create.add_argument("--name", default="default", help="a label for the key (who uses it)")
+    create.add_argument("--note", default="")
+    listing = actions.add_parser("list", help=f"list {what}s (ids and labels only)")
+    listing.add_argument("--all", action="store_true", help="include revoked ones")
+    revoke = actions.add_parser("revoke", help=f"revoke a {what} by id")
+    revoke.add_argument("id")
+
+    def run(args: argparse.Namespace) -> int:
+        from segment_pipeline.core.feed_auth import CredentialStore
+
+        store = CredentialStore()
+        if args.action == "create":
+            label = args.identifier if kind == "feed" else args.name
+            cred, token = store.create(kind, label, args.note)
+            print(f"created {what} {cred.id} for {label!r} (store: {store.path})", file=sys.stderr)
+            if kind == "feed":
+                print(f"use HTTP Basic auth {label}:<token>; the token is shown only now:", file=sys.stderr)
+            else:
+                print("use 'Authorization: Bearer <key>'; the key is shown only now:", file=sys.stderr)
+            print(token)
+            return 0
+        if args.action == "list":
+            for cred in store.list(kind, include_revoked=args.all):
+                state = f"revoked {cred.revoked_at}" if cred.revoked_at else "active"
+                print(f"{cred.id}\t{cred.identifier}\t{cred.created_at}\t{state}\t{cred.note}")
+            return 0
+        revoked = store.revoke(args.id, kind)
+        if revoked is None:
+            print(f"no {what} with id {args.id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {what} {revoked.id} ({revoked.identifier})")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_tokens(sub: argparse._SubParsersAction) -> None:
+    _add_credentials(sub, "tokens", "feed")
+
+
+def _add_api_keys(sub: argparse._SubParsersAction) -> None:
+    _add_credentials(sub, "api-keys", "api_key")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segment-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_demo(sub)
+    _add_serve(sub)
+    _add_tokens(sub)
+    _add_api_keys(sub)
     return parser
 
 

@@ -1,0 +1,161 @@
+"""Identity lookups for the segment API: which segments one email belongs to on a day.
+
+A lookup must be fast at any warehouse size, so the first lookup of a day builds an on-disk index
+(SQLite, primary key on the normalized email) from that day's ``profiles``, ``memberships`` and
+``segment_stats`` partitions, streamed out of DuckDB in sorted batches: memory stays bounded and
+each later lookup is one B-tree probe. Index files live in ``<state dir>/identity_index/`` and are
+named after the day and a fingerprint of the three partition files (path, size, mtime), so a
+re-run of the day builds a new index and the old one is removed. They are a cache: delete them at
+will.
+
+Emails are normalized exactly as ingestion does (``lower(trim(email))`` evaluated by DuckDB, which
+trims spaces only and lowercases Unicode its own way), so lookups match what was ingested.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import threading
+from pathlib import Path
+
+import duckdb
+
+from segment_pipeline.core.ingest import EMAIL_PATTERN
+from segment_pipeline.core.warehouse import Warehouse, connect
+
+TABLES = ("profiles", "memberships", "segment_stats")
+_EMAIL = re.compile(EMAIL_PATTERN)
+_local = threading.local()
+
+
+def normalize_email(raw: str) -> str:
+    """``lower(trim(raw))`` as DuckDB computes it during ingestion."""
+    con = getattr(_local, "duck", None)
+    if con is None:
+        con = _local.duck = duckdb.connect()
+    return con.execute("SELECT lower(trim(?))", [raw]).fetchall()[0][0]
+
+
+def is_email(normalized: str) -> bool:
+    return bool(_EMAIL.match(normalized))
+
+
+class IdentityIndex:
+    def __init__(self, warehouse: Warehouse, cache_dir: str | os.PathLike[str], memory_limit: str = "1GB"):
+        self.warehouse = warehouse
+        self.cache_dir = Path(cache_dir)
+        self.memory_limit = memory_limit
+        self._build_locks: dict[dt.date, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def days(self) -> list[dt.date]:
+        """Days with all three partitions, ascending."""
+        common = set(self.warehouse.partition_dates("memberships"))
+        for table in ("profiles", "segment_stats"):
+            common &= set(self.warehouse.partition_dates(table))
+        return sorted(common)
+
+    def latest_day(self) -> dt.date | None:
+        days = self.days()
+        return days[-1] if days else None
+
+    def has_day(self, day: dt.date) -> bool:
+        return all(self.warehouse.has_partition(t, day) for t in TABLES)
+
+    def _fingerprint(self, day: dt.date) -> str:
+        h = hashlib.sha256()
+        for table in TABLES:
+            path = self.warehouse.partition_path(table, day)
+            st = path.stat()
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}\n".encode())
+        return h.hexdigest()[:16]
+
+    def index_path(self, day: dt.date) -> Path:
+        """The index of ``day``, built first if missing or stale."""
+        path = self.cache_dir / f"identity-{day.isoformat()}-{self._fingerprint(day)}.sqlite"
+        if path.exists():
+            return path
+        with self._locks_guard:
+            lock = self._build_locks.setdefault(day, threading.Lock())
+        with lock:
+            if not path.exists():
+                self._build(day, path)
+        return path
+
+    def _build(self, day: dt.date, target: Path) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".tmp-{target.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.unlink(missing_ok=True)
+        wh = self.warehouse
+        sql = f"""
+            WITH names AS (
+                SELECT segment_id, any_value(segment_name) AS segment_name
+                FROM {wh.scan("segment_stats", days=[day])} GROUP BY segment_id),
+            ids AS (
+                SELECT identity_id, any_value(email) AS email FROM (
+                    SELECT identity_id, email FROM {wh.scan("profiles", days=[day])}
+                    UNION ALL SELECT identity_id, email FROM {wh.scan("memberships", days=[day])})
+                WHERE email IS NOT NULL GROUP BY identity_id),
+            per AS (
+                SELECT m.identity_id,
+                       to_json(list({{'id': m.segment_id, 'name': coalesce(n.segment_name, m.segment_id)}}
+                                    ORDER BY m.segment_id))::VARCHAR AS segments
+                FROM (SELECT DISTINCT segment_id, identity_id FROM {wh.scan("memberships", days=[day])}) m
+                LEFT JOIN names n USING (segment_id)
+                GROUP BY m.identity_id)
+            SELECT ids.email, ids.identity_id, coalesce(per.segments, '[]') AS segments
+            FROM ids LEFT JOIN per USING (identity_id)
+            ORDER BY ids.email
+        """
+        con = connect(memory_limit=self.memory_limit, preserve_order=True)
+        db = sqlite3.connect(tmp)
+        try:
+            db.execute("PRAGMA journal_mode = OFF")
+            db.execute("PRAGMA synchronous = OFF")
+            db.execute(
+                "CREATE TABLE identities (email TEXT PRIMARY KEY, identity_id TEXT NOT NULL, segments TEXT NOT NULL) "
+                "WITHOUT ROWID"
+            )
+            reader = con.sql(sql).to_arrow_reader(50_000)
+            for batch in reader:
+                cols = batch.to_pydict()
+                db.executemany(
+                    "INSERT OR REPLACE INTO identities VALUES (?, ?, ?)",
+                    zip(cols["email"], cols["identity_id"], cols["segments"], strict=True),
+                )
+            db.commit()
+        finally:
+            db.close()
+            con.close()
+        os.replace(tmp, target)
+        for old in self.cache_dir.glob(f"identity-{day.isoformat()}-*.sqlite"):
+            if old != target:
+                old.unlink(missing_ok=True)  # open readers keep their file until they close it
+
+    def _connection(self, path: Path) -> sqlite3.Connection:
+        conns: dict[Path, sqlite3.Connection] | None = getattr(_local, "sqlite", None)
+        if conns is None:
+            conns = _local.sqlite = {}
+        db = conns.get(path)
+        if db is None:
+            for stale in [p for p in conns if not p.exists()]:
+                conns.pop(stale).close()
+            db = conns[path] = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        return db
+
+    def lookup(self, email: str, day: dt.date) -> dict | None:
+        """``{"email", "identity_id", "date", "segments": [{"id", "name"}]}`` or None if unknown.
+
+        ``email`` must already be normalized (:func:`normalize_email`).
+        """
+        db = self._connection(self.index_path(day))
+        rows = db.execute("SELECT identity_id, segments FROM identities WHERE email = ?", [email]).fetchall()
+        if not rows:
+            return None
+        identity_id, segments = rows[0]
+        return {"email": email, "identity_id": identity_id, "date": day.isoformat(), "segments": json.loads(segments)}

@@ -1,0 +1,155 @@
+"""Fixtures for the segment API tests: a real warehouse + published feed, real credentials, and the
+app served by a real uvicorn on a free loopback port (in a thread, or a subprocess when the test
+measures the server process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from segment_pipeline.api.app import create_app
+from segment_pipeline.api.config import ApiSettings
+from segment_pipeline.core.exports.daily_feed import write_daily_feed
+from segment_pipeline.core.exports.storage import LocalExportStorage
+from segment_pipeline.core.feed_auth import CredentialStore
+from segment_pipeline.core.warehouse import Warehouse, connect
+from segment_pipeline_tests.core.test_exports_warehouse_fixtures import DAY, profile, write_day
+
+NEXT = DAY + dt.timedelta(days=1)
+SIGNING_KEY = "k" * 40
+
+
+@dataclass
+class Env:
+    root: Path
+    warehouse: Warehouse
+    storage: LocalExportStorage
+    state: Path
+    feed_token: str
+    feed_token_id: str
+    api_key: str
+    api_key_id: str
+
+
+def publish(wh: Warehouse, storage: LocalExportStorage, *days: dt.date) -> None:
+    con = connect()
+    for day in days:
+        write_daily_feed(con, wh, storage, day)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch) -> Env:
+    wh = Warehouse(tmp_path / "warehouse")
+    storage = LocalExportStorage(tmp_path / "exports")
+    state = tmp_path / "api_state"
+    monkeypatch.setenv("SEGMENT_PIPELINE_WAREHOUSE", str(wh.root))
+    monkeypatch.setenv("SEGMENT_PIPELINE_EXPORT_DIR", str(storage.root))
+    monkeypatch.setenv("SEGMENT_PIPELINE_API_STATE", str(state))
+    monkeypatch.setenv("SEGMENT_PIPELINE_API_SIGNING_KEY", SIGNING_KEY)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    write_day(
+        wh, DAY, [profile("jane@example.com"), profile("joe@example.com")],
+        {"vip": "VIP", "nike": "Nike fans"}, {"vip": ["jane@example.com"]},
+    )
+    write_day(
+        wh, NEXT, [profile("jane@example.com"), profile("joe@example.com"), profile("ann@example.com")],
+        {"vip": "VIP", "nike": "Nike fans", "../x": "Hostile 'name', ü"},
+        {"vip": ["jane@example.com", "ann@example.com"], "nike": ["jane@example.com"], "../x": ["joe@example.com"]},
+    )
+    publish(wh, storage, DAY, NEXT)
+    store = CredentialStore(state)
+    feed, feed_token = store.create_feed_token("nosto")
+    key, api_key = store.create_api_key("partner")
+    return Env(tmp_path, wh, storage, state, feed_token, feed.id, api_key, key.id)
+
+
+@contextlib.contextmanager
+def serve_app(app) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture
+def settings(env) -> ApiSettings:
+    return ApiSettings.from_env()
+
+
+@pytest.fixture
+def server(env, settings) -> Iterator[str]:
+    with serve_app(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=30) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_subprocess(extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``segment-pipeline serve`` as its own process (environment inherited); yields (url, process)."""
+    port = free_port()
+    env = {**os.environ, **(extra_env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segment_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stdout.read().decode(errors='replace')}")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("server did not come up")
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
