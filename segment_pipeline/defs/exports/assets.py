@@ -19,6 +19,7 @@ from segment_pipeline.core.exports import segment_export as chunked
 from segment_pipeline.core.exports.callback import redact
 from segment_pipeline.core.exports.keys import tag_value
 from segment_pipeline.core.warehouse import connect
+from segment_pipeline.defs.automation.conditions import DAILY_FRESHNESS, FEED
 from segment_pipeline.defs.exports.resources import ExportsResource
 from segment_pipeline.defs.partitions import daily_partitions, partition_days, single_run
 from segment_pipeline.defs.resources import WarehouseResource
@@ -41,6 +42,8 @@ def segment_export_tags(segment_id: str) -> dict[str, str]:
     backfill_policy=single_run,
     group_name="exports",
     kinds={"duckdb", "json"},
+    automation_condition=FEED,
+    freshness_policy=DAILY_FRESHNESS,
     check_specs=[
         dg.AssetCheckSpec(
             "feed_is_complete",

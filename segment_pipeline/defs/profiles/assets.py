@@ -4,6 +4,7 @@ import dagster as dg
 
 from segment_pipeline.core.profiles import build_profiles
 from segment_pipeline.core.warehouse import connect
+from segment_pipeline.defs.automation.conditions import DAILY
 from segment_pipeline.defs.partitions import daily_partitions, partition_days, single_run
 from segment_pipeline.defs.resources import WarehouseResource
 
@@ -14,6 +15,7 @@ from segment_pipeline.defs.resources import WarehouseResource
     backfill_policy=single_run,
     group_name="profiles",
     kinds={"duckdb", "parquet"},
+    automation_condition=DAILY,
     check_specs=[
         dg.AssetCheckSpec("unique_identities", asset="profiles",
                           description="Every identity (normalized email) appears exactly once per day."),

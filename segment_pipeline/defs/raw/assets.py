@@ -4,6 +4,7 @@ import dagster as dg
 
 from segment_pipeline.core.ingest import KINDS, ingest_day
 from segment_pipeline.core.warehouse import connect
+from segment_pipeline.defs.automation.conditions import DAILY
 from segment_pipeline.defs.partitions import daily_partitions, partition_days, single_run
 from segment_pipeline.defs.resources import LandingZoneResource, WarehouseResource
 
@@ -21,9 +22,9 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
         name=f"ingest_{kind}",
         specs=[
             dg.AssetSpec(raw_key, description=f"Validated {kind} rows as they landed each day (Parquet).",
-                         kinds={"duckdb", "parquet"}, group_name="raw"),
+                         kinds={"duckdb", "parquet"}, group_name="raw", automation_condition=DAILY),
             dg.AssetSpec(quarantine_key, description=f"Rejected {kind} rows with reason, source file and line.",
-                         kinds={"duckdb", "parquet"}, group_name="raw"),
+                         kinds={"duckdb", "parquet"}, group_name="raw", automation_condition=DAILY),
         ],
         check_specs=[
             dg.AssetCheckSpec("quarantine_ratio", asset=raw_key,

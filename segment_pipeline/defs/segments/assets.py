@@ -16,6 +16,7 @@ from segment_pipeline import settings
 from segment_pipeline.core.memberships import compute_memberships
 from segment_pipeline.core.segments import Catalog, load_catalog
 from segment_pipeline.core.warehouse import Warehouse, connect, sql_string
+from segment_pipeline.defs.automation.conditions import DAILY, DAILY_FRESHNESS
 from segment_pipeline.defs.partitions import daily_partitions, partition_days, single_run
 from segment_pipeline.defs.resources import SegmentCatalogResource, WarehouseResource
 
@@ -58,6 +59,8 @@ def _segment_spec(seg) -> dg.AssetSpec:
         skippable=True,
         tags={f"sync/{k}": "" for k in synced},
         metadata={"segment_name": seg.name, "segment_type": seg.type},
+        automation_condition=DAILY,
+        freshness_policy=DAILY_FRESHNESS,
     )
 
 
@@ -71,6 +74,8 @@ def build_memberships_asset(catalog: Catalog) -> dg.AssetsDefinition:
                 description="One row per (date, segment, identity): the daily segment membership snapshot.",
                 group_name="segments",
                 kinds={"duckdb", "parquet"},
+                automation_condition=DAILY,
+                freshness_policy=DAILY_FRESHNESS,
             ),
             dg.AssetSpec(
                 CHANGES,
@@ -78,6 +83,7 @@ def build_memberships_asset(catalog: Catalog) -> dg.AssetsDefinition:
                 description="Day-over-day membership changes (added/removed per segment), read by the syncs.",
                 group_name="segments",
                 kinds={"duckdb", "parquet"},
+                automation_condition=DAILY,
             ),
             *[_segment_spec(seg) for seg in catalog.segments],
         ],

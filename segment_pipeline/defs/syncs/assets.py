@@ -9,6 +9,8 @@ records the run's counts as metadata (the asset page plots them: the run history
 Schedules (UTC; cron overridable): ``SEGMENT_PIPELINE_KLAVIYO_SYNC_CRON`` (default every 12 hours,
 ``0 */12 * * *``) and ``SEGMENT_PIPELINE_DOTDIGITAL_SYNC_CRON`` (default daily, ``0 6 * * *``).
 A segment whose toggle is switched on is picked up by the next run (the catalog is read per run).
+A scheduled tick is skipped, with the reason, while memberships are being recomputed or when their
+latest blocking check failed (``defs/automation/sync_gate.py``).
 """
 
 
@@ -20,6 +22,8 @@ import dagster as dg
 from segment_pipeline.core.sync.report import SyncReport
 from segment_pipeline.core.sync.runner import sync_dotdigital, sync_klaviyo
 from segment_pipeline.core.warehouse import Warehouse
+from segment_pipeline.defs.automation.conditions import DAILY_FRESHNESS, TWELVE_HOURLY_FRESHNESS
+from segment_pipeline.defs.automation.sync_gate import gated_sync
 from segment_pipeline.defs.resources import SegmentCatalogResource, WarehouseResource
 from segment_pipeline.defs.syncs.resources import DotdigitalResource, KlaviyoResource
 
@@ -56,7 +60,8 @@ def _result(report: SyncReport) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=meta)
 
 
-@dg.asset(group_name="syncs", kinds={"klaviyo"}, deps=[dg.AssetKey("memberships")])
+@dg.asset(group_name="syncs", kinds={"klaviyo"}, deps=[dg.AssetKey("memberships")],
+          freshness_policy=TWELVE_HOURLY_FRESHNESS)
 def klaviyo_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,
                  segment_catalog: SegmentCatalogResource, klaviyo: KlaviyoResource) -> dg.MaterializeResult:
     """Klaviyo list membership + ``nosto_segment`` profile property for the synced segments."""
@@ -75,7 +80,8 @@ def klaviyo_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehous
     return _result(report)
 
 
-@dg.asset(group_name="syncs", kinds={"dotdigital"}, deps=[dg.AssetKey("memberships")])
+@dg.asset(group_name="syncs", kinds={"dotdigital"}, deps=[dg.AssetKey("memberships")],
+          freshness_policy=DAILY_FRESHNESS)
 def dotdigital_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,
                     segment_catalog: SegmentCatalogResource, dotdigital: DotdigitalResource) -> dg.MaterializeResult:
     """dotdigital ``NOSTOSEGMENT`` data field (+ address book) for the synced segments."""
@@ -97,10 +103,10 @@ def dotdigital_sync(context: dg.AssetExecutionContext, config: SyncConfig, wareh
 klaviyo_sync_schedule = dg.ScheduleDefinition(
     name="klaviyo_sync_schedule", target=dg.AssetSelection.assets(klaviyo_sync),
     cron_schedule=os.environ.get(KLAVIYO_CRON_ENV) or KLAVIYO_CRON, execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+    default_status=dg.DefaultScheduleStatus.RUNNING, execution_fn=gated_sync("klaviyo"),
 )
 dotdigital_sync_schedule = dg.ScheduleDefinition(
     name="dotdigital_sync_schedule", target=dg.AssetSelection.assets(dotdigital_sync),
     cron_schedule=os.environ.get(DOTDIGITAL_CRON_ENV) or DOTDIGITAL_CRON, execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+    default_status=dg.DefaultScheduleStatus.RUNNING, execution_fn=gated_sync("dotdigital"),
 )

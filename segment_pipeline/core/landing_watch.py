@@ -1,0 +1,171 @@
+"""Watching the landing zone: which days got new or changed files, and which days to re-run.
+
+A *file version* is (path, size, mtime). A day's version is a digest of the versions of all its
+eligible landing files (both kinds); a day whose digest differs from the one recorded when it was
+last handed to the pipeline has changed (a file was added, replaced, appended to or removed).
+
+A file still being written is never picked up half-way:
+
+* names the ingestion ignores (hidden files, ``.tmp``/``.part``/``.partial``/``.crdownload``) are
+  ignored here too: writers that write under such a name and rename at the end are safe at once;
+* any other file must have *settled*: unmodified for ``settle_seconds``. A day with a file that has
+  not settled waits as a whole, so a day is not run on half of its files.
+
+Profiles for day D read all raw data up to D and memberships(D) compare with D-1, so a change to
+day D affects D and every later day already computed: :func:`rerun_range` returns that range.
+No Dagster here: the sensor in ``defs/automation`` is a thin wrapper.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segment_pipeline.core.ingest import IGNORED_SUFFIXES, KINDS
+
+DAY_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+CURSOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    path: str  # relative to the landing root, e.g. "events/date=2026-11-03/part-1.ndjson"
+    size: int
+    mtime_ns: int
+
+    def token(self) -> str:
+        return f"{self.path}\t{self.size}\t{self.mtime_ns}"
+
+
+@dataclass
+class DayScan:
+    day: str
+    files: list[FileVersion] = field(default_factory=list)
+    unsettled: list[str] = field(default_factory=list)  # relative paths modified too recently
+
+    @property
+    def settled(self) -> bool:
+        return not self.unsettled
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for f in sorted(self.files, key=lambda f: f.path):
+            h.update(f.token().encode() + b"\n")
+        return h.hexdigest()[:20]
+
+
+def eligible(name: str) -> bool:
+    """The same rule as ingestion: no hidden files, no names of files still being written."""
+    return not name.startswith(".") and not name.endswith(IGNORED_SUFFIXES)
+
+
+def scan_landing(root: str | Path, now: float, settle_seconds: float) -> dict[str, DayScan]:
+    """Every day folder under ``<root>/<kind>/date=YYYY-MM-DD/`` with its eligible files."""
+    root = Path(root)
+    days: dict[str, DayScan] = {}
+    for kind in KINDS:
+        kind_dir = root / kind
+        if not kind_dir.is_dir():
+            continue
+        for day_dir in kind_dir.iterdir():
+            match = DAY_DIR.match(day_dir.name)
+            if not match or not day_dir.is_dir():
+                continue
+            try:
+                dt.date.fromisoformat(match.group(1))
+            except ValueError:
+                continue
+            scan = days.setdefault(match.group(1), DayScan(match.group(1)))
+            for path in day_dir.iterdir():
+                if not eligible(path.name):
+                    continue
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # renamed or removed while we looked
+                    continue
+                if not path.is_file():
+                    continue
+                rel = path.relative_to(root).as_posix()
+                scan.files.append(FileVersion(rel, stat.st_size, stat.st_mtime_ns))
+                if now - stat.st_mtime_ns / 1e9 < settle_seconds:
+                    scan.unsettled.append(rel)
+    return {d: days[d] for d in sorted(days)}
+
+
+@dataclass
+class LandingCursor:
+    """What the sensor has already handed to the pipeline: day -> digest of its files then."""
+
+    days: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> LandingCursor:
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        if data.get("v") != CURSOR_VERSION:
+            raise ValueError(f"unknown landing cursor version {data.get('v')!r}")
+        return cls(days=dict(data.get("days", {})))
+
+    def serialize(self) -> str:
+        return json.dumps({"v": CURSOR_VERSION, "days": dict(sorted(self.days.items()))}, separators=(",", ":"))
+
+
+@dataclass
+class LandingChanges:
+    changed: dict[str, str]  # day -> new digest, for settled days that changed and can run now
+    waiting: dict[str, list[str]]  # day -> files not settled yet
+    not_yet_partitions: list[str]  # days with files but no partition yet (today, future, before start)
+
+    def advance(self, cursor: LandingCursor) -> LandingCursor:
+        days = dict(cursor.days)
+        days.update(self.changed)
+        return LandingCursor(days)
+
+
+def detect_changes(scans: Mapping[str, DayScan], cursor: LandingCursor, is_partition) -> LandingChanges:
+    """Days whose files changed since the cursor, that have settled and are partitions now.
+
+    A day recorded in the cursor whose folder disappeared counts as changed to "no files" (its
+    rows must go). ``is_partition(day) -> bool`` says whether the day is a partition yet.
+    """
+    changed: dict[str, str] = {}
+    waiting: dict[str, list[str]] = {}
+    not_yet: list[str] = []
+    all_days = sorted(set(scans) | set(cursor.days))
+    for day in all_days:
+        scan = scans.get(day) or DayScan(day)
+        if not scan.settled:
+            waiting[day] = sorted(scan.unsettled)
+            continue
+        digest, previous = scan.digest, cursor.days.get(day)
+        if previous == digest or (previous is None and not scan.files):
+            continue  # unchanged, or an empty folder never seen before
+        if not is_partition(day):
+            not_yet.append(day)
+            continue
+        changed[day] = digest
+    return LandingChanges(changed, waiting, not_yet)
+
+
+def rerun_range(changed_days: Iterable[str], materialized_days: Iterable[str]) -> tuple[str, str] | None:
+    """The one range of days to (re)compute: from the earliest changed day through the later of the
+    latest changed day and the latest already-computed day after it (later days depend on it)."""
+    changed = sorted(changed_days)
+    if not changed:
+        return None
+    start = changed[0]
+    later = [d for d in materialized_days if d > start]
+    return start, max([changed[-1], *later])
+
+
+def run_key(start: str, end: str, changed: Mapping[str, str]) -> str:
+    """Deterministic per set of file versions: the same landing state never launches twice."""
+    h = hashlib.sha256(json.dumps(sorted(changed.items())).encode()).hexdigest()[:16]
+    return f"landing:{start}..{end}:{h}"

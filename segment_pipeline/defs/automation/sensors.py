@@ -1,0 +1,158 @@
+"""Sensors: landing files -> daily pipeline runs, daily automation, failure alerts."""
+
+import datetime as dt
+import os
+import time
+
+import dagster as dg
+
+from segment_pipeline.core import alerts
+from segment_pipeline.core.landing_watch import (
+    LandingCursor,
+    detect_changes,
+    rerun_range,
+    run_key,
+    scan_landing,
+)
+from segment_pipeline.defs.jobs import DAILY_SELECTION, daily_segments_job
+from segment_pipeline.defs.partitions import daily_partitions
+from segment_pipeline.defs.resources import LandingZoneResource
+
+PIPELINE_TAG, PIPELINE_DAILY = "segment_pipeline/pipeline", "daily"
+TRIGGER_TAG = "segment_pipeline/trigger"
+LANDING_DAYS_TAG = "segment_pipeline/landing_days"
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+SETTLE_ENV, DEFAULT_SETTLE_SECONDS = "SEGMENT_PIPELINE_LANDING_SETTLE_SECONDS", 60.0
+INTERVAL_ENV, DEFAULT_INTERVAL_SECONDS = "SEGMENT_PIPELINE_LANDING_SENSOR_INTERVAL", 30
+
+
+def _settle_seconds() -> float:
+    return float(os.environ.get(SETTLE_ENV) or DEFAULT_SETTLE_SECONDS)
+
+
+def _partition_days(now: float):
+    """Is a day a partition at ``now``? Daily partitions run from the start date through yesterday (UTC)."""
+    first = daily_partitions.start.date().isoformat()
+    last = (dt.datetime.fromtimestamp(now, dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+    return lambda day: first <= day <= last
+
+
+def _short_list(days, limit: int = 12) -> str:
+    days = sorted(days)
+    return ",".join(days) if len(days) <= limit else ",".join(days[:limit]) + f",... ({len(days)} days)"
+
+
+@dg.sensor(
+    name="landing_zone_sensor",
+    job=daily_segments_job,
+    minimum_interval_seconds=int(os.environ.get(INTERVAL_ENV) or DEFAULT_INTERVAL_SECONDS),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Runs the daily pipeline for days whose landing files are new, changed or removed, and for "
+        "every later day already computed (they depend on it), as one single-run range. A file must "
+        f"be unmodified for {SETTLE_ENV} seconds (default {DEFAULT_SETTLE_SECONDS:.0f}); names ending "
+        ".tmp/.part/.partial/.crdownload and hidden files are ignored."
+    ),
+)
+def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
+    now = time.time()
+    cursor = LandingCursor.parse(context.cursor)
+    changes = detect_changes(scan_landing(landing.root, now, _settle_seconds()), cursor, _partition_days(now))
+    for day, files in changes.waiting.items():
+        context.log.info(f"{day}: waiting for {len(files)} file(s) to settle: {', '.join(files[:5])}")
+    if changes.not_yet_partitions:
+        context.log.info(f"files for days that are not partitions yet: {_short_list(changes.not_yet_partitions)}")
+    if not changes.changed:
+        waiting = f"; {len(changes.waiting)} day(s) waiting for files to settle" if changes.waiting else ""
+        return dg.SkipReason(f"no new or changed landing files{waiting}")
+
+    computed = {k for k in context.instance.get_materialized_partitions(dg.AssetKey("memberships"))}
+    start, end = rerun_range(changes.changed, computed | set(cursor.days))
+    tags = {PIPELINE_TAG: PIPELINE_DAILY, TRIGGER_TAG: "landing_zone_sensor",
+            LANDING_DAYS_TAG: _short_list(changes.changed)}
+    if start != end:
+        tags.update({RANGE_START: start, RANGE_END: end})
+    context.log.info(f"landing files changed for {_short_list(changes.changed)}: running {start}..{end}")
+    request = dg.RunRequest(
+        run_key=run_key(start, end, changes.changed),
+        partition_key=start if start == end else None,
+        tags=tags,
+    )
+    return dg.SensorResult(run_requests=[request], cursor=changes.advance(cursor).serialize())
+
+
+#: Evaluates the daily pipeline's AutomationConditions (``conditions.DAILY`` / ``FEED``). Its runs
+#: carry the daily pipeline tag, so they queue behind landing-sensor runs instead of racing them;
+#: a condition true for several days at once becomes one backfill (one run per range).
+daily_pipeline_automation = dg.AutomationConditionSensorDefinition(
+    "daily_pipeline_automation",
+    target=dg.AssetSelection.from_string(DAILY_SELECTION),
+    run_tags={PIPELINE_TAG: PIPELINE_DAILY, TRIGGER_TAG: "daily_pipeline_automation"},
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Daily pipeline at SEGMENT_PIPELINE_DAILY_CRON (yesterday's partition); feed follows its inputs.",
+)
+
+
+# -- failure alerts -------------------------------------------------------------------------------------
+
+
+def _innermost_message(error) -> str:
+    while error is not None and getattr(error, "cause", None) is not None:
+        error = error.cause
+    return getattr(error, "message", "") or ""
+
+
+def _failed_assets(context: dg.RunFailureSensorContext, failed_steps: set[str]) -> list[str]:
+    planned = context.instance.get_records_for_run(
+        run_id=context.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=10_000
+    ).records
+    by_step: dict[str | None, set[str]] = {}
+    for record in planned:
+        event = record.event_log_entry.dagster_event
+        if event is not None and event.asset_key is not None:
+            by_step.setdefault(event.step_key, set()).add(event.asset_key.to_user_string())
+    hit = set().union(*(by_step.get(s, set()) for s in failed_steps)) if failed_steps else set()
+    if not hit:
+        hit = {k.to_user_string() for k in (context.dagster_run.asset_selection or ())}
+    return sorted(hit)
+
+
+def _partitions(tags) -> str | None:
+    if tags.get("dagster/partition"):
+        return tags["dagster/partition"]
+    if tags.get(RANGE_START):
+        return f"{tags[RANGE_START]}..{tags.get(RANGE_END, tags[RANGE_START])}"
+    return None
+
+
+@dg.run_failure_sensor(
+    name="run_failure_alert",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description=f"Posts run, assets, error and a link to {alerts.WEBHOOK_ENV} when a run fails (nothing if unset).",
+)
+def run_failure_alert(context: dg.RunFailureSensorContext):
+    url = alerts.webhook_url()
+    run = context.dagster_run
+    if url is None:
+        return dg.SkipReason(f"{alerts.WEBHOOK_ENV} is not set: no alert for failed run {run.run_id}")
+    step_failures = context.get_step_failure_events()
+    errors = [_innermost_message(e.event_specific_data.error) for e in step_failures
+              if e.event_specific_data is not None and getattr(e.event_specific_data, "error", None)]
+    alert = alerts.FailureAlert(
+        run_id=run.run_id,
+        job_name=run.job_name,
+        error=next((e for e in errors if e), None) or context.failure_event.message or "run failed",
+        assets=_failed_assets(context, {e.step_key for e in step_failures if e.step_key}),
+        partitions=_partitions(run.tags),
+        base_url=alerts.ui_url(),
+    )
+    try:
+        status = alerts.post_alert(url, alert)
+    except alerts.AlertError as exc:
+        context.log.warning(f"failure alert for run {run.run_id} not delivered: {exc}")
+        return dg.SkipReason(f"alert not delivered: {exc}")
+    context.log.info(f"failure alert for run {run.run_id} sent to {alerts.describe(url)} (HTTP {status})")
+    return None
