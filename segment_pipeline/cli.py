@@ -41,6 +41,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         import os
         import shlex
+        import shutil
         import subprocess
         from pathlib import Path
 
@@ -55,6 +56,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         env = dict(os.environ)
         env.setdefault("DAGSTER_HOME", str(settings.base_dir() / ".dagster_home"))
         Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+        template, instance_yaml = settings.PROJECT_ROOT / "dagster.yaml", Path(env["DAGSTER_HOME"]) / "dagster.yaml"
+        if template.is_file() and not instance_yaml.exists():
+            shutil.copyfile(template, instance_yaml)
+            print(f"instance settings: copied {template} to {instance_yaml}")
         cmd = [
             sys.executable, "-m", "dagster", "asset", "materialize", "-m", "segment_pipeline.definitions",
             "--select", DAILY_SELECTION, "--partition-range", f"{start}...{end}",
