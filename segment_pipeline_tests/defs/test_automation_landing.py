@@ -1,0 +1,175 @@
+"""The landing-zone sensor: file versions, settling, cursor and run keys, late days, partitions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from segment_pipeline.core.landing_watch import LandingCursor, detect_changes, rerun_range, scan_landing
+from segment_pipeline.defs.automation.sensors import (
+    LANDING_DAYS_TAG,
+    PIPELINE_TAG,
+    RANGE_END,
+    RANGE_START,
+    landing_zone_sensor,
+)
+from segment_pipeline.defs.resources import LandingZoneResource
+from segment_pipeline_tests.landing import event, profile, write_ndjson
+
+OLD = time.time() - 3600  # an mtime well past any settle window
+_DEFS: dg.Definitions | None = None  # the code location, loaded once
+
+
+def land(root: Path, kind: str, day: str, rows: list, name: str | None = None, mtime: float | None = OLD) -> Path:
+    path = write_ndjson(root, kind, day, rows, name=name)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def profiles_rows(n: int = 2, day: str = "2026-11-03") -> list[dict]:
+    return [profile(f"p{i}@example.com", f"{day}T10:00:00Z", country="DE") for i in range(n)]
+
+
+def evaluate(instance, root: Path, cursor: str | None):
+    from segment_pipeline.definitions import defs
+
+    global _DEFS
+    _DEFS = _DEFS or defs()
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=_DEFS,
+                                 resources={"landing": LandingZoneResource(root=str(root))}) as context:
+        return landing_zone_sensor.evaluate_tick(context), context
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture(autouse=True)
+def settle_window(monkeypatch):
+    monkeypatch.setenv("SEGMENT_PIPELINE_LANDING_SETTLE_SECONDS", "60")
+
+
+# -- the pure scan/cursor logic ----------------------------------------------------------------------------
+
+
+def test_scan_ignores_files_still_being_written_and_waits_for_fresh_ones(tmp_path):
+    land(tmp_path, "profiles", "2026-11-03", profiles_rows(), name="a.ndjson")
+    land(tmp_path, "events", "2026-11-03", [], name="b.ndjson.part")  # still being written: ignored
+    land(tmp_path, "events", "2026-11-03", [], name=".hidden.ndjson")
+    land(tmp_path, "events", "2026-11-03", [], name="c.ndjson.tmp")
+    fresh = land(tmp_path, "events", "2026-11-04", [], name="d.ndjson", mtime=None)  # just written
+    scans = scan_landing(tmp_path, now=time.time(), settle_seconds=60)
+    assert [f.path for f in scans["2026-11-03"].files] == ["profiles/date=2026-11-03/a.ndjson"]
+    assert scans["2026-11-03"].settled
+    assert not scans["2026-11-04"].settled and scans["2026-11-04"].unsettled == ["events/date=2026-11-04/d.ndjson"]
+    os.utime(fresh, (OLD, OLD))
+    assert scan_landing(tmp_path, now=time.time(), settle_seconds=60)["2026-11-04"].settled
+
+
+def test_a_day_changes_when_a_file_is_added_replaced_or_removed(tmp_path):
+    a = land(tmp_path, "profiles", "2026-11-03", profiles_rows(2))
+    always = lambda day: True  # noqa: E731
+    first = detect_changes(scan_landing(tmp_path, time.time(), 60), LandingCursor(), always)
+    assert list(first.changed) == ["2026-11-03"]
+    cursor = first.advance(LandingCursor())
+    assert LandingCursor.parse(cursor.serialize()) == cursor
+    assert not detect_changes(scan_landing(tmp_path, time.time(), 60), cursor, always).changed  # same version
+
+    land(tmp_path, "profiles", "2026-11-03", profiles_rows(3))  # replaced (new size and mtime)
+    replaced = detect_changes(scan_landing(tmp_path, time.time(), 60), cursor, always)
+    assert list(replaced.changed) == ["2026-11-03"] and replaced.changed["2026-11-03"] != cursor.days["2026-11-03"]
+    cursor = replaced.advance(cursor)
+
+    a.unlink()  # the day's only file removed: its rows must go, so the day changed
+    removed = detect_changes(scan_landing(tmp_path, time.time(), 60), cursor, always)
+    assert list(removed.changed) == ["2026-11-03"]
+    cursor = removed.advance(cursor)
+    assert not detect_changes(scan_landing(tmp_path, time.time(), 60), cursor, always).changed
+
+
+def test_rerun_range_covers_the_late_day_and_every_later_computed_day():
+    assert rerun_range(["2026-11-03"], ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-09"]) == (
+        "2026-11-03", "2026-11-09")
+    assert rerun_range(["2026-11-10"], ["2026-11-01", "2026-11-09"]) == ("2026-11-10", "2026-11-10")
+    assert rerun_range(["2026-11-02", "2026-11-05"], []) == ("2026-11-02", "2026-11-05")
+    assert rerun_range([], ["2026-11-01"]) is None
+
+
+# -- the sensor ---------------------------------------------------------------------------------------------
+
+
+def test_sensor_requests_one_range_run_once_per_file_version(tmp_path, instance):
+    for day in ("2026-11-01", "2026-11-02", "2026-11-03"):
+        land(tmp_path, "profiles", day, profiles_rows(day=day))
+        land(tmp_path, "events", day, [event(f"e-{day}", "p0@example.com", "order", f"{day}T12:00:00Z", revenue=10)])
+
+    result, _ = evaluate(instance, tmp_path, None)
+    (request,) = result.run_requests
+    assert request.job_name in (None, "daily_segments")
+    assert request.tags[RANGE_START] == "2026-11-01" and request.tags[RANGE_END] == "2026-11-03"
+    assert request.tags[PIPELINE_TAG] == "daily"
+    assert request.tags[LANDING_DAYS_TAG] == "2026-11-01,2026-11-02,2026-11-03"
+    cursor = result.cursor
+
+    # the next tick (or the daemon restarted with the saved cursor): nothing new, no run
+    again, _ = evaluate(instance, tmp_path, cursor)
+    assert not again.run_requests and "no new or changed landing files" in again.skip_message
+    # a tick evaluated again from the *old* cursor (crash before the cursor was saved) asks for
+    # the same run key, which Dagster launches only once
+    replay, _ = evaluate(instance, tmp_path, None)
+    assert replay.run_requests[0].run_key == request.run_key
+
+    # a second file for one day: a new version of that day, a new run key
+    land(tmp_path, "events", "2026-11-03", [event("e-x", "p1@example.com", "page_view", "2026-11-03T13:00:00Z")],
+         name="late-part.ndjson")
+    changed, _ = evaluate(instance, tmp_path, cursor)
+    (second,) = changed.run_requests
+    assert second.partition_key == "2026-11-03" and second.run_key != request.run_key
+
+
+def test_file_being_written_is_not_picked_up_until_it_settles(tmp_path, instance):
+    land(tmp_path, "profiles", "2026-11-05", profiles_rows(), name="big.ndjson.part")  # writer's temp name
+    result, _ = evaluate(instance, tmp_path, None)
+    assert not result.run_requests
+
+    final = land(tmp_path, "profiles", "2026-11-05", profiles_rows(), name="big.ndjson", mtime=None)  # just renamed/written
+    land(tmp_path, "events", "2026-11-05", [], name="ok.ndjson")  # settled, but its day waits for big.ndjson
+    result, _ = evaluate(instance, tmp_path, None)
+    assert not result.run_requests and "waiting for files to settle" in result.skip_message
+    assert result.cursor is None  # nothing handed over: the day is looked at again next tick
+
+    os.utime(final, (OLD, OLD))
+    result, _ = evaluate(instance, tmp_path, None)
+    assert [r.partition_key for r in result.run_requests] == ["2026-11-05"]
+
+
+def test_late_file_reruns_its_day_and_the_later_days_already_computed(tmp_path, instance):
+    for day in ("2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"):
+        land(tmp_path, "profiles", day, profiles_rows(day=day))
+    first, _ = evaluate(instance, tmp_path, None)
+    for day in ("2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"):  # that run's result
+        instance.report_runless_asset_event(dg.AssetMaterialization("memberships", partition=day))
+
+    land(tmp_path, "events", "2026-11-02", [event("late-1", "p0@example.com", "order", "2026-11-02T09:00:00Z",
+                                                  revenue=5)], name="late.ndjson")
+    late, _ = evaluate(instance, tmp_path, first.cursor)
+    (request,) = late.run_requests
+    assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("2026-11-02", "2026-11-04")
+    assert request.tags[LANDING_DAYS_TAG] == "2026-11-02"
+
+
+def test_days_that_are_not_partitions_yet_wait(tmp_path, instance):
+    today = dt.datetime.now(dt.UTC).date()
+    land(tmp_path, "profiles", today.isoformat(), profiles_rows(day=today.isoformat()))  # today: no partition yet
+    land(tmp_path, "profiles", "2026-10-20", profiles_rows(day="2026-10-20"))  # before the first partition
+    result, _ = evaluate(instance, tmp_path, None)
+    assert not result.run_requests
+    assert result.cursor is None  # still unhandled: today's files run once today's partition exists
