@@ -91,7 +91,9 @@ class Services:
         self.limiter = RateLimiter(settings.rate_per_second, settings.burst)
         per_minute = settings.auth_failures_per_minute
         self.auth_failures = RateLimiter(per_minute / 60.0, max(1, int(per_minute)))
-        self.identities = IdentityIndex(self.warehouse, settings.state_dir / "identity_index")
+        self.identities = IdentityIndex(
+            self.warehouse, settings.state_dir / "identity_index", recheck_seconds=settings.recheck_seconds
+        )
         self._launcher_factory = launcher_factory
         self._exports: ExportService | None = None
         self._exports_lock = threading.Lock()

@@ -62,6 +62,7 @@ class ApiSettings:
     dagster_url: str | None = None
     dagster_location: str = "segment_pipeline"
     gzip_level: int = 6
+    recheck_seconds: float = 1.0
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -78,4 +79,5 @@ class ApiSettings:
             dagster_url=os.environ.get("SEGMENT_PIPELINE_DAGSTER_URL") or None,
             dagster_location=os.environ.get("SEGMENT_PIPELINE_DAGSTER_LOCATION") or "segment_pipeline",
             gzip_level=_int("SEGMENT_PIPELINE_API_GZIP_LEVEL", 6),
+            recheck_seconds=_float("SEGMENT_PIPELINE_API_RECHECK_SECONDS", 1.0),
         )

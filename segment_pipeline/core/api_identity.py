@@ -21,6 +21,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -34,7 +35,10 @@ _local = threading.local()
 
 
 def normalize_email(raw: str) -> str:
-    """``lower(trim(raw))`` as DuckDB computes it during ingestion."""
+    """``lower(trim(raw))`` as DuckDB computes it during ingestion (for ASCII, where DuckDB's trim
+    of spaces and lower agree with Python's, without a query)."""
+    if raw.isascii():
+        return raw.strip(" ").lower()
     con = getattr(_local, "duck", None)
     if con is None:
         con = _local.duck = duckdb.connect()
@@ -46,8 +50,14 @@ def is_email(normalized: str) -> bool:
 
 
 class IdentityIndex:
-    def __init__(self, warehouse: Warehouse, cache_dir: str | os.PathLike[str], memory_limit: str = "1GB"):
+    def __init__(
+        self, warehouse: Warehouse, cache_dir: str | os.PathLike[str], memory_limit: str = "1GB",
+        recheck_seconds: float = 1.0,
+    ):
         self.warehouse = warehouse
+        self.recheck_seconds = recheck_seconds  # how long a seen state of the warehouse is trusted
+        self._latest: tuple[float, dt.date | None] = (-1e18, None)
+        self._paths: dict[dt.date, tuple[float, Path]] = {}
         self.cache_dir = Path(cache_dir)
         self.memory_limit = memory_limit
         self._build_locks: dict[dt.date, threading.Lock] = {}
@@ -61,8 +71,13 @@ class IdentityIndex:
         return sorted(common)
 
     def latest_day(self) -> dt.date | None:
-        days = self.days()
-        return days[-1] if days else None
+        checked, day = self._latest
+        now = time.monotonic()
+        if now - checked > self.recheck_seconds:
+            days = self.days()
+            day = days[-1] if days else None
+            self._latest = (now, day)
+        return day
 
     def has_day(self, day: dt.date) -> bool:
         return all(self.warehouse.has_partition(t, day) for t in TABLES)
@@ -77,6 +92,15 @@ class IdentityIndex:
 
     def index_path(self, day: dt.date) -> Path:
         """The index of ``day``, built first if missing or stale."""
+        now = time.monotonic()
+        seen = self._paths.get(day)
+        if seen is not None and now - seen[0] <= self.recheck_seconds and seen[1].exists():
+            return seen[1]
+        path = self._index_path(day)
+        self._paths[day] = (now, path)
+        return path
+
+    def _index_path(self, day: dt.date) -> Path:
         path = self.cache_dir / f"identity-{day.isoformat()}-{self._fingerprint(day)}.sqlite"
         if path.exists():
             return path

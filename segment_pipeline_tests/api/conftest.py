@@ -61,6 +61,7 @@ def env(tmp_path, monkeypatch) -> Env:
     monkeypatch.setenv("SEGMENT_PIPELINE_API_STATE", str(state))
     monkeypatch.setenv("SEGMENT_PIPELINE_API_SIGNING_KEY", SIGNING_KEY)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("SEGMENT_PIPELINE_API_RECHECK_SECONDS", "0")  # see a re-run day at once
     (tmp_path / "dagster_home").mkdir()
     write_day(
         wh, DAY, [profile("jane@example.com"), profile("joe@example.com")],
