@@ -1,0 +1,1 @@
+"""End-to-end tests: real `dagster dev` / `dg dev` processes driven through GraphQL and a headless browser."""
