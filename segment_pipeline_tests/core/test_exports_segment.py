@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from decimal import Decimal
 
 import pytest
 
@@ -295,3 +296,86 @@ def test_s3_orphans_without_manifest_are_swept_by_the_next_export(small):
         result = run_segment_export(connect(), small, storage, request())
         assert not storage.exists(orphan)
         assert storage.list_keys("segment-export") == sorted([f.key for f in result.files] + [result.manifest_key])
+
+
+# -- chunking, streaming and passes ---------------------------------------------------------------------
+
+
+def _emails(storage, result) -> list[str]:
+    return [u["email"] for u in read_export(storage, result)]
+
+
+@pytest.mark.parametrize("n_members, expected", [(4_999, [4_999]), (5_000, [5_000]), (5_001, [5_000, 1]),
+                                                  (10_000, [5_000, 5_000])])
+def test_chunk_boundaries(tmp_path, n_members, expected):
+    wh = Warehouse(tmp_path / "warehouse")
+    write_synthetic_segment(wh, DAY, "big", n_members=n_members, n_profiles=n_members + 10)
+    storage = LocalExportStorage(tmp_path / "exports")
+    result = export_segment(connect(), wh, storage, request("big", ["email"]))
+    assert sorted((f.lines for f in result.files), reverse=True) == expected
+    assert sorted(_emails(storage, result)) == sorted(f"u{i}@example.com" for i in range(n_members))
+    assert verify_segment_export(storage, result.manifest_key, n_members).passed
+    manifest = json.loads(storage.get_bytes(result.manifest_key))
+    assert sorted(f["lines"] for f in manifest["files"]) == sorted(expected) and manifest["members"] == n_members
+
+
+def test_segment_larger_than_one_fetch_batch(tmp_path):
+    """70,001 members: more than one 65,536-row Arrow batch, so chunks straddle batch boundaries."""
+    wh = Warehouse(tmp_path / "warehouse")
+    write_synthetic_segment(wh, DAY, "big", n_members=70_001, n_profiles=71_000)
+    storage = LocalExportStorage(tmp_path / "exports")
+    result = export_segment(connect(), wh, storage, request("big", ["email", "external_id", "random_bucket"]))
+    assert sorted(f.lines for f in result.files) == [1] + [5_000] * 14
+    users = read_export(storage, result)
+    assert len(users) == 70_001 == len({u["email"] for u in users})
+    assert all(u == {"email": u["email"], "external_id": "c" + u["email"][1:-12],
+                     "random_bucket": int(u["email"][1:-12]) % 10000} for u in users)
+    # tiny batches (many per chunk) and tiny passes (many per export) give the same users
+    again = export_segment(connect(), wh, storage, request("big", ["email", "external_id", "random_bucket"]),
+                           batch_rows=777, members_per_pass=9_000, writer_threads=1)
+    assert sorted(f.lines for f in again.files) == [1] + [5_000] * 14
+    assert sorted(read_export(storage, again), key=lambda u: u["email"]) == sorted(users, key=lambda u: u["email"])
+    assert verify_segment_export(storage, again.manifest_key, 70_001).passed
+
+
+@pytest.mark.parametrize("members_per_pass", [1, 2, 1_000_000])
+def test_passes_dedupe_and_members_without_profile(tmp_path, members_per_pass):
+    """Whatever the number of passes: one line per identity even when ``memberships`` lists it
+    twice, and a member without a profile row still gets its line (braze_id and email only)."""
+    wh = Warehouse(tmp_path / "warehouse")
+    emails = ["a@x.io", "b@x.io", "c@x.io", "ghost@x.io"]
+    write_day(wh, DAY, [profile(e, first_name=e[0].upper()) for e in emails[:3]], {"s": "S"}, {"s": emails})
+    write_rows(wh, "memberships", DAY, [{"segment_id": "s", "identity_id": identity(e), "email": e}
+                                        for e in emails + ["a@x.io", "ghost@x.io"]])
+    storage = LocalExportStorage(tmp_path / "exports")
+    result = export_segment(connect(), wh, storage, request("s", ["braze_id", "email", "first_name"]),
+                            members_per_pass=members_per_pass)
+    users = sorted(read_export(storage, result), key=lambda u: u["email"])
+    assert users == [
+        {"braze_id": identity("a@x.io"), "email": "a@x.io", "first_name": "A"},
+        {"braze_id": identity("b@x.io"), "email": "b@x.io", "first_name": "B"},
+        {"braze_id": identity("c@x.io"), "email": "c@x.io", "first_name": "C"},
+        {"braze_id": identity("ghost@x.io"), "email": "ghost@x.io"},
+    ]
+    assert result.members == 4 and verify_segment_export(storage, result.manifest_key, 4).passed
+
+
+def test_an_identity_with_two_profile_rows_fails_and_publishes_nothing(tmp_path):
+    wh = Warehouse(tmp_path / "warehouse")
+    write_day(wh, DAY, [profile("a@x.io"), profile("a@x.io", first_name="Twin")], {"s": "S"}, {"s": ["a@x.io"]})
+    storage = LocalExportStorage(tmp_path / "exports")
+    with pytest.raises(ExportInputError, match="2 lines for 1 members"):
+        export_segment(connect(), wh, storage, request("s"))
+    assert storage.list_keys("segment-export") == [] and not storage.list_temporaries("segment-export")
+
+
+def test_money_is_a_json_number_with_its_cents(small, tmp_path):
+    write_rows(small, "profiles", DAY, [profile("jane@x.io", total_revenue=Decimal("1234567.89")),
+                                        profile("joe@x.io", total_revenue=Decimal("0.10"))])
+    storage = LocalExportStorage(tmp_path / "exports")
+    result = export_segment(connect(), small, storage, request(fields=["email", "total_revenue"], output_format="gzip"))
+    (f,) = result.files
+    text = gzip.decompress(storage.get_bytes(f.key)).decode()
+    assert '"total_revenue":1234567.89' in text and '"total_revenue":0.10' in text  # numbers, not strings
+    revenue = {u["email"]: u["total_revenue"] for u in map(json.loads, text.splitlines())}
+    assert revenue == {"jane@x.io": 1234567.89, "joe@x.io": 0.1}

@@ -20,6 +20,12 @@ counts, request) is written last: an export folder without its manifest is incom
 the folder appears in one rename; on S3 files are uploaded whole, deleted again if the export
 fails, and folders a crashed export left without manifest are swept by the segment's next export.
 
+Memory stays flat whatever the segment size: the member ids of a pass (at most
+``members_per_pass``, split by ``hash(identity_id)``) are the only state that grows, lines stream
+from DuckDB in Arrow batches (``con.sql(...).to_arrow_reader``, which does not materialize the
+result), and a few threads compress and publish 5,000-line chunks while DuckDB produces the next
+ones. Line order within and across files is not significant.
+
 Values follow the reference promise "the least data possible": a field the user has no value for
 is left out of the object (read a missing field as null / empty). Field meanings:
 
@@ -46,7 +52,9 @@ import shutil
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import duckdb
@@ -57,24 +65,30 @@ from segment_pipeline.core.exports.daily_feed import ExportInputError, _local_co
 from segment_pipeline.core.exports.keys import encode_segment, join_key
 from segment_pipeline.core.exports.locks import global_slot, segment_lock
 from segment_pipeline.core.exports.storage import ExportStorage, LocalExportStorage
-from segment_pipeline.core.warehouse import Warehouse, as_date
+from segment_pipeline.core.warehouse import SCHEMAS, Warehouse, as_date
 
 EXPORT_PREFIX = "segment-export"
 LOCK_KIND = "segment-export"
 CHUNK_SIZE = 5000
+#: Members handled per pass: the per-pass set of member ids is the only state that grows with the
+#: segment, so peak memory stays flat however large the segment is (each extra pass rescans profiles).
+MEMBERS_PER_PASS = 2_000_000
+#: Threads compressing chunks (zlib releases the GIL) while DuckDB produces the next lines.
+WRITER_THREADS = 2
 OUTPUT_FORMATS = {"zip": ".zip", "gzip": ".gz"}
 EVENT_WINDOW_DAYS = 90
 MANIFEST_SUFFIX = ".manifest.json"
 
 _TS = "'%Y-%m-%dT%H:%M:%SZ'"
 
-#: field name -> SQL for its JSON value over ``p`` (profile), ``m`` (member) and ``ev`` (events);
-#: NULL leaves the field out of the object.
+#: field name -> SQL for its JSON value over ``p`` (the member's profile row; for a member without a
+#: profile, ``identity_id`` and ``email`` from ``memberships`` and NULL elsewhere) and ``ev``
+#: (events); NULL leaves the field out of the object.
 SUPPORTED_FIELDS: dict[str, str] = {
-    "braze_id": "to_json(m.identity_id)",
-    "identity_id": "to_json(m.identity_id)",
+    "braze_id": "to_json(p.identity_id)",
+    "identity_id": "to_json(p.identity_id)",
     "external_id": "to_json(p.customer_id)",
-    "email": "to_json(coalesce(p.email, m.email))",
+    "email": "to_json(p.email)",
     "first_name": "to_json(p.first_name)",
     "last_name": "to_json(p.last_name)",
     "country": "to_json(p.country)",
@@ -210,28 +224,58 @@ def latest_membership_day(warehouse: Warehouse) -> dt.date:
     return days[-1]
 
 
-def member_lines_sql(warehouse: Warehouse, fields: Sequence[str], as_of: dt.date) -> str:
-    """One VARCHAR column ``line`` (a JSON object plus ``\\n``) per member; ``?`` = segment_id."""
-    members = warehouse.scan("memberships", days=[as_of])
+def member_lines_sql(
+    warehouse: Warehouse,
+    fields: Sequence[str],
+    as_of: dt.date,
+    *,
+    parts: int = 1,
+    part: int = 0,
+    without_profile: bool = False,
+) -> str:
+    """One VARCHAR column ``line`` (a JSON object plus ``\\n``) per member; ``$segment_id`` is bound.
+
+    Only members whose ``hash(identity_id) % parts == part`` (all of them when ``parts == 1``), so
+    an export can run in several passes each holding a bounded set of members. The segment's ids
+    are the build side of a semi join that the ``profiles`` scan probes: the only state that grows
+    with the segment is that set of ids (no aggregate, no ORDER BY, no member email carried), and an
+    identity is emitted once however often ``memberships`` lists it. With ``without_profile`` the
+    lines are those of members that have no ``profiles`` row (only ``identity_id``/``email``, from
+    ``memberships``): a separate, normally empty, pass.
+    """
+    memberships = warehouse.scan("memberships", days=[as_of])
     profiles = warehouse.scan("profiles", days=[as_of])
-    parts = ", ".join(f"'\"{name}\":' || ({SUPPORTED_FIELDS[name]})" for name in fields)
-    ctes = [
-        f"m AS (SELECT identity_id, any_value(email) AS email FROM {members} "
-        "WHERE segment_id = $segment_id GROUP BY identity_id)"
-    ]
+
+    def in_part(column: str) -> str:
+        return f"hash({column}) % {int(parts)} = {int(part)}" if parts > 1 else "true"
+
+    members = f"(SELECT identity_id, email FROM {memberships} WHERE segment_id = $segment_id AND {in_part('identity_id')})"
+    if without_profile:
+        nulls = ", ".join(
+            f"NULL::{typ} AS {name}" for name, typ in SCHEMAS["profiles"].items() if name not in ("identity_id", "email")
+        )
+        source = f"""(SELECT m.identity_id, any_value(m.email) AS email, {nulls}
+                      FROM {members} m LEFT JOIN (SELECT identity_id FROM {profiles} WHERE {in_part('identity_id')}) q
+                        ON q.identity_id = m.identity_id
+                      WHERE q.identity_id IS NULL GROUP BY m.identity_id)"""
+    else:
+        source = f"""(SELECT * FROM {profiles}
+                      WHERE {in_part('identity_id')} AND identity_id IN (SELECT identity_id FROM {members}))"""
+    parts_sql = ", ".join(f"'\"{name}\":' || ({SUPPORTED_FIELDS[name]})" for name in fields)
+    ctes = []
     event_join = ""
     if _EVENT_FIELDS & set(fields):
         events = warehouse.scan("raw_events", upto=as_of)
         window_start = as_of - dt.timedelta(days=EVENT_WINDOW_DAYS - 1)
         day_end = as_of + dt.timedelta(days=1)
+        # memberships.email is the profile's (normalized) email of that identity
         ctes.append(
             f"""items AS (
                 SELECT e.email, e.event_type = 'order' AS is_order,
                        CASE WHEN e.event_type = 'order' THEN e.product_id ELSE e.event_type END AS name,
                        min(e.occurred_at) AS first, max(e.occurred_at) AS last, count(*) AS count
                 FROM {events} e
-                WHERE e.occurred_at < DATE '{day_end}'
-                  AND e.email IN (SELECT coalesce(p.email, m.email) FROM m LEFT JOIN {profiles} p USING (identity_id))
+                WHERE e.occurred_at < DATE '{day_end}' AND e.email IN (SELECT email FROM {members})
                 GROUP BY ALL
                 HAVING name IS NOT NULL AND max(e.occurred_at) >= DATE '{window_start}')"""
         )
@@ -243,22 +287,22 @@ def member_lines_sql(warehouse: Warehouse, fields: Sequence[str], as_of: dt.date
                        list({item} ORDER BY name) FILTER (WHERE NOT is_order) AS custom_events
                 FROM items GROUP BY email)"""
         )
-        event_join = "LEFT JOIN ev ON ev.email = coalesce(p.email, m.email)"
+        event_join = "LEFT JOIN ev ON ev.email = p.email"
+    with_sql = f"WITH {', '.join(ctes)}" if ctes else ""
     return f"""
-        WITH {", ".join(ctes)}
-        SELECT '{{' || concat_ws(',', {parts}) || '}}' || chr(10) AS line
-        FROM m LEFT JOIN {profiles} p ON p.identity_id = m.identity_id {event_join}
+        {with_sql}
+        SELECT '{{' || concat_ws(',', {parts_sql}) || '}}' || chr(10) AS line
+        FROM {source} p {event_join}
     """
 
 
-def _check_segment(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, segment_id: str, as_of: dt.date) -> int:
-    members = con.execute(
-        f"SELECT count(DISTINCT identity_id) FROM {warehouse.scan('memberships', days=[as_of])} "
-        "WHERE segment_id = ?",
-        [segment_id],
+def _member_rows(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, segment_id: str, as_of: dt.date) -> int:
+    """Rows of the segment in ``memberships`` of ``as_of`` (cheap; 0 also checks the segment exists)."""
+    rows = con.execute(
+        f"SELECT count(*) FROM {warehouse.scan('memberships', days=[as_of])} WHERE segment_id = ?", [segment_id]
     ).fetchall()[0][0]
-    if members:
-        return members
+    if rows:
+        return rows
     stats = warehouse.scan("segment_stats", days=[as_of])
     known = con.execute(f"SELECT count(*) FROM {stats} WHERE segment_id = ?", [segment_id]).fetchall()[0][0]
     if not known:
@@ -267,12 +311,64 @@ def _check_segment(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, segment
     return 0
 
 
-def _line_chunks(reader: pa.RecordBatchReader, chunk_size: int) -> Iterator[tuple[list[memoryview], int]]:
+@dataclass
+class _Count:
+    members: int = 0
+    lines: int = 0
+
+
+def _member_line_arrays(
+    con: duckdb.DuckDBPyConnection,
+    warehouse: Warehouse,
+    request: SegmentExportRequest,
+    as_of: dt.date,
+    parts: int,
+    batch_rows: int,
+    count: _Count,
+) -> Iterator[pa.Array]:
+    """Stream the ``line`` arrays of every member, pass by pass (see :func:`member_lines_sql`).
+
+    Each pass counts its distinct members first and checks it produced exactly one line each
+    (a member without profile gets its line from a second query, only when lines are missing).
+    Readers come from ``con.sql(...).to_arrow_reader``, which streams; ``con.execute(...)`` plus an
+    Arrow fetch would materialize the whole result first. A reader is drained and closed before the
+    next statement runs on the connection.
+    """
+    params = {"segment_id": request.segment_id}
+    memberships = warehouse.scan("memberships", days=[as_of])
+    for part in range(parts):
+        in_part = f"AND hash(identity_id) % {parts} = {part}" if parts > 1 else ""
+        expected = con.execute(
+            f"SELECT count(DISTINCT identity_id) FROM {memberships} WHERE segment_id = $segment_id {in_part}", params
+        ).fetchall()[0][0]
+        produced = 0
+        for without_profile in (False, True):
+            if without_profile and produced >= expected:
+                break
+            sql = member_lines_sql(
+                warehouse, request.fields_to_export, as_of, parts=parts, part=part, without_profile=without_profile
+            )
+            reader = con.sql(sql, params=params).to_arrow_reader(batch_rows)
+            try:
+                for batch in reader:
+                    produced += batch.num_rows
+                    count.lines += batch.num_rows
+                    yield batch.column(0)
+            finally:
+                reader.close()
+        if produced != expected:
+            raise ExportInputError(
+                f"segment {request.segment_id!r} on {as_of}: {produced} lines for {expected} members "
+                "(an identity has more than one profiles row)"
+            )
+        count.members += expected
+
+
+def _line_chunks(arrays: Iterable[pa.Array], chunk_size: int) -> Iterator[tuple[list[memoryview], int]]:
     """Group the ``line`` strings into runs of ``chunk_size`` as zero-copy views of Arrow buffers."""
     pieces: list[memoryview] = []
     count = 0
-    for batch in reader:
-        arr = batch.column(0)
+    for arr in arrays:
         if arr.type not in (pa.string(), pa.large_string()):
             arr = arr.cast(pa.large_string())
         _validity, offsets_buf, data_buf = arr.buffers()
@@ -340,33 +436,60 @@ def export_segment(
     batch_rows: int = 65536,
     progress: Callable[[int, int], None] | None = None,
     object_prefix: str | None = None,
+    members_per_pass: int = MEMBERS_PER_PASS,
+    writer_threads: int = WRITER_THREADS,
 ) -> SegmentExportResult:
     """Write the export files and then the manifest (no lock, no callback: see :func:`run_segment_export`).
 
     ``object_prefix`` (optional, ``RANDOM_UUID-TIMESTAMP`` from :func:`new_object_prefix`) lets a
     caller announce where the export will land before it runs; its timestamp is the start time.
+
+    Memory is bounded whatever the segment size: members are read in
+    ``ceil(rows / members_per_pass)`` hash passes, lines stream from DuckDB in Arrow batches of
+    ``batch_rows`` and are cut into chunks that ``writer_threads`` threads compress and publish
+    while the next lines are produced (at most ``2 * writer_threads`` chunks in flight).
     """
     if object_prefix is not None:
         started_at = parse_object_prefix(object_prefix)
     day = as_date(as_of) if as_of is not None else latest_membership_day(warehouse)
-    members = _check_segment(con, warehouse, request.segment_id, day)
+    rows = _member_rows(con, warehouse, request.segment_id, day)
+    parts = max(1, math.ceil(rows / max(1, members_per_pass)))
     started_ts = int(started_at if started_at is not None else time.time())
     started = dt.datetime.fromtimestamp(started_ts, tz=dt.UTC)
     object_prefix = object_prefix or f"{uuid.uuid4()}-{started_ts}"
     prefix = export_key_prefix(request.segment_id, object_prefix)
     ext = OUTPUT_FORMATS[request.output_format]
     files: list[ExportedFile] = []
-    sql = member_lines_sql(warehouse, request.fields_to_export, day)
-    reader = con.sql(sql, params={"segment_id": request.segment_id}).to_arrow_reader(batch_rows)
-    with storage.batch(prefix) as batch:
-        for pieces, lines in _line_chunks(reader, chunk_size):
-            name = uuid.uuid4().hex
-            with batch.writer(name + ext) as tmp:
-                _write_chunk(tmp, name, pieces, request.output_format, started)
-                size = tmp.stat().st_size
-            files.append(ExportedFile(f"{prefix}/{name}{ext}", lines, size))
-            if progress:
-                progress(len(files), sum(f.lines for f in files))
+    count = _Count()
+    arrays = _member_line_arrays(con, warehouse, request, day, parts, batch_rows, count)
+
+    def write(batch, name: str, pieces: list[memoryview], lines: int) -> ExportedFile:
+        with batch.writer(name + ext) as tmp:
+            _write_chunk(tmp, name, pieces, request.output_format, started)
+            size = tmp.stat().st_size
+        return ExportedFile(f"{prefix}/{name}{ext}", lines, size)
+
+    def collect(future: Future) -> None:
+        files.append(future.result())
+        if progress:
+            progress(len(files), sum(f.lines for f in files))
+
+    with storage.batch(prefix) as batch, ThreadPoolExecutor(max(1, writer_threads)) as pool:
+        pending: deque[Future] = deque()
+        try:
+            for pieces, lines in _line_chunks(arrays, chunk_size):
+                pending.append(pool.submit(write, batch, uuid.uuid4().hex, pieces, lines))
+                while len(pending) >= 2 * max(1, writer_threads):
+                    collect(pending.popleft())
+            while pending:
+                collect(pending.popleft())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+        finally:
+            arrays.close()
+    members = count.members
     exported = sum(f.lines for f in files)
     if exported != members:
         raise ExportInputError(f"segment {request.segment_id!r}: exported {exported} users but it has {members} members")
