@@ -1,10 +1,12 @@
 """Benchmark the export writers against a bare-DuckDB floor, each case in a fresh process.
 
-    python benchmarks/bench_exports.py [--profiles 10000000] [--members 2000000] [--workdir /tmp/bench_exports]
+    python benchmarks/bench_exports.py [--profiles 10000000] [--members 1000000,2000000,4000000]
+                                       [--repeat 3] [--workdir /tmp/bench_exports]
 
-Inputs are generated directly with DuckDB (a ``profiles`` partition with ``--profiles`` rows of the
-full schema; ``memberships`` with one ``--members`` segment plus four others of 10% each;
-``segment_stats`` naming them). Cases:
+Inputs are generated directly with DuckDB, once per ``--members`` value (kept in
+``<workdir>/p<profiles>-m<members>``): a ``profiles`` partition with ``--profiles`` rows of the
+full schema; ``memberships`` with one ``<members>``-member segment plus four others of 10% each;
+``segment_stats`` naming them. Cases:
 
 * daily pipeline: ``write_daily_feed`` (validation, atomic publish, ``latest`` pointer)
 * daily floor: one hand-written ``COPY (<same join>) TO ... (FORMAT json)``
@@ -12,7 +14,11 @@ full schema; ``memberships`` with one ``--members`` segment plus four others of 
 * segment floor: ``COPY (<same 6 fields of the same members>) TO ... (FORMAT json)`` then the whole
   file zipped by Python's ``zipfile`` (ZIP_DEFLATED, default level) in the same process
 
-Each case prints wall seconds and peak RSS (``ru_maxrss`` of its own process, DuckDB included).
+The daily cases run on the 2,000,000-member data set (else the first one). Each run is a fresh
+process and prints wall seconds, CPU seconds (user + system of the process, all threads) and peak
+RSS (``ru_maxrss``, DuckDB included); floor and pipeline runs alternate so they share the machine's
+load. With ``--repeat N`` the min and median over the N runs are reported; the ratios use the
+medians and the mins. Timings on a shared machine are noisy: compare ratios, not absolute seconds.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +51,7 @@ def generate(workdir: Path, profiles: int, members: int) -> None:
         return
     shutil.rmtree(workdir, ignore_errors=True)
     con = connect(memory_limit=MEMORY_LIMIT)
+    con.execute("SET enable_progress_bar = false").fetchall()
     t = time.perf_counter()
     email = "'user' || i || '@example.com'"
     wh.write_partition(
@@ -84,7 +92,7 @@ def generate(workdir: Path, profiles: int, members: int) -> None:
     print(f"generated {profiles:,} profiles / {members:,}-member segment in {time.perf_counter() - t:.1f}s", flush=True)
 
 
-def run_case(case: str, workdir: Path) -> dict:
+def run_case(case: str, workdir: Path, options: dict) -> dict:
     from segment_pipeline.core.exports.daily_feed import write_daily_feed
     from segment_pipeline.core.exports.segment_export import SegmentExportRequest, export_segment
     from segment_pipeline.core.exports.storage import LocalExportStorage
@@ -95,6 +103,7 @@ def run_case(case: str, workdir: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     con = connect(memory_limit=MEMORY_LIMIT)
+    con.execute("SET enable_progress_bar = false").fetchall()
     t = time.perf_counter()
     if case == "daily-pipeline":
         result = write_daily_feed(con, wh, LocalExportStorage(out), DAY)
@@ -114,7 +123,7 @@ def run_case(case: str, workdir: Path) -> dict:
         size = target.stat().st_size
     elif case == "segment-pipeline":
         req = SegmentExportRequest.parse({"segment_id": SEGMENT, "fields_to_export": FIELDS})
-        result = export_segment(con, wh, LocalExportStorage(out), req, as_of=DAY)
+        result = export_segment(con, wh, LocalExportStorage(out), req, as_of=DAY, **options)
         rows, size = result.rows, result.bytes
     elif case == "segment-floor":
         target = out / "floor.json"
@@ -132,41 +141,82 @@ def run_case(case: str, workdir: Path) -> dict:
     else:
         raise SystemExit(f"unknown case {case}")
     seconds = time.perf_counter() - t
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     shutil.rmtree(out, ignore_errors=True)
-    return {"case": case, "seconds": round(seconds, 2), "peak_rss_mb": round(peak_mb), "rows": rows, "bytes": size}
+    return {"case": case, "seconds": round(seconds, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024), "rows": rows, "bytes": size}
+
+
+def _run(case: str, workdir: Path, options: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--case", case, "--workdir", str(workdir), "--options", json.dumps(options)],
+        check=True, capture_output=True, text=True, env={**os.environ},
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _summary(runs: list[dict]) -> dict:
+    def stat(key: str, how) -> float:
+        return how(r[key] for r in runs)
+
+    return {
+        "runs": len(runs),
+        "seconds_min": stat("seconds", min), "seconds_median": round(statistics.median(r["seconds"] for r in runs), 2),
+        "cpu_min": stat("cpu_seconds", min), "cpu_median": round(statistics.median(r["cpu_seconds"] for r in runs), 2),
+        "rss_min": stat("peak_rss_mb", min), "rss_max": stat("peak_rss_mb", max),
+        "rss_median": round(statistics.median(r["peak_rss_mb"] for r in runs)),
+        "rows": runs[0]["rows"], "bytes": runs[0]["bytes"],
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profiles", type=int, default=10_000_000)
-    parser.add_argument("--members", type=int, default=2_000_000)
+    parser.add_argument("--members", default="2000000",
+                        help="comma-separated segment sizes, e.g. 1000000,2000000,4000000 (default 2000000)")
     parser.add_argument("--workdir", default="/tmp/bench_exports")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per case (best time is reported)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case (min and median reported)")
+    parser.add_argument("--no-daily", action="store_true", help="skip the daily feed cases")
+    parser.add_argument("--members-per-pass", type=int, help="export_segment(members_per_pass=...)")
+    parser.add_argument("--writer-threads", type=int, help="export_segment(writer_threads=...)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    workdir = Path(args.workdir)
     if args.case:
-        print(json.dumps(run_case(args.case, workdir)))
+        print(json.dumps(run_case(args.case, Path(args.workdir), json.loads(args.options))))
         return 0
-    generate(workdir, args.profiles, args.members)
-    results = {}
-    for case in ("daily-floor", "daily-pipeline", "segment-floor", "segment-pipeline"):
-        runs = []
-        for _ in range(args.repeat):
-            proc = subprocess.run(
-                [sys.executable, __file__, "--case", case, "--workdir", str(workdir)],
-                check=True, capture_output=True, text=True, env={**os.environ},
-            )
-            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        best = min(runs, key=lambda r: r["seconds"])
-        results[case] = best
-        print(f"{case:18s} {best['seconds']:8.2f} s  peak RSS {best['peak_rss_mb']:6d} MB  "
-              f"rows {best['rows']:>11,}  bytes {best['bytes']:>13,}", flush=True)
-    for what in ("daily", "segment"):
-        pipe, floor = results[f"{what}-pipeline"], results[f"{what}-floor"]
-        print(f"{what}: pipeline/floor = {pipe['seconds'] / floor['seconds']:.2f}x time, "
-              f"{pipe['peak_rss_mb'] / floor['peak_rss_mb']:.2f}x peak RSS (target <= 1.5x time)")
+    options = {}
+    if args.members_per_pass:
+        options["members_per_pass"] = args.members_per_pass
+    if args.writer_threads:
+        options["writer_threads"] = args.writer_threads
+    sizes = [int(m) for m in args.members.split(",")]
+    daily_size = 2_000_000 if 2_000_000 in sizes else sizes[0]
+    print(f"{args.profiles:,} profiles; segment sizes {[f'{m:,}' for m in sizes]}; {args.repeat} run(s) per case, "
+          f"each in a fresh process; export_segment options {options or 'default'}", flush=True)
+    table = []
+    for members in sizes:
+        workdir = Path(args.workdir) / f"p{args.profiles}-m{members}"
+        generate(workdir, args.profiles, members)
+        pairs = [("segment-floor", "segment-pipeline")]
+        if members == daily_size and not args.no_daily:
+            pairs.insert(0, ("daily-floor", "daily-pipeline"))
+        for floor_case, pipeline_case in pairs:
+            runs: dict[str, list[dict]] = {floor_case: [], pipeline_case: []}
+            for _ in range(args.repeat):  # alternate, so both see the same machine load
+                runs[floor_case].append(_run(floor_case, workdir, {}))
+                runs[pipeline_case].append(_run(pipeline_case, workdir, options))
+            floor, pipe = _summary(runs[floor_case]), _summary(runs[pipeline_case])
+            for case, s in ((floor_case, floor), (pipeline_case, pipe)):
+                print(f"  {members:>10,} {case:17s} wall min {s['seconds_min']:6.2f} s  median {s['seconds_median']:6.2f} s"
+                      f"  | cpu median {s['cpu_median']:6.2f} s  | peak RSS median {s['rss_median']:5d} MB"
+                      f" (max {s['rss_max']})  | rows {s['rows']:>11,}  bytes {s['bytes']:>13,}", flush=True)
+            what = floor_case.split("-")[0]
+            print(f"  {members:>10,} {what}: pipeline/floor wall median {pipe['seconds_median'] / floor['seconds_median']:.2f}x"
+                  f" (min {pipe['seconds_min'] / floor['seconds_min']:.2f}x), peak RSS "
+                  f"{pipe['rss_median'] / floor['rss_median']:.2f}x  (target <= 1.5x wall, bounded RSS)", flush=True)
+            table.append({"members": members, "what": what, "floor": floor, "pipeline": pipe})
+    print(json.dumps(table))
     return 0
 
 
