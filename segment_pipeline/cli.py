@@ -68,7 +68,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         code = subprocess.call(cmd, env=env)
         if code == 0:
             print(
-                f"\nDone: warehouse at {settings.warehouse_root()}, exports under data/exports.\n"
+                f"\nDone: warehouse at {settings.warehouse_root()}, exports under {_export_location()}.\n"
                 f"See it in the UI: DAGSTER_HOME={env['DAGSTER_HOME']} dg dev"
             )
         return code
@@ -154,6 +154,18 @@ def _add_tokens(sub: argparse._SubParsersAction) -> None:
 
 def _add_api_keys(sub: argparse._SubParsersAction) -> None:
     _add_credentials(sub, "api-keys", "api_key")
+
+
+def _export_location() -> str:
+    import os
+    from pathlib import Path
+
+    from segment_pipeline import settings
+
+    if os.environ.get("SEGMENT_PIPELINE_EXPORT_BUCKET"):
+        prefix = os.environ.get("SEGMENT_PIPELINE_EXPORT_PREFIX", "exports")
+        return f"s3://{os.environ['SEGMENT_PIPELINE_EXPORT_BUCKET']}/{prefix}"
+    return os.environ.get("SEGMENT_PIPELINE_EXPORT_DIR") or str(Path(settings.warehouse_root()).parent / "exports")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -281,6 +281,7 @@ def connect(
     spill.mkdir(parents=True, exist_ok=True)
     con.execute(f"SET temp_directory = {sql_string(str(spill))}")
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
