@@ -222,6 +222,13 @@ class FakeDotdigital(FakeService):
         if done:
             self._apply(imp)
 
+    def tick(self) -> None:
+        if self.seconds_per_contact is None:
+            return  # imports only move when polled
+        with self.lock:
+            for imp in [i for i in self.imports.values() if i["status"] == "NotFinished"]:
+                self._advance(imp, polled=False)
+
     def _apply(self, imp: dict[str, Any]) -> None:
         header = [h.strip() for h in imp["rows"][0]]
         lower = [h.lower() for h in header]
@@ -237,6 +244,8 @@ class FakeDotdigital(FakeService):
                                  "ispComplaints", "mailBlocked", "domainSuppressed", "pendingDoubleOptin",
                                  "failures", "suppressedContacts")}
         seen: set[str] = set()
+        contacts, reject, merge, book = self.contacts, self.reject_emails, imp["merge"], imp["book"]
+        new = updated = 0
         for row in imp["rows"][1:]:
             if not row:
                 continue
@@ -246,27 +255,29 @@ class FakeDotdigital(FakeService):
                 imp["faults"].append(("Duplicate email in file", row))
                 continue
             seen.add(email)
-            if not EMAIL_RE.match(email) or email in self.reject_emails or unknown:
+            if unknown or not EMAIL_RE.match(email) or email in reject:
                 report["invalidEntries"] += 1
                 imp["faults"].append(("Invalid email" if not unknown else f"Unknown data field {unknown[0]}", row))
                 continue
-            c = self.contacts.get(email)
+            c = contacts.get(email)
             if c is None:
                 c = self._new_contact(email)
-                report["newContacts"] += 1
+                new += 1
             else:
-                report["updatedContacts"] += 1
+                updated += 1
+            fields = c["dataFields"]
             for i, name in field_cols:
                 value = row[i] if i < len(row) else ""
-                current = c["dataFields"].get(name)
-                if imp["merge"] == "Overwrite":
-                    c["dataFields"][name] = value or None
-                elif imp["merge"] == "OnlyOverwriteIfNotEmpty":
+                if merge == "Overwrite":
+                    fields[name] = value or None
+                elif merge == "OnlyOverwriteIfNotEmpty":
                     if value:
-                        c["dataFields"][name] = value
-                elif not current:  # OnlyOverwriteIfContactDataNotPopulated
-                    c["dataFields"][name] = value or None
-            c["books"].add(imp["book"])
+                        fields[name] = value
+                elif not fields.get(name):  # OnlyOverwriteIfContactDataNotPopulated
+                    fields[name] = value or None
+            c["books"].add(book)
+        report["newContacts"] += new
+        report["updatedContacts"] += updated
         imp["report"] = report
         imp["status"] = "Finished"
 

@@ -68,3 +68,55 @@ if __name__ == "__main__":
     integration, url, wh_root, state, day, synced = sys.argv[1:7]
     report = run(integration, url, wh_root, state, day, json.loads(synced))
     print(json.dumps(report.counts()))
+
+
+# -- a fake in its own process ----------------------------------------------------------------
+def _serve_fake(kind: str, kwargs: dict, conn) -> None:  # pragma: no cover - runs in the child
+    if kind == "klaviyo":
+        from segment_pipeline_tests.fakes.klaviyo import FakeKlaviyo as cls
+    else:
+        from segment_pipeline_tests.fakes.dotdigital import FakeDotdigital as cls
+    fake = cls(**kwargs)
+    fake.freeze_heap = True  # the child runs nothing but the fake
+    fake.start()
+    conn.send(fake.url)
+    while conn.recv() == "stats":
+        with fake.lock:
+            conn.send({"requests": len(fake.log), "statuses": [r.status for r in fake.log],
+                       "families": [r.family for r in fake.log], "violations": list(fake.spec_violations),
+                       "consent_attempts": list(fake.consent_attempts),
+                       "contacts": len(getattr(fake, "contacts", getattr(fake, "by_email", {})))})
+    fake.stop()
+
+
+class FakeProcess:
+    """A fake (``"klaviyo"`` or ``"dotdigital"``) served from a spawned process, as the benchmark
+    runs it: it does not share the test's GIL. ``stats()`` reports what the fake saw."""
+
+    def __init__(self, kind: str, **kwargs: object):
+        import multiprocessing as mp
+
+        self._conn, child = mp.Pipe()
+        self._proc = mp.get_context("spawn").Process(target=_serve_fake, args=(kind, kwargs, child), daemon=True)
+        self._proc.start()
+        if not self._conn.poll(60):
+            self._proc.kill()
+            raise RuntimeError(f"the {kind} fake did not start")
+        self.url: str = self._conn.recv()
+
+    def stats(self) -> dict:
+        self._conn.send("stats")
+        return self._conn.recv()
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            self._conn.send("stop")
+            self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+    def __enter__(self) -> FakeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

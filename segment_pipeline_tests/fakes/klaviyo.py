@@ -77,6 +77,7 @@ class FakeKlaviyo(FakeService):
         queue_seconds: float | None = None,
         seconds_per_profile: float | None = None,
         validate: bool = True,
+        validate_sample: int | None = None,
     ):
         base = documented_limits()
         base.update(limits or {})
@@ -86,10 +87,15 @@ class FakeKlaviyo(FakeService):
         self.queue_seconds = queue_seconds
         self.seconds_per_profile = seconds_per_profile
         self.validate = validate
+        #: None: the shape of every imported profile is checked against the spec; k: a sample of
+        #: about 2k per job (benchmarks). Every profile is imported and consent-checked either way.
+        self.validate_sample = validate_sample
+        self._profile_seq = itertools.count(1)
         self.profiles: dict[str, dict[str, Any]] = {}  # id -> profile
         self.by_email: dict[str, str] = {}
         self.lists: dict[str, dict[str, Any]] = {}  # id -> {"name", "members": set, "created"}
         self.jobs: dict[str, dict[str, Any]] = {}
+        self._unfinished: dict[str, dict[str, Any]] = {}  # jobs not complete yet (for tick)
         self.consent_attempts: list[str] = []
         self.reject_emails: set[str] = set()
         self.revisions_seen: set[str] = set()
@@ -176,9 +182,9 @@ class FakeKlaviyo(FakeService):
     def _new_id(self, n: int = 26) -> str:
         return (uuid.uuid4().hex.upper() + uuid.uuid4().hex.upper())[:n]
 
-    def _new_profile(self, email: str) -> str:
-        pid = self._new_id()
-        now = _iso()
+    def _new_profile(self, email: str, now: str | None = None) -> str:
+        pid = f"01P{next(self._profile_seq):023X}"  # unique, 26 characters like Klaviyo's ids
+        now = now or _iso()
         self.profiles[pid] = {"id": pid, "email": email, "properties": {}, "created": now, "updated": now,
                               "subscriptions": {"email": {"marketing": {"consent": "NEVER_SUBSCRIBED"}}}}
         self.by_email[email] = pid
@@ -291,7 +297,8 @@ class FakeKlaviyo(FakeService):
         if len(body) > MAX_IMPORT_BYTES:
             raise HttpError(413, f"payload exceeds 5MB ({len(body)} bytes)", "too_large")
         doc = self._json(body, headers, "bulk_import_profiles", "ProfileImportJobCreateQuery",
-                         items_at=("data", "attributes", "profiles", "data"), item_schema="ProfileUpsertQueryResourceObject")
+                         items_at=("data", "attributes", "profiles", "data"), item_schema="ProfileUpsertQueryResourceObject",
+                         sample=self.validate_sample)
         profiles = doc["data"]["attributes"]["profiles"]["data"]
         if len(profiles) > MAX_IMPORT_PROFILES:
             raise HttpError(400, f"at most {MAX_IMPORT_PROFILES} profiles per job (got {len(profiles)})", "invalid")
@@ -309,6 +316,7 @@ class FakeKlaviyo(FakeService):
             self.jobs[jid] = {"id": jid, "stage": 0, "created": time.monotonic(), "created_at": _iso(),
                               "profiles": profiles, "list_ids": list_ids, "errors": [], "profile_ids": [],
                               "completed_at": None, "started_at": None, "failed": 0}
+            self._unfinished[jid] = self.jobs[jid]
             return Response(202, {"data": self._job_resource(self.jobs[jid])}, content_type="application/vnd.api+json")
 
     _STAGES = ("queued", "processing", "complete")
@@ -336,32 +344,43 @@ class FakeKlaviyo(FakeService):
             job["started_at"] = _iso()
         if stage == 2 and job["stage"] < 2:
             self._apply(job)
+            self._unfinished.pop(job["id"], None)
         job["stage"] = stage
 
+    def tick(self) -> None:
+        if self.seconds_per_profile is None and self.queue_seconds is None:
+            return  # jobs only move when polled
+        with self.lock:
+            for job in list(self._unfinished.values()):
+                self._advance(job, polled=False)
+
     def _apply(self, job: dict[str, Any]) -> None:
+        now = _iso()
+        members = [self.lists[lid]["members"] for lid in job["list_ids"]]
+        by_email, profiles, reject, ids = self.by_email, self.profiles, self.reject_emails, job["profile_ids"]
         for p in job["profiles"]:
             attrs = p.get("attributes") or {}
             email = attrs.get("email")
-            if not email or not EMAIL_RE.match(email) or email in self.reject_emails:
+            if not email or not EMAIL_RE.match(email) or email in reject:
                 job["errors"].append({"type": "import-error", "id": str(uuid.uuid4()),
                                       "attributes": {"code": "invalid", "title": "Invalid input",
                                                      "detail": f"Invalid email address: {email!r}",
                                                      "source": {"pointer": "/data/attributes/email"},
                                                      "original_payload": attrs}})
                 continue
-            pid = self.by_email.get(email) or self._new_profile(email)
-            prof = self.profiles[pid]
+            pid = by_email.get(email) or self._new_profile(email, now)
+            prof = profiles[pid]
             for k, v in attrs.items():
                 if k == "properties":
                     prof["properties"].update(v or {})
                 elif k not in ("email", "subscriptions"):
                     prof[k] = v
-            prof["updated"] = _iso()
-            job["profile_ids"].append(pid)
-            for lid in job["list_ids"]:
-                self.lists[lid]["members"].add(pid)
+            prof["updated"] = now
+            ids.append(pid)
+            for m in members:
+                m.add(pid)
         job["failed"] = len(job["errors"])
-        job["completed_at"] = _iso()
+        job["completed_at"] = now
         job["profiles_count"] = len(job["profiles"])
 
     def _job(self, jid: str) -> dict[str, Any]:
