@@ -14,12 +14,14 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy
+from segment_pipeline.core.esp.klaviyo import HIT_FACTOR, MISS_FACTOR
 
 DEFAULT_BASE_URL = "https://r1-api.dotdigital.com"
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -48,6 +50,31 @@ def contacts_csv(rows: Iterable[tuple[str, str]], field: str) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
+def csv_field_sql(expr: str) -> str:
+    """DuckDB expression quoting ``expr`` exactly as :mod:`csv` does by default (QUOTE_MINIMAL):
+    a field containing a comma, a double quote, CR or LF is wrapped in quotes, quotes doubled."""
+    return (f"(CASE WHEN regexp_matches({expr}, '[\",\\r\\n]') "
+            f"THEN '\"' || replace({expr}, '\"', '\"\"') || '\"' ELSE {expr} END)")
+
+
+def contact_line_sql(separator: str, email: str = "email", segments: str = "segments") -> str:
+    """DuckDB expression for one :func:`contacts_csv` data line (``email,value\\r\\n``) per plan row.
+
+    ``segments`` is the plan's JSON list of names; the value is the names joined by ``separator``
+    ('' for an empty list, which clears the field under the Overwrite merge option).
+    """
+    value = f"array_to_string(from_json({segments}, '[\"VARCHAR\"]'), {_sql_literal(separator)})"
+    return f"({csv_field_sql(email)} || ',' || {csv_field_sql(value)} || chr(13) || chr(10))"
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def csv_header(field: str) -> bytes:
+    return contacts_csv([], field)
+
+
 class DotdigitalClient:
     def __init__(
         self,
@@ -69,6 +96,8 @@ class DotdigitalClient:
                                 families={**DEFAULT_LIMITS, **(limits or {})}, policy=policy, pool_size=pool_size)
         self.base_url = base_url.rstrip("/")
         self.poll_initial, self.poll_max, self.import_timeout = poll_initial, poll_max, import_timeout
+        #: Learned delay before an import's first status check (see :meth:`wait_import`).
+        self.first_poll = poll_initial
 
     @property
     def stats(self):
@@ -135,10 +164,13 @@ class DotdigitalClient:
     def start_import(self, address_book_id: int, csv_bytes: bytes, merge_option: str, file_name: str = "nosto.csv") -> str:
         if len(csv_bytes) > MAX_FILE_BYTES:
             raise ValueError(f"import file of {len(csv_bytes)} bytes exceeds 50MB")
-        body = {"fileName": file_name, "data": base64.b64encode(csv_bytes).decode("ascii")}
+        # ApiFileMedia {"fileName": ..., "data": <base64>}; base64 needs no JSON escaping, so the
+        # (up to 67 MB) body is assembled directly instead of going through json.dumps
+        body = b"".join((b'{"fileName":', json.dumps(file_name).encode(), b',"data":"',
+                         base64.b64encode(csv_bytes), b'"}'))
         resp = self.http.request(
             "POST", f"/v2/address-books/{int(address_book_id)}/contacts/import/with-merge-option/{merge_option}",
-            family="import", json_body=body, content_type="application/json", expect=(200, 201, 202),
+            family="import", data=body, content_type="application/json", expect=(200, 201, 202),
         )
         return resp.json()["id"]
 
@@ -146,18 +178,28 @@ class DotdigitalClient:
         return self.http.request("GET", f"/v2/contacts/import/{import_id}", family="status").json()["status"]
 
     def wait_import(self, import_id: str) -> str:
-        delay = self.poll_initial
+        """Check the import's status until it is finished.
+
+        The delay before the first check is learned as for Klaviyo jobs (3% shorter after an import
+        that was finished at its first check, 40% longer after one that was not); after a miss the next check comes
+        after half that delay, then they back off by 1.5x up to ``poll_max``.
+        """
+        delay = self.first_poll
         deadline = time.monotonic() + self.import_timeout
+        polls = 0
         while True:
             time.sleep(delay)
             status = self.import_status(import_id)
+            polls += 1
             if status == FINISHED:
+                factor = HIT_FACTOR if polls == 1 else MISS_FACTOR
+                self.first_poll = min(self.poll_max, max(0.05, self.first_poll * factor))
                 return status
             if status in FAILED_STATUSES:
                 raise EspError(f"dotdigital import {import_id} ended with status {status}")
             if time.monotonic() > deadline:
                 raise EspError(f"dotdigital import {import_id} not finished after {self.import_timeout:.0f}s")
-            delay = min(self.poll_max, delay * 1.5)
+            delay = min(self.poll_max, max(0.05, delay * 0.5 if polls == 1 else delay * 1.5))
 
     def import_report(self, import_id: str) -> dict[str, int]:
         return self.http.request("GET", f"/v2/contacts/import/{import_id}/report", family="default").json()

@@ -54,14 +54,25 @@ class EspAmbiguous(EspError):
 class RateLimiter:
     """Sliding-window pacing over several windows at once, e.g. ``[(10, 1.0), (150, 60.0)]``.
 
-    ``margin`` widens each window a little, so clock skew and network jitter between our send time
-    and the server's receive time do not tip a request over the server's limit.
+    A request occupies a slot in every window from the moment it is admitted (:meth:`acquire`).
+    The server counts a request when it *receives* it, which is some time after we send it (body
+    upload, queueing on a busy server), so with send-time stamps alone two requests n apart can
+    arrive less than a window apart and draw a 429. :meth:`settle` therefore moves the slot's
+    timestamp to when the answer came back: the server certainly received the request before
+    that, so request ``k`` is only sent a full window after request ``k - n`` was answered. That
+    guarantee makes a large safety margin unnecessary; ``margin`` (default 1%) only absorbs clock
+    granularity.
     """
 
-    def __init__(self, limits: Iterable[tuple[int, float]], margin: float = 0.03,
+    def __init__(self, limits: Iterable[tuple[int, float]], margin: float = 0.01, min_interval: float = 0.0,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.limits = [(int(n), float(w) * (1.0 + margin)) for n, w in limits]
-        self._logs = [collections.deque() for _ in self.limits]
+        #: Least time between two admissions. A burst of n large requests sent at once is served
+        #: concurrently, so all n answers (and the window's next slots) come back late; spacing
+        #: them a little lets each be answered before the next arrives.
+        self.min_interval = min_interval
+        self._last = float("-inf")
+        self._logs: list[list[list[float]]] = [[] for _ in self.limits]
         self._lock = threading.Lock()
         self._paused_until = 0.0
         self._clock = clock
@@ -72,23 +83,43 @@ class RateLimiter:
         with self._lock:
             self._paused_until = max(self._paused_until, t)
 
-    def acquire(self) -> None:
+    def _wait_locked(self, now: float) -> float:
+        wait = max(self._paused_until - now, self._last + self.min_interval - now)
+        if wait > 0:
+            return wait
+        for i, (n, w) in enumerate(self.limits):
+            # a request still waiting for its answer stays in every window: the server may count
+            # it at any moment until then (its cell's time is only final once settled)
+            log = self._logs[i] = [cell for cell in self._logs[i] if not cell[1] or cell[0] > now - w]
+            if len(log) >= n:
+                times = sorted(cell[0] if cell[1] else max(cell[0], now) for cell in log)
+                wait = max(wait, times[len(times) - n] + w - now)
+        return wait
+
+    def acquire(self, settle_later: bool = False) -> list[float]:
+        """Block until a request fits every window and take its slot.
+
+        With ``settle_later`` the slot counts as "sent, not yet answered" until :meth:`settle` is
+        called with it (which must then happen, also on failure); otherwise it is stamped now.
+        """
         while True:
             with self._lock:
                 now = self._clock()
-                wait = self._paused_until - now
+                wait = self._wait_locked(now)
                 if wait <= 0:
-                    for (n, w), log in zip(self.limits, self._logs, strict=True):
-                        while log and log[0] <= now - w:
-                            log.popleft()
-                        if len(log) >= n:
-                            wait = max(wait, log[0] + w - now)
-                if wait <= 0:
+                    self._last = now
+                    cell = [now, 0.0 if settle_later else 1.0]  # [time, settled]
                     for log in self._logs:
-                        log.append(now)
-                    return
+                        log.append(cell)
+                    return cell
             self.waited_seconds += wait
             self._sleep(wait)
+
+    def settle(self, cell: list[float], at: float | None = None) -> None:
+        """Move an admitted request's time to ``at`` (default now: when its answer arrived)."""
+        with self._lock:
+            cell[0] = max(cell[0], self._clock() if at is None else at)
+            cell[1] = 1.0
 
 
 @dataclass
@@ -139,7 +170,9 @@ class HttpSession:
     """``requests.Session`` plus pacing, retries, a time bound and counters.
 
     ``families`` maps a family name to its limits; unknown families are not paced client-side
-    (the server's 429 still is honoured).
+    (the server's 429 still is honoured). ``spacing`` keeps consecutive requests of a family at
+    least ``spacing * window / n`` apart for its per-second (burst) limit, if it has one (0.5: a
+    10/s burst limit spaces requests 50 ms apart, so ten of them still fit in half a second).
     """
 
     def __init__(
@@ -153,13 +186,15 @@ class HttpSession:
         policy: RetryPolicy | None = None,
         pool_size: int = 16,
         rng: random.Random | None = None,
+        spacing: float = 0.5,
     ):
         self.base_url = base_url.rstrip("/")
         self.service = service
         self.policy = policy or RetryPolicy()
         self.stats = HttpStats()
         self._rng = rng or random.Random()
-        self._limiters = {name: RateLimiter(limits) for name, limits in (families or {}).items()}
+        self._limiters = {name: RateLimiter(limits, min_interval=spacing * _burst_interval(limits))
+                          for name, limits in (families or {}).items()}
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("http://", adapter)
@@ -208,8 +243,7 @@ class HttpSession:
         attempt = 0
         last = "no attempt"
         while True:
-            if limiter is not None:
-                limiter.acquire()
+            slot = limiter.acquire(settle_later=True) if limiter is not None else None
             self.stats.add(requests=1, bytes_sent=len(data or b""))
             self.stats.count_family(family)
             wait: float | None = None
@@ -248,6 +282,9 @@ class HttpSession:
                         raise EspAmbiguous(f"{what}: {last}; the server may have acted on it", status)
                 else:
                     raise EspError(f"{what}: {last}", status)
+            finally:
+                if slot is not None:  # answered (or failed): the server has certainly counted it by now
+                    limiter.settle(slot)
             if wait is None:
                 wait = self._backoff(attempt)
             attempt += 1
@@ -258,6 +295,12 @@ class HttpSession:
                 )
             self.stats.add(retries=1)
             time.sleep(wait)
+
+
+def _burst_interval(limits: Iterable[tuple[int, float]]) -> float:
+    """``window / n`` of the tightest per-second (burst) limit; per-minute windows are not smoothed."""
+    bursts = [w / n for n, w in limits if w <= 1.0]
+    return min(bursts) if bursts else 0.0
 
 
 def _is_refused(exc: BaseException) -> bool:

@@ -41,6 +41,11 @@ DEFAULT_LIMITS: dict[str, list[tuple[int, float]]] = {
 }
 
 
+#: Learning the delay before a job's first poll: x0.97 after a hit, x1.4 after a miss. In
+#: equilibrium p*ln(1.4) = (1-p)*ln(1/0.97), i.e. about 8% of first polls miss.
+HIT_FACTOR, MISS_FACTOR = 0.97, 1.4
+
+
 @dataclass(frozen=True)
 class ImportJob:
     id: str
@@ -67,11 +72,33 @@ _ENVELOPE_HEAD = b'{"data":{"type":"profile-bulk-import-job","attributes":{"prof
 
 def import_body(items: Sequence[bytes], list_id: str | None) -> bytes:
     """A ``ProfileImportJobCreateQuery`` from pre-encoded profile items (optionally adding them to a list)."""
+    return import_body_joined(b",".join(items), list_id)
+
+
+def import_body_joined(joined_items: bytes, list_id: str | None) -> bytes:
+    """:func:`import_body` from items already joined with commas (one contiguous buffer)."""
     tail = b"]}}"
     if list_id is not None:
         rel = {"lists": {"data": [{"type": "list", "id": list_id}]}}
         tail += b',"relationships":' + json.dumps(rel, separators=(",", ":")).encode()
-    return _ENVELOPE_HEAD + b",".join(items) + tail + b"}}"
+    return b"".join((_ENVELOPE_HEAD, joined_items, tail, b"}}"))
+
+
+def profile_item_sql(property_name: str, email: str = "email", segments: str = "segments") -> str:
+    """A DuckDB expression giving :func:`profile_item`'s JSON text for each row, plus a trailing comma.
+
+    ``segments`` is the canonical JSON list text from the plan (DuckDB ``to_json``), embedded as is;
+    the email goes through ``to_json`` (escaping). Items of a batch are then one contiguous buffer:
+    the concatenation of the rows' texts minus the last comma, with no per-row Python work.
+    """
+    prefix = '{"type":"profile","attributes":{"email":'
+    middle = ',"properties":{' + json.dumps(property_name, ensure_ascii=False) + ":"
+    return (f"({_sql_literal(prefix)} || to_json({email})::VARCHAR || {_sql_literal(middle)} || {segments} "
+            "|| '}}},')")
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 #: Bytes of an import body besides the items themselves (commas included), for batch sizing.
@@ -105,6 +132,8 @@ class KlaviyoClient:
         )
         self.base_url = base_url.rstrip("/")
         self.poll_initial, self.poll_max, self.job_timeout = poll_initial, poll_max, job_timeout
+        #: Learned delay before a job's first poll (see :meth:`wait_import`).
+        self.first_poll = poll_initial
 
     @property
     def stats(self):
@@ -169,19 +198,36 @@ class KlaviyoClient:
                          a.get("failed_count") or 0)
 
     def wait_import(self, job_id: str, first_poll: float | None = None) -> ImportJob:
-        """Poll until the job is complete (or cancelled); polls back off to spare the 150/min budget."""
-        delay = self.poll_initial if first_poll is None else first_poll
+        """Poll until the job is complete (or cancelled).
+
+        Job polls have the same budget as imports (10/s, 150/min), so at full speed there is about
+        one poll per job to spend. The delay before the first poll is learned from how jobs went:
+        a job already complete at its first poll shortens it by 3%, one that was not lengthens it
+        by 40% (so about 92% of jobs take exactly one poll, and a faster server is noticed); later polls
+        come after half the first delay, then back off by 1.5x up to ``poll_max``.
+        """
+        learn = first_poll is None
+        delay = self.first_poll if first_poll is None else first_poll
         deadline = time.monotonic() + self.job_timeout
+        polls = 0
         while True:
             time.sleep(delay)
             job = self.get_import(job_id)
+            polls += 1
             if job.status in ("complete", "cancelled"):
+                if learn:
+                    self._learn(polls == 1)
                 if job.status == "cancelled":
                     raise EspError(f"klaviyo import job {job_id} was cancelled")
                 return job
             if time.monotonic() > deadline:
                 raise EspError(f"klaviyo import job {job_id} not complete after {self.job_timeout:.0f}s")
-            delay = min(self.poll_max, max(delay, self.poll_initial) * 1.5)
+            # missed: the job is probably nearly done, so look again soon, then back off
+            delay = min(self.poll_max, max(0.05, delay * 0.5 if polls == 1 else delay * 1.5))
+
+    def _learn(self, first_poll_was_enough: bool) -> None:
+        factor = HIT_FACTOR if first_poll_was_enough else MISS_FACTOR
+        self.first_poll = min(self.poll_max, max(0.05, self.first_poll * factor))
 
     def import_errors(self, job_id: str) -> list[ImportError_]:
         out = []

@@ -53,8 +53,8 @@ def write_plan(store: StateStore, dest: str, desired_sql: str, params: list[obje
     store.con.execute(
         f"COPY ({sql} ORDER BY action, email) TO {sql_string(str(plan_path))} (FORMAT parquet, COMPRESSION zstd)",
         [*params, dest],
-    )
-    desired = store.con.execute(f"SELECT count(*) FROM ({desired_sql})", params).fetchone()[0]
+    ).fetchall()
+    desired = store.con.execute(f"SELECT count(*) FROM ({desired_sql})", params).fetchall()[0][0]
     counts = dict(store.con.execute(
         f"SELECT action, count(*) FROM read_parquet({sql_string(str(plan_path))}) GROUP BY action").fetchall())
     return PlanCounts(desired, counts.get(UPSERT, 0), counts.get(CLEAR, 0), counts.get(REMOVE, 0))

@@ -25,10 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from segment_pipeline.core.esp import dotdigital as dd
 from segment_pipeline.core.esp import klaviyo as kl
 from segment_pipeline.core.esp.http import HttpStats
-from segment_pipeline.core.sync.batching import InFlight, Row, chunk, plan_rows
+from segment_pipeline.core.sync.batching import Batch, InFlight, Row, chunk, plan_batches, plan_rows
 from segment_pipeline.core.sync.desired import desired_sql
 from segment_pipeline.core.sync.diff import CLEAR, REMOVE, UPSERT, write_plan
 from segment_pipeline.core.sync.dryrun import DryRunWriter
@@ -58,10 +61,6 @@ class DotdigitalSettings:
     max_in_flight: int = 3  # concurrent imports
     upsert_merge_option: str = "OnlyOverwriteIfNotEmpty"  # an empty cell never wipes anything
     clear_merge_option: str = "Overwrite"  # only way to empty a field; the file has Email + our field only
-
-
-def _names(segments_json: str) -> list[str]:
-    return json.loads(segments_json)
 
 
 class _Run:
@@ -155,38 +154,39 @@ def _klaviyo_send(run: _Run, plan_path: Path, dest: str, list_id: str, client: k
                   s: KlaviyoSettings) -> None:
     r, store = run.report, run.store
     writer = DryRunWriter(run.dry_run_root, "klaviyo") if client is None else None
-    prop = s.property_name
     budget = s.max_bytes_per_job - kl.IMPORT_OVERHEAD_BYTES
+    record_sql = kl.profile_item_sql(s.property_name)
 
-    def encode(row: Row) -> bytes:
-        return kl.profile_item(row.email, prop, _names(row.segments))
+    def body(batch: Batch, into_list: str | None) -> bytes:
+        return kl.import_body_joined(batch.payload[:-1], into_list)  # records end with ","
 
     for action in (UPSERT, CLEAR):
         into_list = list_id if action == UPSERT else None  # clears never (re-)add anyone to the list
-        batches = chunk(plan_rows(plan_path, action), s.max_profiles_per_job, budget, encode, overhead=1)
+        batches = plan_batches(plan_path, action, record_sql, s.max_profiles_per_job, budget)
         if writer is not None:
             for i, batch in enumerate(batches, 1):
-                writer.write(f"{action}-{i:05d}.json", kl.import_body([b.encoded for b in batch], into_list))
-                _count_klaviyo(r, action, batch, len(batch))
+                writer.write(f"{action}-{i:05d}.json", body(batch, into_list))
+                _count_klaviyo(r, action, batch.table)
             continue
 
-        def work(batch: list[Row], into_list: str | None = into_list) -> tuple[kl.ImportJob, list[kl.ImportError_]]:
-            job_id = client.submit_import(kl.import_body([b.encoded for b in batch], into_list))
+        def work(batch: Batch, into_list: str | None = into_list) -> tuple[kl.ImportJob, list[kl.ImportError_]]:
+            job_id = client.submit_import(body(batch, into_list))
             job = client.wait_import(job_id)
             return job, (client.import_errors(job_id) if job.failed else [])
 
-        def done(batch: list[Row], result: tuple[kl.ImportJob, list[kl.ImportError_]], action: str = action) -> None:
+        def done(batch: Batch, result: tuple[kl.ImportJob, list[kl.ImportError_]], action: str = action) -> None:
             job, errors = result
             bad = {e.email: e.reason for e in errors if e.email}
             if job.failed > len(bad):  # errors we cannot attribute: confirm nothing, resend next run
                 run.log(f"klaviyo job {job.id}: {job.failed} failures, {len(bad)} attributable; batch left unconfirmed")
-                bad = {b.email: "import failed (unattributed error)" for b in batch}
-            ok = [b for b in batch if b.email not in bad]
-            store.confirm(dest, [b.email for b in ok], [b.segments for b in ok],
-                          True if action == UPSERT else [b.member for b in ok])
-            store.reject(dest, [(b.email, action, bad[b.email]) for b in batch if b.email in bad], run.run_id)
-            _count_klaviyo(r, action, ok, len(batch))
-            r.rejected += sum(1 for b in batch if b.email in bad)
+                bad = {e: "import failed (unattributed error)" for e in batch.emails}
+            ok, rejected = _split(batch, bad)
+            in_list = pa.repeat(True, ok.num_rows) if action == UPSERT else ok.column("member")
+            store.confirm_table(dest, pa.table({"email": ok.column("email"), "segments": ok.column("segments"),
+                                                "in_list": in_list}))
+            store.reject(dest, [(e, action, bad[e]) for e in rejected], run.run_id)
+            _count_klaviyo(r, action, ok)
+            r.rejected += len(rejected)
 
         InFlight(work, done, s.max_in_flight).run(batches)
 
@@ -199,7 +199,7 @@ def _klaviyo_send(run: _Run, plan_path: Path, dest: str, list_id: str, client: k
             r.batches += 1
         r.payload_dir = str(writer.dir)
         writer.summary({**r.counts(), "requests_planned": writer.requests, "list_name": s.list_name,
-                        "property_name": prop, "destination": dest, "day": run.day})
+                        "property_name": s.property_name, "destination": dest, "day": run.day})
         return
 
     def remove_work(batch: list[Row]) -> int:
@@ -216,13 +216,26 @@ def _klaviyo_send(run: _Run, plan_path: Path, dest: str, list_id: str, client: k
     InFlight(remove_work, remove_done, 2).run(removals)
 
 
-def _count_klaviyo(r: SyncReport, action: str, ok: list[Row], sent: int) -> None:
+def _split(batch: Batch, bad: Mapping[str, str]) -> tuple[pa.Table, list[str]]:
+    """The batch's rows the destination accepted (Arrow) and the emails it rejected."""
+    if not bad:
+        return batch.table, []
+    refused = pc.is_in(batch.table.column("email"), value_set=pa.array(list(bad), pa.string()))
+    rejected = batch.table.filter(refused).column("email").to_pylist()
+    return batch.table.filter(pc.invert(refused)), rejected
+
+
+def _not_members(ok: pa.Table) -> int:
+    return int(pc.sum(pc.cast(pc.invert(ok.column("member")), pa.int64())).as_py() or 0)
+
+
+def _count_klaviyo(r: SyncReport, action: str, ok: pa.Table) -> None:
     r.batches += 1
     if action == UPSERT:
-        r.upserted += len(ok)
-        r.added += sum(1 for b in ok if not b.member)
+        r.upserted += ok.num_rows
+        r.added += _not_members(ok)
     else:
-        r.cleared += len(ok)
+        r.cleared += ok.num_rows
 
 
 # -- dotdigital ---------------------------------------------------------------------------
@@ -257,42 +270,39 @@ def _dotdigital_send(run: _Run, plan_path: Path, dest: str, book: int, client: d
                      s: DotdigitalSettings) -> None:
     r, store = run.report, run.store
     writer = DryRunWriter(run.dry_run_root, "dotdigital") if client is None else None
-    budget = dd.MAX_FILE_BYTES - 1024
-
-    def encode(row: Row) -> bytes:
-        return dd.contacts_csv([(row.email, s.separator.join(_names(row.segments)))], s.data_field).split(b"\r\n", 1)[1]
+    header = dd.csv_header(s.data_field)
+    budget = dd.MAX_FILE_BYTES - len(header) - 1024
+    record_sql = dd.contact_line_sql(s.separator)
 
     for action, merge in ((UPSERT, s.upsert_merge_option), (CLEAR, s.clear_merge_option)):
-        batches = chunk(plan_rows(plan_path, action), s.contacts_per_import, budget, encode)
-
-        def csv_of(batch: list[Row]) -> bytes:
-            return f"Email,{s.data_field}\r\n".encode() + b"".join(b.encoded for b in batch)
+        batches = plan_batches(plan_path, action, record_sql, s.contacts_per_import, budget)
 
         if writer is not None:
             for i, batch in enumerate(batches, 1):
-                writer.write(f"{action}-{i:05d}-{merge}.csv", csv_of(batch))
-                _count_dd(r, action, batch)
+                writer.write(f"{action}-{i:05d}-{merge}.csv", header + batch.payload)
+                _count_dd(r, action, batch.table)
             continue
 
-        def work(batch: list[Row], merge: str = merge) -> tuple[dict[str, int], list[dd.ImportFault]]:
-            import_id = client.start_import(book, csv_of(batch), merge)
+        def work(batch: Batch, merge: str = merge) -> tuple[dict[str, int], list[dd.ImportFault]]:
+            import_id = client.start_import(book, header + batch.payload, merge)
             client.wait_import(import_id)
             report = client.import_report(import_id)
             problems = sum(v for k, v in report.items() if k not in REPORT_OK_KEYS and isinstance(v, int))
             return report, (client.import_faults(import_id) if problems else [])
 
-        def done(batch: list[Row], result: tuple[dict[str, int], list[dd.ImportFault]], action: str = action) -> None:
+        def done(batch: Batch, result: tuple[dict[str, int], list[dd.ImportFault]], action: str = action) -> None:
             report, faults = result
             bad = {f.email: f.reason for f in faults if f.email}
             problems = sum(v for k, v in report.items() if k not in REPORT_OK_KEYS and isinstance(v, int))
             if problems > len(bad):
                 run.log(f"dotdigital import: {problems} problems, {len(bad)} attributable; batch left unconfirmed")
-                bad = {b.email: "import problem (unattributed)" for b in batch}
-            ok = [b for b in batch if b.email not in bad]
-            store.confirm(dest, [b.email for b in ok], [b.segments for b in ok], True)
-            store.reject(dest, [(b.email, action, bad[b.email]) for b in batch if b.email in bad], run.run_id)
+                bad = {e: "import problem (unattributed)" for e in batch.emails}
+            ok, rejected = _split(batch, bad)
+            store.confirm_table(dest, pa.table({"email": ok.column("email"), "segments": ok.column("segments"),
+                                                "in_list": pa.repeat(True, ok.num_rows)}))
+            store.reject(dest, [(e, action, bad[e]) for e in rejected], run.run_id)
             _count_dd(r, action, ok)
-            r.rejected += len(batch) - len(ok)
+            r.rejected += len(rejected)
 
         InFlight(work, done, s.max_in_flight).run(batches)
 
@@ -302,10 +312,10 @@ def _dotdigital_send(run: _Run, plan_path: Path, dest: str, book: int, client: d
                         "address_book": s.address_book, "destination": dest, "day": run.day})
 
 
-def _count_dd(r: SyncReport, action: str, ok: list[Row]) -> None:
+def _count_dd(r: SyncReport, action: str, ok: pa.Table) -> None:
     r.batches += 1
     if action == UPSERT:
-        r.upserted += len(ok)
-        r.added += sum(1 for b in ok if not b.member)
+        r.upserted += ok.num_rows
+        r.added += _not_members(ok)
     else:
-        r.cleared += len(ok)
+        r.cleared += ok.num_rows

@@ -97,8 +97,8 @@ class StateStore:
 
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
-        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return row[0] if row else None
+        rows = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()
+        return rows[0][0] if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
         self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
@@ -109,15 +109,26 @@ class StateStore:
         if not emails:
             return
         flags = [in_list] * len(emails) if isinstance(in_list, bool) else list(in_list)
-        batch = pa.table({"email": pa.array(list(emails), pa.string()),
-                          "segments": pa.array(list(segments), pa.string()),
-                          "in_list": pa.array(flags, pa.bool_())})
+        self.confirm_table(dest, pa.table({"email": pa.array(list(emails), pa.string()),
+                                           "segments": pa.array(list(segments), pa.string()),
+                                           "in_list": pa.array(flags, pa.bool_())}))
+
+    def confirm_table(self, dest: str, batch: pa.Table) -> None:
+        """:meth:`confirm` for an Arrow table with columns ``email``, ``segments``, ``in_list``."""
+        if batch.num_rows == 0:
+            return
         with self.transaction() as con:
             con.register("confirmed_batch", batch)
             con.execute("""INSERT OR REPLACE INTO mirror
                            SELECT ?, email, segments, in_list, ? FROM confirmed_batch""", [dest, _now()])
-            con.execute("DELETE FROM rejects WHERE dest = ? AND email IN (SELECT email FROM confirmed_batch)", [dest])
+            if self._has_rejects(con, dest):
+                con.execute("DELETE FROM rejects WHERE dest = ? AND email IN (SELECT email FROM confirmed_batch)",
+                            [dest])
             con.unregister("confirmed_batch")
+
+    @staticmethod
+    def _has_rejects(con: duckdb.DuckDBPyConnection, dest: str) -> bool:
+        return bool(con.execute("SELECT count(*) FROM rejects WHERE dest = ?", [dest]).fetchall()[0][0])
 
     def set_in_list(self, dest: str, emails: Sequence[str], in_list: bool) -> None:
         if not emails:
@@ -141,7 +152,7 @@ class StateStore:
             con.unregister("rejected_batch")
 
     def mirror_count(self, dest: str) -> int:
-        return self.con.execute("SELECT count(*) FROM mirror WHERE dest = ? AND segments <> '[]'", [dest]).fetchone()[0]
+        return self.con.execute("SELECT count(*) FROM mirror WHERE dest = ? AND segments <> '[]'", [dest]).fetchall()[0][0]
 
     def mirror_rows(self, dest: str) -> dict[str, tuple[list[str], bool]]:
         """Small-state helper for tests and tools (never used on the sync path)."""
