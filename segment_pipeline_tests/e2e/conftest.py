@@ -101,13 +101,23 @@ class DagsterDev:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # the session we started: dagster dev and its children
+        os.killpg(self.proc.pid, signal.SIGINT)  # Ctrl-C to the session we started: dagster dev and its children
         try:
-            self.proc.wait(timeout=60)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
         self._log.close()
+
+
+def pytest_collection_modifyitems(items):
+    """End-to-end tests that start their own server run before the shared one starts, so two
+    Dagster deployments never compete for the CPU (everything else keeps its order)."""
+    def key(item):
+        e2e = "segment_pipeline_tests/e2e/" in item.nodeid
+        return (e2e, e2e and "dev_server" in getattr(item, "fixturenames", ()))
+
+    items.sort(key=key)
 
 
 READY_QUERY = """
@@ -193,9 +203,8 @@ def wait_for_run(server: DagsterDev, run_id: str) -> str:
 @pytest.fixture(scope="session")
 def first_sensor_run(dev_server) -> dict:
     """The landing sensor's first run (the three landed days), finished."""
-    runs = wait_for("the landing sensor's first run",
-                    lambda: runs_with_tag(dev_server, "segment_pipeline/trigger", "landing_zone_sensor"),
-                    RUN_TIMEOUT, dev_server.log_tail, interval=2)
-    run = runs[-1]
+    (run,) = wait_for("the landing sensor's first run",
+                      lambda: runs_with_tag(dev_server, "segment_pipeline/landing_days", ",".join(LANDED_DAYS)),
+                      RUN_TIMEOUT, dev_server.log_tail, interval=2)
     run["final_status"] = wait_for_run(dev_server, run["runId"])
     return run
