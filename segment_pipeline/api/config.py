@@ -74,7 +74,7 @@ class ApiSettings:
             burst=_int("SEGMENT_PIPELINE_API_BURST", 40),
             auth_failures_per_minute=_float("SEGMENT_PIPELINE_API_AUTH_FAILURES_PER_MINUTE", 30.0),
             max_body_bytes=_int("SEGMENT_PIPELINE_API_MAX_BODY_BYTES", 64 * 1024),
-            max_concurrent_exports=_int("SEGMENT_PIPELINE_EXPORT_MAX_CONCURRENT", 4),
+            max_concurrent_exports=_int("SEGMENT_PIPELINE_EXPORT_MAX_CONCURRENT", 2),
             public_url=(os.environ.get("SEGMENT_PIPELINE_API_PUBLIC_URL") or "").rstrip("/") or None,
             dagster_url=os.environ.get("SEGMENT_PIPELINE_DAGSTER_URL") or None,
             dagster_location=os.environ.get("SEGMENT_PIPELINE_DAGSTER_LOCATION") or "segment_pipeline",

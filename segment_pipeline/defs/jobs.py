@@ -2,16 +2,14 @@
 
 import dagster as dg
 
-from segment_pipeline.defs.partitions import daily_partitions
-
 #: What the main job materializes, as a Dagster selection string (also used by the CLI demo).
 DAILY_SELECTION = "group:raw or group:profiles or group:segments or key:segment_feed_daily"
 
-#: Landing files -> validated rows -> profiles -> memberships -> daily export, for a day or a range.
+#: Landing files -> validated rows -> profiles -> memberships -> daily export, for a day or a range
+#: (daily partitioned: the partitions come from the selected assets).
 daily_segments_job = dg.define_asset_job(
     name="daily_segments",
     selection=dg.AssetSelection.groups("raw", "profiles", "segments") | dg.AssetSelection.assets("segment_feed_daily"),
-    partitions_def=daily_partitions,
     description=(
         "Ingest the day's landing files, rebuild profiles as of that day, compute segment memberships "
         "and write the daily segment export feed."

@@ -39,7 +39,7 @@ class ExportsResource(dg.ConfigurableResource):
     s3: S3Resource
     identifier: str = DEFAULT_IDENTIFIER
     public_url: str = ""
-    max_concurrent_segment_exports: int = 4
+    max_concurrent_segment_exports: int = 2  # matches the segment_export/all run-queue limit in dagster.yaml
     lock_stale_after_seconds: int = 6 * 3600
     callback_attempts: int = 5
     callback_backoff_seconds: float = 2.0
