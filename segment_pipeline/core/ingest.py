@@ -116,20 +116,21 @@ def _number_lines(path: Path, target: Path) -> None:
 
 
 def _ndjson_relation(path: Path, lines: Path, fields: list[str]) -> str:
-    extracted = ", ".join(f"j[{i + 1}] AS {f}" for i, f in enumerate(fields))
-    paths = "[" + ", ".join(sql_string(f"$.{f}") for f in fields) + "]"
+    # Each line is parsed once, by one json_transform unnested into columns. DuckDB may evaluate an
+    # expression on rows a filter or CASE branch excludes, so the parser only ever receives valid
+    # input: the line when it is a JSON object, else '{}' (its fields then read as NULL).
+    src = f"read_parquet({sql_string(str(lines))})"
+    structure = sql_string("{" + ", ".join(f'"{f}": "VARCHAR"' for f in fields) + "}")
     return f"""(
-        SELECT source_file, source_line,
-               CASE WHEN contains(raw, '\ufffd') THEN 'line is not valid UTF-8'
-                    WHEN NOT json_valid(raw) THEN 'line is not valid JSON'
-                    WHEN json_type(raw) <> 'OBJECT' THEN 'line is not a JSON object'
-               END AS parse_error,
-               raw, {extracted}
+        SELECT {sql_string(str(path))} AS source_file, source_line, parse_error, raw,
+               unnest(json_transform(CASE WHEN parse_error IS NULL THEN raw ELSE '{{}}' END, {structure}))
         FROM (
-            SELECT {sql_string(str(path))} AS source_file, source_line::BIGINT AS source_line, raw,
-                   CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT' AND NOT contains(raw, '\ufffd')
-                        THEN json_extract_string(raw, {paths}) END AS j
-            FROM read_parquet({sql_string(str(lines))})
+            SELECT source_line::BIGINT AS source_line, raw,
+                   CASE WHEN contains(raw, '\ufffd') THEN 'line is not valid UTF-8'
+                        WHEN NOT json_valid(raw) THEN 'line is not valid JSON'
+                        WHEN NOT starts_with(ltrim(raw), '{{') THEN 'line is not a JSON object'
+                   END AS parse_error
+            FROM {src}
             WHERE raw IS NOT NULL AND trim(raw) <> ''
         )
     )"""
