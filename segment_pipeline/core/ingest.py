@@ -149,13 +149,12 @@ def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, fields: list[str],
     if missing:
         raise LandingFileError(f"{path}: CSV header lacks required column(s) {missing}; header is {header}")
     cols = ", ".join(f"{_q(f)} AS {f}" if f in header else f"NULL::VARCHAR AS {f}" for f in fields)
-    struct = ", ".join(f"{sql_string(h)}: {_q(h)}" for h in header)
     columns = ", ".join(f"{sql_string(h)}: 'VARCHAR'" for h in header)
     # Rows DuckDB's CSV reader rejects (wrong column count, bad quoting, invalid UTF-8) are kept
     # in its reject tables with their line numbers; they are quarantined, not lost.
     return f"""(
         SELECT {src} AS source_file, row_number() OVER () + 1 AS source_line, NULL::VARCHAR AS parse_error,
-               to_json({{{struct}}})::VARCHAR AS raw, {cols}
+               NULL::VARCHAR AS raw, {cols}
         FROM read_csv({src}, {CSV_OPTIONS}, columns = {{{columns}}},
                       store_rejects = true, rejects_table = 'csv_rejects', rejects_scan = 'csv_reject_scans')
     )"""
@@ -171,10 +170,10 @@ def _parquet_relation(con: duckdb.DuckDBPyConnection, path: Path, fields: list[s
     if missing:
         raise LandingFileError(f"{path}: Parquet file lacks required column(s) {missing}; columns are {names}")
     cols = ", ".join(f"CAST({_q(f)} AS VARCHAR) AS {f}" if f in names else f"NULL::VARCHAR AS {f}" for f in fields)
-    struct = ", ".join(f"{sql_string(n)}: {_q(n)}" for n in names if n != "file_row_number")
+    # raw stays NULL here: a rejected row's fields are rendered as JSON for the quarantine later
     return f"""(
         SELECT {src} AS source_file, file_row_number + 1 AS source_line, NULL::VARCHAR AS parse_error,
-               to_json({{{struct}}})::VARCHAR AS raw, {cols}
+               NULL::VARCHAR AS raw, {cols}
         FROM read_parquet({src}, file_row_number = true, hive_partitioning = false)
     )"""
 
@@ -319,9 +318,12 @@ def ingest_day(
     else:
         union = f"SELECT NULL::VARCHAR AS source_file, NULL::BIGINT AS source_line, NULL::VARCHAR AS parse_error, NULL::VARCHAR AS raw, {', '.join(f'NULL::VARCHAR AS {f}' for f in fields)} LIMIT 0"
     outputs = {name: expr for name, expr in typed.items() if name in SCHEMAS[f"raw_{kind}"]}
+    # NDJSON keeps a rejected line's original text; CSV and Parquet rows are rendered as JSON
+    source_json = "to_json({" + ", ".join(f"'{f}': {f}" for f in fields) + "})::VARCHAR"
     staged_sql = f"""
         SELECT {', '.join(f'{expr} AS {name}' for name, expr in outputs.items())},
-               reason, parse_error, CASE WHEN reason IS NOT NULL THEN raw END AS raw
+               reason, parse_error,
+               CASE WHEN reason IS NOT NULL THEN coalesce(raw, {source_json}) END AS raw
         FROM (SELECT *, {reason} AS reason
               FROM (SELECT *, {', '.join(f'{expr} AS {name}' for name, expr in parsed.items())} FROM ({union})))
     """
