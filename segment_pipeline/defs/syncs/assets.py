@@ -60,24 +60,30 @@ def _result(report: SyncReport) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=meta)
 
 
+def _run_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,
+              segment_catalog: SegmentCatalogResource, integration: str, resource, sync) -> dg.MaterializeResult:
+    """Sync the chosen day's memberships of the integration's synced segments (dry run without a client)."""
+    wh = warehouse.get()
+    day = _day(wh, config)
+    synced = _synced(segment_catalog.load(), integration)
+    client = resource.client()
+    context.log.info(f"{integration} sync of {day}: {len(synced)} synced segments" + ("" if client else " (dry run)"))
+    try:
+        report = sync(wh, day, synced, state_dir=wh.root / "sync_state" / integration,
+                      dry_run_root=wh.root / "sync_dry_run", client=client, settings=resource.settings(),
+                      log=context.log.info)
+    finally:
+        if client:
+            client.close()
+    return _result(report)
+
+
 @dg.asset(group_name="syncs", kinds={"klaviyo"}, deps=[dg.AssetKey("memberships")],
           freshness_policy=TWELVE_HOURLY_FRESHNESS)
 def klaviyo_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,
                  segment_catalog: SegmentCatalogResource, klaviyo: KlaviyoResource) -> dg.MaterializeResult:
     """Klaviyo list membership + ``nosto_segment`` profile property for the synced segments."""
-    wh = warehouse.get()
-    day = _day(wh, config)
-    synced = _synced(segment_catalog.load(), "klaviyo")
-    client = klaviyo.client()
-    context.log.info(f"klaviyo sync of {day}: {len(synced)} synced segments" + ("" if client else " (dry run)"))
-    try:
-        report = sync_klaviyo(wh, day, synced, state_dir=wh.root / "sync_state" / "klaviyo",
-                              dry_run_root=wh.root / "sync_dry_run", client=client, settings=klaviyo.settings(),
-                              log=context.log.info)
-    finally:
-        if client:
-            client.close()
-    return _result(report)
+    return _run_sync(context, config, warehouse, segment_catalog, "klaviyo", klaviyo, sync_klaviyo)
 
 
 @dg.asset(group_name="syncs", kinds={"dotdigital"}, deps=[dg.AssetKey("memberships")],
@@ -85,19 +91,7 @@ def klaviyo_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehous
 def dotdigital_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,
                     segment_catalog: SegmentCatalogResource, dotdigital: DotdigitalResource) -> dg.MaterializeResult:
     """dotdigital ``NOSTOSEGMENT`` data field (+ address book) for the synced segments."""
-    wh = warehouse.get()
-    day = _day(wh, config)
-    synced = _synced(segment_catalog.load(), "dotdigital")
-    client = dotdigital.client()
-    context.log.info(f"dotdigital sync of {day}: {len(synced)} synced segments" + ("" if client else " (dry run)"))
-    try:
-        report = sync_dotdigital(wh, day, synced, state_dir=wh.root / "sync_state" / "dotdigital",
-                                 dry_run_root=wh.root / "sync_dry_run", client=client, settings=dotdigital.settings(),
-                                 log=context.log.info)
-    finally:
-        if client:
-            client.close()
-    return _result(report)
+    return _run_sync(context, config, warehouse, segment_catalog, "dotdigital", dotdigital, sync_dotdigital)
 
 
 klaviyo_sync_schedule = dg.ScheduleDefinition(
