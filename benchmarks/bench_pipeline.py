@@ -53,10 +53,14 @@ def stage(name: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--run-stage", name, "--work", str(args.work), "--days", str(args.days),
            "--start", args.start, "--format", args.format]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        print(f"{name}: FAILED after {seconds:.1f}s\n{out.stderr[-2000:]}", flush=True)
+        return {"seconds": float("nan"), "peak_rss_mb": float("nan"), "failed": True}
     info = json.loads(out.stdout.strip().splitlines()[-1])
     info["wall_seconds"] = seconds
+    print(f"{name}: {info['seconds']:.1f}s, peak RSS {info['peak_rss_mb']:.0f} MB", flush=True)
     return info
 
 
@@ -111,8 +115,12 @@ def floor(work: Path, day_list: list[dt.date], fmt: str) -> dict:
 
     from segment_pipeline.core.segments import compile_segments, load_catalog
 
-    con = duckdb.connect(config={"preserve_insertion_order": False})
+    db = work / "floor.duckdb"
+    db.unlink(missing_ok=True)
+    # file-backed, so its tables can spill beyond the memory limit like the pipeline's files do
+    con = duckdb.connect(str(db), config={"preserve_insertion_order": False})
     con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET temp_directory = '{work / 'floor_tmp'}'")
     con.execute(f"SET memory_limit = '{os.environ.get('SEGMENT_PIPELINE_DUCKDB_MEMORY', '3GB')}'")
     landing = work / "landing"
     out = work / "floor"
@@ -171,6 +179,8 @@ def floor(work: Path, day_list: list[dt.date], fmt: str) -> dict:
                                 for s, c in compiled.columns.items())
     con.execute(f"COPY ({unions}) TO '{out}/memberships.parquet' (FORMAT parquet)")
     n = con.execute(f"SELECT count(*) FROM '{out}/memberships.parquet'").fetchall()[0][0]
+    con.close()
+    db.unlink(missing_ok=True)
     return {"memberships": n}
 
 
