@@ -81,14 +81,25 @@ class _Run:
         self.report = SyncReport(integration, "", self.day, dry_run, self.run_id)
         self.started = time.monotonic()
         self.stats0: tuple[int, ...] | None = None
+        self.plan_path: Path | None = None
 
     @staticmethod
     def _snap(stats: HttpStats) -> tuple[int, ...]:
         return (stats.requests, stats.retries, stats.throttled, stats.faults, stats.bytes_sent)
 
-    def begin(self, stats: HttpStats | None) -> None:
+    def execute(self, stats: HttpStats | None, work: Callable[[], None]) -> SyncReport:
+        """Run ``work`` (plan + send) between the run's bookkeeping; the report records any error."""
         if stats is not None:
             self.stats0 = self._snap(stats)
+        error: BaseException | None = None
+        try:
+            work()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            report = self.finish(stats, error)
+        return report
 
     def dry_dest(self) -> str:
         return self.store.get_meta("last_dest") or f"{self.integration}|dry-run"
@@ -96,7 +107,7 @@ class _Run:
     def plan(self, dest: str, track_list: bool) -> Path:
         self.report.destination = dest
         sql, params = desired_sql(self.warehouse, self.day, self.synced)
-        plan_path = self.state_dir / "plans" / f"{self.run_id}.parquet"
+        plan_path = self.plan_path = self.state_dir / "plans" / f"{self.run_id}.parquet"
         counts = write_plan(self.store, dest, sql, params, plan_path, track_list)
         r = self.report
         r.desired, r.planned_upserts, r.planned_clears, r.planned_removals = (
@@ -108,7 +119,7 @@ class _Run:
             self.store.set_meta("last_dest", dest)
         return plan_path
 
-    def finish(self, stats: HttpStats | None, plan_path: Path | None, error: BaseException | None) -> SyncReport:
+    def finish(self, stats: HttpStats | None, error: BaseException | None) -> SyncReport:
         r = self.report
         if stats is not None:
             now, base = self._snap(stats), self.stats0 or (0, 0, 0, 0, 0)
@@ -119,8 +130,8 @@ class _Run:
             if not r.dry_run and r.destination:
                 self.store.finish_run(self.run_id, r.status, r.counts(), None if error is None else str(error)[:500])
         finally:
-            if plan_path is not None and plan_path.exists():
-                plan_path.unlink()
+            if self.plan_path is not None and self.plan_path.exists():
+                self.plan_path.unlink()
             self.store.close()
         return r
 
@@ -130,24 +141,17 @@ def sync_klaviyo(warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, 
                  dry_run_root: Path, client: kl.KlaviyoClient | None, settings: KlaviyoSettings = KlaviyoSettings(),
                  log: Log | None = None) -> SyncReport:
     run = _Run("klaviyo", warehouse, day, synced, state_dir, dry_run_root, client is None, log)
-    run.begin(client.stats if client else None)
-    plan_path = None
-    error: BaseException | None = None
-    try:
+
+    def work() -> None:
         if client is None:
             dest = run.dry_dest()
             list_id = f"DRY-RUN:{settings.list_name}"
         else:
             list_id = client.ensure_list(settings.list_name)
             dest = f"klaviyo|{client.base_url}|list={list_id}|property={settings.property_name}"
-        plan_path = run.plan(dest, track_list=True)
-        _klaviyo_send(run, plan_path, dest, list_id, client, settings)
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        report = run.finish(client.stats if client else None, plan_path, error)
-    return report
+        _klaviyo_send(run, run.plan(dest, track_list=True), dest, list_id, client, settings)
+
+    return run.execute(client.stats if client else None, work)
 
 
 def _klaviyo_send(run: _Run, plan_path: Path, dest: str, list_id: str, client: kl.KlaviyoClient | None,
@@ -246,24 +250,17 @@ def sync_dotdigital(warehouse: Warehouse, day: str | dt.date, synced: Mapping[st
                     dry_run_root: Path, client: dd.DotdigitalClient | None,
                     settings: DotdigitalSettings = DotdigitalSettings(), log: Log | None = None) -> SyncReport:
     run = _Run("dotdigital", warehouse, day, synced, state_dir, dry_run_root, client is None, log)
-    run.begin(client.stats if client else None)
-    plan_path = None
-    error: BaseException | None = None
-    try:
+
+    def work() -> None:
         if client is None:
             dest, book = run.dry_dest(), 0
         else:
             client.ensure_data_field(settings.data_field)
             book = client.ensure_address_book(settings.address_book)
             dest = f"dotdigital|{client.base_url}|book={book}|field={settings.data_field.upper()}"
-        plan_path = run.plan(dest, track_list=False)
-        _dotdigital_send(run, plan_path, dest, book, client, settings)
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        report = run.finish(client.stats if client else None, plan_path, error)
-    return report
+        _dotdigital_send(run, run.plan(dest, track_list=False), dest, book, client, settings)
+
+    return run.execute(client.stats if client else None, work)
 
 
 def _dotdigital_send(run: _Run, plan_path: Path, dest: str, book: int, client: dd.DotdigitalClient | None,
