@@ -161,8 +161,9 @@ class LoggedRequest:
     path: str
     family: str
     status: int
-    at: float
+    at: float  # when the answer was ready (time.monotonic(): comparable across processes)
     body_bytes: int
+    received_at: float = 0.0  # when its request line and headers arrived: what the rate limits count
 
 
 @dataclass
@@ -182,13 +183,30 @@ class HttpError(Exception):
 Route = tuple[str, re.Pattern[str], str, Callable[..., Response]]
 
 
+@dataclass
+class _Admission:
+    method: str
+    path: str
+    query: dict[str, str]
+    family: str
+    fn: Callable[..., Response] | None  # None: no such route
+    match: re.Match[str] | None
+    fault: Fault | None
+    received_at: float
+    error: HttpError | None  # decided before the body arrived (404, 401, 400, 429)
+
+
 class FakeService:
     """Base class: subclasses register routes, check auth and render errors in their own style."""
 
     name = "fake"
 
     def __init__(self, limits: dict[str, list[tuple[int, float]]] | None = None, max_body_bytes: int = 50 * 1024 * 1024):
+        #: Guards the service's state (handlers and background work hold it while they change it).
         self.lock = threading.RLock()
+        #: Guards only the rate windows and faults, so that a request is counted when it arrives,
+        #: not when background work (a job being applied) lets go of :attr:`lock`.
+        self._gate = threading.Lock()
         self.routes: list[Route] = []
         self.limits: dict[str, list[tuple[int, float]]] = dict(limits or {})
         self._windows: dict[str, list[SlidingWindow]] = {}
@@ -256,11 +274,11 @@ class FakeService:
         self.routes.append((method, re.compile("^" + pattern + "$"), family, fn))
 
     def inject(self, kind: str, times: int = 1, match: str = "", delay: float = 0.0) -> None:
-        with self.lock:
+        with self._gate:
             self.faults.append(Fault(kind, times, match, delay))
 
     def set_limits(self, family: str, limits: list[tuple[int, float]]) -> None:
-        with self.lock:
+        with self._gate:
             self.limits[family] = limits
             self._windows.pop(family, None)
 
@@ -296,7 +314,7 @@ class FakeService:
 
     # -- dispatch (called from handler threads) ------------------------------------------
     def _take_fault(self, key: str) -> Fault | None:
-        with self.lock:
+        with self._gate:
             for f in self.faults:
                 if f.times > 0 and (not f.match or f.match in key):
                     f.times -= 1
@@ -305,15 +323,19 @@ class FakeService:
                     return f
         return None
 
-    def _rate_check(self, family: str) -> float:
-        limits = self.limits.get(family)
-        if not limits:
-            return 0.0
-        with self.lock:
+    def _rate_check(self, family: str) -> tuple[float, float]:
+        """Count a request arriving now against its family's windows: ``(wait, now)``, wait 0 if admitted.
+
+        The clock is read under the lock, so requests are counted in the order they are stamped.
+        """
+        with self._gate:
+            now = time.monotonic()
+            limits = self.limits.get(family)
+            if not limits:
+                return 0.0, now
             windows = self._windows.get(family)
             if windows is None:
                 windows = self._windows[family] = [SlidingWindow(n, w) for n, w in limits]
-            now = time.monotonic()
             # check all windows before recording in any of them
             waits = []
             for w in windows:
@@ -324,46 +346,66 @@ class FakeService:
             if wait <= 0:
                 for w in windows:
                     w.log.append(now)
-            return wait
+            return wait, now
 
-    def _record(self, method: str, path: str, family: str, status: int, nbytes: int) -> None:
+    def _record(self, method: str, path: str, family: str, status: int, nbytes: int, received_at: float = 0.0) -> None:
         with self._cond:
-            self.log.append(LoggedRequest(method, path, family, status, time.monotonic(), nbytes))
+            self.log.append(LoggedRequest(method, path, family, status, time.monotonic(), nbytes, received_at))
             self._cond.notify_all()
         if self.freeze_heap:
             gc.freeze()
 
-    def dispatch(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[Response, Fault | None]:
+    def admit(self, method: str, raw_path: str, headers: Any) -> _Admission:
+        """What an API gateway decides from the request line and headers alone, before the body is
+        read: the route, an injected fault, authentication, required headers and the rate limits
+        (a request is counted when its headers arrive)."""
         parts = urlsplit(raw_path)
         path = parts.path
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        key = f"{method} {path}"
         found = next(((r, r[1].match(path)) for r in self.routes if r[0] == method and r[1].match(path)), None)
         if found is None:
-            self.on_unknown(method, path, body)
-            resp = self.error_response(HttpError(404, f"no such endpoint: {method} {path}", "not_found"))
-            self._record(method, path, "unknown", resp.status, len(body))
-            return resp, None
+            return _Admission(method, path, query, "unknown", None, None, None, time.monotonic(),
+                              HttpError(404, f"no such endpoint: {method} {path}", "not_found"))
         (_m, _p, family, fn), match = found
-        fault = self._take_fault(key)
+        fault = self._take_fault(f"{method} {path}")
+        received_at = time.monotonic()
         try:
             self.authenticate(headers)
             self.check_headers(headers, family)
-            wait = self._rate_check(family)
+            wait, received_at = self._rate_check(family)
             if wait > 0:
                 raise HttpError(429, "rate limit exceeded", "throttled", {"Retry-After": str(max(1, math.ceil(wait)))})
+        except HttpError as err:
+            return _Admission(method, path, query, family, fn, match, fault, received_at, err)
+        return _Admission(method, path, query, family, fn, match, fault, received_at, None)
+
+    def complete(self, a: _Admission, headers: Any, body: bytes) -> tuple[Response, Fault | None]:
+        """Handle an admitted request once its body has arrived."""
+        method, path, family, fault = a.method, a.path, a.family, a.fault
+        if a.fn is None:
+            self.on_unknown(method, path, body)
+            resp = self.error_response(a.error or HttpError(404, "not found", "not_found"))
+            self._record(method, path, family, resp.status, len(body), a.received_at)
+            return resp, None
+        try:
+            if a.error is not None:
+                raise a.error
             if fault is not None and fault.kind in ("500", "503"):
                 raise HttpError(int(fault.kind), "injected fault", "server_error")
             if fault is not None and fault.kind == "drop":
-                self._record(method, path, family, 0, len(body))
+                self._record(method, path, family, 0, len(body), a.received_at)
                 return Response(0), fault
             if len(body) > self.max_body_bytes:
                 raise HttpError(413, f"payload too large ({len(body)} bytes > {self.max_body_bytes})", "too_large")
-            resp = fn(match=match, query=query, body=body, headers=headers)
+            resp = a.fn(match=a.match, query=a.query, body=body, headers=headers)
         except HttpError as err:
             resp = self.error_response(err)
-        self._record(method, path, family, resp.status, len(body))
+        self._record(method, path, family, resp.status, len(body), a.received_at)
         return resp, fault
+
+    def dispatch(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[Response, Fault | None]:
+        """:meth:`admit` then :meth:`complete` (for a request whose body is already at hand)."""
+        return self.complete(self.admit(method, raw_path, headers), headers, body)
 
     def on_unknown(self, method: str, path: str, body: bytes) -> None:
         return None
@@ -383,9 +425,10 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def _handle(self) -> None:
+        admission = self.fake.admit(self.command, self.path, self.headers)  # before the body, like a gateway
         length = int(self.headers.get("Content-Length") or 0)
         body = self._read_body(length) if length else b""
-        resp, fault = self.fake.dispatch(self.command, self.path, self.headers, body)
+        resp, fault = self.fake.complete(admission, self.headers, body)
         if fault is not None and fault.kind in ("drop", "drop_after"):
             # "drop": the request was acted on only for drop_after; either way no answer arrives
             self.close_connection = True
