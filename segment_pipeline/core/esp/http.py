@@ -2,8 +2,14 @@
 
 * Client-side pacing: each endpoint *family* has its documented limits (e.g. Klaviyo bulk import:
   10 per second and 150 per minute); :class:`RateLimiter` keeps a sliding log per window and makes
-  a caller wait until a request fits every window, so a well-behaved run rarely sees a 429.
-* Server push-back: a 429 pauses the whole family for ``Retry-After`` seconds (plus jitter).
+  a caller wait until a request fits every window, so a well-behaved run rarely sees a 429. In
+  the per-second windows a request's slot is stamped shortly after its last byte was handed to
+  the socket (the server counts it on receipt), not when the answer came back: the server's
+  processing time after counting would otherwise be charged to every window. Per-minute windows
+  go by the answer time, which is certainly after the server counted it.
+* Server push-back: a 429 pauses the whole family for ``Retry-After`` seconds (plus jitter) and
+  doubles the family's allowance for the server's receipt delay (a slot is never stamped later
+  than the answer, which certainly came after the server counted the request).
 * Faults: 5xx, timeouts and dropped connections are retried with capped exponential backoff and
   full jitter, for at most ``max_elapsed`` seconds per call; then :class:`EspGiveUp` is raised.
 * Non-idempotent calls (``idempotent=False``, e.g. "create list") are only retried when the server
@@ -26,9 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3.connection
+import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Bodies from this size on are stamped by when they were sent, not answered (see HttpSession).
+LARGE_BODY_BYTES = 64 * 1024
 
 
 class EspError(RuntimeError):
@@ -54,22 +64,28 @@ class EspAmbiguous(EspError):
 class RateLimiter:
     """Sliding-window pacing over several windows at once, e.g. ``[(10, 1.0), (150, 60.0)]``.
 
-    A request occupies a slot in every window from the moment it is admitted (:meth:`acquire`).
-    The server counts a request when it *receives* it, which is some time after we send it (body
-    upload, queueing on a busy server), so with send-time stamps alone two requests n apart can
-    arrive less than a window apart and draw a 429. :meth:`settle` therefore moves the slot's
-    timestamp to when the answer came back: the server certainly received the request before
-    that, so request ``k`` is only sent a full window after request ``k - n`` was answered. That
-    guarantee makes a large safety margin unnecessary; ``margin`` (default 1%) only absorbs clock
-    granularity.
+    A request occupies a slot in every window from the moment it is admitted (:meth:`acquire`)
+    until it is settled (:meth:`settle`): the server may count it at any moment until it answers.
+    Settling gives the slot two times: ``at``, our best estimate of when the server counted it
+    (the caller passes when the request was fully sent plus an allowance), and the answer time,
+    by which the server certainly had counted it.
+
+    Short windows (under ``long_window`` seconds, the per-second burst limits) use the estimate: a
+    misjudged request costs a 429 and a retry a second later. Long windows (per-minute, per-day)
+    use the answer time: a 429 there can mean a pause of up to a minute, while waiting for answers
+    costs a fraction of a percent of such a window. ``margin`` (default 1%) widens every window
+    to absorb clock granularity.
     """
 
     def __init__(self, limits: Iterable[tuple[int, float]], margin: float = 0.01, min_interval: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 long_window: float = 10.0):
         self.limits = [(int(n), float(w) * (1.0 + margin)) for n, w in limits]
+        #: per window: index of the slot time it goes by (0: estimated receipt, 2: answer)
+        self._stamp = [2 if w >= long_window else 0 for _n, w in limits]
         #: Least time between two admissions. A burst of n large requests sent at once is served
-        #: concurrently, so all n answers (and the window's next slots) come back late; spacing
-        #: them a little lets each be answered before the next arrives.
+        #: concurrently, so the server reads (and counts) them late and unevenly; spacing them a
+        #: little lets each arrive before the next.
         self.min_interval = min_interval
         self._last = float("-inf")
         self._logs: list[list[list[float]]] = [[] for _ in self.limits]
@@ -88,11 +104,12 @@ class RateLimiter:
         if wait > 0:
             return wait
         for i, (n, w) in enumerate(self.limits):
+            k = self._stamp[i]
             # a request still waiting for its answer stays in every window: the server may count
-            # it at any moment until then (its cell's time is only final once settled)
-            log = self._logs[i] = [cell for cell in self._logs[i] if not cell[1] or cell[0] > now - w]
+            # it at any moment until then (its cell's times are only final once settled)
+            log = self._logs[i] = [cell for cell in self._logs[i] if not cell[1] or cell[k] > now - w]
             if len(log) >= n:
-                times = sorted(cell[0] if cell[1] else max(cell[0], now) for cell in log)
+                times = sorted(cell[k] if cell[1] else max(cell[k], now) for cell in log)
                 wait = max(wait, times[len(times) - n] + w - now)
         return wait
 
@@ -108,18 +125,71 @@ class RateLimiter:
                 wait = self._wait_locked(now)
                 if wait <= 0:
                     self._last = now
-                    cell = [now, 0.0 if settle_later else 1.0]  # [time, settled]
+                    cell = [now, 0.0 if settle_later else 1.0, now]  # [estimated receipt, settled, answer]
                     for log in self._logs:
                         log.append(cell)
                     return cell
             self.waited_seconds += wait
             self._sleep(wait)
 
-    def settle(self, cell: list[float], at: float | None = None) -> None:
-        """Move an admitted request's time to ``at`` (default now: when its answer arrived)."""
+    def release(self, cell: list[float]) -> None:
+        """Give an admitted request's slot back (the server refused it without counting it)."""
         with self._lock:
-            cell[0] = max(cell[0], self._clock() if at is None else at)
+            for log in self._logs:
+                for i, c in enumerate(log):
+                    if c is cell:
+                        del log[i]
+                        break
+
+    def settle(self, cell: list[float], at: float | None = None) -> None:
+        """The request was answered (or failed) now; ``at`` is when the server probably counted it
+        (default: now). Neither time moves the slot earlier than its admission."""
+        with self._lock:
+            now = self._clock()
+            cell[0] = max(cell[0], now if at is None else min(at, now))
+            cell[2] = max(cell[2], now)
             cell[1] = 1.0
+
+
+# -- when was a request fully sent? ---------------------------------------------------------
+_sent = threading.local()
+
+
+def _mark_sent() -> None:
+    _sent.at = time.monotonic()
+
+
+def last_sent_at() -> float | None:
+    """When this thread's latest request was fully sent (``time.monotonic()``), if known."""
+    return getattr(_sent, "at", None)
+
+
+class _TimedHTTPConnection(urllib3.connection.HTTPConnection):
+    """Notes (per thread) when the request, body included, has been written to the socket."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().request(*args, **kwargs)
+        _mark_sent()
+
+
+class _TimedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().request(*args, **kwargs)
+        _mark_sent()
+
+
+class _TimedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _TimedHTTPConnection
+
+
+class _TimedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _TimedHTTPSConnection
+
+
+class _TimedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TimedHTTPPool, "https": _TimedHTTPSPool}
 
 
 @dataclass
@@ -170,7 +240,11 @@ class HttpSession:
     """``requests.Session`` plus pacing, retries, a time bound and counters.
 
     ``families`` maps a family name to its limits; unknown families are not paced client-side
-    (the server's 429 still is honoured). ``spacing`` keeps consecutive requests of a family at
+    (the server's 429 still is honoured). A paced request with a large body has its slot stamped
+    ``receipt_allowance`` seconds after its last byte was sent (the server counts it on receipt:
+    network transit and its reading of the headers), or at its answer if that came sooner; each
+    429 in a family doubles that family's allowance (plus 20 ms), up to ``max_receipt_allowance``.
+    A 429 gives the slot back (the server did not count it). ``spacing`` keeps consecutive requests of a family at
     least ``spacing * window / n`` apart for its per-second (burst) limit, if it has one (0.5: a
     10/s burst limit spaces requests 50 ms apart, so ten of them still fit in half a second).
     """
@@ -187,6 +261,8 @@ class HttpSession:
         pool_size: int = 16,
         rng: random.Random | None = None,
         spacing: float = 0.5,
+        receipt_allowance: float = 0.05,
+        max_receipt_allowance: float = 2.0,
     ):
         self.base_url = base_url.rstrip("/")
         self.service = service
@@ -195,8 +271,13 @@ class HttpSession:
         self._rng = rng or random.Random()
         self._limiters = {name: RateLimiter(limits, min_interval=spacing * _burst_interval(limits))
                           for name, limits in (families or {}).items()}
+        self.receipt_allowance = receipt_allowance
+        self.max_receipt_allowance = max_receipt_allowance
+        #: Per family: seconds between our last byte and the server counting the request, as
+        #: assumed when stamping its slots (grows with every 429 the family draws).
+        self.allowance: dict[str, float] = {}
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        adapter = _TimedAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers.update(headers or {})
@@ -210,6 +291,16 @@ class HttpSession:
 
     def limiter(self, family: str) -> RateLimiter | None:
         return self._limiters.get(family)
+
+    def _receipt_estimate(self, family: str, data: bytes | None) -> float | None:
+        """When the server probably counted the request just answered on this thread (None: when
+        it answered). A small request is answered right after it is counted, so its answer time
+        is both safe and tight; a large body is counted on arrival but answered only after the
+        server has processed it, so it is stamped when fully sent plus the family's allowance."""
+        sent_at = getattr(_sent, "at", None)
+        if sent_at is None or len(data or b"") < LARGE_BODY_BYTES:
+            return None
+        return sent_at + self.allowance.get(family, self.receipt_allowance)
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.policy.max_delay, self.policy.base_delay * (2**attempt))
@@ -247,6 +338,8 @@ class HttpSession:
             self.stats.add(requests=1, bytes_sent=len(data or b""))
             self.stats.count_family(family)
             wait: float | None = None
+            throttled = False
+            _sent.at = None
             try:
                 resp = self._session.request(
                     method, url, params=params, data=data, headers=headers,
@@ -271,11 +364,14 @@ class HttpSession:
                 if status in (401, 403):
                     raise EspAuthError(f"{what}: {last} (check the API credentials and scopes)", status)
                 if status == 429:
+                    throttled = True
                     self.stats.add(throttled=1)
                     wait = retry_after_seconds(resp.headers.get("Retry-After"), self._backoff(attempt))
                     wait += self._rng.uniform(0, min(1.0, 0.1 + wait * 0.1))
                     if limiter is not None:
                         limiter.pause_until(time.monotonic() + wait)
+                        a = self.allowance.get(family, self.receipt_allowance)
+                        self.allowance[family] = min(self.max_receipt_allowance, 2 * a + 0.02)
                 elif status in RETRYABLE_STATUS:
                     self.stats.add(faults=1)
                     if not idempotent:
@@ -283,8 +379,11 @@ class HttpSession:
                 else:
                     raise EspError(f"{what}: {last}", status)
             finally:
-                if slot is not None:  # answered (or failed): the server has certainly counted it by now
-                    limiter.settle(slot)
+                if slot is not None:
+                    if throttled:
+                        limiter.release(slot)  # refused: the server did not count it against its limit
+                    else:
+                        limiter.settle(slot, self._receipt_estimate(family, data))
             if wait is None:
                 wait = self._backoff(attempt)
             attempt += 1
