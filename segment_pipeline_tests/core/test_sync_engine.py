@@ -84,3 +84,76 @@ def test_in_flight_confirms_finished_batches_then_raises_first_error():
         InFlight(work, lambda b, r: confirmed.append(r), max_in_flight=2).run(range(100))
     assert 3 not in [c // 10 for c in confirmed] and {0, 10, 20} <= set(confirmed)
     assert len(started) < 100  # stopped submitting after the failure
+
+
+def test_rate_limiter_short_windows_go_by_receipt_long_windows_by_answer():
+    clock = Clock()
+    lim = RateLimiter([(1, 1.0), (2, 60.0)], margin=0.0, clock=clock, sleep=clock.sleep)
+    a = lim.acquire(settle_later=True)  # sent at 0, fully received by 0.1, answered at 0.9
+    clock.t = 0.9
+    lim.settle(a, at=0.1)
+    b = lim.acquire(settle_later=True)  # the 1 s window frees a second after receipt, not after the answer
+    assert clock.t == pytest.approx(1.1)
+    clock.t = 1.2
+    lim.settle(b)  # a small request: counted by the time it was answered
+    lim.acquire()
+    # the 60 s window counts the first request from its answer (0.9): the third waits till 60.9
+    assert clock.t == pytest.approx(60.9)
+
+
+def test_rate_limiter_gives_a_refused_slot_back():
+    clock = Clock()
+    lim = RateLimiter([(1, 1.0)], margin=0.0, clock=clock, sleep=clock.sleep)
+    a = lim.acquire(settle_later=True)
+    lim.release(a)  # 429: the server did not count it
+    lim.acquire()
+    assert clock.t == 0.0
+
+
+def test_poll_timer_brackets_job_duration_and_follows_a_slower_server():
+    from segment_pipeline.core.esp.polling import PollTimer
+
+    timer = PollTimer(initial=2.0, maximum=10.0)
+    duration, checks, misses = 0.7, 0, 0
+
+    def one_job(duration: float) -> None:
+        nonlocal checks, misses
+        delay, probe = timer.first_delay()
+        elapsed = delay
+        while True:
+            checks += 1
+            done = elapsed >= duration
+            timer.observe(done, elapsed, probe)
+            probe = False
+            if done:
+                return
+            misses += 1
+            elapsed += timer.retry_delay(1)
+
+    for _ in range(40):
+        one_job(duration)
+    assert duration <= timer.hi <= duration * 1.05  # learned within 5%
+    assert misses <= 6  # bisection: a handful of probes, not a miss per job
+    before = misses
+    for _ in range(20):
+        one_job(duration)
+    assert misses - before <= 1  # once learned, jobs are found done at their first check (lo only slowly forgets)
+    for _ in range(20):
+        one_job(1.5)  # the server got slower
+    assert 1.5 <= timer.hi <= 1.5 * 1.3
+    before = misses
+    for _ in range(10):
+        one_job(1.5)
+    assert misses - before <= 2
+
+
+def test_poll_timer_probes_one_job_at_a_time():
+    from segment_pipeline.core.esp.polling import PollTimer
+
+    timer = PollTimer(initial=1.0, maximum=5.0)
+    first = timer.first_delay()
+    others = [timer.first_delay() for _ in range(5)]
+    assert first == (0.5, True)  # the midpoint of [0, 1]
+    assert others == [(1.0, False)] * 5  # while it is out, the rest go at the known-good delay
+    timer.observe(False, 0.0, probe=True)  # the probe failed without an answer: released
+    assert timer.first_delay()[1] is True

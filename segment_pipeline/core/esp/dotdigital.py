@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy
-from segment_pipeline.core.esp.klaviyo import HIT_FACTOR, MISS_FACTOR
+from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy, last_sent_at
+from segment_pipeline.core.esp.polling import PollTimer
 
 DEFAULT_BASE_URL = "https://r1-api.dotdigital.com"
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -96,8 +96,8 @@ class DotdigitalClient:
                                 families={**DEFAULT_LIMITS, **(limits or {})}, policy=policy, pool_size=pool_size)
         self.base_url = base_url.rstrip("/")
         self.poll_initial, self.poll_max, self.import_timeout = poll_initial, poll_max, import_timeout
-        #: Learned delay before an import's first status check (see :meth:`wait_import`).
-        self.first_poll = poll_initial
+        #: Learns how long imports take, to check each about once (see :meth:`wait_import`).
+        self.poll_timer = PollTimer(poll_initial, poll_max)
 
     @property
     def stats(self):
@@ -177,29 +177,35 @@ class DotdigitalClient:
     def import_status(self, import_id: str) -> str:
         return self.http.request("GET", f"/v2/contacts/import/{import_id}", family="status").json()["status"]
 
-    def wait_import(self, import_id: str) -> str:
-        """Check the import's status until it is finished.
+    def wait_import(self, import_id: str, submitted_at: float | None = None) -> str:
+        """Check the import's status until it is finished; ``submitted_at`` defaults to now.
 
-        The delay before the first check is learned as for Klaviyo jobs (3% shorter after an import
-        that was finished at its first check, 40% longer after one that was not); after a miss the next check comes
-        after half that delay, then they back off by 1.5x up to ``poll_max``.
+        The first check is timed by :class:`PollTimer` (learned from earlier imports) to find the
+        import finished; after a miss the next checks come soon, then back off up to ``poll_max``.
         """
-        delay = self.first_poll
-        deadline = time.monotonic() + self.import_timeout
-        polls = 0
-        while True:
-            time.sleep(delay)
-            status = self.import_status(import_id)
-            polls += 1
-            if status == FINISHED:
-                factor = HIT_FACTOR if polls == 1 else MISS_FACTOR
-                self.first_poll = min(self.poll_max, max(0.05, self.first_poll * factor))
-                return status
-            if status in FAILED_STATUSES:
-                raise EspError(f"dotdigital import {import_id} ended with status {status}")
-            if time.monotonic() > deadline:
-                raise EspError(f"dotdigital import {import_id} not finished after {self.import_timeout:.0f}s")
-            delay = min(self.poll_max, max(0.05, delay * 0.5 if polls == 1 else delay * 1.5))
+        t0 = time.monotonic() if submitted_at is None else submitted_at
+        timer = self.poll_timer
+        delay, probe = timer.first_delay()
+        checks = 0
+        try:
+            while True:
+                time.sleep(max(0.0, t0 + delay - time.monotonic()) if checks == 0 else delay)
+                status = self.import_status(import_id)
+                checks += 1
+                done = status == FINISHED or status in FAILED_STATUSES
+                answered = time.monotonic()
+                timer.observe(done, (answered if done else (last_sent_at() or answered)) - t0, probe)
+                probe = False
+                if status == FINISHED:
+                    return status
+                if status in FAILED_STATUSES:
+                    raise EspError(f"dotdigital import {import_id} ended with status {status}")
+                if answered - t0 > self.import_timeout:
+                    raise EspError(f"dotdigital import {import_id} not finished after {self.import_timeout:.0f}s")
+                delay = timer.retry_delay(checks)
+        finally:
+            if probe:  # the probe never got an answer: let another import probe
+                timer.observe(False, 0.0, probe=True)
 
     def import_report(self, import_id: str) -> dict[str, int]:
         return self.http.request("GET", f"/v2/contacts/import/{import_id}/report", family="default").json()

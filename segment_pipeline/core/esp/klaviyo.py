@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy
+from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy, last_sent_at
+from segment_pipeline.core.esp.polling import PollTimer
 
 DEFAULT_BASE_URL = "https://a.klaviyo.com"
 #: The revision of the shipped specs (``/work/shared/specs/klaviyo``, ``info.version``).
@@ -40,10 +41,6 @@ DEFAULT_LIMITS: dict[str, list[tuple[int, float]]] = {
     "get_profiles": [(75, 1.0), (750, 60.0)],
 }
 
-
-#: Learning the delay before a job's first poll: x0.97 after a hit, x1.4 after a miss. In
-#: equilibrium p*ln(1.4) = (1-p)*ln(1/0.97), i.e. about 8% of first polls miss.
-HIT_FACTOR, MISS_FACTOR = 0.97, 1.4
 
 
 @dataclass(frozen=True)
@@ -132,8 +129,8 @@ class KlaviyoClient:
         )
         self.base_url = base_url.rstrip("/")
         self.poll_initial, self.poll_max, self.job_timeout = poll_initial, poll_max, job_timeout
-        #: Learned delay before a job's first poll (see :meth:`wait_import`).
-        self.first_poll = poll_initial
+        #: Learns how long import jobs take, to poll each about once (see :meth:`wait_import`).
+        self.poll_timer = PollTimer(poll_initial, poll_max)
 
     @property
     def stats(self):
@@ -197,37 +194,36 @@ class KlaviyoClient:
         return ImportJob(job_id, a["status"], a.get("total_count") or 0, a.get("completed_count") or 0,
                          a.get("failed_count") or 0)
 
-    def wait_import(self, job_id: str, first_poll: float | None = None) -> ImportJob:
-        """Poll until the job is complete (or cancelled).
+    def wait_import(self, job_id: str, submitted_at: float | None = None) -> ImportJob:
+        """Poll until the job is complete (or cancelled); ``submitted_at`` defaults to now.
 
         Job polls have the same budget as imports (10/s, 150/min), so at full speed there is about
-        one poll per job to spend. The delay before the first poll is learned from how jobs went:
-        a job already complete at its first poll shortens it by 3%, one that was not lengthens it
-        by 40% (so about 92% of jobs take exactly one poll, and a faster server is noticed); later polls
-        come after half the first delay, then back off by 1.5x up to ``poll_max``.
+        one poll per job to spend: :class:`PollTimer` learns how long jobs take and times each
+        job's first poll to find it done; after a miss the next polls come soon, then back off.
         """
-        learn = first_poll is None
-        delay = self.first_poll if first_poll is None else first_poll
-        deadline = time.monotonic() + self.job_timeout
-        polls = 0
-        while True:
-            time.sleep(delay)
-            job = self.get_import(job_id)
-            polls += 1
-            if job.status in ("complete", "cancelled"):
-                if learn:
-                    self._learn(polls == 1)
+        t0 = time.monotonic() if submitted_at is None else submitted_at
+        timer = self.poll_timer
+        delay, probe = timer.first_delay()
+        checks = 0
+        try:
+            while True:
+                time.sleep(max(0.0, t0 + delay - time.monotonic()) if checks == 0 else delay)
+                job = self.get_import(job_id)
+                checks += 1
+                done = job.status in ("complete", "cancelled")
+                answered = time.monotonic()
+                timer.observe(done, (answered if done else (last_sent_at() or answered)) - t0, probe)
+                probe = False
                 if job.status == "cancelled":
                     raise EspError(f"klaviyo import job {job_id} was cancelled")
-                return job
-            if time.monotonic() > deadline:
-                raise EspError(f"klaviyo import job {job_id} not complete after {self.job_timeout:.0f}s")
-            # missed: the job is probably nearly done, so look again soon, then back off
-            delay = min(self.poll_max, max(0.05, delay * 0.5 if polls == 1 else delay * 1.5))
-
-    def _learn(self, first_poll_was_enough: bool) -> None:
-        factor = HIT_FACTOR if first_poll_was_enough else MISS_FACTOR
-        self.first_poll = min(self.poll_max, max(0.05, self.first_poll * factor))
+                if done:
+                    return job
+                if answered - t0 > self.job_timeout:
+                    raise EspError(f"klaviyo import job {job_id} not complete after {self.job_timeout:.0f}s")
+                delay = timer.retry_delay(checks)
+        finally:
+            if probe:  # the probe never got an answer: let another job probe
+                timer.observe(False, 0.0, probe=True)
 
     def import_errors(self, job_id: str) -> list[ImportError_]:
         out = []
