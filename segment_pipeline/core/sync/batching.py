@@ -103,9 +103,11 @@ def plan_batches(plan_path: Path, action: str, record_sql: str, max_rows: int, m
     pending_rows = 0
     pending_bytes = 0
     try:
+        # the plan file is written sorted by (action, email) and DuckDB keeps a file's row order
+        # (preserve_insertion_order): no second sort before the first batch can go out
         reader = con.sql(
             f"SELECT email, segments, member, {record_sql} AS record FROM read_parquet($path) "
-            "WHERE action = $action ORDER BY email",
+            "WHERE action = $action",
             params={"path": str(plan_path), "action": action, **(params or {})},
         ).to_arrow_reader(read_rows)
         for rb in itertools.chain(reader, [None]):
