@@ -48,7 +48,8 @@ class KlaviyoSettings:
     property_name: str = "nosto_segment"
     max_profiles_per_job: int = kl.MAX_IMPORT_PROFILES
     max_bytes_per_job: int = kl.MAX_IMPORT_BYTES
-    max_in_flight: int = 12  # import jobs submitted and not yet confirmed
+    #: Import jobs submitted and not yet confirmed (about 10/s go out, each takes the server a while).
+    max_in_flight: int = 32
     removal_batch: int = kl.MAX_LIST_MEMBERS_PER_CALL
 
 
@@ -175,6 +176,7 @@ def _klaviyo_send(run: _Run, plan_path: Path, dest: str, list_id: str, client: k
 
         def work(batch: Batch, into_list: str | None = into_list) -> tuple[kl.ImportJob, list[kl.ImportError_]]:
             job_id = client.submit_import(body(batch, into_list))
+            batch.payload = b""  # sent: only the rows are needed to confirm it
             job = client.wait_import(job_id)
             return job, (client.import_errors(job_id) if job.failed else [])
 
@@ -282,6 +284,7 @@ def _dotdigital_send(run: _Run, plan_path: Path, dest: str, book: int, client: d
 
         def work(batch: Batch, merge: str = merge) -> tuple[dict[str, int], list[dd.ImportFault]]:
             import_id = client.start_import(book, header + batch.payload, merge)
+            batch.payload = b""  # sent: only the rows are needed to confirm it
             client.wait_import(import_id)
             report = client.import_report(import_id)
             problems = sum(v for k, v in report.items() if k not in REPORT_OK_KEYS and isinstance(v, int))
