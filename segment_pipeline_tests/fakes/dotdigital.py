@@ -58,6 +58,8 @@ class FakeDotdigital(FakeService):
         super().__init__(limits={**DEFAULT_LIMITS, **(limits or {})}, max_body_bytes=MAX_FILE_BYTES * 4 // 3 + 4096)
         self.auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
         self.max_active_imports = max_active_imports
+        #: Rows applied per hold of :attr:`lock` when an import finishes in the background.
+        self.apply_chunk = 2_000
         self.advance_on_poll = advance_on_poll
         self.seconds_per_contact = seconds_per_contact
         self.validate = validate
@@ -211,42 +213,55 @@ class FakeDotdigital(FakeService):
                                  "rows": rows, "book": book, "merge": merge, "report": None, "faults": []}
             return Response(202, {"id": iid, "status": "NotFinished"})
 
-    def _advance(self, imp: dict[str, Any], polled: bool) -> None:
-        if imp["status"] != "NotFinished":
-            return
+    def _due(self, imp: dict[str, Any], polled: bool) -> bool:
         done = polled and self.advance_on_poll and imp["stage"] >= 1
         if polled:
             imp["stage"] += 1
         if self.seconds_per_contact is not None:
             done = done or time.monotonic() - imp["created"] >= self.seconds_per_contact * len(imp["rows"])
-        if done:
-            self._apply(imp)
+        return done
+
+    def _advance(self, imp: dict[str, Any], polled: bool) -> None:
+        """Finish the import if it is due (caller holds the lock)."""
+        if imp["status"] == "NotFinished" and self._due(imp, polled):
+            self._apply(imp, len(imp["rows"]))
 
     def tick(self) -> None:
+        """Finish the imports whose processing time is up, a chunk of rows per hold of the lock
+        (so status checks arriving meanwhile are answered without waiting for a whole file)."""
         if self.seconds_per_contact is None:
             return  # imports only move when polled
         with self.lock:
-            for imp in [i for i in self.imports.values() if i["status"] == "NotFinished"]:
-                self._advance(imp, polled=False)
+            due = [i for i in self.imports.values() if i["status"] == "NotFinished" and self._due(i, polled=False)]
+        for imp in due:
+            while True:
+                with self.lock:
+                    if imp["status"] != "NotFinished" or self._apply(imp, self.apply_chunk):
+                        break
 
-    def _apply(self, imp: dict[str, Any]) -> None:
+    def _apply(self, imp: dict[str, Any], count: int) -> bool:
+        """Apply up to ``count`` more rows of the import (caller holds the lock); True once finished."""
         header = [h.strip() for h in imp["rows"][0]]
         lower = [h.lower() for h in header]
         email_col = lower.index("email")
         consent_cols = [h for h in lower if h in CONSENT_COLUMNS]
-        if consent_cols:
-            self.consent_attempts.append(f"import with columns {consent_cols}")
         field_cols = [(i, h.upper()) for i, h in enumerate(header)
                       if i != email_col and h.lower() not in CONSENT_COLUMNS]
         unknown = [h for _, h in field_cols if h not in self.data_fields]
-        report = {k: 0 for k in ("newContacts", "updatedContacts", "globallySuppressed", "invalidEntries",
-                                 "duplicateEmails", "blocked", "unsubscribed", "hardBounced", "softBounced",
-                                 "ispComplaints", "mailBlocked", "domainSuppressed", "pendingDoubleOptin",
-                                 "failures", "suppressedContacts")}
-        seen: set[str] = set()
+        if "applied" not in imp:  # first chunk
+            if consent_cols:
+                self.consent_attempts.append(f"import with columns {consent_cols}")
+            imp["applied"], imp["seen"] = 1, set()
+            imp["report"] = {k: 0 for k in (
+                "newContacts", "updatedContacts", "globallySuppressed", "invalidEntries", "duplicateEmails",
+                "blocked", "unsubscribed", "hardBounced", "softBounced", "ispComplaints", "mailBlocked",
+                "domainSuppressed", "pendingDoubleOptin", "failures", "suppressedContacts")}
+        report, seen = imp["report"], imp["seen"]
         contacts, reject, merge, book = self.contacts, self.reject_emails, imp["merge"], imp["book"]
+        start = imp["applied"]
+        stop = min(len(imp["rows"]), start + count)
         new = updated = 0
-        for row in imp["rows"][1:]:
+        for row in imp["rows"][start:stop]:
             if not row:
                 continue
             email = row[email_col].strip().lower() if email_col < len(row) else ""
@@ -278,8 +293,12 @@ class FakeDotdigital(FakeService):
             c["books"].add(book)
         report["newContacts"] += new
         report["updatedContacts"] += updated
-        imp["report"] = report
+        imp["applied"] = stop
+        if stop < len(imp["rows"]):
+            return False
+        del imp["seen"]
         imp["status"] = "Finished"
+        return True
 
     def _imp(self, iid: str) -> dict[str, Any]:
         imp = self.imports.get(iid)
