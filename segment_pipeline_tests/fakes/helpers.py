@@ -61,7 +61,8 @@ def run(integration: str, url: str, wh_root: str, state: str, day: str, synced: 
         return sync_klaviyo(wh, day, synced, state_dir=Path(state), dry_run_root=dry, client=klaviyo_client(url),
                             settings=KlaviyoSettings(max_profiles_per_job=batch, max_in_flight=in_flight))
     return sync_dotdigital(wh, day, synced, state_dir=Path(state), dry_run_root=dry, client=dotdigital_client(url),
-                           settings=DotdigitalSettings(contacts_per_import=batch, max_in_flight=in_flight))
+                           settings=DotdigitalSettings(contacts_per_import=batch, max_in_flight=in_flight,
+                                                                     max_active_imports=in_flight))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -59,7 +60,10 @@ class DotdigitalSettings:
     address_book: str = "Nosto Customers"
     separator: str = "|"
     contacts_per_import: int = 20_000
-    max_in_flight: int = 3  # concurrent imports
+    max_active_imports: int = 3  # imports started and not yet finished (dotdigital allows a few)
+    #: Batches being sent, imported or confirmed: more than the active imports, so the next
+    #: import's upload and the last one's report and confirmation overlap with running imports.
+    max_in_flight: int = 6
     upsert_merge_option: str = "OnlyOverwriteIfNotEmpty"  # an empty cell never wipes anything
     clear_merge_option: str = "Overwrite"  # only way to empty a field; the file has Email + our field only
 
@@ -271,6 +275,7 @@ def _dotdigital_send(run: _Run, plan_path: Path, dest: str, book: int, client: d
     writer = DryRunWriter(run.dry_run_root, "dotdigital") if client is None else None
     header = dd.csv_header(s.data_field)
     budget = dd.MAX_FILE_BYTES - len(header) - 1024
+    active = threading.BoundedSemaphore(max(1, min(s.max_active_imports, s.max_in_flight)))
     record_sql = dd.contact_line_sql(s.separator)
 
     for action, merge in ((UPSERT, s.upsert_merge_option), (CLEAR, s.clear_merge_option)):
@@ -283,9 +288,10 @@ def _dotdigital_send(run: _Run, plan_path: Path, dest: str, book: int, client: d
             continue
 
         def work(batch: Batch, merge: str = merge) -> tuple[dict[str, int], list[dd.ImportFault]]:
-            import_id = client.start_import(book, header + batch.payload, merge)
-            batch.payload = b""  # sent: only the rows are needed to confirm it
-            client.wait_import(import_id)
+            with active:  # an import occupies one of the account's import slots until it is finished
+                import_id = client.start_import(book, header + batch.payload, merge)
+                batch.payload = b""  # sent: only the rows are needed to confirm it
+                client.wait_import(import_id)
             report = client.import_report(import_id)
             problems = sum(v for k, v in report.items() if k not in REPORT_OK_KEYS and isinstance(v, int))
             return report, (client.import_faults(import_id) if problems else [])

@@ -31,7 +31,7 @@ class KlaviyoResource(dg.ConfigurableResource):
     revision: str = kl.DEFAULT_REVISION
     list_name: str = "Nosto Customers"
     property_name: str = "nosto_segment"
-    max_in_flight: int = 12
+    max_in_flight: int = 32
 
     def client(self) -> kl.KlaviyoClient | None:
         if not self.api_key:
@@ -61,7 +61,7 @@ class DotdigitalResource(dg.ConfigurableResource):
 
     def settings(self) -> DotdigitalSettings:
         return DotdigitalSettings(data_field=self.data_field, address_book=self.address_book,
-                                  max_in_flight=self.max_concurrent_imports)
+                                  max_active_imports=self.max_concurrent_imports)
 
 
 def _env(name: str) -> dict[str, dg.EnvVar]:
