@@ -73,11 +73,11 @@ class RateLimiter:
     Short windows (under ``long_window`` seconds, the per-second burst limits) use the estimate: a
     misjudged request costs a 429 and a retry a second later. Long windows (per-minute, per-day)
     use the answer time: a 429 there can mean a pause of up to a minute, while waiting for answers
-    costs a fraction of a percent of such a window. ``margin`` (default 1%) widens every window
+    costs a fraction of a percent of such a window. ``margin`` (default 0.5%) widens every window
     to absorb clock granularity.
     """
 
-    def __init__(self, limits: Iterable[tuple[int, float]], margin: float = 0.01, min_interval: float = 0.0,
+    def __init__(self, limits: Iterable[tuple[int, float]], margin: float = 0.005, min_interval: float = 0.0,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  long_window: float = 10.0):
         self.limits = [(int(n), float(w) * (1.0 + margin)) for n, w in limits]
@@ -244,9 +244,10 @@ class HttpSession:
     ``receipt_allowance`` seconds after its last byte was sent (the server counts it on receipt:
     network transit and its reading of the headers), or at its answer if that came sooner; each
     429 in a family doubles that family's allowance (plus 20 ms), up to ``max_receipt_allowance``.
-    A 429 gives the slot back (the server did not count it). ``spacing`` keeps consecutive requests of a family at
-    least ``spacing * window / n`` apart for its per-second (burst) limit, if it has one (0.5: a
-    10/s burst limit spaces requests 50 ms apart, so ten of them still fit in half a second).
+    A 429 gives the slot back (the server did not count it). ``spacing`` keeps consecutive
+    requests of a family at least ``spacing * window / n`` apart for its per-second (burst) limit,
+    if it has one (0.4: a 10/s burst limit spaces requests 40 ms apart, so ten of them still fit
+    in 0.4 s, and big uploads do not arrive at the server all at once).
     """
 
     def __init__(
@@ -260,7 +261,7 @@ class HttpSession:
         policy: RetryPolicy | None = None,
         pool_size: int = 16,
         rng: random.Random | None = None,
-        spacing: float = 0.5,
+        spacing: float = 0.4,
         receipt_allowance: float = 0.05,
         max_receipt_allowance: float = 2.0,
     ):
