@@ -3,7 +3,8 @@
 A fake is a real HTTP server on loopback (``ThreadingHTTPServer`` in a daemon thread, HTTP/1.1
 keep-alive) that routes requests to handler methods, and around every request:
 
-* enforces per-family rate limits (sliding windows) with ``429`` + ``Retry-After``,
+* enforces per-family rate limits (sliding windows) with ``429`` + ``Retry-After``, counting a
+  request when its headers arrive and deciding before its body is read, as an API gateway does,
 * applies injected faults (``500``/``503`` answers, a response delayed past the client's timeout,
   a dropped connection) to the next N matching requests,
 * logs every request (method, path, family, status) so tests can count and wait on them,
