@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy, last_sent_at
-from segment_pipeline.core.esp.polling import PollTimer
+from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy
+from segment_pipeline.core.esp.polling import PollTimer, poll_until
 
 DEFAULT_BASE_URL = "https://r1-api.dotdigital.com"
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -183,29 +183,12 @@ class DotdigitalClient:
         The first check is timed by :class:`PollTimer` (learned from earlier imports) to find the
         import finished; after a miss the next checks come soon, then back off up to ``poll_max``.
         """
-        t0 = time.monotonic() if submitted_at is None else submitted_at
-        timer = self.poll_timer
-        delay, probe = timer.first_delay()
-        checks = 0
-        try:
-            while True:
-                time.sleep(max(0.0, t0 + delay - time.monotonic()) if checks == 0 else delay)
-                status = self.import_status(import_id)
-                checks += 1
-                done = status == FINISHED or status in FAILED_STATUSES
-                answered = time.monotonic()
-                timer.observe(done, (answered if done else (last_sent_at() or answered)) - t0, probe)
-                probe = False
-                if status == FINISHED:
-                    return status
-                if status in FAILED_STATUSES:
-                    raise EspError(f"dotdigital import {import_id} ended with status {status}")
-                if answered - t0 > self.import_timeout:
-                    raise EspError(f"dotdigital import {import_id} not finished after {self.import_timeout:.0f}s")
-                delay = timer.retry_delay(checks)
-        finally:
-            if probe:  # the probe never got an answer: let another import probe
-                timer.observe(False, 0.0, probe=True)
+        status = poll_until(self.poll_timer, lambda: self.import_status(import_id),
+                            lambda st: st == FINISHED or st in FAILED_STATUSES, timeout=self.import_timeout,
+                            what=f"dotdigital import {import_id}", submitted_at=submitted_at)
+        if status in FAILED_STATUSES:
+            raise EspError(f"dotdigital import {import_id} ended with status {status}")
+        return status
 
     def import_report(self, import_id: str) -> dict[str, int]:
         return self.http.request("GET", f"/v2/contacts/import/{import_id}/report", family="default").json()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy, last_sent_at
-from segment_pipeline.core.esp.polling import PollTimer
+from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy
+from segment_pipeline.core.esp.polling import PollTimer, poll_until
 
 DEFAULT_BASE_URL = "https://a.klaviyo.com"
 #: The revision of the shipped specs (``/work/shared/specs/klaviyo``, ``info.version``).
@@ -201,29 +201,12 @@ class KlaviyoClient:
         one poll per job to spend: :class:`PollTimer` learns how long jobs take and times each
         job's first poll to find it done; after a miss the next polls come soon, then back off.
         """
-        t0 = time.monotonic() if submitted_at is None else submitted_at
-        timer = self.poll_timer
-        delay, probe = timer.first_delay()
-        checks = 0
-        try:
-            while True:
-                time.sleep(max(0.0, t0 + delay - time.monotonic()) if checks == 0 else delay)
-                job = self.get_import(job_id)
-                checks += 1
-                done = job.status in ("complete", "cancelled")
-                answered = time.monotonic()
-                timer.observe(done, (answered if done else (last_sent_at() or answered)) - t0, probe)
-                probe = False
-                if job.status == "cancelled":
-                    raise EspError(f"klaviyo import job {job_id} was cancelled")
-                if done:
-                    return job
-                if answered - t0 > self.job_timeout:
-                    raise EspError(f"klaviyo import job {job_id} not complete after {self.job_timeout:.0f}s")
-                delay = timer.retry_delay(checks)
-        finally:
-            if probe:  # the probe never got an answer: let another job probe
-                timer.observe(False, 0.0, probe=True)
+        job = poll_until(self.poll_timer, lambda: self.get_import(job_id),
+                         lambda j: j.status in ("complete", "cancelled"), timeout=self.job_timeout,
+                         what=f"klaviyo import job {job_id}", submitted_at=submitted_at)
+        if job.status == "cancelled":
+            raise EspError(f"klaviyo import job {job_id} was cancelled")
+        return job
 
     def import_errors(self, job_id: str) -> list[ImportError_]:
         out = []

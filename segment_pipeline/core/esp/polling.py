@@ -14,6 +14,13 @@ server that got faster is noticed too.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from segment_pipeline.core.esp.http import EspError, last_sent_at
+
+T = TypeVar("T")
 
 
 class PollTimer:
@@ -55,3 +62,31 @@ class PollTimer:
                 if self.lo >= self.hi:
                     self.hi = min(self.maximum, max(self.lo * 1.25, self.lo + self.minimum))
                     self.lo = min(self.lo, self.hi)
+
+
+def poll_until(timer: PollTimer, check: Callable[[], T], finished: Callable[[T], bool], *, timeout: float,
+               what: str, submitted_at: float | None = None) -> T:
+    """Call ``check`` (one status request) until ``finished(result)``; the first call is timed by
+    ``timer``, later ones come soon after, then back off. Raises :class:`EspError` naming ``what``
+    once ``timeout`` seconds have passed since ``submitted_at`` (default now)."""
+    t0 = time.monotonic() if submitted_at is None else submitted_at
+    delay, probe = timer.first_delay()
+    checks = 0
+    try:
+        while True:
+            time.sleep(max(0.0, t0 + delay - time.monotonic()) if checks == 0 else delay)
+            result = check()
+            checks += 1
+            done = finished(result)
+            answered = time.monotonic()
+            # done: it was done by the time we were answered; not done: still running when we asked
+            timer.observe(done, (answered if done else (last_sent_at() or answered)) - t0, probe)
+            probe = False
+            if done:
+                return result
+            if answered - t0 > timeout:
+                raise EspError(f"{what} not finished after {timeout:.0f}s")
+            delay = timer.retry_delay(checks)
+    finally:
+        if probe:  # the probe never got an answer: let another job probe
+            timer.observe(False, 0.0, probe=True)
