@@ -3,10 +3,11 @@
 * Client-side pacing: each endpoint *family* has its documented limits (e.g. Klaviyo bulk import:
   10 per second and 150 per minute); :class:`RateLimiter` keeps a sliding log per window and makes
   a caller wait until a request fits every window, so a well-behaved run rarely sees a 429. In
-  the per-second windows a request's slot is stamped shortly after its last byte was handed to
-  the socket (the server counts it on receipt), not when the answer came back: the server's
-  processing time after counting would otherwise be charged to every window. Per-minute windows
-  go by the answer time, which is certainly after the server counted it.
+  the per-second windows a request with a large body (an import job) has its slot stamped
+  shortly after its last byte was handed to the socket (the server counts it on receipt), not
+  when the answer came back: the server's processing of the body after counting would otherwise
+  be charged to every window. Small requests and the per-minute windows go by the answer time,
+  which is certainly after the server counted the request.
 * Server push-back: a 429 pauses the whole family for ``Retry-After`` seconds (plus jitter) and
   doubles the family's allowance for the server's receipt delay (a slot is never stamped later
   than the answer, which certainly came after the server counted the request).
