@@ -175,7 +175,7 @@ def _klaviyo_send(run: _Run, plan_path: Path, dest: str, list_id: str, client: k
         if writer is not None:
             for i, batch in enumerate(batches, 1):
                 writer.write(f"{action}-{i:05d}.json", body(batch, into_list))
-                _count_klaviyo(r, action, batch.table)
+                _count(r, action, batch.table)
             continue
 
         def work(batch: Batch, into_list: str | None = into_list) -> tuple[kl.ImportJob, list[kl.ImportError_]]:
@@ -186,17 +186,9 @@ def _klaviyo_send(run: _Run, plan_path: Path, dest: str, list_id: str, client: k
 
         def done(batch: Batch, result: tuple[kl.ImportJob, list[kl.ImportError_]], action: str = action) -> None:
             job, errors = result
-            bad = {e.email: e.reason for e in errors if e.email}
-            if job.failed > len(bad):  # errors we cannot attribute: confirm nothing, resend next run
-                run.log(f"klaviyo job {job.id}: {job.failed} failures, {len(bad)} attributable; batch left unconfirmed")
-                bad = {e: "import failed (unattributed error)" for e in batch.emails}
-            ok, rejected = _split(batch, bad)
-            in_list = pa.repeat(True, ok.num_rows) if action == UPSERT else ok.column("member")
-            store.confirm_table(dest, pa.table({"email": ok.column("email"), "segments": ok.column("segments"),
-                                                "in_list": in_list}))
-            store.reject(dest, [(e, action, bad[e]) for e in rejected], run.run_id)
-            _count_klaviyo(r, action, ok)
-            r.rejected += len(rejected)
+            _confirm(run, dest, batch, action, {e.email: e.reason for e in errors if e.email}, job.failed,
+                     f"klaviyo job {job.id}: {{failed}} failures", "import failed (unattributed error)",
+                     keep_membership=action == CLEAR)  # a clear leaves list membership as it was
 
         InFlight(work, done, s.max_in_flight).run(batches)
 
@@ -239,13 +231,32 @@ def _not_members(ok: pa.Table) -> int:
     return int(pc.sum(pc.cast(pc.invert(ok.column("member")), pa.int64())).as_py() or 0)
 
 
-def _count_klaviyo(r: SyncReport, action: str, ok: pa.Table) -> None:
+def _count(r: SyncReport, action: str, ok: pa.Table) -> None:
     r.batches += 1
     if action == UPSERT:
         r.upserted += ok.num_rows
         r.added += _not_members(ok)
     else:
         r.cleared += ok.num_rows
+
+
+def _confirm(run: _Run, dest: str, batch: Batch, action: str, bad: Mapping[str, str], failed: int, what: str,
+             unattributed: str, keep_membership: bool = False) -> None:
+    """Record a batch the destination finished: the accepted rows go into the mirror (as list members,
+    or with their membership as it was when ``keep_membership``), the refused ones into ``rejects``
+    with the destination's reason. If the destination reports more ``failed`` rows than it names in
+    ``bad``, nothing is confirmed (``unattributed`` is every row's reason) and the next run resends."""
+    r = run.report
+    if failed > len(bad):
+        run.log(f"{what.format(failed=failed)}, {len(bad)} attributable; batch left unconfirmed")
+        bad = {e: unattributed for e in batch.emails}
+    ok, rejected = _split(batch, bad)
+    in_list = ok.column("member") if keep_membership else pa.repeat(True, ok.num_rows)
+    run.store.confirm_table(dest, pa.table({"email": ok.column("email"), "segments": ok.column("segments"),
+                                            "in_list": in_list}))
+    run.store.reject(dest, [(e, action, bad[e]) for e in rejected], run.run_id)
+    _count(r, action, ok)
+    r.rejected += len(rejected)
 
 
 # -- dotdigital ---------------------------------------------------------------------------
@@ -271,7 +282,7 @@ def sync_dotdigital(warehouse: Warehouse, day: str | dt.date, synced: Mapping[st
 
 def _dotdigital_send(run: _Run, plan_path: Path, dest: str, book: int, client: dd.DotdigitalClient | None,
                      s: DotdigitalSettings) -> None:
-    r, store = run.report, run.store
+    r = run.report
     writer = DryRunWriter(run.dry_run_root, "dotdigital") if client is None else None
     header = dd.csv_header(s.data_field)
     budget = dd.MAX_FILE_BYTES - len(header) - 1024
@@ -284,7 +295,7 @@ def _dotdigital_send(run: _Run, plan_path: Path, dest: str, book: int, client: d
         if writer is not None:
             for i, batch in enumerate(batches, 1):
                 writer.write(f"{action}-{i:05d}-{merge}.csv", header + batch.payload)
-                _count_dd(r, action, batch.table)
+                _count(r, action, batch.table)
             continue
 
         def work(batch: Batch, merge: str = merge) -> tuple[dict[str, int], list[dd.ImportFault]]:
@@ -294,21 +305,12 @@ def _dotdigital_send(run: _Run, plan_path: Path, dest: str, book: int, client: d
                 client.wait_import(import_id)
             report = client.import_report(import_id)
             problems = sum(v for k, v in report.items() if k not in REPORT_OK_KEYS and isinstance(v, int))
-            return report, (client.import_faults(import_id) if problems else [])
+            return problems, (client.import_faults(import_id) if problems else [])
 
-        def done(batch: Batch, result: tuple[dict[str, int], list[dd.ImportFault]], action: str = action) -> None:
-            report, faults = result
-            bad = {f.email: f.reason for f in faults if f.email}
-            problems = sum(v for k, v in report.items() if k not in REPORT_OK_KEYS and isinstance(v, int))
-            if problems > len(bad):
-                run.log(f"dotdigital import: {problems} problems, {len(bad)} attributable; batch left unconfirmed")
-                bad = {e: "import problem (unattributed)" for e in batch.emails}
-            ok, rejected = _split(batch, bad)
-            store.confirm_table(dest, pa.table({"email": ok.column("email"), "segments": ok.column("segments"),
-                                                "in_list": pa.repeat(True, ok.num_rows)}))
-            store.reject(dest, [(e, action, bad[e]) for e in rejected], run.run_id)
-            _count_dd(r, action, ok)
-            r.rejected += len(rejected)
+        def done(batch: Batch, result: tuple[int, list[dd.ImportFault]], action: str = action) -> None:
+            problems, faults = result
+            _confirm(run, dest, batch, action, {f.email: f.reason for f in faults if f.email}, problems,
+                     "dotdigital import: {failed} problems", "import problem (unattributed)")
 
         InFlight(work, done, s.max_in_flight).run(batches)
 
@@ -317,11 +319,3 @@ def _dotdigital_send(run: _Run, plan_path: Path, dest: str, book: int, client: d
         writer.summary({**r.counts(), "requests_planned": writer.requests, "data_field": s.data_field,
                         "address_book": s.address_book, "destination": dest, "day": run.day})
 
-
-def _count_dd(r: SyncReport, action: str, ok: pa.Table) -> None:
-    r.batches += 1
-    if action == UPSERT:
-        r.upserted += ok.num_rows
-        r.added += _not_members(ok)
-    else:
-        r.cleared += ok.num_rows
