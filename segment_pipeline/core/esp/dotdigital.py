@@ -15,12 +15,18 @@ import base64
 import csv
 import io
 import json
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy
+from segment_pipeline.core.esp.http import (
+    EspAmbiguous,
+    EspClient,
+    EspError,
+    HttpSession,
+    RetryPolicy,
+    find_or_create,
+)
 from segment_pipeline.core.esp.polling import PollTimer, poll_until
 
 DEFAULT_BASE_URL = "https://r1-api.dotdigital.com"
@@ -75,7 +81,7 @@ def csv_header(field: str) -> bytes:
     return contacts_csv([], field)
 
 
-class DotdigitalClient:
+class DotdigitalClient(EspClient):
     def __init__(
         self,
         username: str,
@@ -99,13 +105,6 @@ class DotdigitalClient:
         #: Learns how long imports take, to check each about once (see :meth:`wait_import`).
         self.poll_timer = PollTimer(poll_initial, poll_max)
 
-    @property
-    def stats(self):
-        return self.http.stats
-
-    def close(self) -> None:
-        self.http.close()
-
     # -- data fields ---------------------------------------------------------------------
     def data_fields(self) -> list[dict[str, Any]]:
         return self.http.request("GET", "/v2/data-fields", family="default").json()
@@ -115,23 +114,21 @@ class DotdigitalClient:
 
     def ensure_data_field(self, name: str, attempts: int = 5) -> None:
         """Create the String data field ``name`` unless it exists; a failed create is re-checked."""
-        last: Exception | None = None
-        for _ in range(attempts):
-            if self._has_field(name):
-                return
+
+        def create() -> bool:
             try:
                 self.http.request("POST", "/v2/data-fields", family="default", idempotent=False, expect=(200, 201),
                                   json_body={"name": name, "type": "String", "visibility": "Private",
                                              "defaultValue": None}, content_type="application/json")
-                return
-            except EspAmbiguous as exc:
-                last = exc
+            except EspAmbiguous:
+                raise  # may or may not exist now: find_or_create looks again
             except EspError as exc:
-                if exc.status == 400 and self._has_field(name):  # created concurrently
-                    return
-                raise
-            time.sleep(0.2)
-        raise EspError(f"dotdigital: could not ensure data field {name!r}: {last}")
+                if exc.status != 400 or not self._has_field(name):  # a 400 as it was just created is fine
+                    raise
+            return True
+
+        find_or_create(lambda: True if self._has_field(name) else None, create,
+                       f"dotdigital: could not ensure data field {name!r}", attempts)
 
     # -- address books -------------------------------------------------------------------
     def find_address_book(self, name: str) -> int | None:
@@ -145,20 +142,14 @@ class DotdigitalClient:
             skip += 1000
 
     def ensure_address_book(self, name: str, attempts: int = 5) -> int:
-        last: Exception | None = None
-        for _ in range(attempts):
-            found = self.find_address_book(name)
-            if found is not None:
-                return found
-            try:
-                resp = self.http.request("POST", "/v2/address-books", family="default", idempotent=False,
-                                         expect=(200, 201), content_type="application/json",
-                                         json_body={"name": name, "visibility": "Private"})
-                return int(resp.json()["id"])
-            except EspAmbiguous as exc:
-                last = exc
-            time.sleep(0.2)
-        raise EspError(f"dotdigital: could not ensure address book {name!r}: {last}")
+        def create() -> int:
+            resp = self.http.request("POST", "/v2/address-books", family="default", idempotent=False,
+                                     expect=(200, 201), content_type="application/json",
+                                     json_body={"name": name, "visibility": "Private"})
+            return int(resp.json()["id"])
+
+        return find_or_create(lambda: self.find_address_book(name), create,
+                              f"dotdigital: could not ensure address book {name!r}", attempts)
 
     # -- imports -------------------------------------------------------------------------
     def start_import(self, address_book_id: int, csv_bytes: bytes, merge_option: str, file_name: str = "nosto.csv") -> str:

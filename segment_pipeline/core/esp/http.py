@@ -30,12 +30,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 import urllib3.connection
 import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
+
+T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 #: Bodies from this size on are stamped by when they were sent, not answered (see HttpSession).
@@ -430,3 +432,35 @@ def _error_title(resp: requests.Response) -> str:
             title = errs[0].get("detail") or errs[0].get("title")
         title = title or body.get("message")
     return f": {str(title)[:200]}" if title else ""
+
+
+class EspClient:
+    """What the email platform clients share: a paced session (``http``) and its counters."""
+
+    http: HttpSession
+
+    @property
+    def stats(self) -> HttpStats:
+        return self.http.stats
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def find_or_create(find: Callable[[], T | None], create: Callable[[], T], what: str, attempts: int = 5) -> T:
+    """Find a container (list, address book, data field) by name, else create it once.
+
+    A create that failed in a way where the server may have acted (:class:`EspAmbiguous`) is
+    followed by another look, never by a blind second create, so no duplicate is ever made.
+    """
+    last: Exception | None = None
+    for _ in range(attempts):
+        found = find()
+        if found is not None:
+            return found
+        try:
+            return create()
+        except EspAmbiguous as exc:  # may or may not exist now: look again before retrying
+            last = exc
+            time.sleep(0.2)
+    raise EspError(f"{what}: {last}")

@@ -9,13 +9,12 @@ subscription data is ever built here and no subscribe/unsubscribe endpoint exist
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from segment_pipeline.core.esp.http import EspAmbiguous, EspError, HttpSession, RetryPolicy
+from segment_pipeline.core.esp.http import EspClient, EspError, HttpSession, RetryPolicy, find_or_create
 from segment_pipeline.core.esp.polling import PollTimer, poll_until
 
 DEFAULT_BASE_URL = "https://a.klaviyo.com"
@@ -106,7 +105,7 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class KlaviyoClient:
+class KlaviyoClient(EspClient):
     def __init__(
         self,
         api_key: str,
@@ -131,13 +130,6 @@ class KlaviyoClient:
         self.poll_initial, self.poll_max, self.job_timeout = poll_initial, poll_max, job_timeout
         #: Learns how long import jobs take, to poll each about once (see :meth:`wait_import`).
         self.poll_timer = PollTimer(poll_initial, poll_max)
-
-    @property
-    def stats(self):
-        return self.http.stats
-
-    def close(self) -> None:
-        self.http.close()
 
     def _get_pages(self, path: str, params: dict[str, Any] | None, family: str) -> Iterable[dict[str, Any]]:
         while path:
@@ -167,17 +159,8 @@ class KlaviyoClient:
 
     def ensure_list(self, name: str, attempts: int = 5) -> str:
         """Find the list by name, creating it once if missing; a failed create is re-checked first."""
-        last: Exception | None = None
-        for _ in range(attempts):
-            found = self.find_list(name)
-            if found:
-                return found
-            try:
-                return self.create_list(name)
-            except EspAmbiguous as exc:  # may or may not exist now: look again before retrying
-                last = exc
-                time.sleep(0.2)
-        raise EspError(f"klaviyo: could not ensure list {name!r}: {last}")
+        return find_or_create(lambda: self.find_list(name), lambda: self.create_list(name),
+                              f"klaviyo: could not ensure list {name!r}", attempts)
 
     # -- bulk import ---------------------------------------------------------------------
     def submit_import(self, body: bytes) -> str:
