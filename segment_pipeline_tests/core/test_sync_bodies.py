@@ -13,7 +13,6 @@ import pytest
 
 from segment_pipeline.core.esp import dotdigital as dd
 from segment_pipeline.core.esp import klaviyo as kl
-from segment_pipeline.core.esp.http import RateLimiter
 from segment_pipeline.core.sync.batching import plan_batches
 from segment_pipeline_tests.fakes.base import SPECS_DIR, SpecValidator
 
@@ -79,39 +78,6 @@ def test_plan_batches_respect_rows_and_bytes_across_read_chunks(tmp_path):
     assert list(plan_batches(plan, "clear", sql, max_rows=10)) == []
     with pytest.raises(ValueError, match="request limit"):
         list(plan_batches(plan, "upsert", sql, max_rows=10, max_bytes=20))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.t += s
-
-
-def test_rate_limiter_counts_a_slot_from_the_answer_and_spaces_bursts():
-    clock = Clock()
-    lim = RateLimiter([(2, 1.0)], margin=0.0, clock=clock, sleep=clock.sleep)
-    a = lim.acquire(settle_later=True)
-    b = lim.acquire(settle_later=True)
-    clock.t = 0.4
-    lim.settle(a)  # answered at 0.4: the server counted it at some point before
-    clock.t = 2.0
-    lim.settle(b)  # b took 2 s to answer: until then it kept its slot
-    lim.acquire()
-    assert clock.t == pytest.approx(2.0)  # a's slot freed at 1.4
-    lim.acquire()
-    assert clock.t == pytest.approx(3.0)  # b's slot only frees a window after its answer
-    spaced = RateLimiter([(10, 1.0), (100, 60.0)], margin=0.0, min_interval=0.05, clock=clock, sleep=clock.sleep)
-    start = clock.t
-    times = []
-    for _ in range(10):
-        spaced.acquire()
-        times.append(clock.t - start)
-    assert times == pytest.approx([0.05 * i for i in range(10)])
 
 
 def test_sampled_spec_validation_still_checks_first_last_and_spread_items():

@@ -33,6 +33,28 @@ def test_rate_limiter_keeps_every_window():
     assert times[15] == pytest.approx(60.0)  # the 16th waits for the 60 s window
 
 
+def test_rate_limiter_counts_a_slot_from_the_answer_and_spaces_bursts():
+    clock = Clock()
+    lim = RateLimiter([(2, 1.0)], margin=0.0, clock=clock, sleep=clock.sleep)
+    a = lim.acquire(settle_later=True)
+    b = lim.acquire(settle_later=True)
+    clock.t = 0.4
+    lim.settle(a)  # answered at 0.4: the server counted it at some point before
+    clock.t = 2.0
+    lim.settle(b)  # b took 2 s to answer: until then it kept its slot
+    lim.acquire()
+    assert clock.t == pytest.approx(2.0)  # a's slot freed at 1.4
+    lim.acquire()
+    assert clock.t == pytest.approx(3.0)  # b's slot only frees a window after its answer
+    spaced = RateLimiter([(10, 1.0), (100, 60.0)], margin=0.0, min_interval=0.05, clock=clock, sleep=clock.sleep)
+    start = clock.t
+    times = []
+    for _ in range(10):
+        spaced.acquire()
+        times.append(clock.t - start)
+    assert times == pytest.approx([0.05 * i for i in range(10)])
+
+
 def test_rate_limiter_pause_until():
     clock = Clock()
     lim = RateLimiter([(100, 1.0)], clock=clock, sleep=clock.sleep)

@@ -362,30 +362,25 @@ class FakeKlaviyo(FakeService):
             stage = max(stage, 2 if elapsed >= q + p else 1 if elapsed >= q else 0)
         return stage
 
-    def _advance(self, job: dict[str, Any], polled: bool) -> None:
-        """Move a job to the stage it is due in (caller holds :attr:`lock`); completing applies it."""
+    def _advance(self, job: dict[str, Any], polled: bool, apply: bool = True) -> bool:
+        """Move a job to the stage it is due in (caller holds :attr:`lock`). A job due to complete
+        is applied at once, or with ``apply=False`` left to the caller: then True is returned."""
         stage = self._due_stage(job, polled)
         if stage >= 1 and job["started_at"] is None:
             job["started_at"] = _iso()
         if stage == 2 and job["stage"] < 2:
-            self._apply(job, len(job["profiles"]))
-        else:
-            job["stage"] = stage
+            if apply:
+                self._apply(job, len(job["profiles"]))
+            return not apply
+        job["stage"] = stage
+        return False
 
     def tick(self) -> None:
         """Complete the jobs whose processing time is up, a chunk of profiles per hold of the lock."""
         if self.seconds_per_profile is None and self.queue_seconds is None:
             return  # jobs only move when polled
         with self.lock:
-            due = []
-            for job in list(self._unfinished.values()):
-                stage = self._due_stage(job, polled=False)
-                if stage >= 1 and job["started_at"] is None:
-                    job["started_at"] = _iso()
-                if stage == 2:
-                    due.append(job)
-                else:
-                    job["stage"] = stage
+            due = [job for job in list(self._unfinished.values()) if self._advance(job, polled=False, apply=False)]
         for job in due:
             while True:
                 with self.lock:
