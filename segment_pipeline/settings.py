@@ -38,3 +38,8 @@ def segments_file() -> str:
 
 def start_date() -> str:
     return os.environ.get("SEGMENT_PIPELINE_START_DATE", DEFAULT_START_DATE)
+
+
+def sources_file() -> str:
+    """Per-source reading options (encoding, empty CSV cells, timestamp tolerance); optional file."""
+    return _env_path("SEGMENT_PIPELINE_SOURCES", "data/sources.yaml")
