@@ -37,13 +37,17 @@ never matches a comparison, and ``not`` of a non-match is a match.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+from segment_pipeline.core.safe_yaml import YamlFileError, cap_message, load_yaml_file
 
 PROFILE_FIELDS: dict[str, str] = {
     "email": "string",
@@ -106,11 +110,43 @@ NULL_OPS = ("is null", "is not null")
 ALL_OPS = (*COMPARISON_OPS, *LIST_OPS, "between", "contains", *NULL_OPS)
 
 SEGMENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
+#: Nesting of one segment's own rule (``all``/``any``/``not`` levels).
 MAX_RULE_DEPTH = 32
+#: Rule nodes (``all``/``any``/``not`` and leaves) in one segment's own rule.
+MAX_RULE_NODES = 1000
+#: Nesting and size of a rule with every ``{segment: id}`` replaced by that segment's rule, which
+#: is how it compiles; and the size of all live rules together (one query).
+MAX_EXPANDED_DEPTH = 64
+MAX_EXPANDED_NODES = 5_000
+MAX_CATALOG_NODES = 50_000
+#: ``{days_ago: N}`` range (about 100 years either way).
+MAX_DAYS_AGO = 36_500
 
 
 class SegmentDefinitionError(ValueError):
-    """A segment definition is invalid; the message names the segment and the problem."""
+    """A segment definition is invalid; the message names the file, the segment and the problem.
+
+    Messages are short whatever the input: quoted values are abbreviated and the whole message is
+    cut to ``safe_yaml.MAX_MESSAGE_CHARS`` characters.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(cap_message(message))
+
+
+_repr = reprlib.Repr()  # (keyword arguments need Python 3.12)
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 2, 60, 60
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 5
+
+
+def _brief(value: Any) -> str:
+    """A bounded ``repr`` of a user-supplied value for messages (never walks a huge structure)."""
+    return _repr.repr(value)
+
+
+def _keys(mapping: Mapping) -> str:
+    """The keys of a user mapping for messages: sorted as text, abbreviated."""
+    return _brief(sorted(mapping, key=str))
 
 
 @dataclass(frozen=True)
@@ -180,22 +216,45 @@ class Catalog:
 
 
 def load_catalog(path: str | Path) -> Catalog:
+    """Read, parse and validate a segments file.
+
+    The file is read within the limits of :mod:`segment_pipeline.core.safe_yaml` (size, encoding,
+    nesting, alias expansion, duplicate keys) and then validated (:func:`parse_catalog`). Raises
+    :class:`SegmentDefinitionError` naming the file, the segment when known, and the problem.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SegmentDefinitionError(f"segments file {path} does not exist") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SegmentDefinitionError(f"segments file {path} is not valid YAML: {exc}") from None
+        doc = load_yaml_file(path, "segments file")
+    except YamlFileError as exc:
+        label = _segment_in_trail(exc.trail)
+        if label and exc.problem:
+            raise SegmentDefinitionError(f"segments file {exc.file}: {label}: {exc.where}: {exc.problem}") from None
+        raise SegmentDefinitionError(str(exc)) from None
     return parse_catalog(doc, source=str(path))
+
+
+def _segment_in_trail(trail: list) -> str | None:
+    """``"segment 'id'"`` (or ``"segment #N"``) holding the place a YAML trail leads to, if any."""
+    steps = list(trail)
+    if steps and isinstance(steps[0][0], MappingNode):  # {segments: [...]}
+        key = steps[0][1]
+        if not (isinstance(key, ScalarNode) and key.value == "segments"):
+            return None
+        steps = steps[1:]
+    if not steps or not isinstance(steps[0][0], SequenceNode) or not isinstance(steps[0][1], int):
+        return None
+    label = f"segment #{steps[0][1] + 1}"
+    if len(steps) > 1 and isinstance(steps[1][0], MappingNode):
+        for key, value in steps[1][0].value:  # the pairs composed before the problem
+            if isinstance(key, ScalarNode) and key.value == "id" and isinstance(value, ScalarNode):
+                label = f"segment {_brief(value.value)}"
+    return label
 
 
 def parse_catalog(doc: Any, source: str = "<memory>") -> Catalog:
     items = doc.get("segments") if isinstance(doc, Mapping) else doc
     if not isinstance(items, list):
-        raise SegmentDefinitionError(f"{source}: expected a list under 'segments'")
+        raise SegmentDefinitionError(f"{source}: expected a list under 'segments', got {_brief(doc)}")
     segments: list[Segment] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(items):
@@ -218,14 +277,14 @@ def _parse_segment(raw: Any, index: int, source: str) -> Segment:
     if not isinstance(raw, Mapping):
         raise SegmentDefinitionError(f"{source}: segment #{index + 1}: expected a mapping, got {type(raw).__name__}")
     seg_id = raw.get("id")
-    label = f"segment {seg_id!r}" if seg_id is not None else f"segment #{index + 1}"
+    label = f"segment {_brief(seg_id)}" if seg_id is not None else f"segment #{index + 1}"
 
     def fail(problem: str) -> SegmentDefinitionError:
         return SegmentDefinitionError(f"{source}: {label}: {problem}")
 
-    unknown = sorted(set(raw) - _SEGMENT_KEYS)
+    unknown = set(raw) - _SEGMENT_KEYS
     if unknown:
-        raise fail(f"unknown key(s) {unknown}; allowed: {sorted(_SEGMENT_KEYS)}")
+        raise fail(f"unknown key(s) {_keys(unknown)}; allowed: {sorted(_SEGMENT_KEYS)}")
     if not isinstance(seg_id, str) or not SEGMENT_ID_RE.match(seg_id):
         raise fail("'id' must be 1-64 characters of lowercase letters, digits and underscores, starting with a letter or digit")
     name = raw.get("name")
@@ -236,10 +295,10 @@ def _parse_segment(raw: Any, index: int, source: str) -> Segment:
         raise fail("'description' must be a string")
     seg_type = raw.get("type", "dynamic")
     if seg_type not in SEGMENT_TYPES:
-        raise fail(f"'type' must be one of {list(SEGMENT_TYPES)}, got {seg_type!r}")
+        raise fail(f"'type' must be one of {list(SEGMENT_TYPES)}, got {_brief(seg_type)}")
     status = raw.get("status", "active")
     if status not in STATUSES:
-        raise fail(f"'status' must be one of {list(STATUSES)}, got {status!r}")
+        raise fail(f"'status' must be one of {list(STATUSES)}, got {_brief(status)}")
     active_from = _parse_date_value(raw.get("active_from"), fail, "active_from")
     active_until = _parse_date_value(raw.get("active_until"), fail, "active_until")
     if active_from and active_until and active_until <= active_from:
@@ -249,12 +308,12 @@ def _parse_segment(raw: Any, index: int, source: str) -> Segment:
         raise fail("'sync' must be a mapping like {klaviyo: true}")
     for key, value in sync.items():
         if key not in INTEGRATIONS:
-            raise fail(f"sync: unknown integration {key!r}; known: {list(INTEGRATIONS)}")
+            raise fail(f"sync: unknown integration {_brief(key)}; known: {list(INTEGRATIONS)}")
         if not isinstance(value, bool):
-            raise fail(f"sync.{key} must be true or false")
+            raise fail(f"sync.{key} must be true or false, got {_brief(value)}")
     if "rule" not in raw:
         raise fail("'rule' is required")
-    _validate_rule(raw["rule"], fail, "rule", 0)
+    _validate_rule(raw["rule"], fail, "rule", 0, [0])
     return Segment(
         id=seg_id,
         name=name,
@@ -280,17 +339,21 @@ def _parse_date_value(value: Any, fail, what: str) -> dt.date | None:
             return dt.date.fromisoformat(value)
         except ValueError:
             pass
-    raise fail(f"'{what}' must be a date YYYY-MM-DD, got {value!r}")
+    raise fail(f"'{what}' must be a date YYYY-MM-DD, got {_brief(value)}")
 
 
-def _validate_rule(node: Any, fail, where: str, depth: int) -> None:
+def _validate_rule(node: Any, fail, where: str, depth: int, count: list[int]) -> None:
+    """Validate one rule node and its children; ``count[0]`` counts the nodes of the segment."""
     if depth > MAX_RULE_DEPTH:
-        raise fail(f"{where}: rule nesting deeper than {MAX_RULE_DEPTH}")
+        raise fail(f"{_short_path(where)}: rule nesting deeper than {MAX_RULE_DEPTH} levels")
+    count[0] += 1
+    if count[0] > MAX_RULE_NODES:
+        raise fail(f"{_short_path(where)}: rule has more than {MAX_RULE_NODES} conditions")
     if not isinstance(node, Mapping):
-        raise fail(f"{where}: expected a rule mapping, got {node!r}")
+        raise fail(f"{where}: expected a rule mapping, got {_brief(node)}")
     kinds = [k for k in ("all", "any", "not", "field", "event", "affinity", "random_bucket", "segment") if k in node]
     if len(kinds) != 1:
-        raise fail(f"{where}: a rule node needs exactly one of all/any/not/field/event/affinity/random_bucket/segment, got keys {sorted(node)}")
+        raise fail(f"{where}: a rule node needs exactly one of all/any/not/field/event/affinity/random_bucket/segment, got keys {_keys(node)}")
     kind = kinds[0]
     if kind in ("all", "any"):
         _only_keys(node, {kind}, fail, where)
@@ -298,10 +361,10 @@ def _validate_rule(node: Any, fail, where: str, depth: int) -> None:
         if not isinstance(children, list) or not children:
             raise fail(f"{where}.{kind}: expected a non-empty list of rules")
         for i, child in enumerate(children):
-            _validate_rule(child, fail, f"{where}.{kind}[{i}]", depth + 1)
+            _validate_rule(child, fail, f"{where}.{kind}[{i}]", depth + 1, count)
     elif kind == "not":
         _only_keys(node, {"not"}, fail, where)
-        _validate_rule(node["not"], fail, f"{where}.not", depth + 1)
+        _validate_rule(node["not"], fail, f"{where}.not", depth + 1, count)
     elif kind == "field":
         _validate_comparison(node, PROFILE_FIELDS, fail, where, "profile field")
     elif kind == "event":
@@ -317,27 +380,32 @@ def _validate_rule(node: Any, fail, where: str, depth: int) -> None:
             raise fail(f"{where}.random_bucket: expected {{from: N, to: M}}")
         lo, hi = rb["from"], rb["to"]
         if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 9999 for v in (lo, hi)) or lo > hi:
-            raise fail(f"{where}.random_bucket: from/to must be integers 0-9999 with from <= to, got {lo!r}..{hi!r}")
+            raise fail(f"{where}.random_bucket: from/to must be integers 0-9999 with from <= to, got {_brief(lo)}..{_brief(hi)}")
     elif kind == "segment":
         _only_keys(node, {"segment"}, fail, where)
         if not isinstance(node["segment"], str):
-            raise fail(f"{where}.segment: expected a segment id")
+            raise fail(f"{where}.segment: expected a segment id, got {_brief(node['segment'])}")
+
+
+def _short_path(where: str, limit: int = 120) -> str:
+    """A rule path like ``rule.all[0].not...`` abbreviated in the middle when long."""
+    return where if len(where) <= limit else f"{where[:40]}...{where[-(limit - 43):]}"
 
 
 def _only_keys(node: Mapping, allowed: set[str], fail, where: str) -> None:
-    extra = sorted(set(node) - allowed)
+    extra = set(node) - allowed
     if extra:
-        raise fail(f"{where}: unexpected key(s) {extra}")
+        raise fail(f"{where}: unexpected key(s) {_keys(extra)}")
 
 
 def _validate_comparison(node: Mapping, catalog: Mapping[str, str], fail, where: str, what: str) -> None:
     _only_keys(node, {"field", "op", "value"}, fail, where)
     name = node["field"]
-    if name not in catalog:
-        raise fail(f"{where}: unknown {what} {name!r}; known: {sorted(catalog)}")
+    if not isinstance(name, str) or name not in catalog:
+        raise fail(f"{where}: unknown {what} {_brief(name)}; known: {sorted(catalog)}")
     op = node.get("op")
-    if op not in ALL_OPS:
-        raise fail(f"{where}: field {name!r}: unknown operator {op!r}; known: {list(ALL_OPS)}")
+    if not isinstance(op, str) or op not in ALL_OPS:
+        raise fail(f"{where}: field {name!r}: unknown operator {_brief(op)}; known: {list(ALL_OPS)}")
     ftype = catalog[name]
     if op in NULL_OPS:
         if "value" in node:
@@ -364,31 +432,56 @@ def _validate_comparison(node: Mapping, catalog: Mapping[str, str], fail, where:
         _check_value_type(value, ftype, fail, where, name)
 
 
+def _is_number(value: Any) -> bool:
+    """An int or float that is finite as a float (not a bool, not NaN or infinity, not 10**400)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _timestamp_value(value: Any) -> dt.datetime:
+    """A timestamp rule value (text or YAML date/datetime) as naive UTC; ValueError/OverflowError if invalid."""
+    text = str(value).replace("Z", "+00:00")
+    parsed = dt.datetime.fromisoformat(text) if "T" in text or " " in text else dt.datetime.fromisoformat(text + "T00:00:00")
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+    return parsed
+
+
 def _check_value_type(value: Any, ftype: str, fail, where: str, name: str) -> None:
     ok = False
     if ftype == "string":
         ok = isinstance(value, str)
     elif ftype == "number":
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = _is_number(value)
     elif ftype in ("date", "timestamp"):
         if isinstance(value, Mapping):
-            ok = set(value) == {"days_ago"} and isinstance(value["days_ago"], int) and not isinstance(value["days_ago"], bool)
-        elif isinstance(value, dt.date):
-            ok = True
-        elif isinstance(value, str):
+            days = value.get("days_ago")
+            ok = set(value) == {"days_ago"} and _is_int(days) and -MAX_DAYS_AGO <= days <= MAX_DAYS_AGO
+        elif isinstance(value, dt.date | str):
             try:
-                (dt.datetime if ftype == "timestamp" else dt.date).fromisoformat(value.replace("Z", "+00:00"))
+                if ftype == "timestamp":
+                    _timestamp_value(value)
+                elif not isinstance(value, dt.date):
+                    dt.date.fromisoformat(value)
                 ok = True
-            except ValueError:
+            except (ValueError, OverflowError):
                 ok = False
     if not ok:
         expected = {
             "string": "text",
-            "number": "a number",
-            "date": "a date YYYY-MM-DD or {days_ago: N}",
-            "timestamp": "a date/timestamp or {days_ago: N}",
+            "number": "a finite number" if isinstance(value, int | float) and not isinstance(value, bool) else "a number",
+            "date": f"a date YYYY-MM-DD or {{days_ago: N}} (N from -{MAX_DAYS_AGO} to {MAX_DAYS_AGO})",
+            "timestamp": f"a date/timestamp or {{days_ago: N}} (N from -{MAX_DAYS_AGO} to {MAX_DAYS_AGO})",
         }[ftype]
-        raise fail(f"{where}: field {name!r} is {ftype}: value {value!r} is not {expected}")
+        raise fail(f"{where}: field {name!r} is {ftype}: value {_brief(value)} is not {expected}")
 
 
 _EVENT_KEYS = {"type", "within_days", "where", "measure", "sum_field", "op", "value"}
@@ -400,37 +493,42 @@ def _validate_event(ev: Any, fail, where: str) -> None:
     _only_keys(ev, _EVENT_KEYS, fail, where)
     types = ev.get("type")
     if types is not None:
+        if isinstance(types, list) and not types:
+            raise fail(f"{where}: type must be an event type or a non-empty list of them")
         for t in types if isinstance(types, list) else [types]:
             if t not in EVENT_TYPES:
-                raise fail(f"{where}: unknown event type {t!r}; known: {list(EVENT_TYPES)}")
+                raise fail(f"{where}: unknown event type {_brief(t)}; known: {list(EVENT_TYPES)}")
     _check_window(ev.get("within_days"), fail, where)
-    for i, cond in enumerate(ev.get("where", []) or []):
+    conditions = ev.get("where", []) or []
+    if not isinstance(conditions, list):
+        raise fail(f"{where}.where: expected a list of {{field, op, value}}, got {_brief(conditions)}")
+    for i, cond in enumerate(conditions):
         if not isinstance(cond, Mapping) or "field" not in cond:
             raise fail(f"{where}.where[{i}]: expected {{field, op, value}}")
         _validate_comparison(cond, EVENT_FIELDS, fail, f"{where}.where[{i}]", "event field")
     measure = ev.get("measure", "count")
     if measure not in ("count", "sum"):
-        raise fail(f"{where}: measure must be 'count' or 'sum', got {measure!r}")
+        raise fail(f"{where}: measure must be 'count' or 'sum', got {_brief(measure)}")
     if measure == "sum":
         sf = ev.get("sum_field")
-        if EVENT_FIELDS.get(sf) != "number":
+        if not isinstance(sf, str) or EVENT_FIELDS.get(sf) != "number":
             numeric = sorted(k for k, v in EVENT_FIELDS.items() if v == "number")
-            raise fail(f"{where}: measure 'sum' needs sum_field, one of {numeric}; got {sf!r}")
+            raise fail(f"{where}: measure 'sum' needs sum_field, one of {numeric}; got {_brief(sf)}")
     elif "sum_field" in ev:
         raise fail(f"{where}: sum_field only applies to measure 'sum'")
     op = ev.get("op", ">=")
-    if op not in COMPARISON_OPS:
-        raise fail(f"{where}: op must be one of {list(COMPARISON_OPS)}, got {op!r}")
+    if not isinstance(op, str) or op not in COMPARISON_OPS:
+        raise fail(f"{where}: op must be one of {list(COMPARISON_OPS)}, got {_brief(op)}")
     value = ev.get("value", 1)
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise fail(f"{where}: value must be a number, got {value!r}")
+    if not _is_number(value) or abs(value) > 1e15:
+        raise fail(f"{where}: value must be a finite number (at most 1e15 in size), got {_brief(value)}")
 
 
 def _check_window(days: Any, fail, where: str) -> None:
     if days is None:
         return
-    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650:
-        raise fail(f"{where}: within_days must be an integer from 1 to 3650, got {days!r}")
+    if not _is_int(days) or not 1 <= days <= 3650:
+        raise fail(f"{where}: within_days must be an integer from 1 to 3650, got {_brief(days)}")
 
 
 _AFFINITY_KEYS = {"dimension", "value", "within_days", "event_types", "min_share", "min_interactions", "top"}
@@ -441,24 +539,27 @@ def _validate_affinity(aff: Any, fail, where: str) -> None:
         raise fail(f"{where}: expected a mapping")
     _only_keys(aff, _AFFINITY_KEYS, fail, where)
     if aff.get("dimension") not in AFFINITY_DIMENSIONS:
-        raise fail(f"{where}: dimension must be one of {list(AFFINITY_DIMENSIONS)}, got {aff.get('dimension')!r}")
+        raise fail(f"{where}: dimension must be one of {list(AFFINITY_DIMENSIONS)}, got {_brief(aff.get('dimension'))}")
     if not isinstance(aff.get("value"), str):
         raise fail(f"{where}: value must be text (the brand or category)")
     _check_window(aff.get("within_days"), fail, where)
-    for t in aff.get("event_types", []) or []:
+    event_types = aff.get("event_types", []) or []
+    if not isinstance(event_types, list):
+        raise fail(f"{where}: event_types must be a list of event types, got {_brief(event_types)}")
+    for t in event_types:
         if t not in EVENT_TYPES:
-            raise fail(f"{where}: unknown event type {t!r}; known: {list(EVENT_TYPES)}")
+            raise fail(f"{where}: unknown event type {_brief(t)}; known: {list(EVENT_TYPES)}")
     top = aff.get("top", False)
     if not isinstance(top, bool):
         raise fail(f"{where}: top must be true or false")
     share = aff.get("min_share")
-    if share is not None and (not isinstance(share, int | float) or isinstance(share, bool) or not 0 < share <= 1):
-        raise fail(f"{where}: min_share must be a number in (0, 1], got {share!r}")
+    if share is not None and (not _is_number(share) or not 0 < share <= 1):
+        raise fail(f"{where}: min_share must be a number in (0, 1], got {_brief(share)}")
     if not top and share is None:
         raise fail(f"{where}: give min_share (e.g. 0.3) or top: true")
     mi = aff.get("min_interactions", 1)
-    if not isinstance(mi, int) or isinstance(mi, bool) or mi < 1:
-        raise fail(f"{where}: min_interactions must be a positive integer, got {mi!r}")
+    if not _is_int(mi) or not 1 <= mi <= 1_000_000_000:
+        raise fail(f"{where}: min_interactions must be an integer from 1 to 1000000000, got {_brief(mi)}")
 
 
 def _walk_segment_refs(node: Any):
@@ -474,29 +575,78 @@ def _walk_segment_refs(node: Any):
 
 
 def _check_references(catalog: Catalog) -> None:
+    """Refuse unknown and cyclic segment references, and rules too deep or big once expanded.
+
+    A ``{segment: id}`` node compiles to that segment's rule, so a chain of references nests and
+    repeats rules like a deeper rule would (``a: all[b, b]``, ``b: all[c, c]``... doubles at each
+    step). Every walk here is iterative or bounded by the checks before it.
+    """
     by_id = catalog.by_id()
+    src = catalog.source
+    refs = {seg.id: seg.referenced_segments() for seg in catalog.segments}
     for seg in catalog.segments:
-        for ref in seg.referenced_segments():
+        for ref in refs[seg.id]:
             if ref not in by_id:
-                raise SegmentDefinitionError(f"{catalog.source}: segment {seg.id!r}: references unknown segment {ref!r}")
-    # cycle detection (white/grey/black DFS), reporting the cycle path
+                raise SegmentDefinitionError(f"{src}: segment {seg.id!r}: references unknown segment {_brief(ref)}")
+    # cycle detection: iterative white/grey/black DFS reporting the cycle path; `order` lists
+    # every segment after the segments it references
     state: dict[str, int] = {}
+    order: list[str] = []
+    for root in catalog.segments:
+        if root.id in state:
+            continue
+        state[root.id] = 1
+        path, stack = [root.id], [iter(refs[root.id])]
+        while stack:
+            ref = next(stack[-1], None)
+            if ref is None:
+                done = path.pop()
+                stack.pop()
+                state[done] = 2
+                order.append(done)
+            elif state.get(ref) == 1:
+                cycle = [*path[path.index(ref):], ref]
+                raise SegmentDefinitionError(f"{src}: segment {path[-1]!r}: cycle between segments: {' -> '.join(cycle)}")
+            elif ref not in state:
+                state[ref] = 1
+                path.append(ref)
+                stack.append(iter(refs[ref]))
+    # size and depth with references expanded (each reference counts one level and one node)
+    measures: dict[str, tuple[int, int]] = {}
+    total = 0
+    for seg_id in order:
+        depth, size = _measure(by_id[seg_id].rule, measures)
+        if depth > MAX_EXPANDED_DEPTH:
+            raise SegmentDefinitionError(
+                f"{src}: segment {seg_id!r}: rule nests {depth} levels deep counting the rules of the segments it"
+                f" references (at most {MAX_EXPANDED_DEPTH})"
+            )
+        if size > MAX_EXPANDED_NODES:
+            raise SegmentDefinitionError(
+                f"{src}: segment {seg_id!r}: rule has {size} conditions counting the rules of the segments it"
+                f" references, each time they are referenced (at most {MAX_EXPANDED_NODES})"
+            )
+        measures[seg_id] = (depth, size)
+        total += size
+        if total > MAX_CATALOG_NODES:
+            raise SegmentDefinitionError(
+                f"{src}: segment {seg_id!r}: the segments up to this one have more than {MAX_CATALOG_NODES}"
+                " conditions together, counting referenced rules each time they are referenced"
+            )
 
-    def visit(seg_id: str, path: list[str]) -> None:
-        state[seg_id] = 1
-        for ref in by_id[seg_id].referenced_segments():
-            if state.get(ref) == 1:
-                cycle = [*path[path.index(ref):], ref] if ref in path else [seg_id, ref]
-                raise SegmentDefinitionError(
-                    f"{catalog.source}: segment {seg_id!r}: cycle between segments: {' -> '.join(cycle)}"
-                )
-            if state.get(ref) is None:
-                visit(ref, [*path, ref])
-        state[seg_id] = 2
 
-    for seg in catalog.segments:
-        if state.get(seg.id) is None:
-            visit(seg.id, [seg.id])
+def _measure(node: Mapping[str, Any], measures: Mapping[str, tuple[int, int]]) -> tuple[int, int]:
+    """``(levels, nodes)`` of a validated rule, a reference counting as 1 + the referenced rule's."""
+    if "segment" in node:
+        depth, size = measures[node["segment"]]
+        return depth + 1, size + 1
+    if "all" in node or "any" in node:
+        parts = [_measure(child, measures) for child in node.get("all") or node.get("any")]
+        return 1 + max(d for d, _ in parts), 1 + sum(n for _, n in parts)
+    if "not" in node:
+        depth, size = _measure(node["not"], measures)
+        return depth + 1, size + 1
+    return 1, 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,13 +710,9 @@ class _Compiler:
         if ftype == "timestamp":
             if isinstance(value, Mapping):
                 return f"{self.bind(dt.datetime.combine(self.as_of - dt.timedelta(days=value['days_ago']), dt.time()))}::TIMESTAMP"
-            text = str(value).replace("Z", "+00:00")
-            parsed = dt.datetime.fromisoformat(text) if "T" in text or " " in text else dt.datetime.fromisoformat(text + "T00:00:00")
-            if parsed.tzinfo is not None:
-                parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
-            return f"{self.bind(parsed)}::TIMESTAMP"
+            return f"{self.bind(_timestamp_value(value))}::TIMESTAMP"
         if ftype == "number":
-            return f"{self.bind(value)}::DOUBLE"
+            return f"{self.bind(float(value))}::DOUBLE"
         return f"{self.bind(value)}::VARCHAR"
 
     # comparisons -------------------------------------------------------------------------
@@ -649,22 +795,27 @@ class _Compiler:
         return f"coalesce({col} {op} {self.bind(ev.get('value', 1))}, false)"
 
     def compile_affinity(self, aff: Mapping[str, Any]) -> str:
+        """Affinity: interactions = the identity's events in the window (of ``event_types``, if
+        given) whose ``dimension`` is not null; ``min_interactions`` applies to all of them (the
+        share's denominator), ``min_share`` to the chosen value's share of them, ``top`` to the
+        most frequent value among them (ties: the value that sorts last, see ``top_cte``)."""
         dim = aff["dimension"]
         days = aff.get("within_days", 90)
         types = tuple(aff.get("event_types") or ())
         value_param = self.bind(aff["value"])
-        min_n = self.bind(aff.get("min_interactions", 1))
-        hits = self.feature(
-            ("aff_hit", dim, days, types, aff["value"]),
-            f"count(*) FILTER (WHERE {self.event_filter(list(types), days, [f'{dim} = {value_param}'])})",
+        total = self.feature(
+            ("aff_total", dim, days, types),
+            f"count(*) FILTER (WHERE {self.event_filter(list(types), days, [f'{dim} IS NOT NULL'])})",
         )
-        conds = [f"{hits} >= {min_n}"]
+        conds = [f"{total} >= {self.bind(aff.get('min_interactions', 1))}"]
         if aff.get("min_share") is not None:
-            total = self.feature(
-                ("aff_total", dim, days, types),
-                f"count(*) FILTER (WHERE {self.event_filter(list(types), days, [f'{dim} IS NOT NULL'])})",
+            hits = self.feature(
+                ("aff_hit", dim, days, types, aff["value"]),
+                f"count(*) FILTER (WHERE {self.event_filter(list(types), days, [f'{dim} = {value_param}'])})",
             )
-            conds.append(f"{hits} >= {self.bind(float(aff['min_share']))} * {total}")
+            # a division, like top_<dim>_share_90d: 7 of 10 is a share of exactly 0.7 (0.7 * 10
+            # would be 7.000000000000001 in floating point and exclude it)
+            conds.append(f"{hits}::DOUBLE / nullif({total}, 0) >= {self.bind(float(aff['min_share']))}")
         if aff.get("top"):
             cte = self.top_cte(dim, days, types)
             conds.append(f"{cte}.top_value = {value_param}")
@@ -676,7 +827,9 @@ class _Compiler:
             name = f"top{len(self.top_ctes)}"
             self.top_ctes[key] = name
             filt = self.event_filter(list(types), days, [f"{dim} IS NOT NULL"])
-            # ties on the count are broken by the value itself, so the result is deterministic
+            # ties on the count go to the value that sorts last (byte order of its UTF-8 text,
+            # i.e. code point order: "Nike" over "Adidas", "adidas" over "Zara"), like the
+            # profiles' top_brand_90d / top_category_90d, so the result is deterministic
             self.top_sql.append(
                 f"{name} AS (SELECT email, arg_max({dim}, (n, {dim})) AS top_value FROM "
                 f"(SELECT email, {dim}, count(*) AS n FROM scoped_events WHERE {filt} GROUP BY ALL) GROUP BY email)"

@@ -10,10 +10,19 @@ import pytest
 import yaml
 
 from segment_pipeline import settings
+from segment_pipeline.core import safe_yaml
 from segment_pipeline.core.ingest import ingest_day
 from segment_pipeline.core.memberships import compute_memberships
 from segment_pipeline.core.profiles import build_profiles
-from segment_pipeline.core.segments import SegmentDefinitionError, load_catalog, parse_catalog
+from segment_pipeline.core.segments import (
+    MAX_EXPANDED_DEPTH,
+    MAX_EXPANDED_NODES,
+    MAX_RULE_DEPTH,
+    MAX_RULE_NODES,
+    SegmentDefinitionError,
+    load_catalog,
+    parse_catalog,
+)
 from segment_pipeline.core.warehouse import Warehouse, connect
 from segment_pipeline_tests.landing import event, members, profile, write_ndjson
 
@@ -86,6 +95,25 @@ def test_shipped_catalog_loads_with_the_segments_from_the_field():
         ([{"id": "a", "rule": {"field": "country", "op": "=", "value": "DE"}}], ["'a'", "'name' is required"]),
         ([{"id": "a", "name": "A"}], ["'a'", "'rule' is required"]),
         ([seg("a", {"field": "country", "op": "=", "value": "DE"}, colour="red")], ["'a'", "unknown key"]),
+        # values a hostile or careless file can carry: refused at load, never at compile time
+        ([seg("a", {"field": "order_count", "op": ">", "value": float("nan")})], ["'a'", "nan is not a finite number"]),
+        ([seg("a", {"field": "order_count", "op": "<", "value": float("inf")})], ["'a'", "inf is not a finite number"]),
+        ([seg("a", {"field": "order_count", "op": ">", "value": 10**400})], ["'a'", "is not a finite number"]),
+        ([seg("a", {"field": "dob", "op": "<", "value": {"days_ago": 10**9}})], ["'a'", "days_ago: N} (N from -36500"]),
+        ([seg("a", {"field": "created_at", "op": ">", "value": "9999-12-31T23:00:00-05:00"})], ["'a'", "created_at"]),
+        ([seg("a", {"field": ["country"], "op": "=", "value": "DE"})], ["'a'", "unknown profile field ['country']"]),
+        ([seg("a", {"field": "country", "op": {"=": 1}, "value": "DE"})], ["'a'", "unknown operator {'=': 1}"]),
+        ([seg("a", {"event": {"op": [">="]}})], ["'a'", "op must be one of"]),
+        ([seg("a", {"event": {"measure": "sum", "sum_field": ["revenue"]}})], ["'a'", "sum_field"]),
+        ([seg("a", {"event": {"value": float("nan")}})], ["'a'", "finite number"]),
+        ([seg("a", {"event": {"where": "brand = Nike"}})], ["'a'", "rule.event.where: expected a list"]),
+        ([seg("a", {"event": {"type": []}})], ["'a'", "non-empty list"]),
+        ([seg("a", {"affinity": {"dimension": "brand", "value": "Nike", "min_share": float("nan")}})], ["'a'", "min_share"]),
+        ([seg("a", {"affinity": {"dimension": "brand", "value": "Nike", "top": True, "min_interactions": 10**30}})],
+         ["'a'", "min_interactions"]),
+        ([seg("a", {"affinity": {"dimension": "brand", "value": "Nike", "top": True, "event_types": "order"}})],
+         ["'a'", "event_types must be a list"]),
+        ([seg("a", {1: "x", "field": "country", "op": "=", "value": "DE"})], ["'a'", "unexpected key(s) [1]"]),
     ],
 )
 def test_invalid_definitions_name_the_segment_and_the_problem(segments, fragments):
@@ -321,3 +349,195 @@ def test_yaml_file_round_trip(tmp_path):
     assert catalog["germany"].name == 'geo-area Germany; it\'s "quoted"'
     assert catalog.synced("klaviyo") == {"germany": catalog["germany"].name}
     assert catalog.synced("dotdigital") == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile segments files: a short error naming the file (and segment), in bounded time and memory
+# ---------------------------------------------------------------------------------------------
+
+LEAF = "{field: country, op: '=', value: DE}"
+
+
+def write_segments(tmp_path, body: str | bytes, name: str = "segments.yaml") -> Path:
+    path = tmp_path / name
+    if isinstance(body, bytes):
+        path.write_bytes(body)
+    else:
+        path.write_text(body, encoding="utf-8")
+    return path
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(SegmentDefinitionError) as err:
+        load_catalog(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert len(message) <= safe_yaml.MAX_MESSAGE_CHARS
+    return message
+
+
+def nested(levels: int, leaf: dict) -> dict:
+    node = leaf
+    for _ in range(levels):
+        node = {"all": [node]}
+    return node
+
+
+@pytest.mark.parametrize(
+    ("levels", "fragments"),
+    [
+        # 500 levels: the YAML composer would recurse past Python's limit; refused while parsing
+        (500, ["segment 'deep'", "line 7, column ", f"nested deeper than {safe_yaml.MAX_DEPTH} levels"]),
+        # 40 levels parse fine and are refused by the rule validation
+        (40, ["segment 'deep'", f"rule nesting deeper than {MAX_RULE_DEPTH} levels"]),
+    ],
+)
+def test_deeply_nested_rule_names_file_and_segment(tmp_path, levels, fragments):
+    rule = "{all: [" * levels + LEAF + "]}" * levels
+    path = write_segments(tmp_path, f"segments:\n  - id: ok\n    name: OK\n    rule: {LEAF}\n"
+                                    f"  - id: deep\n    name: Deep\n    rule: {rule}\n")
+    message = load_error(path)
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_deep_nesting_in_flow_style_without_segments_names_the_file(tmp_path):
+    path = write_segments(tmp_path, "segments: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    message = load_error(path)
+    assert "segment #1" in message and "nested deeper than" in message
+
+
+def test_deep_rule_built_in_memory_is_refused_not_a_recursion_error():
+    with pytest.raises(SegmentDefinitionError, match=f"segment 'deep'.*deeper than {MAX_RULE_DEPTH}"):
+        catalog_of(seg("deep", nested(5000, {"field": "country", "op": "=", "value": "DE"})))
+
+
+def test_non_utf8_file_names_file_line_and_byte(tmp_path):
+    body = f"segments:\n  - id: koeln\n    name: K\xf6ln\n    rule: {LEAF}\n".encode("latin-1")
+    message = load_error(write_segments(tmp_path, body))
+    assert "not UTF-8" in message and "byte 0xf6 at line 3, column 12" in message
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_byte_order_marked_files_load(tmp_path, encoding):
+    body = "segments:\n  - id: koeln\n    name: Köln\n    rule: {field: city, op: '=', value: Köln}\n"
+    catalog = load_catalog(write_segments(tmp_path, body.encode(encoding)))
+    assert catalog["koeln"].name == "Köln" and catalog["koeln"].rule["value"] == "Köln"
+
+
+BILLION_LAUGHS = "lol0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"lol{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 10)
+)
+
+
+def test_billion_laughs_is_refused_when_expansion_passes_the_limit(tmp_path):
+    path = write_segments(tmp_path, BILLION_LAUGHS + "segments:\n  - id: lol\n    name: L\n    rule: {all: *a9}\n")
+    message = load_error(path)
+    # refused structurally while composing: lol2 (10 aliases of 11 nodes) is fine, lol3's aliases
+    # of 111 nodes each pass the 10,000-node budget at its ninth alias (line 4)
+    assert f"aliases expand to more than {safe_yaml.MAX_ALIAS_NODES} nodes" in message
+    assert "line 4, column " in message and "alias *a2" in message
+
+
+def test_alias_limits_name_the_segment(tmp_path):
+    recursive = write_segments(tmp_path, f"segments:\n  - id: ok\n    name: OK\n    rule: {LEAF}\n"
+                                         "  - id: loop\n    name: Loop\n    rule: &r {not: *r}\n", "rec.yaml")
+    assert "segment 'loop': line 7, column " in load_error(recursive)
+    assert "recursive alias" in load_error(recursive)
+    many = ", ".join(["*v"] * (safe_yaml.MAX_ALIASES + 1))
+    too_many = write_segments(tmp_path, f"segments:\n  - id: many\n    name: M\n    rule: {{field: city, op: in,"
+                                        f" value: [&v Paris, {many}]}}\n", "many.yaml")
+    message = load_error(too_many)
+    assert "segment 'many': line 4, column " in message and f"more than {safe_yaml.MAX_ALIASES} aliases" in message
+
+
+def test_aliases_and_merge_keys_within_the_limits_work(tmp_path):
+    path = write_segments(tmp_path, textwrap.dedent("""
+        base: &base {type: dynamic, sync: {klaviyo: true}}
+        germany: &germany {field: country, op: "=", value: DE}
+        segments:
+          - <<: *base
+            id: germans
+            name: Germans
+            rule: *germany
+          - <<: *base
+            id: german_buyers
+            name: German buyers
+            rule: {all: [*germany, {field: order_count, op: ">=", value: 1}]}
+    """))
+    catalog = load_catalog(path)
+    assert catalog["germans"].rule == {"field": "country", "op": "=", "value": "DE"}
+    assert catalog["german_buyers"].rule["all"][0] == catalog["germans"].rule
+    assert catalog.synced("klaviyo") == {"germans": "Germans", "german_buyers": "German buyers"}
+
+
+def test_duplicate_key_is_refused_not_silently_resolved(tmp_path):
+    path = write_segments(tmp_path, "segments:\n  - id: de\n    name: DE\n"
+                                    "    rule: {field: country, op: '=', value: DE}\n"
+                                    "    rule: {field: country, op: '=', value: US}\n")
+    message = load_error(path)
+    assert "duplicate key rule (first at line 4)" in message and "line 5, column 5" in message
+
+
+def test_huge_file_is_refused_before_parsing(tmp_path):
+    path = write_segments(tmp_path, "segments: []\n" + "#" * safe_yaml.MAX_FILE_BYTES)
+    assert f"larger than {safe_yaml.MAX_FILE_BYTES} bytes" in load_error(path)
+
+
+def test_character_yaml_forbids_names_line_and_column(tmp_path):
+    path = write_segments(tmp_path, f"segments:\n  - id: a\x00\n    name: A\n    rule: {LEAF}\n")
+    assert "character U+0000 at line 2, column 10" in load_error(path)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "segments:\n  - id: " + "a" * 200_000 + f"\n    name: A\n    rule: {LEAF}\n",
+        "segments:\n  - id: a\n    name: A\n    rule: {field: order_count, op: '=', value: '" + "z" * 200_000 + "'}\n",
+        "segments:\n  - id: a\n    name: A\n    rule: {" + ", ".join(f"k{i}: {i}" for i in range(20_000)) + "}\n",
+        "segments:\n  - id: a\n    name: A\n    rule: {segment: " + "b" * 200_000 + "}\n",
+        "segments:\n  - id: a\n    name: A\n    rule: *" + "b" * 200_000 + "\n",
+        "segments:\n  - id: a\n    name: A\n    rule: {field: city, op: '=', value: 'x}\n" + "y" * 200_000 + "\n",
+    ],
+    ids=["long-id", "long-value", "many-keys", "long-reference", "long-undefined-alias", "syntax-error"],
+)
+def test_long_input_gives_a_short_message(tmp_path, body):
+    message = load_error(write_segments(tmp_path, body))
+    assert "segment '" in message or "not valid YAML" in message
+
+
+def test_shared_subrules_built_in_memory_are_bounded():
+    node = {"field": "country", "op": "=", "value": "DE"}
+    for _ in range(25):  # a DAG of 26 levels standing for 2**25 conditions
+        node = {"any": [node, node]}
+    with pytest.raises(SegmentDefinitionError, match=f"segment 'dag'.*more than {MAX_RULE_NODES} conditions"):
+        catalog_of(seg("dag", node))
+
+
+def test_references_that_multiply_a_rule_are_refused():
+    leaf = {"field": "country", "op": "=", "value": "DE"}
+    doubling = [seg("d0", leaf)] + [
+        seg(f"d{i}", {"all": [{"segment": f"d{i - 1}"}, {"segment": f"d{i - 1}"}]}) for i in range(1, 40)
+    ]
+    with pytest.raises(SegmentDefinitionError, match=f"segment 'd11'.*at most {MAX_EXPANDED_NODES}"):
+        catalog_of(*doubling)
+    chain = [seg("c0", leaf)] + [seg(f"c{i}", {"segment": f"c{i - 1}"}) for i in range(1, 1000)]
+    with pytest.raises(SegmentDefinitionError, match=f"segment 'c64'.*at most {MAX_EXPANDED_DEPTH}"):
+        catalog_of(*chain)
+
+
+def test_deepest_accepted_rules_evaluate(world):
+    leaf = {"field": "country", "op": "=", "value": "DE"}
+
+    def nots(levels, node):
+        for _ in range(levels):
+            node = {"not": node}
+        return node
+
+    result = evaluate(
+        world,
+        seg("deepest", nots(MAX_RULE_DEPTH, leaf)),  # own nesting at the limit
+        seg("deepest_ref", nots(MAX_EXPANDED_DEPTH - MAX_RULE_DEPTH - 2, {"segment": "deepest"})),
+    )
+    assert result["deepest"] == {"anna"}  # an even number of nots
+    assert result["deepest_ref"] == {"anna"}
