@@ -25,8 +25,20 @@ Rule nodes (see ``README.md`` for the full language):
   compares the count (or sum of a numeric event field) of matching events.
 * ``{affinity: {dimension: brand|category, value, within_days, event_types, min_share,
   min_interactions}}`` or with ``top: true``: the value is the identity's most frequent one.
-* ``{random_bucket: {from, to}}``: stable 0-9999 bucket per identity, inclusive range.
+  Interactions are the events in the window (default 90 days; of ``event_types``, default all)
+  whose dimension is not null; ``min_interactions`` (default 1) counts all of them (the share's
+  denominator), ``min_share`` is the value's count divided by that total, and a ``top`` tie goes
+  to the value sorting last in byte (code point) order, as in the profiles' ``top_*_90d``.
+* ``{random_bucket: {from, to}}``: stable 0-9999 bucket per identity, inclusive range. The
+  profile's ``random_bucket`` is ``md5_number(email) % 10000``: the MD5 digest of the UTF-8
+  normalized email read as a little-endian unsigned 128-bit integer (DuckDB's ``md5_number``).
 * ``{segment: other_id}``: membership of another segment on the same day.
+
+Loading (:func:`load_catalog`) is bounded whatever the file holds: the YAML limits of
+:mod:`segment_pipeline.core.safe_yaml` (size, encoding, nesting, aliases, duplicate keys), then
+``MAX_RULE_DEPTH``/``MAX_RULE_NODES`` per rule and ``MAX_EXPANDED_*``/``MAX_CATALOG_NODES`` with
+segment references expanded. Every error is a :class:`SegmentDefinitionError` naming the file,
+the segment when known and the problem, in at most ``safe_yaml.MAX_MESSAGE_CHARS`` characters.
 
 Compilation never splices a user-supplied value into SQL text: every value becomes a bound
 parameter (``$p0``, ``$p1`` ...). Identifiers come only from the fixed field catalogs below.
@@ -813,7 +825,7 @@ class _Compiler:
                 ("aff_hit", dim, days, types, aff["value"]),
                 f"count(*) FILTER (WHERE {self.event_filter(list(types), days, [f'{dim} = {value_param}'])})",
             )
-            # a division, like top_<dim>_share_90d: 7 of 10 is a share of exactly 0.7 (0.7 * 10
+            # a division, like top_<dim>_share_90d: 7 of 25 is a share of exactly 0.28 (0.28 * 25
             # would be 7.000000000000001 in floating point and exclude it)
             conds.append(f"{hits}::DOUBLE / nullif({total}, 0) >= {self.bind(float(aff['min_share']))}")
         if aff.get("top"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import textwrap
 from pathlib import Path
 
@@ -180,7 +181,9 @@ def world(tmp_path_factory):
     return root, landing
 
 
-def evaluate(world, *segments: dict, day: str = DAY) -> dict[str, set[str]]:
+def evaluate(world, *segments: dict, day: str = DAY, profiles: dict | None = None) -> dict[str, set[str]]:
+    """Members (name before the @) of each segment on ``day``; ``profiles``, when given, is filled
+    with that day's profile rows by name."""
     root, landing = world
     catalog = catalog_of(*segments)
     wh = Warehouse(root / f"wh-{abs(hash(yaml.safe_dump(list(segments))))}")
@@ -190,6 +193,12 @@ def evaluate(world, *segments: dict, day: str = DAY) -> dict[str, set[str]]:
             ingest_day(con, wh, landing, kind, landed)
     build_profiles(con, wh, day)  # profiles as of `day` read everything landed up to it
     compute_memberships(con, wh, catalog, day)
+    if profiles is not None:
+        cur = con.execute(f"SELECT * FROM {wh.scan('profiles', days=[day])}")
+        names = [d[0] for d in cur.description]
+        for row in cur.fetchall():
+            record = dict(zip(names, row, strict=True))
+            profiles[record["email"].split("@")[0]] = record
     return {s["id"]: {e.split("@")[0] for e in members(wh, day, s["id"])} for s in segments}
 
 
@@ -541,3 +550,122 @@ def test_deepest_accepted_rules_evaluate(world):
     )
     assert result["deepest"] == {"anna"}  # an even number of nots
     assert result["deepest_ref"] == {"anna"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantics pinned against an independent reading of the README (issue 10, point 11)
+# ---------------------------------------------------------------------------------------------
+
+TASTE_EVENTS = [
+    # fay: one sneakers view and one hoodies view (no brand)
+    event("f1", "fay@example.com", "product_view", "2026-11-08T10:00:00Z", category="sneakers"),
+    event("f2", "fay@example.com", "product_view", "2026-11-09T10:00:00Z", category="hoodies"),
+    # gus: 7 Nike and 18 Adidas views, a Nike share of exactly 0.28
+    *[event(f"g{i}", "gus@example.com", "product_view", f"2026-11-0{i % 9 + 1}T10:00:00Z",
+            brand="Nike" if i < 7 else "Adidas") for i in range(25)],
+    # hal: ties, 2 Adidas vs 2 Nike, and one "Tops" vs one "shoes"
+    event("h1", "hal@example.com", "product_view", "2026-11-05T10:00:00Z", brand="Adidas", category="Tops"),
+    event("h2", "hal@example.com", "product_view", "2026-11-06T10:00:00Z", brand="Adidas", category="shoes"),
+    event("h3", "hal@example.com", "product_view", "2026-11-07T10:00:00Z", brand="Nike"),
+    event("h4", "hal@example.com", "order", "2026-11-08T10:00:00Z", brand="Nike", price=10, quantity=1, revenue=10),
+]
+
+
+@pytest.fixture(scope="module")
+def taste(tmp_path_factory):
+    """Guests with brand/category interactions on 2026-11-01..10, plus Anna's profile."""
+    root = tmp_path_factory.mktemp("taste")
+    landing = root / "landing"
+    for d in range(1, 11):
+        day = f"2026-11-{d:02d}"
+        write_ndjson(landing, "events", day, [e for e in TASTE_EVENTS if e["occurred_at"].startswith(day)])
+    write_ndjson(landing, "profiles", "2026-11-01", [profile("Anna@Example.COM", "2026-11-01T08:00:00Z")])
+    return root, landing
+
+
+def test_affinity_min_interactions_counts_all_interactions_of_the_dimension(taste):
+    def sneakers(**extra):
+        return {"affinity": {"dimension": "category", "value": "sneakers", **extra}}
+
+    result = evaluate(
+        taste,
+        # the issue's example: one sneakers and one hoodies view
+        seg("share_of_2", sneakers(min_share=0.5, min_interactions=2)),
+        seg("share_of_3", sneakers(min_share=0.5, min_interactions=3)),
+        # top: true and min_interactions read the same interactions
+        seg("top_of_2", sneakers(top=True, min_interactions=2)),
+        seg("top_of_3", sneakers(top=True, min_interactions=3)),
+        # the same over brands: gus has 25 brand interactions (18 Adidas), hal 4 (2 Adidas)
+        seg("adidas_of_5", {"affinity": {"dimension": "brand", "value": "Adidas", "min_share": 0.5,
+                                         "min_interactions": 5}}),
+    )
+    assert result["share_of_2"] == {"fay"}
+    assert result["share_of_3"] == set()
+    assert result["top_of_2"] == {"fay"}  # a tie: "sneakers" sorts after "hoodies"
+    assert result["top_of_3"] == set()
+    assert result["adidas_of_5"] == {"gus"}
+
+
+def test_affinity_share_is_exact_and_agrees_with_the_profile_share(taste):
+    def nike(share):
+        return {"affinity": {"dimension": "brand", "value": "Nike", "min_share": share}}
+
+    profiles: dict = {}
+    result = evaluate(
+        taste,
+        seg("nike_28", nike(0.28)),  # gus: 7 of 25 (0.28 * 25 is 7.000000000000001 in floating point)
+        seg("nike_29", nike(0.29)),
+        seg("nike_50", nike(0.5)),  # hal: 2 of 4
+        seg("share_field_72", {"field": "top_brand_share_90d", "op": ">=", "value": 0.72}),  # 18 of 25
+        profiles=profiles,
+    )
+    assert result["nike_28"] == {"gus", "hal"}
+    assert result["nike_29"] == {"hal"}
+    assert result["nike_50"] == {"hal"}
+    assert result["share_field_72"] == {"gus"}
+    assert profiles["gus"]["top_brand_share_90d"] == 0.72
+
+
+def test_top_tie_goes_to_the_value_sorting_last_in_byte_order(taste):
+    def top(dimension, value):
+        return {"affinity": {"dimension": dimension, "value": value, "top": True}}
+
+    profiles: dict = {}
+    result = evaluate(
+        taste,
+        seg("top_nike", top("brand", "Nike")),
+        seg("top_adidas", top("brand", "Adidas")),
+        # byte (code point) order, not a case-insensitive one: "shoes" > "Tops" since "s" > "T"
+        seg("top_shoes", top("category", "shoes")),
+        seg("top_tops", top("category", "Tops")),
+        profiles=profiles,
+    )
+    assert result["top_nike"] == {"hal"}  # hal: Adidas 2, Nike 2
+    assert result["top_adidas"] == {"gus"}
+    assert result["top_shoes"] == {"hal"}
+    assert result["top_tops"] == set()
+    # the profile fields break the tie the same way
+    assert (profiles["hal"]["top_brand_90d"], profiles["hal"]["top_category_90d"]) == ("Nike", "shoes")
+
+
+def md5_bucket(email: str) -> int:
+    """The README's formula, computed independently: the md5 digest of the UTF-8 email read as a
+    little-endian 128-bit unsigned integer, modulo 10000."""
+    return int.from_bytes(hashlib.md5(email.encode("utf-8")).digest(), "little") % 10_000
+
+
+def test_random_bucket_formula_is_pinned(taste):
+    assert md5_bucket("anna@example.com") == 4395  # big-endian would give 4230
+    profiles: dict = {}
+    result = evaluate(
+        taste,
+        seg("bucket_4395", {"random_bucket": {"from": 4395, "to": 4395}}),
+        seg("bucket_4230", {"random_bucket": {"from": 4230, "to": 4230}}),
+        profiles=profiles,
+    )
+    # "Anna@Example.COM" is hashed as its identity, the normalized email
+    assert result["bucket_4395"] == {"anna"}
+    assert result["bucket_4230"] == set()
+    assert {name: p["random_bucket"] for name, p in profiles.items()} == {
+        name: md5_bucket(f"{name}@example.com") for name in ("anna", "fay", "gus", "hal")
+    }
