@@ -167,12 +167,21 @@ def test_cli_week_backfill_equals_seven_single_days(tmp_path):
 
 
 @pytest.mark.e2e
-def test_invalid_segment_file_stops_the_code_location_with_a_clear_message(tmp_path):
+@pytest.mark.parametrize(
+    ("vip_rule", "problem"),
+    [
+        ("{field: shoe_size, op: '>', value: 42}", "unknown profile field 'shoe_size'"),
+        # hostile: 500 levels would overflow the YAML parser's recursion; refused while parsing
+        ("{not: " * 500 + "{field: country, op: '=', value: DE}" + "}" * 500, "nested deeper than 100 levels"),
+    ],
+    ids=["unknown-field", "nested-500-deep"],
+)
+def test_invalid_segment_file_stops_the_code_location_with_a_clear_message(tmp_path, vip_rule, problem):
     bad = tmp_path / "segments.yaml"
     bad.write_text(
         "segments:\n"
         "  - {id: germany, name: Germany, rule: {field: country, op: '=', value: DE}}\n"
-        "  - {id: vip, name: VIP, rule: {field: shoe_size, op: '>', value: 42}}\n"
+        f"  - {{id: vip, name: VIP, rule: {vip_rule}}}\n"
     )
     env = {**os.environ, "SEGMENT_PIPELINE_SEGMENTS": str(bad), "SEGMENT_PIPELINE_WAREHOUSE": str(tmp_path / "wh")}
     proc = subprocess.run(
@@ -181,4 +190,5 @@ def test_invalid_segment_file_stops_the_code_location_with_a_clear_message(tmp_p
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "segment 'vip'" in output and "unknown profile field 'shoe_size'" in output and str(bad) in output
+    assert "segment 'vip'" in output and problem in output and str(bad) in output
+    assert "RecursionError" not in output
