@@ -503,7 +503,7 @@ def test_character_yaml_forbids_names_line_and_column(tmp_path):
     [
         "segments:\n  - id: " + "a" * 200_000 + f"\n    name: A\n    rule: {LEAF}\n",
         "segments:\n  - id: a\n    name: A\n    rule: {field: order_count, op: '=', value: '" + "z" * 200_000 + "'}\n",
-        "segments:\n  - id: a\n    name: A\n    rule: {" + ", ".join(f"k{i}: {i}" for i in range(20_000)) + "}\n",
+        "segments:\n  - id: a\n    name: A\n    rule: {" + ", ".join(f"k{i}: {i}" for i in range(3_000)) + "}\n",
         "segments:\n  - id: a\n    name: A\n    rule: {segment: " + "b" * 200_000 + "}\n",
         "segments:\n  - id: a\n    name: A\n    rule: *" + "b" * 200_000 + "\n",
         "segments:\n  - id: a\n    name: A\n    rule: {field: city, op: '=', value: 'x}\n" + "y" * 200_000 + "\n",
