@@ -22,8 +22,9 @@ import codecs
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from segment_pipeline.core.safe_yaml import YamlFileError, cap_message, load_yaml_file
 
 
 class SourcesFileError(ValueError):
@@ -73,11 +74,9 @@ def load_sources(path: str | Path | None) -> SourcesFile:
         return SourcesFile()
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SourcesFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise SourcesFileError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        doc = load_yaml_file(path, "sources file")  # bounded: size, depth, aliases, encoding
+    except YamlFileError as exc:
+        raise SourcesFileError(str(exc)) from None
     if doc is None:
         return SourcesFile()
     try:
@@ -86,7 +85,7 @@ def load_sources(path: str | Path | None) -> SourcesFile:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
         )
-        raise SourcesFileError(f"{path}: {problems}") from None
+        raise SourcesFileError(cap_message(f"{path}: {problems}")) from None
 
 
 def source_options(path: str | Path | None, source: str) -> SourceOptions:
