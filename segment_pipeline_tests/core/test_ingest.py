@@ -38,7 +38,7 @@ def test_ndjson_profiles_bad_rows_are_quarantined_with_reason_file_and_line(tmp_
     assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (9, 2, 7)
     quarantined = rows(wh, "quarantine_profiles", "source_line, reason, source_file")
     assert [(line, reason) for line, reason, _ in quarantined] == [
-        (2, "invalid email syntax in field email"),
+        (2, "email: no @"),
         (4, "updated_at: not a valid ISO 8601 timestamp"),
         (5, "line is not valid JSON"),
         (6, "line is not a JSON object"),
@@ -105,7 +105,7 @@ def test_csv_and_parquet_landing_files(tmp_path, wh):
     ]
     quarantined = rows(wh, "quarantine_profiles", "source_file, source_line, reason")
     assert [(f.rsplit(".", 1)[-1], line, r) for f, line, r in quarantined] == [
-        ("csv", 3, "invalid email syntax in field email"),
+        ("csv", 3, "email: no @"),
         ("parquet", 2, "updated_at: not a valid ISO 8601 timestamp"),
     ]
 
@@ -126,7 +126,7 @@ def test_unparsable_csv_rows_are_quarantined_not_dropped(tmp_path, wh):
     assert rows(wh, "raw_profiles", "email, source_line") == [("a@example.com", 2), ("c@example.com", 4), ("d@example.com", 6)]
     (line, reason, raw), (line2, reason2, _) = rows(wh, "quarantine_profiles", "source_line, reason, raw")
     assert line == 3 and reason.startswith("unparsable CSV row") and "EXTRA" in raw
-    assert (line2, reason2) == (5, "invalid email syntax in field email")  # numbered past the rejected line
+    assert (line2, reason2) == (5, "email: no @")  # numbered past the rejected line
 
 
 @pytest.mark.parametrize(
