@@ -222,7 +222,7 @@ def _validation_sql(kind: str, day: dt.date) -> tuple[dict[str, str], list[tuple
     parsed: dict[str, str] = {}
     rules: list[tuple[str, str]] = [("parse_error IS NOT NULL", "parse_error")]
     for f in REQUIRED_FIELDS[kind]:
-        rules.append((f"{f} IS NULL OR trim({f}) = ''", f"'missing required field {f}'"))
+        rules.append((f"{f} IS NULL OR {strip_sql(f)} = ''", f"'missing required field {f}'"))
     # one email rule for ingestion and the API (core/identity.py): strip, validate, lowercase
     parsed["_email"] = strip_sql("email")
     parsed["_email_problem"] = problem_sql(strip_sql("email"))

@@ -4,7 +4,7 @@ Identity is the normalized email (``core/identity.py``: white space and invisibl
 stripped, lowercased; ingestion already normalized it), so ``Anna@Example.com `` and
 ``anna@example.com`` are one customer. For every attribute (``ATTRIBUTES``, ``created_at``
 included) the latest *given* value wins, ordered by ``updated_at`` and then by delivery (landing
-day, file, line), so ties resolve the same way every time. A record gives an attribute when it has
+day, file name, line), so ties resolve the same way every time. A record gives an attribute when it has
 a value for it, or when it clears it (``raw_profiles.cleared``: an explicit JSON null or ``""``; an
 empty CSV cell or Parquet null when the source's ``csv_empty_cell`` is ``clear``): a clear is a
 NULL value that wins when it is the latest. A record that leaves the attribute out (partial update)
@@ -31,12 +31,12 @@ ATTRIBUTES = (
     "language", "time_zone", "loyalty_tier", "created_at",
 )
 #: "Latest" order of profile records, packed into one HUGEINT (a struct-valued arg_max key is
-#: ~12x slower): updated_at (microseconds), then landing day, then file (a stable 16-bit hash of
-#: its path, so same-timestamp ties resolve identically on every run), then line.
+#: ~12x slower): updated_at (microseconds), then landing day, then file (``file_no``: its rank by
+#: path among that day's files, 16 bits), then line (40 bits).
 ORDER_KEY = (
     "(epoch_us(updated_at)::HUGEINT * (1::HUGEINT << 72)"
     " + ((date - DATE '1970-01-01')::HUGEINT << 56)"
-    " + ((hash(source_file) % 65536)::HUGEINT << 40)"
+    " + (least(file_no, 65535)::HUGEINT << 40)"
     " + source_line)"
 )
 SHORT_WINDOW_DAYS = 30
@@ -58,8 +58,13 @@ def profiles_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[str, dict[st
         f"arg_max_null({a}, ord) FILTER (WHERE {a} IS NOT NULL OR list_contains(cleared, '{a}')) AS {a}"
         for a in ATTRIBUTES
     )
+    raw = warehouse.scan("raw_profiles", upto=day)
     sql = f"""
-    WITH rp AS (SELECT *, {ORDER_KEY} AS ord FROM {warehouse.scan('raw_profiles', upto=day)}),
+    WITH files AS (  -- each landing day's files in name order (a later file wins a same-time tie)
+        SELECT date, source_file, row_number() OVER (PARTITION BY date ORDER BY source_file) - 1 AS file_no
+        FROM (SELECT DISTINCT date, source_file FROM {raw})
+    ),
+    rp AS (SELECT r.*, {ORDER_KEY} AS ord FROM {raw} r JOIN files USING (date, source_file)),
     ev AS (
         SELECT email, event_type, occurred_at, brand, category, revenue, utm_source
         FROM {warehouse.scan('raw_events', upto=day)}

@@ -253,3 +253,15 @@ def test_partitions_written_before_the_cleared_column_still_build(setup):
     build_profiles(con, wh, "2026-11-02")
     got = con.execute(f"SELECT city FROM {wh.scan('profiles', days=['2026-11-02'])}").fetchall()
     assert got == [(None,)]
+
+
+@pytest.mark.parametrize(("first", "second"), [("a-morning.ndjson", "b-evening.ndjson"), ("b-morning.ndjson", "c-evening.ndjson")])
+def test_same_time_records_in_two_files_resolve_by_file_name(setup, first, second):
+    wh, landing, run = setup
+    ts = "2026-11-01T08:00:00Z"
+    write_ndjson(landing, "profiles", "2026-11-01", [profile("a@example.com", ts, city="Old"),
+                                                     profile("b@example.com", ts, city=None)], name=first)
+    write_ndjson(landing, "profiles", "2026-11-01", [profile("a@example.com", ts, city=None),
+                                                     profile("b@example.com", ts, city="New")], name=second)
+    day = run("2026-11-01")["2026-11-01"]
+    assert (day["a@example.com"]["city"], day["b@example.com"]["city"]) == (None, "New")
