@@ -111,7 +111,7 @@ def test_sql_rule_gives_the_same_answers_as_python():
 def test_sql_and_python_agree_on_random_strings():
     """Random strings over an alphabet of every character class the rules look at, and edits of the cases."""
     rng = random.Random(20261103)
-    alphabet = list("aZ09.-_@+'\"[]{}( ") + ["\t", "\x00", "\x1f", "\u200b", "\u00a0", "é", "\ufeff"]
+    alphabet = list("aZ09.-_@+'\"[]{}( ") + ["\t", "\n", "\x00", "\x1f", "\x85", "\u2028", "\u200b", "\u00a0", "é", "\ufeff", "\u212a"]
     parts = ["xn--", "example", ".com", "@example.org", ".", "-", "a" * 60]
     values = []
     for _ in range(3000):
