@@ -8,8 +8,9 @@ named after the day and a fingerprint of the three partition files (path, size, 
 re-run of the day builds a new index and the old one is removed. They are a cache: delete them at
 will.
 
-Emails are normalized exactly as ingestion does (``lower(trim(email))`` evaluated by DuckDB, which
-trims spaces only and lowercases Unicode its own way), so lookups match what was ingested.
+Emails are normalized and validated exactly as ingestion does: both use the one rule of
+``core/identity.py`` (white space and invisible characters stripped at both ends, lowercased,
+ESP-compatible syntax), so a lookup of ``" Anna@Example.com"`` finds what ingestion stored.
 """
 
 from __future__ import annotations
@@ -18,35 +19,18 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
-import duckdb
-
-from segment_pipeline.core.ingest import EMAIL_PATTERN
+from segment_pipeline.core.identity import email_problem, is_email, normalize_email
 from segment_pipeline.core.warehouse import Warehouse, connect
 
+__all__ = ["IdentityIndex", "email_problem", "is_email", "normalize_email"]
+
 TABLES = ("profiles", "memberships", "segment_stats")
-_EMAIL = re.compile(EMAIL_PATTERN)
 _local = threading.local()
-
-
-def normalize_email(raw: str) -> str:
-    """``lower(trim(raw))`` as DuckDB computes it during ingestion (for ASCII, where DuckDB's trim
-    of spaces and lower agree with Python's, without a query)."""
-    if raw.isascii():
-        return raw.strip(" ").lower()
-    con = getattr(_local, "duck", None)
-    if con is None:
-        con = _local.duck = duckdb.connect()
-    return con.execute("SELECT lower(trim(?))", [raw]).fetchall()[0][0]
-
-
-def is_email(normalized: str) -> bool:
-    return bool(_EMAIL.match(normalized))
 
 
 class IdentityIndex:

@@ -21,7 +21,8 @@ produced on its own and the data stays consistent across days without keeping st
   of ``p``. Cities, time zones, languages and phone prefixes always agree with the country.
 * A day's profile file holds that day's signups (first record of each customer) plus updates of
   customers who signed up earlier: a city move (with the new city's country and time zone), a new
-  phone, a new loyalty tier (all partial: other attributes are null, meaning "unchanged"), or an
+  phone, a new loyalty tier (all partial: other attributes are left out, meaning "unchanged":
+  no key in NDJSON, an empty cell in CSV, a null in Parquet; an explicit JSON null would clear), or an
   identity record whose email differs from the stored one only in case / surrounding spaces.
   Mutable attributes only ever appear in the record that sets them, so records never contradict
   each other.
@@ -654,7 +655,10 @@ def _render(
                         parts.append(f"{f} := {over[f]}")
                 else:
                     parts.append(f"{f} := {f}")
-            return f"to_json(struct_pack({', '.join(parts)}))::VARCHAR"
+            packed = f"to_json(struct_pack({', '.join(parts)}))"
+            # a profile record leaves out what it does not set (an explicit null would clear it);
+            # merging into {} drops the null keys (RFC 7386)
+            return f"json_merge_patch('{{}}', {packed})::VARCHAR" if ts_field == "updated_at" else f"{packed}::VARCHAR"
 
         whens = " ".join(f"WHEN mk = {ki} THEN {obj(over)}" for ki, over in variants[1:])
         valid = obj({})

@@ -23,6 +23,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from segment_pipeline.core.identity import normalize_sql, problem_sql, strip_sql
+from segment_pipeline.core.sources import SourceOptions
 from segment_pipeline.core.warehouse import SCHEMAS, Warehouse, as_date, sql_string
 
 KINDS = ("profiles", "events")
@@ -49,7 +51,9 @@ SOURCE_FIELDS: dict[str, list[str]] = {
 }
 REQUIRED_FIELDS = {"profiles": ["email", "updated_at"], "events": ["event_id", "email", "event_type", "occurred_at"]}
 EVENT_TYPES = ("page_view", "product_view", "add_to_cart", "order")
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s.]+$"
+#: Profile attributes a record can clear (an explicit JSON null or empty string; an empty CSV cell or
+#: a Parquet null when the source's ``csv_empty_cell`` is ``clear``). Required fields cannot be cleared.
+CLEARABLE = [f for f in SOURCE_FIELDS["profiles"] if f not in REQUIRED_FIELDS["profiles"]]
 #: Timestamps must fall in this range (catches 'infinity', epoch zeros and typos like 20261).
 MIN_TIMESTAMP = dt.datetime(2000, 1, 1)
 #: How far past the end of its landing day a timestamp may be (clock skew) before it is rejected.
@@ -115,14 +119,16 @@ def _number_lines(path: Path, target: Path) -> None:
         raise LandingFileError(f"{path}: cannot be read as NDJSON: {_first_line(exc)}") from None
 
 
-def _ndjson_relation(path: Path, lines: Path, fields: list[str]) -> str:
+def _ndjson_relation(path: Path, lines: Path, fields: list[str], track_given: bool) -> str:
     # Each line is parsed once, by one json_transform unnested into columns. DuckDB may evaluate an
     # expression on rows a filter or CASE branch excludes, so the parser only ever receives valid
     # input: the line when it is a JSON object, else '{}' (its fields then read as NULL).
     src = f"read_parquet({sql_string(str(lines))})"
     structure = sql_string("{" + ", ".join(f'"{f}": "VARCHAR"' for f in fields) + "}")
+    # given: the keys the object has (a key present with null or "" clears that attribute)
+    given = "json_keys(CASE WHEN parse_error IS NULL THEN raw ELSE '{}' END)" if track_given else "NULL::VARCHAR[]"
     return f"""(
-        SELECT {sql_string(str(path))} AS source_file, source_line, parse_error, raw,
+        SELECT {sql_string(str(path))} AS source_file, source_line, parse_error, raw, {given} AS given,
                unnest(json_transform(CASE WHEN parse_error IS NULL THEN raw ELSE '{{}}' END, {structure}))
         FROM (
             SELECT source_line::BIGINT AS source_line, raw,
@@ -136,7 +142,15 @@ def _ndjson_relation(path: Path, lines: Path, fields: list[str]) -> str:
     )"""
 
 
-def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, fields: list[str], required: list[str]) -> str:
+def _given_sql(clearable: list[str], columns: list[str]) -> str:
+    """The attributes a tabular file gives in every row: those of ``clearable`` it has a column for."""
+    given = [f for f in clearable if f in columns]
+    return "[" + ", ".join(sql_string(f) for f in given) + "]::VARCHAR[]" if given else "NULL::VARCHAR[]"
+
+
+def _csv_relation(
+    con: duckdb.DuckDBPyConnection, path: Path, fields: list[str], required: list[str], clearable: list[str]
+) -> str:
     src = sql_string(str(path))
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -154,13 +168,15 @@ def _csv_relation(con: duckdb.DuckDBPyConnection, path: Path, fields: list[str],
     # in its reject tables with their line numbers; they are quarantined, not lost.
     return f"""(
         SELECT {src} AS source_file, row_number() OVER () + 1 AS source_line, NULL::VARCHAR AS parse_error,
-               NULL::VARCHAR AS raw, {cols}
+               NULL::VARCHAR AS raw, {_given_sql(clearable, header)} AS given, {cols}
         FROM read_csv({src}, {CSV_OPTIONS}, columns = {{{columns}}},
                       store_rejects = true, rejects_table = 'csv_rejects', rejects_scan = 'csv_reject_scans')
     )"""
 
 
-def _parquet_relation(con: duckdb.DuckDBPyConnection, path: Path, fields: list[str], required: list[str]) -> str:
+def _parquet_relation(
+    con: duckdb.DuckDBPyConnection, path: Path, fields: list[str], required: list[str], clearable: list[str]
+) -> str:
     src = sql_string(str(path))
     try:
         names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({src}, hive_partitioning = false)").fetchall()]
@@ -173,7 +189,7 @@ def _parquet_relation(con: duckdb.DuckDBPyConnection, path: Path, fields: list[s
     # raw stays NULL here: a rejected row's fields are rendered as JSON for the quarantine later
     return f"""(
         SELECT {src} AS source_file, file_row_number + 1 AS source_line, NULL::VARCHAR AS parse_error,
-               NULL::VARCHAR AS raw, {cols}
+               NULL::VARCHAR AS raw, {_given_sql(clearable, names)} AS given, {cols}
         FROM read_parquet({src}, file_row_number = true, hive_partitioning = false)
     )"""
 
@@ -206,10 +222,11 @@ def _validation_sql(kind: str, day: dt.date) -> tuple[dict[str, str], list[tuple
     parsed: dict[str, str] = {}
     rules: list[tuple[str, str]] = [("parse_error IS NOT NULL", "parse_error")]
     for f in REQUIRED_FIELDS[kind]:
-        rules.append((f"{f} IS NULL OR trim({f}) = ''", f"'missing required field {f}'"))
-    rules.append(
-        (f"NOT regexp_full_match(lower(trim(email)), '{EMAIL_PATTERN}')", "'invalid email syntax in field email'")
-    )
+        rules.append((f"{f} IS NULL OR {strip_sql(f)} = ''", f"'missing required field {f}'"))
+    # one email rule for ingestion and the API (core/identity.py): strip, validate, lowercase
+    parsed["_email"] = strip_sql("email")
+    parsed["_email_problem"] = problem_sql(strip_sql("email"))
+    rules.append(("_email_problem IS NOT NULL", "_email_problem"))
 
     def ts_rule(col: str, required: bool) -> None:
         parsed[f"_ts_{col}"] = _ts(f"nullif(trim({col}), '')")
@@ -220,8 +237,8 @@ def _validation_sql(kind: str, day: dt.date) -> tuple[dict[str, str], list[tuple
              f"'{col}: timestamp outside the plausible range (2000-01-01 .. end of the landing day)'")
         )
 
-    typed: dict[str, str] = {f: f"nullif(trim({f}), '')" for f in SOURCE_FIELDS[kind]}
-    typed["email"] = "lower(trim(email))"
+    typed: dict[str, str] = {f: f"nullif({strip_sql(f)}, '')" for f in SOURCE_FIELDS[kind]}
+    typed["email"] = normalize_sql("_email")
     if kind == "profiles":
         ts_rule("updated_at", True)
         ts_rule("created_at", False)
@@ -231,7 +248,10 @@ def _validation_sql(kind: str, day: dt.date) -> tuple[dict[str, str], list[tuple
         typed["dob"] = "_dob"
         typed["created_at"] = "_ts_created_at"
         typed["updated_at"] = "_ts_updated_at"
-        typed["country"] = "upper(nullif(trim(country), ''))"
+        typed["country"] = f"upper({typed['country']})"
+        # attributes this record clears: given (key present / column with clearing on) but empty
+        cleared = ", ".join(f"CASE WHEN list_contains(given, '{f}') AND {typed[f]} IS NULL THEN '{f}' END" for f in CLEARABLE)
+        typed["cleared"] = f"nullif(list_filter([{cleared}], lambda x: x IS NOT NULL), [])"
     else:
         ts_rule("occurred_at", True)
         types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
@@ -265,8 +285,13 @@ def ingest_day(
     landing_root: str | Path,
     kind: str,
     day: str | dt.date,
+    options: SourceOptions | None = None,
 ) -> IngestReport:
     """Validate every landing file of ``kind`` for ``day`` into the warehouse; return the counts.
+
+    ``options`` are the source's reading options (``core/sources.py``; defaults when None). For
+    profiles, ``options.csv_empty_cell == "clear"`` makes an empty CSV cell or a Parquet null clear
+    its attribute (recorded in ``raw_profiles.cleared``); NDJSON clears with an explicit null/"".
 
     One ordered pass reads, numbers, parses and validates every row into a staging Parquet file
     (typed values, the reason for rejected rows, and their original text); the outputs are then
@@ -280,6 +305,9 @@ def ingest_day(
     files = landing_files(landing_root, kind, day)
     report.files = [str(f) for f in files]
     fields = SOURCE_FIELDS[kind]
+    options = options or SourceOptions()
+    track_given = kind == "profiles"
+    clearable = CLEARABLE if track_given and options.csv_empty_cell == "clear" else []
     con.execute("SET TimeZone = 'UTC'")
 
     staging_dir = warehouse.root / "_staging"
@@ -302,21 +330,21 @@ def ingest_day(
             except LandingFileError:
                 _remove(temp_files)
                 raise
-            parts.append(_ndjson_relation(path, lines, fields))
+            parts.append(_ndjson_relation(path, lines, fields, track_given))
             ndjson_files.append(path)
         elif fmt == "csv":
-            parts.append(_csv_relation(con, path, fields, REQUIRED_FIELDS[kind]))
+            parts.append(_csv_relation(con, path, fields, REQUIRED_FIELDS[kind], clearable))
             has_csv = True
         else:
-            parts.append(_parquet_relation(con, path, fields, REQUIRED_FIELDS[kind]))
+            parts.append(_parquet_relation(con, path, fields, REQUIRED_FIELDS[kind], clearable))
 
     parsed, rules, typed = _validation_sql(kind, day)
     reason = "CASE " + " ".join(f"WHEN {cond} THEN {msg}" for cond, msg in rules) + " END"
-    source_cols = ", ".join(["source_file", "source_line", "parse_error", "raw", *fields])
+    source_cols = ", ".join(["source_file", "source_line", "parse_error", "raw", "given", *fields])
     if parts:
         union = " UNION ALL ".join(f"SELECT {source_cols} FROM {p}" for p in parts)
     else:
-        union = f"SELECT NULL::VARCHAR AS source_file, NULL::BIGINT AS source_line, NULL::VARCHAR AS parse_error, NULL::VARCHAR AS raw, {', '.join(f'NULL::VARCHAR AS {f}' for f in fields)} LIMIT 0"
+        union = f"SELECT NULL::VARCHAR AS source_file, NULL::BIGINT AS source_line, NULL::VARCHAR AS parse_error, NULL::VARCHAR AS raw, NULL::VARCHAR[] AS given, {', '.join(f'NULL::VARCHAR AS {f}' for f in fields)} LIMIT 0"
     outputs = {name: expr for name, expr in typed.items() if name in SCHEMAS[f"raw_{kind}"]}
     # NDJSON keeps a rejected line's original text; CSV and Parquet rows are rendered as JSON
     source_json = "to_json({" + ", ".join(f"'{f}': {f}" for f in fields) + "})::VARCHAR"

@@ -1,11 +1,17 @@
 """Profiles as of the end of a day: identity resolution and behavioural aggregates.
 
-Identity is the normalized email (trimmed, lowercased; ingestion already normalized it), so
-``Anna@Example.com `` and ``anna@example.com`` are one customer. For every attribute the latest
-non-null value wins, ordered by ``updated_at`` and then by delivery (landing day, file, line), so
-ties resolve the same way every time; a partial update (attribute left out) keeps the older
-value. Events join the identity by the same normalized email. An email seen only in events (a guest
-checkout) is an identity too, with empty attributes.
+Identity is the normalized email (``core/identity.py``: white space and invisible characters
+stripped, lowercased; ingestion already normalized it), so ``Anna@Example.com `` and
+``anna@example.com`` are one customer. For every attribute (``ATTRIBUTES``, ``created_at``
+included) the latest *given* value wins, ordered by ``updated_at`` and then by delivery (landing
+day, file name, line), so ties resolve the same way every time. A record gives an attribute when it has
+a value for it, or when it clears it (``raw_profiles.cleared``: an explicit JSON null or ``""``; an
+empty CSV cell or Parquet null when the source's ``csv_empty_cell`` is ``clear``): a clear is a
+NULL value that wins when it is the latest. A record that leaves the attribute out (partial update)
+keeps the older value. An attribute never given is NULL (``created_at`` is never guessed from
+other columns: ``first_seen_at`` is the earliest sign of the customer). Events join the identity by
+the same normalized email. An email seen only in events (a guest checkout) is an identity too,
+with empty attributes.
 
 A day's profiles are a pure function of all validated data landed up to and including that day,
 so re-running any day (or a range, in any order) gives the same snapshot.
@@ -19,18 +25,18 @@ import duckdb
 
 from segment_pipeline.core.warehouse import Warehouse, as_date
 
-#: Attributes resolved with "latest non-null value wins".
+#: Attributes resolved with "latest given value wins" (a clear gives NULL; see the module doc).
 ATTRIBUTES = (
     "customer_id", "first_name", "last_name", "gender", "dob", "phone", "country", "city",
-    "language", "time_zone", "loyalty_tier",
+    "language", "time_zone", "loyalty_tier", "created_at",
 )
 #: "Latest" order of profile records, packed into one HUGEINT (a struct-valued arg_max key is
-#: ~12x slower): updated_at (microseconds), then landing day, then file (a stable 16-bit hash of
-#: its path, so same-timestamp ties resolve identically on every run), then line.
+#: ~12x slower): updated_at (microseconds), then landing day, then file (``file_no``: its rank by
+#: path among that day's files, 16 bits), then line (40 bits).
 ORDER_KEY = (
     "(epoch_us(updated_at)::HUGEINT * (1::HUGEINT << 72)"
     " + ((date - DATE '1970-01-01')::HUGEINT << 56)"
-    " + ((hash(source_file) % 65536)::HUGEINT << 40)"
+    " + (least(file_no, 65535)::HUGEINT << 40)"
     " + source_line)"
 )
 SHORT_WINDOW_DAYS = 30
@@ -47,11 +53,18 @@ def profiles_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[str, dict[st
         "since_short": end - dt.timedelta(days=SHORT_WINDOW_DAYS),
         "since_affinity": end - dt.timedelta(days=AFFINITY_WINDOW_DAYS),
     }
+    # arg_max_null: the latest given record's value, NULL when that record cleared it
     latest = ",\n            ".join(
-        f"arg_max({a}, ord) FILTER (WHERE {a} IS NOT NULL) AS {a}" for a in ATTRIBUTES
+        f"arg_max_null({a}, ord) FILTER (WHERE {a} IS NOT NULL OR list_contains(cleared, '{a}')) AS {a}"
+        for a in ATTRIBUTES
     )
+    raw = warehouse.scan("raw_profiles", upto=day)
     sql = f"""
-    WITH rp AS (SELECT *, {ORDER_KEY} AS ord FROM {warehouse.scan('raw_profiles', upto=day)}),
+    WITH files AS (  -- each landing day's files in name order (a later file wins a same-time tie)
+        SELECT date, source_file, row_number() OVER (PARTITION BY date ORDER BY source_file) - 1 AS file_no
+        FROM (SELECT DISTINCT date, source_file FROM {raw})
+    ),
+    rp AS (SELECT r.*, {ORDER_KEY} AS ord FROM {raw} r JOIN files USING (date, source_file)),
     ev AS (
         SELECT email, event_type, occurred_at, brand, category, revenue, utm_source
         FROM {warehouse.scan('raw_events', upto=day)}
@@ -60,7 +73,7 @@ def profiles_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[str, dict[st
     attrs AS (
         SELECT email,
             {latest},
-            coalesce(min(created_at), min(updated_at)) AS created_at,
+            min(created_at) AS first_created_at,
             max(updated_at) AS updated_at,
             min(updated_at) AS first_profile_at
         FROM rp GROUP BY email
@@ -97,9 +110,8 @@ def profiles_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[str, dict[st
         md5(i.email)[1:16] AS identity_id,
         i.email,
         {', '.join(f'a.{x}' for x in ATTRIBUTES)},
-        coalesce(a.created_at, ac.first_event_at) AS created_at,
         a.updated_at,
-        least(a.first_profile_at, a.created_at, ac.first_event_at) AS first_seen_at,
+        least(a.first_profile_at, a.first_created_at, ac.first_event_at) AS first_seen_at,
         greatest(a.updated_at, ac.last_event_at) AS last_seen_at,
         coalesce(ac.order_count, 0) AS order_count,
         coalesce(ac.total_revenue, 0) AS total_revenue,

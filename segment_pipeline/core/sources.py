@@ -38,7 +38,9 @@ class SourceOptions(BaseModel):
       mark, when present, wins). Default ``utf-8``: bytes that are not UTF-8 quarantine their row.
     * ``csv_empty_cell``: ``keep`` (default) treats an empty CSV cell as "no value given", so the
       attribute keeps its earlier value; ``clear`` treats it as an explicit null that clears it.
-      (NDJSON needs no setting: a missing key keeps, an explicit ``null`` clears.)
+      A Parquet null or empty value follows the same setting (a table has a cell for every
+      column, like CSV); a column the file does not have always keeps. (NDJSON needs no
+      setting: a missing key keeps, an explicit ``null`` or ``""`` clears.)
     * ``timestamp_tolerance_hours``: how far past the end of the landing day (UTC) a timestamp may
       be before its row is quarantined. The default, 15 h, accepts every real time zone's local
       day (UTC-12 is 12 h behind; UTC+14 is ahead and so never late) plus clock skew.

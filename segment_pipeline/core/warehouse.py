@@ -33,7 +33,7 @@ PARTITION_FILE = "data.parquet"
 
 SCHEMAS: dict[str, dict[str, str]] = {
     "raw_profiles": {
-        "email": "VARCHAR",  # normalized: trimmed, lowercased
+        "email": "VARCHAR",  # normalized (core/identity.py): stripped, lowercased
         "email_raw": "VARCHAR",
         "customer_id": "VARCHAR",
         "first_name": "VARCHAR",
@@ -48,6 +48,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "loyalty_tier": "VARCHAR",
         "created_at": "TIMESTAMP",
         "updated_at": "TIMESTAMP",
+        "cleared": "VARCHAR[]",  # attributes this record explicitly clears (NULL: none)
         "source_file": "VARCHAR",
         "source_line": "BIGINT",
     },
@@ -202,6 +203,7 @@ class Warehouse:
 
         The relation has the table's columns plus ``date`` (DATE). With no partitions it is an
         empty relation of the same shape, so downstream SQL never special-cases a fresh start.
+        Partitions written before a column was added read it as NULL (columns match by name).
         """
         if days is not None:
             wanted = sorted({as_date(d) for d in days})
@@ -215,7 +217,7 @@ class Warehouse:
         if not selected:
             return self.empty_relation(table)
         files = ", ".join(sql_string(str(self.partition_path(table, d))) for d in selected)
-        return f"read_parquet([{files}], hive_partitioning = true, hive_types = {{'date': 'DATE'}})"
+        return f"read_parquet([{files}], hive_partitioning = true, hive_types = {{'date': 'DATE'}}, union_by_name = true)"
 
     @staticmethod
     def empty_relation(table: str) -> str:

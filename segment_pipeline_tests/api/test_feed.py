@@ -141,6 +141,12 @@ def test_identity_email_normalized_like_ingestion(env, client):
     headers = {"Authorization": f"Bearer {env.api_key}"}  # API keys work too
     r = client.get("/identities/%20%20JANE@Example.COM%20", headers=headers)
     assert r.status_code == 200 and r.json()["email"] == "jane@example.com"
+    # a leading zero-width space and a trailing NBSP are stripped, as ingestion strips them
+    invisible = client.get("/identities/%E2%80%8BJane@Example.com%C2%A0", headers=headers)
+    assert invisible.status_code == 200 and invisible.json()["email"] == "jane@example.com"
+    # what ingestion quarantines is no identity: 400, not 404
+    assert [client.get(f"/identities/{bad}", headers=headers).status_code
+            for bad in ("vera..w@example.org", "user@domain.c", "ja%E2%80%8Bne@example.com")] == [400] * 3
     hostile = client.get("/identities/joe@example.com", headers=headers).json()
     assert hostile["segments"] == [{"id": "../x", "name": "Hostile 'name', ü"}]
     assert client.get("/identities/not-an-email", headers=headers).status_code == 400

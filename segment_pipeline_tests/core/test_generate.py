@@ -157,6 +157,9 @@ class Landing:
         self.events: list[tuple[dt.date, dict]] = []
         self.bad_profiles: list[tuple[str, dict | str]] = []
         self.bad_events: list[tuple[str, dict | str]] = []
+        #: key sets of the valid profile records as written (NDJSON leaves unset attributes out)
+        self.profile_keys: list[frozenset[str]] = []
+        self.explicit_nulls = 0  # NDJSON profile records with a key set to null
         for i in range(days):
             day = START + dt.timedelta(days=i)
             for kind, check, good, bad in (
@@ -166,7 +169,11 @@ class Landing:
                 path = root / kind / f"date={day}" / f"{kind}-{day}.{fmt}"
                 for rec in read_records(path):
                     problem = check(rec, day)
-                    if problem is None:
+                    if problem is None and kind == "profiles":
+                        self.profile_keys.append(frozenset(rec))
+                        self.explicit_nulls += fmt == "ndjson" and None in rec.values()
+                        good.append((day, {f: rec.get(f) for f in PROFILE_NAMES}))
+                    elif problem is None:
                         good.append((day, rec))
                     else:
                         bad.append((problem, rec))
@@ -330,10 +337,14 @@ def test_updates_and_email_variants(sample):
         assert len(by_email[norm_email(r["email"])]) >= 2, "a variant always belongs to a known customer"
     updated = [recs for recs in by_email.values() if len(recs) > 1]
     assert len(updated) >= 200
-    partial = [r for recs in updated for r in recs[1:] if r["first_name"] is None]
-    assert any(r["city"] is not None for r in partial)
-    assert any(r["phone"] is not None for r in partial)
-    assert any(r["loyalty_tier"] is not None for r in partial)
+    partial = [r for recs in updated for r in recs[1:] if r.get("first_name") is None]
+    assert any(r.get("city") is not None for r in partial)
+    assert any(r.get("phone") is not None for r in partial)
+    assert any(r.get("loyalty_tier") is not None for r in partial)
+    # a partial update leaves out what it does not change (an explicit null would clear it)
+    assert landing.explicit_nulls == 0
+    assert all({"email", "updated_at"} <= keys <= set(PROFILE_NAMES) for keys in landing.profile_keys)
+    assert any("first_name" not in keys and "city" in keys for keys in landing.profile_keys)
     for recs in updated:
         assert recs[0]["created_at"] == recs[0]["updated_at"], "first record is the signup"
         assert len({r["customer_id"] for r in recs} - {None}) <= 1

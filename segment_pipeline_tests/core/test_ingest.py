@@ -6,6 +6,7 @@ import duckdb
 import pytest
 
 from segment_pipeline.core.ingest import LandingFileError, ingest_day
+from segment_pipeline.core.sources import SourceOptions
 from segment_pipeline.core.warehouse import Warehouse, connect
 from segment_pipeline_tests.landing import event, profile, write_csv, write_ndjson, write_parquet
 
@@ -38,7 +39,7 @@ def test_ndjson_profiles_bad_rows_are_quarantined_with_reason_file_and_line(tmp_
     assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (9, 2, 7)
     quarantined = rows(wh, "quarantine_profiles", "source_line, reason, source_file")
     assert [(line, reason) for line, reason, _ in quarantined] == [
-        (2, "invalid email syntax in field email"),
+        (2, "email: no @"),
         (4, "updated_at: not a valid ISO 8601 timestamp"),
         (5, "line is not valid JSON"),
         (6, "line is not a JSON object"),
@@ -105,7 +106,7 @@ def test_csv_and_parquet_landing_files(tmp_path, wh):
     ]
     quarantined = rows(wh, "quarantine_profiles", "source_file, source_line, reason")
     assert [(f.rsplit(".", 1)[-1], line, r) for f, line, r in quarantined] == [
-        ("csv", 3, "invalid email syntax in field email"),
+        ("csv", 3, "email: no @"),
         ("parquet", 2, "updated_at: not a valid ISO 8601 timestamp"),
     ]
 
@@ -126,7 +127,7 @@ def test_unparsable_csv_rows_are_quarantined_not_dropped(tmp_path, wh):
     assert rows(wh, "raw_profiles", "email, source_line") == [("a@example.com", 2), ("c@example.com", 4), ("d@example.com", 6)]
     (line, reason, raw), (line2, reason2, _) = rows(wh, "quarantine_profiles", "source_line, reason, raw")
     assert line == 3 and reason.startswith("unparsable CSV row") and "EXTRA" in raw
-    assert (line2, reason2) == (5, "invalid email syntax in field email")  # numbered past the rejected line
+    assert (line2, reason2) == (5, "email: no @")  # numbered past the rejected line
 
 
 @pytest.mark.parametrize(
@@ -185,3 +186,30 @@ def test_invalid_utf8_quarantines_the_line_not_the_file(tmp_path, wh):
     report = ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
     assert (report.rows_valid, report.rows_quarantined) == (1, 1)
     assert rows(wh, "quarantine_events", "source_line, reason") == [(2, "line is not valid UTF-8")]
+
+
+def test_ndjson_explicit_null_or_empty_string_clears_and_a_missing_key_keeps(tmp_path, wh):
+    write_ndjson(tmp_path, "profiles", DAY, [
+        {"email": "a@example.com", "updated_at": "2026-11-03T08:00:00Z", "country": None, "phone": "  ", "city": "Rome"},
+        {"email": "b@example.com", "updated_at": "2026-11-03T08:00:00Z", "created_at": None, "dob": ""},
+        {"email": "c@example.com", "updated_at": "2026-11-03T08:00:00Z"},
+    ])
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY)
+    assert rows(wh, "raw_profiles", "email, cleared, city") == [
+        ("a@example.com", ["phone", "country"], "Rome"),  # in CLEARABLE order
+        ("b@example.com", ["dob", "created_at"], None),
+        ("c@example.com", None, None),  # nothing given, nothing cleared
+    ]
+
+
+def test_csv_empty_cells_clear_only_when_the_source_says_so(tmp_path, wh):
+    write_csv(tmp_path, "profiles", DAY, ["email", "updated_at", "country", "city"], [
+        ["a@example.com", "2026-11-03T08:00:00Z", "", "Rome"],
+        ["b@example.com", "2026-11-03T08:00:00Z", "", ""],
+    ])
+    con = connect(preserve_order=True)
+    ingest_day(con, wh, tmp_path, "profiles", DAY)
+    assert rows(wh, "raw_profiles", "email, cleared") == [("a@example.com", None), ("b@example.com", None)]
+    ingest_day(con, wh, tmp_path, "profiles", DAY, SourceOptions(csv_empty_cell="clear"))
+    # only columns the file has: first_name, phone, ... are not in the header and are kept
+    assert rows(wh, "raw_profiles", "email, cleared") == [("a@example.com", ["country"]), ("b@example.com", ["country", "city"])]

@@ -192,3 +192,27 @@ def test_invalid_segment_file_stops_the_code_location_with_a_clear_message(tmp_p
     assert proc.returncode != 0
     assert "segment 'vip'" in output and problem in output and str(bad) in output
     assert "RecursionError" not in output
+
+
+def test_sources_file_decides_what_an_empty_csv_cell_means(tmp_path, monkeypatch):
+    """As a user would: a sources file says the profiles export's empty cells clear attributes."""
+    from segment_pipeline_tests.landing import profile, write_csv, write_ndjson
+
+    landing = tmp_path / "landing"
+    write_ndjson(landing, "profiles", FIRST, [profile("a@example.com", f"{FIRST}T08:00:00Z", country="DE", phone="+4930123")])
+    write_csv(landing, "profiles", "2026-11-02", ["email", "updated_at", "country", "phone"],
+              [["a@example.com", "2026-11-02T08:00:00Z", "", "+4930999"]])
+    sources = tmp_path / "sources.yaml"
+    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", str(sources))
+    res = {"warehouse": WarehouseResource(root=str(tmp_path / "wh")), "landing": LandingZoneResource(root=str(landing))}
+    wh = Warehouse(tmp_path / "wh")
+
+    def country_on_day_two() -> str | None:
+        result = dg.materialize([ingest_profiles, profiles], resources=res, tags=range_tags(FIRST, "2026-11-02"))
+        assert result.success
+        return duckdb.connect().execute(
+            f"SELECT country FROM {wh.scan('profiles', days=['2026-11-02'])}").fetchall()[0][0]
+
+    assert country_on_day_two() == "DE"  # no sources file: an empty cell keeps
+    sources.write_text("sources:\n  profiles:\n    csv_empty_cell: clear\n")
+    assert country_on_day_two() is None

@@ -2,7 +2,9 @@
 
 import dagster as dg
 
+from segment_pipeline import settings
 from segment_pipeline.core.ingest import KINDS, ingest_day
+from segment_pipeline.core.sources import source_options
 from segment_pipeline.core.warehouse import connect
 from segment_pipeline.defs.automation.conditions import DAILY
 from segment_pipeline.defs.partitions import daily_partitions, partition_days, single_run
@@ -38,8 +40,9 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
         wh = warehouse.get()
         con = connect(preserve_order=True)
         worst = (0.0, None)
+        options = source_options(settings.sources_file(), kind)  # the landing folder is the source
         for day in partition_days(context):
-            report = ingest_day(con, wh, landing.root, kind, day)
+            report = ingest_day(con, wh, landing.root, kind, day, options)
             key = day.isoformat()
             context.log.info(
                 f"{kind} {key}: {report.rows_valid} valid, {report.rows_quarantined} quarantined "
