@@ -3,6 +3,7 @@
 import dagster as dg
 
 from segment_pipeline.core.ingest import KINDS, ingest_day
+from segment_pipeline.core.landing_watch import VERSIONS_METADATA_KEY, kind_file_versions, versions_metadata
 from segment_pipeline.core.warehouse import connect
 from segment_pipeline.defs.automation.conditions import DAILY
 from segment_pipeline.defs.partitions import daily_partitions, partition_days, single_run
@@ -39,8 +40,10 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
         con = connect(preserve_order=True)
         worst = (0.0, None)
         for day in partition_days(context):
-            report = ingest_day(con, wh, landing.root, kind, day)
             key = day.isoformat()
+            # taken before reading: tells the landing sensor this version of the day is processed
+            versions = versions_metadata(kind_file_versions(landing.root, kind, key))
+            report = ingest_day(con, wh, landing.root, kind, day)
             context.log.info(
                 f"{kind} {key}: {report.rows_valid} valid, {report.rows_quarantined} quarantined "
                 f"from {len(report.files)} file(s)"
@@ -52,6 +55,7 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
                     "rows_quarantined": report.rows_quarantined,
                     "quarantine_ratio": report.quarantine_ratio,
                     "files": dg.MetadataValue.json(report.files),
+                    VERSIONS_METADATA_KEY: dg.MetadataValue.json(versions),
                     "path": dg.MetadataValue.path(str(wh.partition_path(f"raw_{kind}", day))),
                 },
                 asset_key=raw_key,
