@@ -80,48 +80,20 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run the main pipeline on the shipped sample data (a range backfill in one Dagster run)",
         description=(
-            "Materializes the daily_segments job's assets for the sample's date range with "
-            "`dagster asset materialize --partition-range` (printed before it runs). Runs are kept "
-            "in DAGSTER_HOME (default: .dagster_home in the project), so `dg dev` shows them after."
+            "Runs the daily_segments job for the sample's days as one Dagster run in DAGSTER_HOME "
+            "(default: .dagster_home in the project, set up from deploy/dagster.yaml), closes the daily "
+            "partitions at the sample's last day (SEGMENT_PIPELINE_END_DATE in the project's .env), prints "
+            "one line per stage and a summary with counts, and the command that opens the UI on the run."
         ),
     )
     p.add_argument("--start", default=None, help="first day (default: the sample's first day)")
     p.add_argument("--end", default=None, help="last day (default: the sample's last day)")
+    p.add_argument("--verbose", action="store_true", help="also print Dagster's own run log (every event)")
 
     def run(args: argparse.Namespace) -> int:
-        import os
-        import shlex
-        import shutil
-        import subprocess
-        from pathlib import Path
+        from segment_pipeline.demo import run_demo
 
-        from segment_pipeline import settings
-        from segment_pipeline.defs.jobs import DAILY_SELECTION
-
-        days = sorted(p.name[5:] for p in (Path(settings.landing_root()) / "events").glob("date=*"))
-        if not days and not (args.start and args.end):
-            print(f"no landing files under {settings.landing_root()}; run `segment-pipeline generate` first")
-            return 2
-        start, end = args.start or days[0], args.end or days[-1]
-        env = dict(os.environ)
-        env.setdefault("DAGSTER_HOME", str(settings.base_dir() / ".dagster_home"))
-        Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-        template, instance_yaml = settings.PROJECT_ROOT / "dagster.yaml", Path(env["DAGSTER_HOME"]) / "dagster.yaml"
-        if template.is_file() and not instance_yaml.exists():
-            shutil.copyfile(template, instance_yaml)
-            print(f"instance settings: copied {template} to {instance_yaml}")
-        cmd = [
-            sys.executable, "-m", "dagster", "asset", "materialize", "-m", "segment_pipeline.definitions",
-            "--select", DAILY_SELECTION, "--partition-range", f"{start}...{end}",
-        ]
-        print(f"DAGSTER_HOME={env['DAGSTER_HOME']} dagster " + " ".join(shlex.quote(c) for c in cmd[3:]), flush=True)
-        code = subprocess.call(cmd, env=env)
-        if code == 0:
-            print(
-                f"\nDone: warehouse at {settings.warehouse_root()}, exports under {_export_location()}.\n"
-                f"See it in the UI: DAGSTER_HOME={env['DAGSTER_HOME']} dg dev"
-            )
-        return code
+        return run_demo(args.start, args.end, verbose=args.verbose, export_location=_export_location)
 
     p.set_defaults(func=run)
 
