@@ -22,9 +22,9 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name=f"ingest_{kind}",
         specs=[
-            dg.AssetSpec(raw_key, description=f"Validated {kind} rows as they landed each day (Parquet).",
+            dg.AssetSpec(raw_key, description=f"Validated {kind[:-1]} rows as they landed each day (Parquet).",
                          kinds={"duckdb", "parquet"}, group_name="raw", automation_condition=DAILY),
-            dg.AssetSpec(quarantine_key, description=f"Rejected {kind} rows with reason, source file and line.",
+            dg.AssetSpec(quarantine_key, description=f"Rejected {kind[:-1]} rows with reason, source file and line.",
                          kinds={"duckdb", "parquet"}, group_name="raw", automation_condition=DAILY),
         ],
         check_specs=[
