@@ -126,11 +126,15 @@ class RunWatcher:
     """Follows one run's events in the instance (the same records the UI shows) and reports each
     stage when it finishes. Runs on a thread while the run executes in the main thread."""
 
-    def __init__(self, home_tag: str, out: TextIO, interval: float = 0.3):
-        self.tag, self.out, self.interval = home_tag, out, interval
+    def __init__(self, instance, home_tag: str, out: TextIO, interval: float = 0.3):
+        # one instance object for the run and the watcher: its storage serializes the creation of
+        # SQLite databases (two instance objects on a fresh DAGSTER_HOME race to create the schema)
+        self.instance, self.tag, self.out, self.interval = instance, home_tag, out, interval
         self.stages = {name: StageProgress(name) for name in STAGES}
         self.run_id: str | None = None
         self.reported = 0
+        self.errors: list[Exception] = []
+        self._lock = threading.Lock()
         self._cursor: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="demo-progress", daemon=True)
@@ -140,19 +144,21 @@ class RunWatcher:
         return self
 
     def stop(self) -> None:
+        """Stop following and read whatever is left: every stage of a finished run is reported,
+        even if the thread missed events or hit an error."""
         self._done.set()
         self._thread.join()
+        with self._lock:
+            self.poll(self.instance)
 
     def _loop(self) -> None:
-        import dagster as dg
-
-        with dg.DagsterInstance.get() as instance:
-            while True:
-                finished = self._done.is_set()
-                self.poll(instance)
-                if finished:
-                    return
-                self._done.wait(self.interval)
+        while not self._done.is_set():
+            try:
+                with self._lock:
+                    self.poll(self.instance)
+            except Exception as exc:  # e.g. SQLite busy while the run writes: try again next time
+                self.errors.append(exc)
+            self._done.wait(self.interval)
 
     def poll(self, instance) -> None:
         import dagster as dg
@@ -351,13 +357,13 @@ def run_demo(start: str | None, end: str | None, verbose: bool = False, out: Tex
             "segment_pipeline/trigger": "segment-pipeline demo"}
     run_config = None if verbose else {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     started = time.time()
-    watcher = RunWatcher(tag, out).start()
-    try:
-        with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.get() as instance:
+        watcher = RunWatcher(instance, tag, out).start()
+        try:
             result = dg.execute_job(dg.reconstructable(daily_segments_job), instance=instance,
                                     run_config=run_config, tags=tags)
-    finally:
-        watcher.stop()
+        finally:
+            watcher.stop()
     took = time.time() - started
     run_id = result.run_id
     warehouse, exports = settings.warehouse_root(), export_location() if export_location else ""
