@@ -67,7 +67,7 @@ def prepare_instance(home: Path) -> str | None:
     target = home / "dagster.yaml"
     if settings.INSTANCE_TEMPLATE.is_file() and not target.exists():
         shutil.copyfile(settings.INSTANCE_TEMPLATE, target)
-        return f"instance: {home} (settings copied from {_rel(settings.INSTANCE_TEMPLATE)})"
+        return f"instance: {_rel(home)} (settings copied from {_rel(settings.INSTANCE_TEMPLATE)})"
     return None
 
 
@@ -236,7 +236,9 @@ def describe_stage(name: str, metadata: dict[str, dict[str, dict]]) -> str:
                 f"memberships on {max(per_day, default='-')}")
     if name == "segment_feed_daily":
         per_day = metadata.get("segment_feed_daily", {})
-        return f"{len(per_day)} days: daily feed written"
+        last = _last(per_day)
+        return (f"{len(per_day)} days: {len(per_day)} feed files, {int(last.get('rows') or 0):,} identities "
+                f"in the file of {max(per_day, default='-')}")
     return f"{sum(len(v) for v in metadata.values())} materializations"
 
 

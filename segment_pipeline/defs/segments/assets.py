@@ -191,8 +191,9 @@ def _summary_table(stats) -> str:
     return "\n".join(lines)
 
 
-PREVIEW_COLUMNS = (("email", "string"), ("country", "string"), ("city", "string"), ("orders", "int"),
-                   ("revenue", "string"), ("top_brand", "string"))
+#: Few, narrow columns: the table is shown inline in the asset page's metadata column.
+PREVIEW_COLUMNS = (("email", "string"), ("country", "string"), ("orders", "int"), ("revenue", "string"),
+                   ("top_brand", "string"))
 
 
 def preview_caption(member_count: int) -> str:
@@ -218,7 +219,7 @@ def _previews(con, wh: Warehouse, day: dt.date, segment_ids: list[str]) -> dict[
         return {}
     rows = con.execute(
         f"""
-        SELECT m.segment_id, m.email, p.country, p.city, p.order_count, p.total_revenue, p.top_brand_90d
+        SELECT m.segment_id, m.email, p.country, p.order_count, p.total_revenue, p.top_brand_90d
         FROM (SELECT * FROM {wh.scan('memberships', days=[day])}
               QUALIFY row_number() OVER (PARTITION BY segment_id ORDER BY email) <= {PREVIEW_ROWS}) m
         LEFT JOIN {wh.scan('profiles', days=[day])} p USING (identity_id)
@@ -226,9 +227,9 @@ def _previews(con, wh: Warehouse, day: dt.date, segment_ids: list[str]) -> dict[
         """
     ).fetchall()
     records: dict[str, list[dg.TableRecord]] = {}
-    for seg_id, email, country, city, orders, revenue, brand in rows:
+    for seg_id, email, country, orders, revenue, brand in rows:
         records.setdefault(seg_id, []).append(dg.TableRecord({
-            "email": email, "country": country, "city": city, "orders": orders,
+            "email": email, "country": country, "orders": orders,
             "revenue": f"{revenue:.2f}" if revenue is not None else None, "top_brand": brand,
         }))
     return {seg: _preview_table(recs) for seg, recs in records.items()}
