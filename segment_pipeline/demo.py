@@ -17,11 +17,17 @@ What it does, in order:
 
 Output shape (one line per stage; counts are the run's materialization metadata)::
 
-    [1/5] ingest_profiles      14 days: 6,069 rows valid, 11 quarantined
-    ...
-    Done in 12s: run 2a93c778 (daily_segments, 2026-11-01...2026-11-14) succeeded.
-      days          14 (2026-11-01 .. 2026-11-14)
+      [1/5] ingest_events        14 days: 9,114 event rows valid, 34 quarantined  (4.9s)
       ...
+      [5/5] segment_feed_daily   14 days: 14 feed files, 3,000 identities in the file of 2026-11-14  (1.9s)
+
+    Done in 35s: run 3dfe814e (daily_segments, 2026-11-01...2026-11-14) succeeded.
+      days           14 (2026-11-01 .. 2026-11-14)
+      identities     3,000 on 2026-11-14
+      ...
+
+A failed stage prints ``FAILED``, and after the run its error (innermost cause, which names the
+file, row or segment) and the run id to open in the UI; the exit code is then 1.
 """
 
 from __future__ import annotations
@@ -205,8 +211,12 @@ class RunWatcher:
         self.reported += 1
         n = self.reported
         took = f"{stage.finished - stage.started:.1f}s" if stage.started and stage.finished else ""
-        what = f"FAILED: {stage.failed}" if stage.failed else describe_stage(stage.name, stage.metadata)
+        what = "FAILED (the error is below)" if stage.failed else describe_stage(stage.name, stage.metadata)
         print(f"  [{n}/{len(STAGES)}] {stage.name:<20} {what}  ({took})", file=self.out, flush=True)
+
+
+def _days(per_day: dict) -> str:
+    return f"{len(per_day)} day{'s' if len(per_day) != 1 else ''}"
 
 
 def _sum(per_day: dict[str, dict], key: str) -> int:
@@ -222,22 +232,22 @@ def describe_stage(name: str, metadata: dict[str, dict[str, dict]]) -> str:
     if name.startswith("ingest_"):
         kind = name.removeprefix("ingest_")
         raw = metadata.get(f"raw_{kind}", {})
-        return (f"{len(raw)} days: {_sum(raw, 'rows_valid'):,} {kind.rstrip('s')} rows valid, "
+        return (f"{_days(raw)}: {_sum(raw, 'rows_valid'):,} {kind.rstrip('s')} rows valid, "
                 f"{_sum(raw, 'rows_quarantined'):,} quarantined")
     if name == "profiles":
         per_day = metadata.get("profiles", {})
         last = _last(per_day)
-        return f"{len(per_day)} days: {int(last.get('identities') or 0):,} identities on {max(per_day, default='-')}"
+        return f"{_days(per_day)}: {int(last.get('identities') or 0):,} identities on {max(per_day, default='-')}"
     if name == "compute_memberships":
         per_day = metadata.get("memberships", {})
         last = _last(per_day)
         segments = sum(int(last.get(k) or 0) for k in ("segments_refreshed", "segments_frozen", "segments_skipped"))
-        return (f"{len(per_day)} days: {segments} segments, {int(last.get('total_memberships') or 0):,} "
+        return (f"{_days(per_day)}: {segments} segments, {int(last.get('total_memberships') or 0):,} "
                 f"memberships on {max(per_day, default='-')}")
     if name == "segment_feed_daily":
         per_day = metadata.get("segment_feed_daily", {})
         last = _last(per_day)
-        return (f"{len(per_day)} days: {len(per_day)} feed files, {int(last.get('rows') or 0):,} identities "
+        return (f"{_days(per_day)}: {len(per_day)} feed files, {int(last.get('rows') or 0):,} identities "
                 f"in the file of {max(per_day, default='-')}")
     return f"{sum(len(v) for v in metadata.values())} materializations"
 

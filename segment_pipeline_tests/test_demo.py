@@ -142,3 +142,22 @@ def test_pin_partitions_writes_the_end_date_once_and_keeps_a_set_one(tmp_path, m
 
 def test_sample_days_are_the_day_folders():
     assert sample_days(SAMPLE) == [f"2026-11-{d:02d}" for d in range(1, 15)]
+
+
+def test_a_failing_stage_is_named_with_its_error_and_the_run_to_open(tmp_path):
+    landing = tmp_path / "landing"
+    copy_days(landing, DAYS[:1])
+    bad = landing / "events" / f"date={DAYS[0]}" / "partner.csv"
+    bad.write_text("foo,bar\n1,2\n")  # a CSV without the required columns: the day cannot be read
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGMENT_PIPELINE_", "DAGSTER_"))}
+    env.update({"DAGSTER_HOME": str(tmp_path / "home"), "SEGMENT_PIPELINE_LANDING": str(landing),
+                "SEGMENT_PIPELINE_WAREHOUSE": str(tmp_path / "warehouse"),
+                "SEGMENT_PIPELINE_EXPORT_DIR": str(tmp_path / "exports"), "SEGMENT_PIPELINE_END_DATE": DAYS[0]})
+    proc = subprocess.run([sys.executable, "-m", "segment_pipeline.cli", "demo"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=DEMO_TIMEOUT)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert len(proc.stdout.splitlines()) <= 15 and "DEBUG" not in proc.stdout + proc.stderr
+    assert re.search(r"\[\d/5\] ingest_events\s+FAILED", proc.stdout), proc.stdout
+    assert re.search(r"\n  ingest_events: .*partner\.csv", proc.stdout), proc.stdout  # the error names the file
+    assert re.search(r"Failed after \d+s: run \w{8} \(daily_segments, 2026-11-01\.\.\.2026-11-01\)", proc.stdout)
+    assert "Runs -> " in proc.stdout
