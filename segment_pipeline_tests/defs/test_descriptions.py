@@ -62,3 +62,24 @@ def test_segment_assets_keep_the_rule_as_definition_metadata(specs):
 ])
 def test_preview_caption_says_what_part_is_shown(members, caption):
     assert preview_caption(members) == caption
+
+
+def test_no_long_markdown_metadata_that_opens_scrolled_to_its_end(tmp_path):
+    """The UI shows a Markdown value over 1,000 characters in a dialog that opens scrolled to its
+    end; tables render inline from the first row. The memberships summary and the segment previews
+    are tables."""
+    from segment_pipeline_tests.defs.test_pipeline import FIRST, pipeline_assets, range_tags, resources
+
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize(pipeline_assets(), instance=instance, resources=resources(tmp_path),
+                          tags=range_tags(FIRST, FIRST)).success
+    keys = [k for k in instance.get_asset_keys() if k.path[0] in ("memberships", "segment")]
+    assert len(keys) > 10
+    for key in keys:
+        (record,) = instance.fetch_materializations(key, limit=1).records
+        metadata = record.asset_materialization.metadata
+        for label, value in metadata.items():
+            assert not (isinstance(value, dg.MarkdownMetadataValue) and len(value.md_str) >= 1000), (key, label)
+    summary = instance.fetch_materializations(dg.AssetKey("memberships"), limit=1).records[0]
+    table = summary.asset_materialization.metadata["summary"]
+    assert isinstance(table, dg.TableMetadataValue) and [c.name for c in table.schema.columns][:2] == ["segment", "name"]

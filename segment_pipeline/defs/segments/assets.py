@@ -124,7 +124,7 @@ def build_memberships_asset(catalog: Catalog) -> dg.AssetsDefinition:
                     "segments_frozen": sum(s.status == "frozen" for s in report.stats),
                     "segments_skipped": sum(s.status == "skipped" for s in report.stats),
                     **counts,
-                    "summary": dg.MetadataValue.md(_summary_table(report.stats)),
+                    "summary": _summary_table(report.stats),
                     "path": dg.MetadataValue.path(str(wh.partition_path("memberships", day))),
                 },
                 asset_key=MEMBERSHIPS,
@@ -183,12 +183,17 @@ def build_memberships_asset(catalog: Catalog) -> dg.AssetsDefinition:
     return compute_memberships_asset
 
 
-def _summary_table(stats) -> str:
-    lines = ["| segment | name | type | status | members | added | removed |", "|---|---|---|---|---|---|---|"]
-    for s in stats:
-        name = s.name.replace("|", "\\|")
-        lines.append(f"| {s.segment_id} | {name} | {s.type} | {s.status} | {s.member_count} | {s.added} | {s.removed} |")
-    return "\n".join(lines)
+def _summary_table(stats) -> dg.TableMetadataValue:
+    """Every segment of the day: a table (shown inline from its first row; a long Markdown value
+    would open in a dialog scrolled to its end)."""
+    columns = (("segment", "string"), ("name", "string"), ("type", "string"), ("status", "string"),
+               ("members", "int"), ("added", "int"), ("removed", "int"))
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"segment": s.segment_id, "name": s.name, "type": s.type, "status": s.status,
+                                 "members": s.member_count, "added": s.added, "removed": s.removed})
+                 for s in stats],
+        schema=dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in columns]),
+    )
 
 
 #: Few, narrow columns: the table is shown inline in the asset page's metadata column.
