@@ -334,6 +334,15 @@ def _rel(path: Path | str) -> str:
         return str(path)
 
 
+def _shell_home(home: Path) -> str:
+    """DAGSTER_HOME for a command to copy: Dagster needs an absolute path, so ``$PWD/...`` when the
+    folder is under the current one, else the absolute path (shell-quoted)."""
+    import shlex
+
+    rel = _rel(home)
+    return f"$PWD/{rel}" if not Path(rel).is_absolute() else shlex.quote(str(Path(home).resolve()))
+
+
 def run_demo(start: str | None, end: str | None, verbose: bool = False, out: TextIO = sys.stdout,
              export_location: Callable[[], str] | None = None) -> int:
     """The ``demo`` command. Returns the exit code (0 when the run succeeded)."""
@@ -348,7 +357,8 @@ def run_demo(start: str | None, end: str | None, verbose: bool = False, out: Tex
               "`segment-pipeline generate --out <folder>` and point SEGMENT_PIPELINE_LANDING at it", file=out)
         return 2
     start, end = start or days[0], end or days[-1]
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.base_dir() / ".dagster_home")))
+    home = Path(os.environ.get("DAGSTER_HOME") or settings.base_dir() / ".dagster_home").expanduser().resolve()
+    os.environ["DAGSTER_HOME"] = str(home)  # Dagster needs it absolute
 
     print(f"segment-pipeline demo: the daily pipeline on {_rel(landing)}, {start} .. {end}", file=out)
     if (note := prepare_instance(home)) is not None:
@@ -379,7 +389,7 @@ def run_demo(start: str | None, end: str | None, verbose: bool = False, out: Tex
     took = time.time() - started
     run_id = result.run_id
     warehouse, exports = settings.warehouse_root(), export_location() if export_location else ""
-    ui = f"DAGSTER_HOME={_rel(home)} dg dev"
+    ui = f"DAGSTER_HOME={_shell_home(home)} dg dev"
     if not result.success:
         failed = [s for s in watcher.stages.values() if s.failed]
         print(f"\nFailed after {took:.0f}s: run {run_id[:8]} (daily_segments, {start}...{end}).", file=out)

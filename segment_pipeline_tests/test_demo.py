@@ -71,7 +71,8 @@ def test_demo_prints_progress_per_stage_and_a_short_summary(demo):
         "ingest_events", "ingest_profiles"]
     assert [re.search(r"\[(\d)/5\]", ln).group(1) for ln in stages] == ["1", "2", "3", "4", "5"]
     assert re.search(r"Done in \d+s: run \w{8} \(daily_segments, 2026-11-01\.\.\.2026-11-03\) succeeded", proc.stdout)
-    assert "Open the UI on this instance:  DAGSTER_HOME=home dg dev" in proc.stdout
+    # Dagster wants an absolute DAGSTER_HOME: the command to copy says $PWD/...
+    assert "Open the UI on this instance:  DAGSTER_HOME=$PWD/home dg dev" in proc.stdout
 
 
 def test_demo_summary_counts_are_the_warehouse_counts(demo):
