@@ -39,7 +39,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
             "days unless --overwrite is given (the shipped sample in data/landing is one such folder)."
         ),
     )
-    p.add_argument("--out", required=True, help="landing folder to write into (required; e.g. /tmp/landing)")
+    p.add_argument("--out", required=True, help="landing folder to write into (required; e.g. my_landing)")
     p.add_argument("--profiles", type=int, default=3000, help="number of distinct customers")
     p.add_argument("--days", type=int, default=14, help="number of daily files per kind")
     p.add_argument("--events-per-profile", type=float, default=3.0, help="average events per profile")
