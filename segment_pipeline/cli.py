@@ -6,20 +6,70 @@ import argparse
 import sys
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where there is none (required, flags, unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.default in (None, False, "", argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser: help with defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpWithDefaults)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if "help" not in kwargs and kwargs.get("default") not in (None, False, "") and not kwargs.get("required"):
+            kwargs["help"] = "(default: %(default)s)"  # an option without help text still shows its default
+        return super().add_argument(*args, **kwargs)
+
+
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="write deterministic sample landing files")
+    p = sub.add_parser(
+        "generate",
+        help="write deterministic sample landing files",
+        description=(
+            "Writes <out>/profiles/date=YYYY-MM-DD/ and <out>/events/date=YYYY-MM-DD/ files for --days days "
+            "from --start. Same arguments, same bytes. Refuses to replace existing landing files of those "
+            "days unless --overwrite is given (the shipped sample in data/landing is one such folder)."
+        ),
+    )
+    p.add_argument("--out", required=True, help="landing folder to write into (required; e.g. my_landing)")
     p.add_argument("--profiles", type=int, default=3000, help="number of distinct customers")
     p.add_argument("--days", type=int, default=14, help="number of daily files per kind")
     p.add_argument("--events-per-profile", type=float, default=3.0, help="average events per profile")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="random seed (same seed and arguments, same bytes)")
     p.add_argument("--start", default="2026-11-01", help="first day (YYYY-MM-DD)")
-    p.add_argument("--out", default="data/landing", help="landing folder to write into")
-    p.add_argument("--format", choices=["ndjson", "csv", "parquet"], default="ndjson")
+    p.add_argument("--format", choices=["ndjson", "csv", "parquet"], default="ndjson", help="file format")
     p.add_argument("--malformed-rate", type=float, default=0.002, help="share of rows broken on purpose")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace landing files already present for the generated days")
 
     def run(args: argparse.Namespace) -> int:
+        import datetime as dt
+        from pathlib import Path
+
         from segment_pipeline.core.generate import generate_from_args
 
+        try:
+            first = dt.date.fromisoformat(args.start)
+        except ValueError:
+            print(f"--start {args.start!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
+            return 2
+        days = [(first + dt.timedelta(days=i)).isoformat() for i in range(max(args.days, 0))]
+        out = Path(args.out)
+        taken = sorted({d for d in days for kind in ("profiles", "events")
+                        if any((out / kind / f"date={d}").glob("*"))})
+        if taken and not args.overwrite:
+            span = taken[0] if len(taken) == 1 else f"{taken[0]}..{taken[-1]}"
+            print(f"{out} already holds landing files for {len(taken)} of these days ({span}): "
+                  "choose an empty --out, or pass --overwrite to replace them", file=sys.stderr)
+            return 2
         return generate_from_args(args)
 
     p.set_defaults(func=run)
@@ -30,48 +80,20 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run the main pipeline on the shipped sample data (a range backfill in one Dagster run)",
         description=(
-            "Materializes the daily_segments job's assets for the sample's date range with "
-            "`dagster asset materialize --partition-range` (printed before it runs). Runs are kept "
-            "in DAGSTER_HOME (default: .dagster_home in the project), so `dg dev` shows them after."
+            "Runs the daily_segments job for the sample's days as one Dagster run in DAGSTER_HOME "
+            "(default: .dagster_home in the project, set up from deploy/dagster.yaml), closes the daily "
+            "partitions at the sample's last day (SEGMENT_PIPELINE_END_DATE in the project's .env), prints "
+            "one line per stage and a summary with counts, and the command that opens the UI on the run."
         ),
     )
     p.add_argument("--start", default=None, help="first day (default: the sample's first day)")
     p.add_argument("--end", default=None, help="last day (default: the sample's last day)")
+    p.add_argument("--verbose", action="store_true", help="also print Dagster's own run log (every event)")
 
     def run(args: argparse.Namespace) -> int:
-        import os
-        import shlex
-        import shutil
-        import subprocess
-        from pathlib import Path
+        from segment_pipeline.demo import run_demo
 
-        from segment_pipeline import settings
-        from segment_pipeline.defs.jobs import DAILY_SELECTION
-
-        days = sorted(p.name[5:] for p in (Path(settings.landing_root()) / "events").glob("date=*"))
-        if not days and not (args.start and args.end):
-            print(f"no landing files under {settings.landing_root()}; run `segment-pipeline generate` first")
-            return 2
-        start, end = args.start or days[0], args.end or days[-1]
-        env = dict(os.environ)
-        env.setdefault("DAGSTER_HOME", str(settings.base_dir() / ".dagster_home"))
-        Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-        template, instance_yaml = settings.PROJECT_ROOT / "dagster.yaml", Path(env["DAGSTER_HOME"]) / "dagster.yaml"
-        if template.is_file() and not instance_yaml.exists():
-            shutil.copyfile(template, instance_yaml)
-            print(f"instance settings: copied {template} to {instance_yaml}")
-        cmd = [
-            sys.executable, "-m", "dagster", "asset", "materialize", "-m", "segment_pipeline.definitions",
-            "--select", DAILY_SELECTION, "--partition-range", f"{start}...{end}",
-        ]
-        print(f"DAGSTER_HOME={env['DAGSTER_HOME']} dagster " + " ".join(shlex.quote(c) for c in cmd[3:]), flush=True)
-        code = subprocess.call(cmd, env=env)
-        if code == 0:
-            print(
-                f"\nDone: warehouse at {settings.warehouse_root()}, exports under {_export_location()}.\n"
-                f"See it in the UI: DAGSTER_HOME={env['DAGSTER_HOME']} dg dev"
-            )
-        return code
+        return run_demo(args.start, args.end, verbose=args.verbose, export_location=_export_location)
 
     p.set_defaults(func=run)
 
@@ -169,7 +191,7 @@ def _export_location() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segment-pipeline", description=__doc__)
+    parser = _Parser(prog="segment-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_demo(sub)

@@ -11,6 +11,11 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
+#: The Dagster instance template (run queue limits, retention, freshness): copied to
+#: ``$DAGSTER_HOME/dagster.yaml``. Kept out of the project root so ``dg dev`` does not warn that a
+#: root ``dagster.yaml`` "will not be used".
+INSTANCE_TEMPLATE = PROJECT_ROOT / "deploy" / "dagster.yaml"
+
 #: First day of the shipped sample data, and the default start of the daily partitions.
 DEFAULT_START_DATE = "2026-11-01"
 
@@ -38,6 +43,17 @@ def segments_file() -> str:
 
 def start_date() -> str:
     return os.environ.get("SEGMENT_PIPELINE_START_DATE", DEFAULT_START_DATE)
+
+
+def end_date() -> str | None:
+    """``SEGMENT_PIPELINE_END_DATE``: the last daily partition (inclusive, YYYY-MM-DD), or ``None``
+    (the default) for partitions that run through yesterday (UTC) and grow by one every day.
+
+    Set it only for a closed data set: the shipped sample (``segment-pipeline demo`` sets it to the
+    sample's last day in the project's ``.env``), a historical replay, a test. A live deployment
+    leaves it unset.
+    """
+    return os.environ.get("SEGMENT_PIPELINE_END_DATE") or None
 
 
 def sources_file() -> str:

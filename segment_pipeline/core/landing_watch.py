@@ -13,6 +13,11 @@ A file still being written is never picked up half-way:
 
 Profiles for day D read all raw data up to D and memberships(D) compare with D-1, so a change to
 day D affects D and every later day already computed: :func:`rerun_range` returns that range.
+
+*Already processed*: every ingestion run, whoever launched it (this sensor, ``segment-pipeline
+demo``, a CLI backfill, the UI), records the versions of the files it read in its materialization
+metadata (:data:`VERSIONS_METADATA_KEY`, :func:`versions_metadata`). A day whose current version
+equals what the latest ingestion of both kinds recorded is not run again (:meth:`LandingChanges.split`).
 No Dagster here: the sensor in ``defs/automation`` is a thin wrapper.
 """
 
@@ -63,6 +68,50 @@ class DayScan:
 def eligible(name: str) -> bool:
     """The same rule as ingestion: no hidden files, no names of files still being written."""
     return not name.startswith(".") and not name.endswith(IGNORED_SUFFIXES)
+
+
+#: Materialization metadata key (on ``raw_profiles`` / ``raw_events``, per partition) holding the
+#: landing file versions that ingestion read: ``{relative path: [size, mtime_ns]}``.
+VERSIONS_METADATA_KEY = "landing_file_versions"
+
+
+def kind_file_versions(root: str | Path, kind: str, day: str) -> list[FileVersion]:
+    """The eligible files of one kind and day as versions (path relative to ``root``), sorted by path.
+
+    Ingestion takes these *before* reading the files: a file changed while it was read gets a
+    newer mtime than the one recorded, so the sensor runs its day again.
+    """
+    root = Path(root)
+    day_dir = root / kind / f"date={day}"
+    versions = []
+    if day_dir.is_dir():
+        for path in day_dir.iterdir():
+            if not eligible(path.name):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if path.is_file():
+                versions.append(FileVersion(path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return sorted(versions, key=lambda v: v.path)
+
+
+def versions_metadata(versions: Iterable[FileVersion]) -> dict[str, list[int]]:
+    """The JSON-able form recorded under :data:`VERSIONS_METADATA_KEY`: ``{path: [size, mtime_ns]}``."""
+    return {v.path: [v.size, v.mtime_ns] for v in sorted(versions, key=lambda v: v.path)}
+
+
+def processed_digest(recorded_by_kind: Iterable[Mapping[str, list[int]] | None]) -> str | None:
+    """The day version an ingestion processed, from what each kind's materialization recorded
+    (:func:`versions_metadata`); ``None`` when a kind has no record (never ingested, or ingested
+    before versions were recorded): such a day counts as not processed."""
+    files = []
+    for recorded in recorded_by_kind:
+        if recorded is None:
+            return None
+        files.extend(FileVersion(path, int(size), int(mtime)) for path, (size, mtime) in recorded.items())
+    return DayScan("", files).digest
 
 
 def scan_landing(root: str | Path, now: float, settle_seconds: float) -> dict[str, DayScan]:
@@ -127,6 +176,15 @@ class LandingChanges:
         days = dict(cursor.days)
         days.update(self.changed)
         return LandingCursor(days)
+
+    def split(self, processed: Mapping[str, str | None]) -> tuple[dict[str, str], dict[str, str]]:
+        """``(to_run, already_processed)``: changed days whose current version an earlier run
+        already ingested (``processed``: day -> :func:`processed_digest`) need no run; the cursor
+        records them all the same (:meth:`advance`)."""
+        to_run, done = {}, {}
+        for day, digest in self.changed.items():
+            (done if processed.get(day) == digest else to_run)[day] = digest
+        return to_run, done
 
 
 def detect_changes(scans: Mapping[str, DayScan], cursor: LandingCursor, is_partition) -> LandingChanges:

@@ -173,3 +173,85 @@ def test_days_that_are_not_partitions_yet_wait(tmp_path, instance):
     result, _ = evaluate(instance, tmp_path, None)
     assert not result.run_requests
     assert result.cursor is None  # still unhandled: today's files run once today's partition exists
+
+
+# -- days another run already processed (the demo, a CLI backfill, the UI) -------------------------------
+
+
+def ingest_range(instance, landing: Path, warehouse: Path, start: str, end: str):
+    """Ingestion of ``start..end`` as any other run would do it (here: in-process, one range run)."""
+    from segment_pipeline.defs.raw.assets import ingest_events, ingest_profiles
+    from segment_pipeline.defs.resources import WarehouseResource
+
+    result = dg.materialize(
+        [ingest_profiles, ingest_events], instance=instance,
+        resources={"warehouse": WarehouseResource(root=str(warehouse)), "landing": LandingZoneResource(root=str(landing))},
+        tags={RANGE_START: start, RANGE_END: end},
+    )
+    assert result.success
+
+
+def test_days_already_ingested_by_another_run_are_not_run_again(tmp_path, instance):
+    landing, days = tmp_path / "landing", ["2026-11-01", "2026-11-02", "2026-11-03"]
+    for day in days:
+        land(landing, "profiles", day, profiles_rows(day=day))
+        land(landing, "events", day, [event(f"e-{day}", "p0@example.com", "order", f"{day}T12:00:00Z", revenue=10)])
+    ingest_range(instance, landing, tmp_path / "wh", days[0], days[-1])  # e.g. `segment-pipeline demo`
+
+    # the UI starts right after: a fresh sensor (no cursor) knows these versions were processed
+    result, _ = evaluate(instance, landing, None)
+    assert not result.run_requests
+    assert "3 day(s) with new files were already processed by earlier runs" in result.skip_message
+    assert set(LandingCursor.parse(result.cursor).days) == set(days)  # remembered: not looked up again
+    again, _ = evaluate(instance, landing, result.cursor)
+    assert not again.run_requests and "no new or changed landing files" in again.skip_message
+
+    # a file replaced after that run: only that version is new; it re-runs its day and the later days
+    land(landing, "events", "2026-11-02", [event("e-new", "p1@example.com", "order", "2026-11-02T15:00:00Z",
+                                                revenue=7)], name="events-2026-11-02.ndjson")
+    changed, _ = evaluate(instance, landing, None)  # even from no cursor: the other days stay processed
+    (request,) = changed.run_requests
+    assert request.tags[LANDING_DAYS_TAG] == "2026-11-02"
+    assert (request.tags[RANGE_START], request.tags[RANGE_END]) == ("2026-11-02", "2026-11-03")
+
+    # a day the earlier run never saw runs as before
+    land(landing, "profiles", "2026-11-04", profiles_rows(day="2026-11-04"))
+    new_day, _ = evaluate(instance, landing, changed.cursor)
+    assert [r.partition_key for r in new_day.run_requests] == ["2026-11-04"]
+
+
+def test_a_run_that_read_an_older_version_does_not_count_as_processed(tmp_path, instance):
+    landing = tmp_path / "landing"
+    path = land(landing, "profiles", "2026-11-05", profiles_rows(day="2026-11-05"))
+    ingest_range(instance, landing, tmp_path / "wh", "2026-11-05", "2026-11-05")
+    os.utime(path, (OLD + 60, OLD + 60))  # same bytes, rewritten later (a re-delivery): a new version
+    result, _ = evaluate(instance, landing, None)
+    assert [r.partition_key for r in result.run_requests] == ["2026-11-05"]
+
+
+def test_end_date_closes_the_partitions_and_the_sensor_leaves_later_days(monkeypatch):
+    import datetime as _dt
+
+    from segment_pipeline.defs.partitions import build_daily_partitions, is_partition_day
+
+    now = _dt.datetime(2026, 11, 29, 12, tzinfo=_dt.UTC)
+    monkeypatch.delenv("SEGMENT_PIPELINE_END_DATE", raising=False)
+    monkeypatch.setenv("SEGMENT_PIPELINE_START_DATE", "2026-11-01")
+    live = build_daily_partitions()  # a live deployment: through yesterday, one more every day
+    assert live.end is None
+    assert is_partition_day("2026-11-28", now, live) and not is_partition_day("2026-11-29", now, live)
+
+    monkeypatch.setenv("SEGMENT_PIPELINE_END_DATE", "2026-11-14")  # a closed data set (the demo's sample)
+    closed = build_daily_partitions()
+    keys = closed.get_partition_keys(current_time=now)
+    assert (len(keys), keys[0], keys[-1]) == (14, "2026-11-01", "2026-11-14")
+    assert closed.get_partition_keys(current_time=now + _dt.timedelta(days=30)) == keys  # not growing
+    assert is_partition_day("2026-11-14", now, closed) and not is_partition_day("2026-11-15", now, closed)
+    assert not is_partition_day("2026-11-10", _dt.datetime(2026, 11, 10, 12, tzinfo=_dt.UTC), closed)  # not yet
+
+    monkeypatch.setenv("SEGMENT_PIPELINE_END_DATE", "2026-10-01")
+    with pytest.raises(ValueError, match="SEGMENT_PIPELINE_END_DATE=2026-10-01 is before SEGMENT_PIPELINE_START_DATE"):
+        build_daily_partitions()
+    monkeypatch.setenv("SEGMENT_PIPELINE_END_DATE", "14.11.2026")
+    with pytest.raises(ValueError, match="is not a date"):
+        build_daily_partitions()

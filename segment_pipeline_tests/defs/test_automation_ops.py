@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -97,7 +96,7 @@ def test_message_is_concise_for_many_assets_and_long_errors():
 def test_dagster_yaml_template_configures_the_queue_limits_and_freshness(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(Path(settings.PROJECT_ROOT) / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(settings.INSTANCE_TEMPLATE, home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"

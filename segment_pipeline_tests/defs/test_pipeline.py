@@ -99,7 +99,16 @@ def test_per_day_metadata_gives_member_count_trends(sample_run):
     assert segment_days["2026-11-07"]["status"] == "skipped" and segment_days["2026-11-07"]["member_count"] == 0
     assert segment_days["2026-11-09"]["status"] == "refreshed" and segment_days["2026-11-09"]["member_count"] > 0
     nike = latest_by_partition(instance, segment_key("nike_fans"))[LAST]
-    assert nike["preview"].count("@") == min(nike["member_count"], 100)
+    assert nike["member_count"] > 100  # so the preview is a cut, and says so
+    assert nike["preview_rows"] == f"first 100 of {nike['member_count']:,} members, by email"
+    emails = [r.data["email"] for r in nike["preview"].records]
+    first_100 = [e for (e,) in duckdb.connect().execute(
+        f"SELECT email FROM {wh.scan('memberships', days=[LAST])} WHERE segment_id = 'nike_fans' "
+        "ORDER BY email LIMIT 100").fetchall()]
+    assert emails == first_100  # the first 100 by email, in that order (the table shows from its first row)
+    assert [c.name for c in nike["preview"].schema.columns] == ["email", "country", "orders", "revenue", "top_brand"]
+    keys = list(latest_by_partition(instance, segment_key("nike_fans"))[LAST])
+    assert keys.index("preview_rows") == keys.index("preview") - 1  # the caption right above the table
     vip = latest_by_partition(instance, segment_key("vip_launch_list"))
     assert vip["2026-11-12"]["status"] == "frozen" and vip["2026-11-12"]["frozen_on"] == "2026-11-10"
 

@@ -131,7 +131,7 @@ def server_env(root: Path, landing: Path) -> dict[str, str]:
     """A clean environment: temporary instance and data folders, no webhook, no ESP credentials."""
     home = root / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copyfile(settings.INSTANCE_TEMPLATE, home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SEGMENT_PIPELINE_", "KLAVIYO", "DOTDIGITAL", "DAGSTER_"))}
     env.update({

@@ -163,4 +163,7 @@ def test_asset_graph_and_segment_page_in_chromium(dev_server, first_sensor_run, 
                                  lambda t: re.search(rf"member_count\s.{{0,60}}?\b{count}\b", t, re.S) is not None)
     browser.screenshot(shots / f"asset_segment_{SEGMENT}.png")
     assert "geo-area Germany" in page  # the segment's name from the definitions file
+    # the member preview: captioned, shown inline from its first row (not a dialog scrolled to its end)
+    assert re.search(r"preview_rows\s+.{0,60}?(first 100 of [\d,]+ members|all \d+ members?), by email", page, re.S)
+    assert "Show Markdown" not in page and "```" not in page and "**" not in page
     assert "Freshness" in page

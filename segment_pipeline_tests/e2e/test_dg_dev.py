@@ -35,5 +35,7 @@ def test_dg_dev_serves_the_code_location_with_its_daemon(tmp_path):
         instance = server.graphql("{ instance { runQueuingSupported runQueueConfig { maxConcurrentRuns } } }")
         assert instance["instance"]["runQueuingSupported"]  # the template's queued run coordinator
         assert instance["instance"]["runQueueConfig"]["maxConcurrentRuns"] == 4
+        # started from the project folder with DAGSTER_HOME elsewhere: no root dagster.yaml to warn about
+        assert "will not be used" not in server.log_path.read_text(errors="replace")
     finally:
         server.stop()

@@ -6,16 +6,20 @@ import time
 
 import dagster as dg
 
+from segment_pipeline import settings
 from segment_pipeline.core import alerts
+from segment_pipeline.core.ingest import KINDS
 from segment_pipeline.core.landing_watch import (
+    VERSIONS_METADATA_KEY,
     LandingCursor,
     detect_changes,
+    processed_digest,
     rerun_range,
     run_key,
     scan_landing,
 )
 from segment_pipeline.defs.jobs import DAILY_SELECTION, daily_segments_job
-from segment_pipeline.defs.partitions import daily_partitions
+from segment_pipeline.defs.partitions import is_partition_day
 from segment_pipeline.defs.resources import LandingZoneResource
 
 PIPELINE_TAG, PIPELINE_DAILY = "segment_pipeline/pipeline", "daily"
@@ -23,6 +27,7 @@ TRIGGER_TAG = "segment_pipeline/trigger"
 LANDING_DAYS_TAG = "segment_pipeline/landing_days"
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
+END_DATE_ENV = "SEGMENT_PIPELINE_END_DATE"
 SETTLE_ENV, DEFAULT_SETTLE_SECONDS = "SEGMENT_PIPELINE_LANDING_SETTLE_SECONDS", 60.0
 INTERVAL_ENV, DEFAULT_INTERVAL_SECONDS = "SEGMENT_PIPELINE_LANDING_SENSOR_INTERVAL", 30
 
@@ -32,10 +37,34 @@ def _settle_seconds() -> float:
 
 
 def _partition_days(now: float):
-    """Is a day a partition at ``now``? Daily partitions run from the start date through yesterday (UTC)."""
-    first = daily_partitions.start.date().isoformat()
-    last = (dt.datetime.fromtimestamp(now, dt.UTC).date() - dt.timedelta(days=1)).isoformat()
-    return lambda day: first <= day <= last
+    """Is a day a partition at ``now``? (``partitions.is_partition_day``: start date through
+    yesterday, UTC, or through ``SEGMENT_PIPELINE_END_DATE``.)"""
+    moment = dt.datetime.fromtimestamp(now, dt.UTC)
+    return lambda day: is_partition_day(day, moment)
+
+
+def _processed_versions(instance: dg.DagsterInstance, days: list[str]) -> dict[str, str | None]:
+    """day -> the day version (landing_watch digest) that the latest ingestion of both kinds read,
+    from the ``raw_*`` materializations of any run (this sensor, the demo, a CLI or UI backfill)."""
+    recorded: dict[str, dict[str, dict | None]] = {day: {} for day in days}
+    for kind in KINDS:
+        pending, cursor = set(days), None
+        while pending:
+            result = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"raw_{kind}"), asset_partitions=sorted(pending)),
+                limit=max(100, 2 * len(pending)), cursor=cursor, ascending=False,
+            )
+            for record in result.records:  # newest first: the first one per partition is the latest
+                mat = record.asset_materialization
+                if mat is None or mat.partition not in pending:
+                    continue
+                pending.discard(mat.partition)
+                value = mat.metadata.get(VERSIONS_METADATA_KEY)
+                recorded[mat.partition][kind] = value.value if isinstance(value, dg.JsonMetadataValue) else None
+            if not result.has_more:
+                break
+            cursor = result.cursor
+    return {day: processed_digest(kinds.get(k) for k in KINDS) for day, kinds in recorded.items()}
 
 
 def _short_list(days, limit: int = 12) -> str:
@@ -50,7 +79,8 @@ def _short_list(days, limit: int = 12) -> str:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Runs the daily pipeline for days whose landing files are new, changed or removed, and for "
-        "every later day already computed (they depend on it), as one single-run range. A file must "
+        "every later day already computed (they depend on it), as one single-run range. Days whose "
+        "files an earlier run already ingested (the demo, a backfill) are not run again. A file must "
         f"be unmodified for {SETTLE_ENV} seconds (default {DEFAULT_SETTLE_SECONDS:.0f}); names ending "
         ".tmp/.part/.partial/.crdownload and hidden files are ignored."
     ),
@@ -62,24 +92,37 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingZon
     for day, files in changes.waiting.items():
         context.log.info(f"{day}: waiting for {len(files)} file(s) to settle: {', '.join(files[:5])}")
     if changes.not_yet_partitions:
-        context.log.info(f"files for days that are not partitions yet: {_short_list(changes.not_yet_partitions)}")
+        closed = f" (partitions end at {END_DATE_ENV}={settings.end_date()})" if settings.end_date() else ""
+        context.log.info(f"files for days that are not partitions yet{closed}: {_short_list(changes.not_yet_partitions)}")
+    waiting = f"; {len(changes.waiting)} day(s) waiting for files to settle" if changes.waiting else ""
     if not changes.changed:
-        waiting = f"; {len(changes.waiting)} day(s) waiting for files to settle" if changes.waiting else ""
         return dg.SkipReason(f"no new or changed landing files{waiting}")
 
+    to_run, done = changes.split(_processed_versions(context.instance, sorted(changes.changed)))
+    new_cursor = changes.advance(cursor).serialize()
+    if done:
+        context.log.info(f"already ingested by an earlier run, not run again: {_short_list(done)}")
+    if not to_run:
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(
+                f"{len(done)} day(s) with new files were already processed by earlier runs "
+                f"({_short_list(done)}){waiting}"),
+            cursor=new_cursor,
+        )
+
     computed = {k for k in context.instance.get_materialized_partitions(dg.AssetKey("memberships"))}
-    start, end = rerun_range(changes.changed, computed | set(cursor.days))
+    start, end = rerun_range(to_run, computed | set(cursor.days) | set(done))
     tags = {PIPELINE_TAG: PIPELINE_DAILY, TRIGGER_TAG: "landing_zone_sensor",
-            LANDING_DAYS_TAG: _short_list(changes.changed)}
+            LANDING_DAYS_TAG: _short_list(to_run)}
     if start != end:
         tags.update({RANGE_START: start, RANGE_END: end})
-    context.log.info(f"landing files changed for {_short_list(changes.changed)}: running {start}..{end}")
+    context.log.info(f"landing files changed for {_short_list(to_run)}: running {start}..{end}")
     request = dg.RunRequest(
-        run_key=run_key(start, end, changes.changed),
+        run_key=run_key(start, end, to_run),
         partition_key=start if start == end else None,
         tags=tags,
     )
-    return dg.SensorResult(run_requests=[request], cursor=changes.advance(cursor).serialize())
+    return dg.SensorResult(run_requests=[request], cursor=new_cursor)
 
 
 #: Evaluates the daily pipeline's AutomationConditions (``conditions.DAILY`` / ``FEED``). Its runs

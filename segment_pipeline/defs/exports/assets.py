@@ -54,8 +54,8 @@ def segment_export_tags(segment_id: str) -> dict[str, str]:
 )
 def segment_feed_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource, exports: ExportsResource):
     """The daily segment export feed: one NDJSON file per day listing every identity processed up
-    to that day with its segment names (``{"email": ..., "<identifier>": [...]}``), at
-    ``daily/<identifier>/YYYY-MM-DD.json`` under the export root, plus a ``latest`` pointer."""
+    to that day with the names of its segments, at daily/IDENTIFIER/YYYY-MM-DD.json under the export
+    root, plus a latest pointer. (Shown as the asset's description: plain text, no markup.)"""
     wh, storage, identifier = warehouse.get(), exports.storage(), exports.feed_identifier()
     con = connect(memory_limit=exports.duckdb_memory_limit)
     problems: dict[str, list[str]] = {}
@@ -124,9 +124,9 @@ def segment_export(
     warehouse: WarehouseResource,
     exports: ExportsResource,
 ):
-    """A segment's users as NDJSON in zip/gzip files of 5,000 users at
-    ``segment-export/SEGMENT_ID/YYYY-MM-dd/RANDOM_UUID-TIMESTAMP/<random>.zip|.gz``, then a POST to
-    the callback endpoint. At most one export per segment runs at a time."""
+    """A segment's users as NDJSON in zip or gzip files of 5,000 users each, under
+    segment-export/SEGMENT_ID/YYYY-MM-dd/RANDOM_UUID-TIMESTAMP/, then a POST to the callback
+    endpoint. At most one export per segment runs at a time."""
     request = chunked.SegmentExportRequest.parse(
         config.model_dump(exclude={"as_of", "object_prefix", "download_url"}, exclude_none=True)
     )

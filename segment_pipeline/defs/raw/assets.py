@@ -4,6 +4,7 @@ import dagster as dg
 
 from segment_pipeline import settings
 from segment_pipeline.core.ingest import KINDS, ingest_day
+from segment_pipeline.core.landing_watch import VERSIONS_METADATA_KEY, kind_file_versions, versions_metadata
 from segment_pipeline.core.sources import source_options
 from segment_pipeline.core.warehouse import connect
 from segment_pipeline.defs.automation.conditions import DAILY
@@ -23,9 +24,9 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name=f"ingest_{kind}",
         specs=[
-            dg.AssetSpec(raw_key, description=f"Validated {kind} rows as they landed each day (Parquet).",
+            dg.AssetSpec(raw_key, description=f"Validated {kind[:-1]} rows as they landed each day (Parquet).",
                          kinds={"duckdb", "parquet"}, group_name="raw", automation_condition=DAILY),
-            dg.AssetSpec(quarantine_key, description=f"Rejected {kind} rows with reason, source file and line.",
+            dg.AssetSpec(quarantine_key, description=f"Rejected {kind[:-1]} rows with reason, source file and line.",
                          kinds={"duckdb", "parquet"}, group_name="raw", automation_condition=DAILY),
         ],
         check_specs=[
@@ -42,8 +43,10 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
         worst = (0.0, None)
         options = source_options(settings.sources_file(), kind)  # the landing folder is the source
         for day in partition_days(context):
-            report = ingest_day(con, wh, landing.root, kind, day, options)
             key = day.isoformat()
+            # taken before reading: tells the landing sensor this version of the day is processed
+            versions = versions_metadata(kind_file_versions(landing.root, kind, key))
+            report = ingest_day(con, wh, landing.root, kind, day, options)
             context.log.info(
                 f"{kind} {key}: {report.rows_valid} valid, {report.rows_quarantined} quarantined "
                 f"from {len(report.files)} file(s)"
@@ -55,6 +58,7 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
                     "rows_quarantined": report.rows_quarantined,
                     "quarantine_ratio": report.quarantine_ratio,
                     "files": dg.MetadataValue.json(report.files),
+                    VERSIONS_METADATA_KEY: dg.MetadataValue.json(versions),
                     "path": dg.MetadataValue.path(str(wh.partition_path(f"raw_{kind}", day))),
                 },
                 asset_key=raw_key,

@@ -1,7 +1,8 @@
 """Segment memberships: one asset for the membership dataset, one per segment for the UI.
 
 Every segment in the definitions file becomes an asset (``segment/<id>``) whose page shows its
-member-count trend, day-over-day changes and a preview of the first 100 members; all of them are
+member-count trend, day-over-day changes and a preview of the first 100 members (by email, with a
+caption "first 100 of N members"); all of them are
 computed together in one pass over profiles and events by the ``memberships`` multi-asset. An
 invalid definitions file stops the code location from loading, with a message naming the segment.
 Edit the YAML and reload the code location to add or change segments.
@@ -34,31 +35,32 @@ class MembershipsConfig(dg.Config):
     """Ids of static segments to re-evaluate (refresh) on the materialized day(s)."""
 
 
-def _segment_spec(seg) -> dg.AssetSpec:
+def segment_description(seg) -> str:
+    """The asset description: plain sentences that read the same as raw text (the catalog's list
+    shows descriptions unrendered) and as Markdown (the asset page): no emphasis, code or fences.
+    The rule is one line of YAML flow style; the asset's definition metadata has it as JSON."""
     window = []
     if seg.active_from:
         window.append(f"from {seg.active_from}")
     if seg.active_until:
         window.append(f"until {seg.active_until} (exclusive)")
-    description = "\n\n".join(
-        part
-        for part in [
-            f"**{seg.name}** ({seg.type}, {seg.status}{', ' + ', '.join(window) if window else ''})",
-            seg.description,
-            "Rule:\n```yaml\n" + yaml.safe_dump(dict(seg.rule), sort_keys=False, allow_unicode=True) + "```",
-        ]
-        if part
-    )
+    head = f"{seg.name} ({seg.type}, {seg.status}{', ' + ', '.join(window) if window else ''})."
+    rule = yaml.safe_dump(dict(seg.rule), sort_keys=False, allow_unicode=True, default_flow_style=True,
+                          width=1_000_000).strip()
+    return " ".join(part for part in [head, (seg.description or "").strip(), f"Rule: {rule}"] if part)
+
+
+def _segment_spec(seg) -> dg.AssetSpec:
     synced = [k for k, v in seg.sync.items() if v]
     return dg.AssetSpec(
         segment_key(seg.id),
         deps=[MEMBERSHIPS],
-        description=description,
+        description=segment_description(seg),
         group_name="segments",
         kinds={"duckdb"},
         skippable=True,
         tags={f"sync/{k}": "" for k in synced},
-        metadata={"segment_name": seg.name, "segment_type": seg.type},
+        metadata={"segment_name": seg.name, "segment_type": seg.type, "rule": dg.MetadataValue.json(dict(seg.rule))},
         automation_condition=DAILY,
         freshness_policy=DAILY_FRESHNESS,
     )
@@ -122,7 +124,7 @@ def build_memberships_asset(catalog: Catalog) -> dg.AssetsDefinition:
                     "segments_frozen": sum(s.status == "frozen" for s in report.stats),
                     "segments_skipped": sum(s.status == "skipped" for s in report.stats),
                     **counts,
-                    "summary": dg.MetadataValue.md(_summary_table(report.stats)),
+                    "summary": _summary_table(report.stats),
                     "path": dg.MetadataValue.path(str(wh.partition_path("memberships", day))),
                 },
                 asset_key=MEMBERSHIPS,
@@ -152,7 +154,11 @@ def build_memberships_asset(catalog: Catalog) -> dg.AssetsDefinition:
                         "removed": seg_stats.removed,
                         "status": seg_stats.status,
                         "frozen_on": str(seg_stats.frozen_on or ""),
-                        "preview": dg.MetadataValue.md(previews.get(seg_id, "_no members_")),
+                        # caption first, then the table: the UI lists entries in this order and shows
+                        # a table inline from its first row (a long Markdown value opens in a dialog
+                        # that scrolls to its end)
+                        "preview_rows": preview_caption(seg_stats.member_count),
+                        "preview": previews.get(seg_id, _preview_table([])),
                     },
                     asset_key=spec_key,
                     partition_key=key,
@@ -177,35 +183,61 @@ def build_memberships_asset(catalog: Catalog) -> dg.AssetsDefinition:
     return compute_memberships_asset
 
 
-def _summary_table(stats) -> str:
-    lines = ["| segment | name | type | status | members | added | removed |", "|---|---|---|---|---|---|---|"]
-    for s in stats:
-        name = s.name.replace("|", "\\|")
-        lines.append(f"| {s.segment_id} | {name} | {s.type} | {s.status} | {s.member_count} | {s.added} | {s.removed} |")
-    return "\n".join(lines)
+def _summary_table(stats) -> dg.TableMetadataValue:
+    """Every segment of the day: a table (shown inline from its first row; a long Markdown value
+    would open in a dialog scrolled to its end)."""
+    columns = (("segment", "string"), ("name", "string"), ("type", "string"), ("status", "string"),
+               ("members", "int"), ("added", "int"), ("removed", "int"))
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"segment": s.segment_id, "name": s.name, "type": s.type, "status": s.status,
+                                 "members": s.member_count, "added": s.added, "removed": s.removed})
+                 for s in stats],
+        schema=dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in columns]),
+    )
 
 
-def _previews(con, wh: Warehouse, day: dt.date, segment_ids: list[str]) -> dict[str, str]:
-    """Markdown tables of the first 100 members (by email) of each segment."""
+#: Few, narrow columns: the table is shown inline in the asset page's metadata column.
+PREVIEW_COLUMNS = (("email", "string"), ("country", "string"), ("orders", "int"), ("revenue", "string"),
+                   ("top_brand", "string"))
+
+
+def preview_caption(member_count: int) -> str:
+    """What the preview shows, e.g. ``first 100 of 457 members, by email``."""
+    if member_count == 0:
+        return "no members"
+    if member_count <= PREVIEW_ROWS:
+        return f"all {member_count} member{'s' if member_count != 1 else ''}, by email"
+    return f"first {PREVIEW_ROWS} of {member_count:,} members, by email"
+
+
+def _preview_table(records: list[dg.TableRecord]) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        records=records,
+        schema=dg.TableSchema(columns=[dg.TableColumn(name, type_) for name, type_ in PREVIEW_COLUMNS]),
+    )
+
+
+def _previews(con, wh: Warehouse, day: dt.date, segment_ids: list[str]) -> dict[str, dg.TableMetadataValue]:
+    """Tables of the first 100 members (by email, ascending) of each segment, with a few profile
+    fields; money as text with 2 decimals."""
     if not segment_ids:
         return {}
     rows = con.execute(
         f"""
-        SELECT m.segment_id, m.email, p.country, p.city, p.order_count, p.total_revenue, p.top_brand_90d
+        SELECT m.segment_id, m.email, p.country, p.order_count, p.total_revenue, p.top_brand_90d
         FROM (SELECT * FROM {wh.scan('memberships', days=[day])}
               QUALIFY row_number() OVER (PARTITION BY segment_id ORDER BY email) <= {PREVIEW_ROWS}) m
         LEFT JOIN {wh.scan('profiles', days=[day])} p USING (identity_id)
         ORDER BY m.segment_id, m.email
         """
     ).fetchall()
-    tables: dict[str, list[str]] = {}
-    for seg_id, email, country, city, orders, revenue, brand in rows:
-        table = tables.setdefault(
-            seg_id, ["| email | country | city | orders | revenue | top brand |", "|---|---|---|---|---|---|"]
-        )
-        cells = [email, country, city, orders, f"{revenue:.2f}" if revenue is not None else "", brand]
-        table.append("| " + " | ".join("" if c is None else str(c).replace("|", "\\|") for c in cells) + " |")
-    return {seg: "\n".join(lines) for seg, lines in tables.items()}
+    records: dict[str, list[dg.TableRecord]] = {}
+    for seg_id, email, country, orders, revenue, brand in rows:
+        records.setdefault(seg_id, []).append(dg.TableRecord({
+            "email": email, "country": country, "orders": orders,
+            "revenue": f"{revenue:.2f}" if revenue is not None else None, "top_brand": brand,
+        }))
+    return {seg: _preview_table(recs) for seg, recs in records.items()}
 
 
 def _integrity_problems(con, wh: Warehouse, catalog: Catalog, day: dt.date) -> list[str]:

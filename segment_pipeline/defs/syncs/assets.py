@@ -82,7 +82,7 @@ def _run_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: 
           freshness_policy=TWELVE_HOURLY_FRESHNESS)
 def klaviyo_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,
                  segment_catalog: SegmentCatalogResource, klaviyo: KlaviyoResource) -> dg.MaterializeResult:
-    """Klaviyo list membership + ``nosto_segment`` profile property for the synced segments."""
+    """Klaviyo list membership and the nosto_segment profile property, for the synced segments."""
     return _run_sync(context, config, warehouse, segment_catalog, "klaviyo", klaviyo, sync_klaviyo)
 
 
@@ -90,7 +90,7 @@ def klaviyo_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehous
           freshness_policy=DAILY_FRESHNESS)
 def dotdigital_sync(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,
                     segment_catalog: SegmentCatalogResource, dotdigital: DotdigitalResource) -> dg.MaterializeResult:
-    """dotdigital ``NOSTOSEGMENT`` data field (+ address book) for the synced segments."""
+    """dotdigital NOSTOSEGMENT data field and address book, for the synced segments."""
     return _run_sync(context, config, warehouse, segment_catalog, "dotdigital", dotdigital, sync_dotdigital)
 
 
