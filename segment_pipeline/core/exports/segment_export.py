@@ -24,7 +24,11 @@ Memory stays flat whatever the segment size: the member ids of a pass (at most
 ``members_per_pass``, split by ``hash(identity_id)``) are the only state that grows, lines stream
 from DuckDB in Arrow batches (``con.sql(...).to_arrow_reader``, which does not materialize the
 result), and a few threads compress and publish 5,000-line chunks while DuckDB produces the next
-ones. Line order within and across files is not significant.
+ones. Lines are ordered by ``identity_id`` within each pass (and passes by hash part), and the
+chunk file names derive from the object prefix and the chunk's position, so exporting the same
+day again under the same object prefix gives byte-identical files (zip entry and gzip header
+times are the export's start time); under another prefix the decompressed contents are the same.
+Readers should still treat line order as not significant.
 
 Values follow the reference promise "the least data possible": a field the user has no value for
 is left out of the object (read a missing field as null / empty). Field meanings:
@@ -44,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -237,9 +242,10 @@ def member_lines_sql(
 
     Only members whose ``hash(identity_id) % parts == part`` (all of them when ``parts == 1``), so
     an export can run in several passes each holding a bounded set of members. The segment's ids
-    are the build side of a semi join that the ``profiles`` scan probes: the only state that grows
-    with the segment is that set of ids (no aggregate, no ORDER BY, no member email carried), and an
-    identity is emitted once however often ``memberships`` lists it. With ``without_profile`` the
+    are the build side of a semi join that the ``profiles`` scan probes: the state that grows with
+    the segment is that set of ids (no aggregate, no member email carried) and the sort of the
+    pass's lines by ``identity_id`` (for byte-identical re-runs; it spills to disk beyond the
+    memory limit), and an identity is emitted once however often ``memberships`` lists it. With ``without_profile`` the
     lines are those of members that have no ``profiles`` row (only ``identity_id``/``email``, from
     ``memberships``): a separate, normally empty, pass.
     """
@@ -289,10 +295,13 @@ def member_lines_sql(
         )
         event_join = "LEFT JOIN ev ON ev.email = p.email"
     with_sql = f"WITH {', '.join(ctes)}" if ctes else ""
+    # ordered by identity_id, so the files' bytes do not depend on DuckDB's scheduling (the sort
+    # spills to disk beyond the memory limit; it holds at most one pass of lines)
     return f"""
         {with_sql}
         SELECT '{{' || concat_ws(',', {parts_sql}) || '}}' || chr(10) AS line
         FROM {source} p {event_join}
+        ORDER BY p.identity_id
     """
 
 
@@ -362,6 +371,12 @@ def _member_line_arrays(
                 "(an identity has more than one profiles row)"
             )
         count.members += expected
+
+
+def chunk_name(object_prefix: str, index: int) -> str:
+    """The random-looking name of chunk ``index`` of an export: 32 hex digits of
+    SHA-256(``object_prefix/index``), unique per export and the same when it is written again."""
+    return hashlib.sha256(f"{object_prefix}/{index}".encode()).hexdigest()[:32]
 
 
 def _line_chunks(arrays: Iterable[pa.Array], chunk_size: int) -> Iterator[tuple[list[memoryview], int]]:
@@ -477,8 +492,8 @@ def export_segment(
     with storage.batch(prefix) as batch, ThreadPoolExecutor(max(1, writer_threads)) as pool:
         pending: deque[Future] = deque()
         try:
-            for pieces, lines in _line_chunks(arrays, chunk_size):
-                pending.append(pool.submit(write, batch, uuid.uuid4().hex, pieces, lines))
+            for index, (pieces, lines) in enumerate(_line_chunks(arrays, chunk_size)):
+                pending.append(pool.submit(write, batch, chunk_name(object_prefix, index), pieces, lines))
                 while len(pending) >= 2 * max(1, writer_threads):
                     collect(pending.popleft())
             while pending:

@@ -6,14 +6,14 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from segment_pipeline.core.atomic import atomic_write_bytes, atomic_write_text
+from segment_pipeline.core.atomic import atomic_write_bytes, atomic_write_text, private_mkdir
 
 
 class DryRunWriter:
     def __init__(self, root: str | Path, integration: str, now: dt.datetime | None = None):
         stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S%fZ")
         self.dir = Path(root) / integration / stamp
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_mkdir(self.dir)  # payloads hold emails: 0700 folders, 0600 files (atomic_write_*)
         self.files = 0
         self.requests = 0
 

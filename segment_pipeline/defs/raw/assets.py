@@ -36,6 +36,9 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
     def ingest(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: WarehouseResource,
                landing: LandingZoneResource):
         wh = warehouse.get()
+        swept = wh.sweep()  # leftovers of killed writes whose writer is gone
+        if swept:
+            context.log.info(f"removed {len(swept)} leftover temporary file(s) of killed writes")
         con = connect(preserve_order=True)
         worst = (0.0, None)
         for day in partition_days(context):
