@@ -282,7 +282,8 @@ def member_lines_sql(
                        min(e.occurred_at) AS first, max(e.occurred_at) AS last, count(*) AS count
                 FROM {events} e
                 WHERE e.occurred_at < DATE '{day_end}' AND e.email IN (SELECT email FROM {members})
-                GROUP BY ALL
+                GROUP BY 1, 2, 3  -- not GROUP BY ALL: with the HAVING on max(occurred_at), DuckDB
+                                  -- also grouped by occurred_at (one item per event, not per name)
                 HAVING name IS NOT NULL AND max(e.occurred_at) >= DATE '{window_start}')"""
         )
         item = f"{{'name': name, 'first': strftime(first, {_TS}), 'last': strftime(last, {_TS}), 'count': count}}"
