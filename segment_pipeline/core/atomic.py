@@ -259,14 +259,14 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
-    with atomic_path(target) as tmp:
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes, sweep: bool = True) -> Path:
+    with atomic_path(target, sweep=sweep) as tmp:
         tmp.write_bytes(data)
     return Path(target)
 
 
-def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
-    return atomic_write_bytes(target, text.encode("utf-8"))
+def atomic_write_text(target: str | os.PathLike[str], text: str, sweep: bool = True) -> Path:
+    return atomic_write_bytes(target, text.encode("utf-8"), sweep=sweep)
 
 
 # -- sweeping -----------------------------------------------------------------------------------

@@ -287,8 +287,12 @@ class Warehouse:
         ).fetchall()[0][0]
 
     def staging_dir(self) -> Path:
-        """A private (``0700``) folder for ingestion's scratch files, created if missing."""
-        return private_mkdir(self.root / STAGING_DIR)
+        """A private (``0700``) folder for ingestion's scratch files, created if missing (and made
+        private if an older version created it with the umask's mode: it only ever holds scratch)."""
+        staging = private_mkdir(self.root / STAGING_DIR)
+        if staging.stat().st_mode & 0o077:
+            os.chmod(staging, DIR_MODE)
+        return staging
 
     def sweep(self) -> list[Path]:
         """Remove leftovers of killed writes anywhere under the root whose writer is gone (temporary

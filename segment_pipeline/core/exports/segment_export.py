@@ -65,6 +65,7 @@ from dataclasses import asdict, dataclass, field
 import duckdb
 import pyarrow as pa
 
+from segment_pipeline.core.atomic import is_abandoned
 from segment_pipeline.core.exports.callback import CallbackResult, post_callback, redact, validate_endpoint
 from segment_pipeline.core.exports.daily_feed import ExportInputError, _local_copy
 from segment_pipeline.core.exports.keys import encode_segment, join_key
@@ -420,7 +421,8 @@ def _write_chunk(path, name: str, pieces: list[memoryview], output_format: str, 
 
 
 def sweep_incomplete(storage: ExportStorage, segment_id: str) -> list[str]:
-    """Delete export folders of ``segment_id`` that have no manifest (left by crashed exports).
+    """Delete export folders of ``segment_id`` that have no manifest (left by crashed exports),
+    and local temporary entries whose writer is gone (:func:`segment_pipeline.core.atomic.is_abandoned`).
 
     Only safe while holding the segment's export lock (no other export of it is running).
     """
@@ -433,6 +435,8 @@ def sweep_incomplete(storage: ExportStorage, segment_id: str) -> list[str]:
         storage.delete_prefix(folder)
     if isinstance(storage, LocalExportStorage):
         for leftover in storage.list_temporaries(prefix):
+            if not is_abandoned(leftover):
+                continue  # its writer still runs (e.g. a lock broken as stale under a live export)
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:

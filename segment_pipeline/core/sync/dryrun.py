@@ -20,7 +20,8 @@ class DryRunWriter:
     def write(self, name: str, payload: bytes) -> Path:
         self.files += 1
         self.requests += 1
-        return atomic_write_bytes(self.dir / name, payload)
+        # a fresh folder of this run: no leftovers to sweep (and many files: sweeping each time is quadratic)
+        return atomic_write_bytes(self.dir / name, payload, sweep=False)
 
     def summary(self, counts: dict[str, object]) -> Path:
         return atomic_write_text(self.dir / "summary.json", json.dumps(counts, indent=2, sort_keys=True) + "\n")
