@@ -26,7 +26,7 @@ from segment_pipeline.core.exports import csv_range
 from segment_pipeline.core.exports import segment_export as chunked
 from segment_pipeline.core.exports.storage import LocalExportStorage
 from segment_pipeline.core.feed_auth import CredentialStore
-from segment_pipeline.core.warehouse import Warehouse, connect
+from segment_pipeline.core.warehouse import Warehouse, connect, spill_dir
 from segment_pipeline.defs.exports.assets import segment_feed_daily
 from segment_pipeline.defs.exports.resources import ExportsResource
 from segment_pipeline.defs.syncs.assets import klaviyo_sync
@@ -158,6 +158,9 @@ def test_files_of_a_real_run_are_owner_only_whatever_the_umask(reruns):
     open_dirs = {p: oct(m) for p, m in dirs.items() if m != 0o700}
     assert not open_dirs, f"folders not 0700 after a run under umask 000: {open_dirs}"
     assert not [p for p in files if "/.tmp-" in p], "temporary files left behind"
+    # DuckDB's spill folder (personal data while a query spills) is this user's only
+    spill = spill_dir()
+    assert stat.S_IMODE(spill.stat().st_mode) == 0o700 and spill.stat().st_uid == os.getuid()
 
 
 def test_identity_index_and_credentials_are_owner_only(reruns, tmp_path):
