@@ -16,16 +16,17 @@
 
 **Temporary names.** A temporary entry is called
 ``.tmp-<target name>.<owner>.<nonce>[<suffix>]`` where ``<owner>`` is
-``<host>-<pid>-<start>``: the first 8 hex digits of the SHA-256 of the host name, the writer's
-process id and its start time (Linux ``/proc/<pid>/stat`` field 22, in clock ticks since boot;
-``0`` where unavailable), and ``<nonce>`` 16 random hex digits. Readers' globs never match hidden
-names.
+``<host>-<pid>-<start>``: the first 8 hex digits of the SHA-256 of the host name and the pid
+namespace (so containers never judge each other's pids), the writer's process id and its start
+time (Linux ``/proc/<pid>/stat`` field 22, in clock ticks since boot; ``0`` where unavailable),
+and ``<nonce>`` 16 random hex digits. Readers' globs never match hidden names.
 
 **Cleanup.** A write killed with SIGKILL leaves its temporary entry behind. Such a leftover is
 *abandoned*, and removed by :func:`sweep_temporaries`, when
 
-* its owner ran on this host and that process is gone, or its pid now belongs to a process that
-  started at another time (pid reuse): decided at once, whatever its age;
+* its owner ran on this host (and pid namespace) and that process is gone, or its pid now
+  belongs to a process that started at another time (pid reuse): decided at once, whatever its
+  age;
 * otherwise (written on another host sharing the folder, or a name without an owner, e.g. from an
   older version) only when nothing in it was modified for :data:`TEMP_MAX_AGE_SECONDS` (24 h).
 
@@ -62,7 +63,19 @@ _OWNER = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-(?P<start>[0-9]+)\.(
 _TEMP_NAME = re.compile(
     r"^\.tmp-(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-(?P<start>[0-9]+)\.[0-9a-f]{16}(?P<suffix>.*)$"
 )
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _host_id() -> str:
+    """The host name plus the pid namespace (containers sharing a host name or a volume do not
+    see each other's processes, so they must not judge each other's pids)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:8]
+
+
+_HOST = _host_id()
 _owner_cache: tuple[int, str] | None = None
 _HAS_PROC = Path("/proc/self/stat").exists()
 
