@@ -6,7 +6,9 @@ A lookup must be fast at any warehouse size, so the first lookup of a day builds
 each later lookup is one B-tree probe. Index files live in ``<state dir>/identity_index/`` and are
 named after the day and a fingerprint of the three partition files (path, size, mtime), so a
 re-run of the day builds a new index and the old one is removed. They are a cache: delete them at
-will.
+will. An index holds every email with its segments: the folder is created ``0700`` and each index
+is written ``0600`` before it is published (:func:`segment_pipeline.core.atomic.atomic_path`,
+which also removes the leftovers of a build that was killed).
 
 Emails are normalized and validated exactly as ingestion does: both use the one rule of
 ``core/identity.py`` (white space and invisible characters stripped at both ends, lowercased,
@@ -24,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from segment_pipeline.core.atomic import atomic_path, open_private, private_mkdir
 from segment_pipeline.core.identity import email_problem, is_email, normalize_email
 from segment_pipeline.core.warehouse import Warehouse, connect
 
@@ -96,9 +99,14 @@ class IdentityIndex:
         return path
 
     def _build(self, day: dt.date, target: Path) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".tmp-{target.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.unlink(missing_ok=True)
+        private_mkdir(self.cache_dir)
+        with atomic_path(target) as tmp:
+            self._write_index(day, tmp)
+        for old in self.cache_dir.glob(f"identity-{day.isoformat()}-*.sqlite"):
+            if old != target:
+                old.unlink(missing_ok=True)  # open readers keep their file until they close it
+
+    def _write_index(self, day: dt.date, tmp: Path) -> None:
         wh = self.warehouse
         sql = f"""
             WITH names AS (
@@ -121,6 +129,7 @@ class IdentityIndex:
             ORDER BY ids.email
         """
         con = connect(memory_limit=self.memory_limit, preserve_order=True)
+        os.close(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL))  # 0600 from its creation
         db = sqlite3.connect(tmp)
         try:
             db.execute("PRAGMA journal_mode = OFF")
@@ -140,10 +149,6 @@ class IdentityIndex:
         finally:
             db.close()
             con.close()
-        os.replace(tmp, target)
-        for old in self.cache_dir.glob(f"identity-{day.isoformat()}-*.sqlite"):
-            if old != target:
-                old.unlink(missing_ok=True)  # open readers keep their file until they close it
 
     def _connection(self, path: Path) -> sqlite3.Connection:
         conns: dict[Path, sqlite3.Connection] | None = getattr(_local, "sqlite", None)

@@ -17,8 +17,9 @@ Formats: ``spf_<id>_<secret>`` (feed token), ``spk_<id>_<secret>`` (API key); ``
 characters, public (listed by ``tokens list``, logged to say *who* called), ``<secret>`` 43
 URL-safe characters.
 
-The store is one JSON file, ``<state dir>/credentials.json`` (mode 0600), where the state dir is
-``SEGMENT_PIPELINE_API_STATE`` (default ``<warehouse root>/api_state``). Writers (the CLI) take an
+The store is one JSON file, ``<state dir>/credentials.json`` (mode 0600, its folder created
+0700, whatever the umask), where the state dir is ``SEGMENT_PIPELINE_API_STATE`` (default
+``<warehouse root>/api_state``). Writers (the CLI) take an
 ``flock`` and replace the file atomically; the server re-reads it when it changes, so a revoked
 credential stops working at the next request, without a restart.
 
@@ -44,6 +45,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from segment_pipeline.core.atomic import open_private, private_mkdir, sweep_temporaries, temp_sibling
 
 STATE_ENV = "SEGMENT_PIPELINE_API_STATE"
 SIGNING_KEY_ENV = "SEGMENT_PIPELINE_API_SIGNING_KEY"
@@ -136,16 +139,16 @@ class CredentialStore:
     # -- writing ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Credential]]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".credentials.lock", "a") as lock_fh:
+        private_mkdir(self.directory)
+        with os.fdopen(open_private(self.directory / ".credentials.lock"), "a") as lock_fh:
             fcntl.flock(lock_fh, fcntl.LOCK_EX)
             try:
                 self._cache_key = None
                 current = dict(self._load())
                 yield current
                 data = json.dumps({"credentials": [asdict(c) for c in current.values()]}, indent=1).encode()
-                tmp = self.directory / f".tmp-{CREDENTIALS_FILE}.{secrets.token_hex(8)}"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                tmp = temp_sibling(self.path)  # a killed writer's leftover is swept below
+                fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
                 try:
                     with os.fdopen(fd, "wb") as out:
                         out.write(data)
@@ -154,6 +157,7 @@ class CredentialStore:
                     os.replace(tmp, self.path)
                 finally:
                     tmp.unlink(missing_ok=True)
+                sweep_temporaries(self.directory, CREDENTIALS_FILE)
                 self._cache_key = None
             finally:
                 fcntl.flock(lock_fh, fcntl.LOCK_UN)

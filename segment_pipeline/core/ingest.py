@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
+from segment_pipeline.core.atomic import unique_tag
 from segment_pipeline.core.identity import normalize_sql, problem_sql, strip_sql
 from segment_pipeline.core.sources import SourceOptions
 from segment_pipeline.core.warehouse import SCHEMAS, Warehouse, as_date, sql_string
@@ -310,9 +310,8 @@ def ingest_day(
     clearable = CLEARABLE if track_given and options.csv_empty_cell == "clear" else []
     con.execute("SET TimeZone = 'UTC'")
 
-    staging_dir = warehouse.root / "_staging"
-    staging_dir.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex
+    staging_dir = warehouse.staging_dir()  # 0700; names carry the owner, for Warehouse.sweep
+    run_id = unique_tag()
     staging = staging_dir / f"{kind}-{day.isoformat()}-{run_id}.parquet"
     temp_files = [staging]
     parts: list[str] = []

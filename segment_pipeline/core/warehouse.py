@@ -15,6 +15,18 @@ Every partition is one Parquet file, written to a temporary name and renamed int
 reader sees either the old partition or the new one, never half of one, and re-running a day
 replaces it instead of appending. ``SCHEMAS`` is the contract between stages: the columns each
 table has, used to give readers an empty relation of the right shape when nothing exists yet.
+
+**Byte-identical re-runs.** Rows are written in the order of ``SORT_KEYS`` (a key unique per row
+of the table, with tie-breakers), so re-running a day with the same inputs gives the same file,
+byte for byte, whatever DuckDB's thread count or the order in which its threads finished. (DuckDB
+writes row groups of exactly ``ROW_GROUP_SIZE`` rows from a sorted input, and its Parquet footer
+names only the DuckDB version.)
+
+**Owner-only.** Partition files are ``0600`` and the folders the warehouse creates ``0700``
+(whatever the umask), set before a file is published (:mod:`segment_pipeline.core.atomic`).
+:meth:`Warehouse.sweep` removes what killed writes left behind (temporary partition files,
+ingestion's ``_staging/`` files) when their writer is gone; it runs when ingestion starts, and
+each partition write removes its own target's leftovers.
 """
 
 from __future__ import annotations
@@ -27,9 +39,12 @@ from pathlib import Path
 
 import duckdb
 
-from segment_pipeline.core.atomic import atomic_path
+from segment_pipeline.core.atomic import DIR_MODE, atomic_path, private_mkdir, sweep_owned_files, sweep_tree
 
 PARTITION_FILE = "data.parquet"
+ROW_GROUP_SIZE = 122880
+#: Scratch files of ingestion (named with :func:`segment_pipeline.core.atomic.unique_tag`).
+STAGING_DIR = "_staging"
 
 SCHEMAS: dict[str, dict[str, str]] = {
     "raw_profiles": {
@@ -142,6 +157,21 @@ SCHEMAS: dict[str, dict[str, str]] = {
 }
 
 
+#: Row order of each table's partition files: a unique key first, then tie-breakers, so that the
+#: order (and so the bytes) never depends on how DuckDB scheduled the work.
+SORT_KEYS: dict[str, tuple[str, ...]] = {
+    "raw_profiles": ("source_file", "source_line", "email", "updated_at"),
+    "raw_events": ("source_file", "source_line", "event_id"),
+    "quarantine_profiles": ("source_file", "source_line", "reason", "raw"),
+    "quarantine_events": ("source_file", "source_line", "reason", "raw"),
+    "profiles": ("identity_id", "email"),
+    "memberships": ("segment_id", "identity_id", "email"),
+    "membership_changes": ("segment_id", "change", "identity_id", "email"),
+    "segment_stats": ("segment_id", "status"),
+}
+assert set(SORT_KEYS) == set(SCHEMAS) and all(set(k) <= set(SCHEMAS[t]) for t, k in SORT_KEYS.items())
+
+
 def as_date(value: str | dt.date) -> dt.date:
     if isinstance(value, dt.datetime):
         return value.date()
@@ -236,7 +266,8 @@ class Warehouse:
         """Write ``select_sql`` as the partition ``table/date=day``, atomically; return row count.
 
         The query's columns must be exactly the table's schema (checked), in any order; they are
-        written in schema order with the schema's types.
+        written in schema order with the schema's types, rows ordered by ``SORT_KEYS[table]``
+        (NULLs first), so the file's bytes depend only on the rows. The file is ``0600``.
         """
         target = self.partition_path(table, day)
         schema = SCHEMAS[table]
@@ -246,15 +277,30 @@ class Warehouse:
             extra = sorted(set(rel_cols) - set(schema))
             raise ValueError(f"{table}: query columns do not match the schema (missing {missing}, extra {extra})")
         projection = ", ".join(f"CAST({_ident(c)} AS {t}) AS {_ident(c)}" for c, t in schema.items())
+        order = ", ".join(f"{_ident(c)} ASC NULLS FIRST" for c in SORT_KEYS[table])
         with atomic_path(target) as tmp:
             con.execute(
-                f"COPY (SELECT {projection} FROM ({select_sql})) TO {sql_string(str(tmp))} "
-                "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)",
+                f"COPY (SELECT {projection} FROM ({select_sql}) ORDER BY {order}) TO {sql_string(str(tmp))} "
+                f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",
                 params,
             )
         return con.execute(
             f"SELECT count(*) FROM read_parquet({sql_string(str(target))})"
         ).fetchall()[0][0]
+
+    def staging_dir(self) -> Path:
+        """A private (``0700``) folder for ingestion's scratch files, created if missing (and made
+        private if an older version created it with the umask's mode: it only ever holds scratch)."""
+        staging = private_mkdir(self.root / STAGING_DIR)
+        if staging.stat().st_mode & 0o077:
+            os.chmod(staging, DIR_MODE)
+        return staging
+
+    def sweep(self) -> list[Path]:
+        """Remove leftovers of killed writes anywhere under the root whose writer is gone (temporary
+        partition files, ``_staging/`` scratch files, sync and API state temporaries); see
+        :mod:`segment_pipeline.core.atomic` for how a live writer's files are recognised and kept."""
+        return sweep_tree(self.root) + sweep_owned_files(self.root / STAGING_DIR)
 
     def delete_partition(self, table: str, day: str | dt.date) -> None:
         path = self.partition_path(table, day)
@@ -272,18 +318,32 @@ def connect(
     """An in-memory DuckDB connection for streaming work over the warehouse.
 
     ``memory_limit`` defaults to ``SEGMENT_PIPELINE_DUCKDB_MEMORY`` (else 3GB): beyond it DuckDB
-    spills to a temporary folder, so peak memory stays bounded whatever the data size.
+    spills to a temporary folder, so peak memory stays bounded whatever the data size. That folder
+    holds personal data while it is used: it is ``<system temp>/segment_pipeline_duckdb-<uid>``,
+    ``0700``. ``threads`` defaults to ``SEGMENT_PIPELINE_DUCKDB_THREADS`` (else all cores); the
+    files written do not depend on it.
     ``preserve_order`` keeps rows in source order (needed where line numbers are derived from
     position); without it DuckDB may reorder freely, which streams larger-than-memory work better.
     """
     con = duckdb.connect(config={"preserve_insertion_order": preserve_order})
     limit = memory_limit or os.environ.get("SEGMENT_PIPELINE_DUCKDB_MEMORY") or "3GB"
     con.execute(f"SET memory_limit = {sql_string(limit)}")
-    spill = Path(tempfile.gettempdir()) / "segment_pipeline_duckdb"
-    spill.mkdir(parents=True, exist_ok=True)
-    con.execute(f"SET temp_directory = {sql_string(str(spill))}")
+    con.execute(f"SET temp_directory = {sql_string(str(spill_dir()))}")
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
+    threads = threads or int(os.environ.get("SEGMENT_PIPELINE_DUCKDB_THREADS") or 0)
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
+
+
+def spill_dir() -> Path:
+    """DuckDB's spill folder: private to this user (``0700``), refused if someone else owns it."""
+    spill = Path(tempfile.gettempdir()) / f"segment_pipeline_duckdb-{os.getuid()}"
+    private_mkdir(spill)
+    st = spill.lstat()
+    if spill.is_symlink() or st.st_uid != os.getuid():
+        raise PermissionError(f"{spill} is not a folder owned by this user; remove it or set TMPDIR")
+    if st.st_mode & 0o077:
+        os.chmod(spill, DIR_MODE)
+    return spill

@@ -6,7 +6,8 @@ Format (one JSON object per line, UTF-8, ``\\n``-terminated, compact, like the r
     {"email":"joe@example.com","nosto_segments":[]}
 
 * Rows: the ``profiles`` partition of that day (one per identity processed up to the day), so
-  identities in no segment appear with an empty list. Line order is not significant.
+  identities in no segment appear with an empty list. Lines are sorted by email (byte order), so
+  re-running a day writes the same file byte for byte; readers should not rely on the order.
 * Names: ``segment_stats.segment_name`` of that day for each of the identity's ``memberships`` of
   that day, sorted; names are data (quotes, commas, unicode are JSON-escaped as needed).
 * The key (``identifier``, default ``nosto_segments``) is configurable; changing it writes the next
@@ -106,6 +107,7 @@ def daily_feed_sql(warehouse: Warehouse, con: duckdb.DuckDBPyConnection, day: dt
         )
         SELECT p.email AS email, coalesce(pi.names, []::VARCHAR[]) AS {_ident(check_identifier(identifier))}
         FROM {profiles} p LEFT JOIN per_identity pi ON pi.identity_id = p.identity_id
+        ORDER BY p.email ASC NULLS FIRST, p.identity_id
     """
 
 

@@ -24,7 +24,11 @@ Memory stays flat whatever the segment size: the member ids of a pass (at most
 ``members_per_pass``, split by ``hash(identity_id)``) are the only state that grows, lines stream
 from DuckDB in Arrow batches (``con.sql(...).to_arrow_reader``, which does not materialize the
 result), and a few threads compress and publish 5,000-line chunks while DuckDB produces the next
-ones. Line order within and across files is not significant.
+ones. Lines are ordered by ``identity_id`` within each pass (and passes by hash part), and the
+chunk file names derive from the object prefix and the chunk's position, so exporting the same
+day again under the same object prefix gives byte-identical files (zip entry and gzip header
+times are the export's start time); under another prefix the decompressed contents are the same.
+Readers should still treat line order as not significant.
 
 Values follow the reference promise "the least data possible": a field the user has no value for
 is left out of the object (read a missing field as null / empty). Field meanings:
@@ -44,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -60,6 +65,7 @@ from dataclasses import asdict, dataclass, field
 import duckdb
 import pyarrow as pa
 
+from segment_pipeline.core.atomic import is_abandoned
 from segment_pipeline.core.exports.callback import CallbackResult, post_callback, redact, validate_endpoint
 from segment_pipeline.core.exports.daily_feed import ExportInputError, _local_copy
 from segment_pipeline.core.exports.keys import encode_segment, join_key
@@ -237,9 +243,10 @@ def member_lines_sql(
 
     Only members whose ``hash(identity_id) % parts == part`` (all of them when ``parts == 1``), so
     an export can run in several passes each holding a bounded set of members. The segment's ids
-    are the build side of a semi join that the ``profiles`` scan probes: the only state that grows
-    with the segment is that set of ids (no aggregate, no ORDER BY, no member email carried), and an
-    identity is emitted once however often ``memberships`` lists it. With ``without_profile`` the
+    are the build side of a semi join that the ``profiles`` scan probes: the state that grows with
+    the segment is that set of ids (no aggregate, no member email carried) and the sort of the
+    pass's lines by ``identity_id`` (for byte-identical re-runs; it spills to disk beyond the
+    memory limit), and an identity is emitted once however often ``memberships`` lists it. With ``without_profile`` the
     lines are those of members that have no ``profiles`` row (only ``identity_id``/``email``, from
     ``memberships``): a separate, normally empty, pass.
     """
@@ -276,7 +283,8 @@ def member_lines_sql(
                        min(e.occurred_at) AS first, max(e.occurred_at) AS last, count(*) AS count
                 FROM {events} e
                 WHERE e.occurred_at < DATE '{day_end}' AND e.email IN (SELECT email FROM {members})
-                GROUP BY ALL
+                GROUP BY 1, 2, 3  -- not GROUP BY ALL: with the HAVING on max(occurred_at), DuckDB
+                                  -- also grouped by occurred_at (one item per event, not per name)
                 HAVING name IS NOT NULL AND max(e.occurred_at) >= DATE '{window_start}')"""
         )
         item = f"{{'name': name, 'first': strftime(first, {_TS}), 'last': strftime(last, {_TS}), 'count': count}}"
@@ -289,10 +297,13 @@ def member_lines_sql(
         )
         event_join = "LEFT JOIN ev ON ev.email = p.email"
     with_sql = f"WITH {', '.join(ctes)}" if ctes else ""
+    # ordered by identity_id, so the files' bytes do not depend on DuckDB's scheduling (the sort
+    # spills to disk beyond the memory limit; it holds at most one pass of lines)
     return f"""
         {with_sql}
         SELECT '{{' || concat_ws(',', {parts_sql}) || '}}' || chr(10) AS line
         FROM {source} p {event_join}
+        ORDER BY p.identity_id
     """
 
 
@@ -364,6 +375,12 @@ def _member_line_arrays(
         count.members += expected
 
 
+def chunk_name(object_prefix: str, index: int) -> str:
+    """The random-looking name of chunk ``index`` of an export: 32 hex digits of
+    SHA-256(``object_prefix/index``), unique per export and the same when it is written again."""
+    return hashlib.sha256(f"{object_prefix}/{index}".encode()).hexdigest()[:32]
+
+
 def _line_chunks(arrays: Iterable[pa.Array], chunk_size: int) -> Iterator[tuple[list[memoryview], int]]:
     """Group the ``line`` strings into runs of ``chunk_size`` as zero-copy views of Arrow buffers."""
     pieces: list[memoryview] = []
@@ -404,7 +421,8 @@ def _write_chunk(path, name: str, pieces: list[memoryview], output_format: str, 
 
 
 def sweep_incomplete(storage: ExportStorage, segment_id: str) -> list[str]:
-    """Delete export folders of ``segment_id`` that have no manifest (left by crashed exports).
+    """Delete export folders of ``segment_id`` that have no manifest (left by crashed exports),
+    and local temporary entries whose writer is gone (:func:`segment_pipeline.core.atomic.is_abandoned`).
 
     Only safe while holding the segment's export lock (no other export of it is running).
     """
@@ -417,6 +435,8 @@ def sweep_incomplete(storage: ExportStorage, segment_id: str) -> list[str]:
         storage.delete_prefix(folder)
     if isinstance(storage, LocalExportStorage):
         for leftover in storage.list_temporaries(prefix):
+            if not is_abandoned(leftover):
+                continue  # its writer still runs (e.g. a lock broken as stale under a live export)
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
@@ -477,8 +497,8 @@ def export_segment(
     with storage.batch(prefix) as batch, ThreadPoolExecutor(max(1, writer_threads)) as pool:
         pending: deque[Future] = deque()
         try:
-            for pieces, lines in _line_chunks(arrays, chunk_size):
-                pending.append(pool.submit(write, batch, uuid.uuid4().hex, pieces, lines))
+            for index, (pieces, lines) in enumerate(_line_chunks(arrays, chunk_size)):
+                pending.append(pool.submit(write, batch, chunk_name(object_prefix, index), pieces, lines))
                 while len(pending) >= 2 * max(1, writer_threads):
                     collect(pending.popleft())
             while pending:

@@ -16,6 +16,12 @@ Both storages expose the same small API over relative keys (see :mod:`.keys`):
 
 Keys are checked with :func:`.keys.check_key` at every entry point, and local paths are also
 checked to resolve inside the root, so no key can escape the export root or the S3 prefix.
+
+Local files are owner-only (``0600``, folders we create ``0700``, whatever the umask; see
+:mod:`segment_pipeline.core.atomic`): exports hold personal data. A web server publishing the
+export folder must run as the same user (or be granted access by an administrator, e.g. with a
+group and ``chmod g+rX``). S3 staging files live in a private temporary folder (``0700``).
+Leftovers of killed writes are removed by the next write of the same key and by :meth:`sweep`.
 """
 
 from __future__ import annotations
@@ -29,7 +35,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from segment_pipeline.core.atomic import TMP_PREFIX, atomic_path, atomic_write_bytes, temp_sibling
+from segment_pipeline.core.atomic import (
+    DIR_MODE,
+    FILE_MODE,
+    TMP_PREFIX,
+    atomic_path,
+    atomic_write_bytes,
+    private_mkdir,
+    sweep_temporaries,
+    sweep_tree,
+    temp_sibling,
+)
 from segment_pipeline.core.exports.keys import UnsafeKeyError, check_key, check_part
 
 
@@ -127,8 +143,7 @@ class LocalExportStorage(ExportStorage):
 
     @contextlib.contextmanager
     def batch(self, prefix: str) -> Iterator[Batch]:
-        with atomic_path(self.path(prefix)) as tmp_dir:
-            tmp_dir.mkdir()
+        with atomic_path(self.path(prefix), directory=True) as tmp_dir:
             yield _LocalBatch(tmp_dir)
 
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -163,6 +178,11 @@ class LocalExportStorage(ExportStorage):
             keys.extend(f"{rel}/{f}" for f in sorted(filenames) if not f.startswith(TMP_PREFIX))
         return keys
 
+    def sweep(self, prefix: str | None = None) -> list[Path]:
+        """Remove leftovers of killed writes under ``prefix`` (default: the whole export root)
+        whose writer is gone (:func:`segment_pipeline.core.atomic.sweep_tree`)."""
+        return sweep_tree(self.path(prefix) if prefix else self.root)
+
     def list_temporaries(self, prefix: str) -> list[Path]:
         """Leftovers of crashed writes under ``prefix`` (never visible through ``list_keys``)."""
         base = self.path(prefix)
@@ -187,16 +207,21 @@ class LocalExportStorage(ExportStorage):
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_mkdir(target.parent)
         tmp = temp_sibling(target)
         try:
-            tmp.write_bytes(data)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            with os.fdopen(fd, "wb") as out:
+                os.fchmod(out.fileno(), FILE_MODE)
+                out.write(data)
             os.link(tmp, target)  # fails if target exists; target appears fully written
-            return True
+            created = True
         except FileExistsError:
-            return False
+            created = False
         finally:
             tmp.unlink(missing_ok=True)
+        sweep_temporaries(target.parent, target.name)
+        return created
 
     def last_modified(self, key: str) -> dt.datetime | None:
         try:
@@ -211,7 +236,8 @@ class _LocalBatch:
 
     @contextlib.contextmanager
     def writer(self, name: str) -> Iterator[Path]:
-        with atomic_path(self.folder / check_part(name)) as tmp:
+        # the batch folder is itself temporary and fresh: nothing of a killed writer to sweep here
+        with atomic_path(self.folder / check_part(name), sweep=False) as tmp:
             yield tmp
 
 
@@ -255,10 +281,12 @@ class S3ExportStorage(ExportStorage):
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[Path]:
         object_key = self.object_key(key)
-        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".part", dir=self.staging_dir)
-        os.close(fd)
-        tmp = Path(name)
-        tmp.unlink()  # writers create the file themselves (DuckDB COPY refuses nothing, zipfile too)
+        if self.staging_dir:
+            private_mkdir(self.staging_dir)
+        # a private folder (mkdtemp: 0700) holds the file, which its writer creates with any mode
+        folder = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, suffix=".part", dir=self.staging_dir))
+        os.chmod(folder, DIR_MODE)
+        tmp = folder / key.rsplit("/", 1)[-1]
         try:
             yield tmp
             if not tmp.exists():
@@ -266,7 +294,7 @@ class S3ExportStorage(ExportStorage):
             # upload_file: one PUT, or a multipart upload that only becomes visible when completed
             self.client.upload_file(str(tmp), self.bucket, object_key)
         finally:
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
 
     @contextlib.contextmanager
     def batch(self, prefix: str) -> Iterator[Batch]:

@@ -23,6 +23,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from segment_pipeline.core.warehouse import spill_dir
+
 B = TypeVar("B")
 R = TypeVar("R")
 
@@ -37,7 +39,7 @@ class Row:
 
 def plan_rows(plan_path: Path, action: str, rows_per_batch: int = 20_000) -> Iterator[Row]:
     """Rows of one action from the plan, streamed in Arrow record batches."""
-    con = duckdb.connect()
+    con = duckdb.connect(config={"temp_directory": str(spill_dir())})  # spills stay private (0700)
     try:
         reader = con.sql(
             "SELECT email, segments, member FROM read_parquet($path) WHERE action = $action ORDER BY email",
@@ -98,7 +100,7 @@ def plan_batches(plan_path: Path, action: str, record_sql: str, max_rows: int, m
     record (over the plan columns ``email``, ``segments``, ``member``). A single record over
     ``max_bytes`` raises ``ValueError``.
     """
-    con = duckdb.connect()
+    con = duckdb.connect(config={"temp_directory": str(spill_dir())})  # spills stay private (0700)
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     pending_bytes = 0

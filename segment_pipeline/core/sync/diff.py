@@ -6,9 +6,11 @@ batches by the batching engine, so nothing the size of the audience is ever held
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from segment_pipeline.core.atomic import FILE_MODE, private_mkdir
 from segment_pipeline.core.sync.state import StateStore
 from segment_pipeline.core.warehouse import sql_string
 
@@ -34,7 +36,7 @@ def write_plan(store: StateStore, dest: str, desired_sql: str, params: list[obje
 
     ``member`` is whether the mirror has the email as a list member already (for "added" counts).
     """
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    private_mkdir(plan_path.parent)
     track = "TRUE" if track_list else "FALSE"
     sql = f"""
         WITH d AS ({desired_sql}),
@@ -54,6 +56,7 @@ def write_plan(store: StateStore, dest: str, desired_sql: str, params: list[obje
         f"COPY ({sql} ORDER BY action, email) TO {sql_string(str(plan_path))} (FORMAT parquet, COMPRESSION zstd)",
         [*params, dest],
     ).fetchall()
+    os.chmod(plan_path, FILE_MODE)  # in a 0700 folder from its creation; the file itself 0600 too
     desired = store.con.execute(f"SELECT count(*) FROM ({desired_sql})", params).fetchall()[0][0]
     counts = dict(store.con.execute(
         f"SELECT action, count(*) FROM read_parquet({sql_string(str(plan_path))}) GROUP BY action").fetchall())

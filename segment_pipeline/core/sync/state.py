@@ -17,6 +17,9 @@ One DuckDB file per integration, ``<state_dir>/state.duckdb``:
 ``dest`` is the destination identity (service URL, list/address book id, property name): pointing
 the sync at another account or list starts from an empty mirror, so everyone is sent again.
 An exclusive ``flock`` on ``<state_dir>/lock`` keeps two runs of one integration apart.
+
+The mirror holds every synced email: the state folder is created ``0700`` and its files
+(``state.duckdb`` and its WAL, ``runs.jsonl``, ``lock``, plans) are ``0600``, whatever the umask.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+
+from segment_pipeline.core.atomic import FILE_MODE, open_private, private_mkdir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS mirror (
@@ -57,15 +62,23 @@ def _now() -> dt.datetime:
 class StateStore:
     def __init__(self, state_dir: str | os.PathLike[str]):
         self.dir = Path(state_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_mkdir(self.dir)
         self.path = self.dir / "state.duckdb"
         self._lock_fd: int | None = None
         self.con = duckdb.connect(str(self.path))
         self.con.execute(SCHEMA)
+        self._private_files()
+
+    def _private_files(self) -> None:
+        """``chmod 0600`` the database files DuckDB created with the umask's mode (inside the
+        ``0700`` folder, so nobody else could open them meanwhile)."""
+        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path, FILE_MODE)
 
     # -- lifecycle -----------------------------------------------------------------------
     def lock(self) -> None:
-        fd = os.open(self.dir / "lock", os.O_CREAT | os.O_RDWR, 0o644)
+        fd = open_private(self.dir / "lock", os.O_CREAT | os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -74,6 +87,8 @@ class StateStore:
         self._lock_fd = fd
 
     def close(self) -> None:
+        with contextlib.suppress(duckdb.Error):
+            self._private_files()
         self.con.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -170,7 +185,7 @@ class StateStore:
     def finish_run(self, run_id: str, status: str, counts: dict[str, object], error: str | None = None) -> None:
         self.con.execute("UPDATE runs SET status = ?, finished_at = ?, counts = ?, error = ? WHERE run_id = ?",
                          [status, _now(), json.dumps(counts), error, run_id])
-        with open(self.dir / "runs.jsonl", "a", encoding="utf-8") as fh:
+        with os.fdopen(open_private(self.dir / "runs.jsonl"), "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"run_id": run_id, "status": status, "finished_at": _now().isoformat(),
                                  "error": error, **counts}) + "\n")
 

@@ -18,6 +18,7 @@ from segment_pipeline.core.exports import csv_range, daily_feed
 from segment_pipeline.core.exports import segment_export as chunked
 from segment_pipeline.core.exports.callback import redact
 from segment_pipeline.core.exports.keys import tag_value
+from segment_pipeline.core.exports.storage import LocalExportStorage
 from segment_pipeline.core.warehouse import connect
 from segment_pipeline.defs.automation.conditions import DAILY_FRESHNESS, FEED
 from segment_pipeline.defs.exports.resources import ExportsResource
@@ -57,6 +58,10 @@ def segment_feed_daily(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     to that day with the names of its segments, at daily/IDENTIFIER/YYYY-MM-DD.json under the export
     root, plus a latest pointer. (Shown as the asset's description: plain text, no markup.)"""
     wh, storage, identifier = warehouse.get(), exports.storage(), exports.feed_identifier()
+    if isinstance(storage, LocalExportStorage):
+        swept = storage.sweep()  # leftovers of killed writes (feed, exports, locks) whose writer is gone
+        if swept:
+            context.log.info(f"removed {len(swept)} leftover temporary file(s) of killed writes")
     con = connect(memory_limit=exports.duckdb_memory_limit)
     problems: dict[str, list[str]] = {}
     for day in partition_days(context):

@@ -39,6 +39,9 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
     def ingest(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: WarehouseResource,
                landing: LandingZoneResource):
         wh = warehouse.get()
+        swept = wh.sweep()  # leftovers of killed writes whose writer is gone
+        if swept:
+            context.log.info(f"removed {len(swept)} leftover temporary file(s) of killed writes")
         con = connect(preserve_order=True)
         worst = (0.0, None)
         options = source_options(settings.sources_file(), kind)  # the landing folder is the source
