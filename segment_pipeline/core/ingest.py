@@ -152,12 +152,14 @@ def landing_files(landing_root: str | Path, kind: str, day: str | dt.date) -> li
 class TextFile:
     """A text landing file ready to read: ``read_path`` is plain UTF-8 (the file itself or a staging
     copy); ``encoding`` is the codec it was decoded with; ``lossy`` says bytes invalid in that
-    encoding were replaced by U+FFFD (their lines are quarantined)."""
+    encoding were replaced by U+FFFD (their lines are quarantined); ``lines`` is its number of
+    physical lines (line feeds, plus a last line without one)."""
 
     path: Path
     read_path: Path
     encoding: str
     lossy: bool = False
+    lines: int = 0
 
     @property
     def encoding_label(self) -> str:
@@ -227,28 +229,49 @@ def _prepare_text(path: Path, compression: str | None, declared: str, target: Pa
         if len(head) >= 4:
             break
     encoding, bom = _detect_encoding(head, codecs.lookup(declared).name)
+    lines = _LineCounter()
     if compression is None and not bom and encoding == "utf-8":
         decoder = codecs.getincrementaldecoder("utf-8")("strict")
         try:
             for chunk in _chain(head, chunks):
+                lines.add(chunk)
                 if not chunk.isascii():
                     decoder.decode(chunk)
             decoder.decode(b"", final=True)
-            return TextFile(path, path, "utf-8")
+            return TextFile(path, path, "utf-8", lines=lines.total)
         except UnicodeDecodeError:
             chunks = _raw_chunks(path, None)  # start over, replacing the invalid bytes
-            head = b""
+            head, lines = b"", _LineCounter()
     decoder = codecs.getincrementaldecoder(encoding)("replace")
     lossy = False
     with target.open("wb") as out:
         for chunk in _chain(head, chunks):
             text = decoder.decode(chunk)
             lossy = lossy or "\ufffd" in text
-            out.write(text.encode("utf-8", "replace"))
+            out.write(data := text.encode("utf-8", "replace"))
+            lines.add(data)
         text = decoder.decode(b"", final=True)
         lossy = lossy or "\ufffd" in text
-        out.write(text.encode("utf-8", "replace"))
-    return TextFile(path, target, encoding, lossy)
+        out.write(data := text.encode("utf-8", "replace"))
+        lines.add(data)
+    return TextFile(path, target, encoding, lossy, lines.total)
+
+
+class _LineCounter:
+    """Counts physical lines of a byte stream fed in chunks."""
+
+    def __init__(self) -> None:
+        self.feeds = 0
+        self.last = b"\n"
+
+    def add(self, chunk: bytes) -> None:
+        if chunk:
+            self.feeds += chunk.count(b"\n")
+            self.last = chunk[-1:]
+
+    @property
+    def total(self) -> int:
+        return self.feeds + (self.last != b"\n")
 
 
 def _chain(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
@@ -324,23 +347,30 @@ def _csv_record_lines(text: TextFile, target: Path) -> None:
     """Write ``(record, line, blank)`` to Parquet: the physical line on which each CSV record starts.
 
     ``record`` counts records as DuckDB's CSV reader numbers them in its reject table (1 = the
-    header; a blank line counts as a record that holds no row). In RFC 4180 CSV (quote and escape
-    ``"``) a line starts a record exactly when the quotes before it are balanced, so the record
-    starts follow from a running count of quote characters: a field that spans lines moves every
-    later record one line down, and this is what keeps their ``source_line`` right.
+    header; a blank line counts as a record that holds no row). Python's CSV reader follows the
+    same RFC 4180 rules (quote and escape ``"``; a quote inside an unquoted field is a character)
+    and says how many physical lines each record took; the file is streamed, the map written in
+    batches. Only needed for a file whose records do not all take exactly one line.
     """
-    quotes = pl.col("raw").str.count_matches('"', literal=True).cast(pl.Int64)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("record", pa.int64()), ("line", pa.int64()), ("blank", pa.bool_())])
     try:
-        (
-            pl.scan_lines(text.read_path, name="raw", row_index_name="line", row_index_offset=1)
-            .with_columns(quotes=quotes)
-            .filter((pl.col("quotes").cum_sum() - pl.col("quotes")) % 2 == 0)
-            .select(pl.col("line").cast(pl.Int64), blank=pl.col("raw") == "")
-            .with_row_index("record", offset=1)
-            .with_columns(pl.col("record").cast(pl.Int64))
-            .sink_parquet(target, compression="lz4")
-        )
-    except (pl.exceptions.PolarsError, OSError) as exc:
+        with text.read_path.open(newline="", encoding="utf-8") as fh, pq.ParquetWriter(target, schema) as out:
+            reader = csv.reader(fh, strict=False)
+            batch: dict[str, list] = {"record": [], "line": [], "blank": []}
+            start = 1
+            for record, row in enumerate(reader, start=1):
+                batch["record"].append(record)
+                batch["line"].append(start)
+                batch["blank"].append(not row)
+                start = reader.line_num + 1
+                if len(batch["record"]) >= 100_000:
+                    out.write_table(pa.table(batch, schema=schema))
+                    batch = {k: [] for k in batch}
+            out.write_table(pa.table(batch, schema=schema))
+    except (csv.Error, UnicodeDecodeError, OSError) as exc:
         raise LandingFileError(f"{text.path}: cannot be read as CSV: {_first_line(exc)}") from None
 
 
@@ -363,12 +393,13 @@ def _csv_relation(text: TextFile, fields: list[str], required: list[str]) -> str
         cells = ", ".join(f"coalesce({_q(h)}, '')" for h in header)
         message = sql_string(f"row is not valid {text.encoding_label}")
         parse_error = f"CASE WHEN contains(concat({cells}), '\ufffd') THEN {message} END"
-    # Rows are numbered by position here (an order-preserving scan) and mapped to the physical line
-    # where their record starts after the scan (see _csv_record_lines). Rows DuckDB's CSV reader
+    # Rows are numbered by position here (an order-preserving scan) and, when some record of the
+    # file spans lines or a line is blank, mapped after the scan to the physical line where their
+    # record starts (see _csv_record_lines). Rows DuckDB's CSV reader
     # rejects (wrong column count, bad quoting) are kept in its reject tables with their record
     # number; they are quarantined, not lost.
     return f"""(
-        SELECT {sql_string(str(path))} AS source_file, row_number() OVER () AS source_line,
+        SELECT {sql_string(str(path))} AS source_file, row_number() OVER () + 1 AS source_line,
                {parse_error} AS parse_error, NULL::VARCHAR AS raw, {cols}
         FROM read_csv({src}, {CSV_OPTIONS}, columns = {{{columns}}},
                       store_rejects = true, rejects_table = 'csv_rejects', rejects_scan = 'csv_reject_scans')
@@ -536,7 +567,7 @@ def ingest_day(
     temp_files = [staging]
     parts: list[str] = []
     ndjson_files: list[Path] = []
-    csv_files: list[tuple[TextFile, Path]] = []  # with the file of its record start lines
+    csv_files: list[TextFile] = []
     try:
         for i, path in enumerate(files):
             fmt, compression = file_format(path.name) or ("", None)
@@ -557,9 +588,7 @@ def ingest_day(
                 ndjson_files.append(path)
             else:
                 parts.append(_csv_relation(text, fields, REQUIRED_FIELDS[kind]))
-                temp_files.append(stem.with_suffix(".records.parquet"))
-                _csv_record_lines(text, stem.with_suffix(".records.parquet"))
-                csv_files.append((text, stem.with_suffix(".records.parquet")))
+                csv_files.append(text)
     except BaseException:
         _remove(temp_files)
         raise
@@ -593,13 +622,17 @@ def ingest_day(
             raise LandingFileError(f"{kind} for {day}: cannot read landing file(s) {names}: {_first_line(exc)}") from None
         staged = f"read_parquet({sql_string(str(staging))})"
         _check_ndjson_readable(con, staged, ndjson_files)
-        rejected_csv = _csv_rejects(con, csv_files) if csv_files else None
         line = "s.source_line"
         joins = ""
+        rejected_csv = None
         if csv_files:
-            _csv_line_map(con, csv_files, rejected_csv)
-            joins += " LEFT JOIN csv_line_map lm ON lm.source_file = s.source_file AND lm.position = s.source_line"
-            line = "coalesce(lm.line, s.source_line)"
+            maps = _csv_record_maps(con, staged, csv_files, staging_dir / f"{kind}-{day.isoformat()}-{run_id}",
+                                    temp_files)
+            rejected_csv = _csv_rejects(con, maps)
+            if maps:
+                _csv_line_map(con, maps, rejected_csv)
+                joins += " LEFT JOIN csv_line_map lm ON lm.source_file = s.source_file AND lm.position = s.source_line"
+                line = "coalesce(lm.line, s.source_line)"
         duplicate = "FALSE"
         if kind == "events":
             # An event delivered twice (same event_id) is kept once: later copies are quarantined.
@@ -656,7 +689,40 @@ def _check_ndjson_readable(con: duckdb.DuckDBPyConnection, staged: str, files: l
             raise LandingFileError(f"{path}: not NDJSON: none of its {total} line(s) is a JSON object")
 
 
-def _csv_rejects(con: duckdb.DuckDBPyConnection, csv_files: list[tuple[TextFile, Path]]) -> str | None:
+def _csv_record_maps(
+    con: duckdb.DuckDBPyConnection, staged: str, csv_files: list[TextFile], stem: Path, temp_files: list[Path]
+) -> list[tuple[TextFile, Path]]:
+    """Record start lines for the CSV files that need them. In a file with as many records as lines,
+    record n is on line n: rows need a map only when rejected records sit between them, and that
+    map is the identity. A file with fewer records than lines (a field over several lines, or a
+    blank line) is read once more for the lines each record took. In every other file a row's
+    position + 1 already is its physical line."""
+    accepted = dict(con.execute(f"SELECT source_file, count(*) FROM {staged} GROUP BY ALL").fetchall())
+    try:
+        rejected = dict(con.execute(
+            "SELECT s.file_path, count(DISTINCT e.line) FROM csv_rejects e JOIN csv_reject_scans s "
+            "USING (scan_id, file_id) GROUP BY ALL"
+        ).fetchall())
+    except duckdb.Error:
+        rejected = {}
+    maps = []
+    for i, text in enumerate(csv_files):
+        n_rejected = rejected.get(str(text.read_path), 0)
+        records = 1 + accepted.get(str(text.path), 0) + n_rejected
+        if records == text.lines and not n_rejected:
+            continue
+        target = stem.with_name(f"{stem.name}-records-{i}.parquet")
+        temp_files.append(target)
+        if records == text.lines:
+            con.execute(f"COPY (SELECT r AS record, r AS line, false AS blank FROM range(1, {records + 1}) t(r)) "
+                        f"TO {sql_string(str(target))} (FORMAT parquet)")
+        else:
+            _csv_record_lines(text, target)
+        maps.append((text, target))
+    return maps
+
+
+def _csv_rejects(con: duckdb.DuckDBPyConnection, maps: list[tuple[TextFile, Path]]) -> str | None:
     """The CSV reader's rejected rows of this run as quarantine rows, or None if there were none.
 
     Their ``source_line`` is the physical line where the rejected record starts; ``source_file``
@@ -669,9 +735,10 @@ def _csv_rejects(con: duckdb.DuckDBPyConnection, csv_files: list[tuple[TextFile,
     if not n:
         return None
     records = " UNION ALL ".join(
-        f"SELECT {sql_string(str(t.read_path))} AS read_path, {sql_string(str(t.path))} AS source_file, "
-        f"record, line FROM read_parquet({sql_string(str(m))})"
-        for t, m in csv_files
+        ["SELECT NULL::VARCHAR AS read_path, NULL::VARCHAR AS source_file, NULL::BIGINT AS record, "
+         "NULL::BIGINT AS line WHERE false"]
+        + [f"SELECT {sql_string(str(t.read_path))}, {sql_string(str(t.path))}, record, line "
+           f"FROM read_parquet({sql_string(str(m))})" for t, m in maps]
     )
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE csv_rejects_q AS
@@ -688,19 +755,19 @@ def _csv_rejects(con: duckdb.DuckDBPyConnection, csv_files: list[tuple[TextFile,
     return "(SELECT source_file, source_line, reason, raw FROM csv_rejects_q)"
 
 
-def _csv_line_map(con: duckdb.DuckDBPyConnection, csv_files: list[tuple[TextFile, Path]], rejects: str | None) -> None:
-    """Build ``csv_line_map(source_file, position, line)``: the physical start line of the n-th row
-    the CSV reader accepted, from the record start lines minus the header, blank lines and
-    rejected records."""
+def _csv_line_map(con: duckdb.DuckDBPyConnection, maps: list[tuple[TextFile, Path]], rejects: str | None) -> None:
+    """Build ``csv_line_map(source_file, position, line)``: the physical start line of the row the
+    CSV reader accepted at ``position`` (its rank + 1, the line when every record is one line),
+    from the record start lines minus the header, blank lines and rejected records."""
     records = " UNION ALL ".join(
         f"SELECT {sql_string(str(t.path))} AS source_file, record, line, blank FROM read_parquet({sql_string(str(m))})"
-        for t, m in csv_files
+        for t, m in maps
     )
     rejected = "SELECT source_file, record FROM csv_rejects_q" if rejects else \
         "SELECT NULL::VARCHAR AS source_file, NULL::BIGINT AS record LIMIT 0"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE csv_line_map AS
-        SELECT source_file, row_number() OVER (PARTITION BY source_file ORDER BY record) AS position, line
+        SELECT source_file, row_number() OVER (PARTITION BY source_file ORDER BY record) + 1 AS position, line
         FROM ({records}) r
         WHERE record > 1 AND NOT blank
           AND NOT EXISTS (SELECT 1 FROM ({rejected}) x WHERE x.source_file = r.source_file AND x.record = r.record)

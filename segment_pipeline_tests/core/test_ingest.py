@@ -373,15 +373,20 @@ def test_csv_source_line_is_the_physical_line_where_the_record_starts(tmp_path, 
         "d@example.com,2026-11-03T08:00:00Z,Köln\n"                 # 10
         "e@example.com,2026-11-03T08:00:00Z,too,many,columns\n"     # 11 rejected
         "f@example.com,2026-11-03T08:00:00Z,Bonn\n"                 # 12
+        'g@example.com,2026-11-03T08:00:00Z,5 11" tall\n'           # 13 a quote inside an unquoted field
+        "bad2,2026-11-03T08:00:00Z,Ulm\n"                           # 14
+        'h@example.com,2026-11-03T08:00:00Z,"last\nrow"'            # 15 no line feed at the end
     ).encode())
     report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY)
-    assert (report.rows_valid, report.rows_quarantined) == (4, 3)
+    assert (report.rows_valid, report.rows_quarantined) == (6, 4)
     assert rows(wh, "raw_profiles", "email, source_line") == [
         ("a@example.com", 2), ("b@example.com", 6), ("d@example.com", 10), ("f@example.com", 12),
+        ("g@example.com", 13), ("h@example.com", 15),
     ]
     quarantined = rows(wh, "quarantine_profiles", "source_line, reason")
     assert [(line, reason.split(":")[0]) for line, reason in quarantined] == [
         (4, "invalid email syntax in field email"), (8, "unparsable CSV row"), (11, "unparsable CSV row"),
+        (14, "invalid email syntax in field email"),
     ]
 
 

@@ -2,7 +2,9 @@
 
 import dagster as dg
 
+from segment_pipeline import settings
 from segment_pipeline.core.ingest import KINDS, ingest_day
+from segment_pipeline.core.sources import source_options
 from segment_pipeline.core.warehouse import connect
 from segment_pipeline.defs.automation.conditions import DAILY
 from segment_pipeline.defs.partitions import daily_partitions, partition_days, single_run
@@ -37,9 +39,11 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
                landing: LandingZoneResource):
         wh = warehouse.get()
         con = connect(preserve_order=True)
+        # the landing folder name is the source name; a bad sources file fails here, naming it
+        options = source_options(settings.sources_file(), kind)
         worst = (0.0, None)
         for day in partition_days(context):
-            report = ingest_day(con, wh, landing.root, kind, day)
+            report = ingest_day(con, wh, landing.root, kind, day, options)
             key = day.isoformat()
             context.log.info(
                 f"{kind} {key}: {report.rows_valid} valid, {report.rows_quarantined} quarantined "
@@ -52,6 +56,7 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
                     "rows_quarantined": report.rows_quarantined,
                     "quarantine_ratio": report.quarantine_ratio,
                     "files": dg.MetadataValue.json(report.files),
+                    "source_options": dg.MetadataValue.json(options.model_dump()),
                     "path": dg.MetadataValue.path(str(wh.partition_path(f"raw_{kind}", day))),
                 },
                 asset_key=raw_key,
