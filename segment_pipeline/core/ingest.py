@@ -312,13 +312,16 @@ def _ndjson_relation(text: TextFile, lines: Path, fields: list[str]) -> str:
         f"WHEN contains(raw, '\ufffd') THEN {sql_string(f'line is not valid {text.encoding_label}')}"
         if text.lossy else ""
     )
-    # A key given twice would be resolved silently (the parser keeps one): such a line is
-    # quarantined. Counting distinct keys is the costly part, so it runs only where the line has
-    # more keys than non-null known fields, which every line with a repeated key has.
-    present = " + ".join(f"({f} IS NOT NULL)::INTEGER" for f in fields)
+    # A key given twice would be resolved silently (the parser keeps the first): such a line is
+    # quarantined. Every line with a repeated key has more keys than distinct known keys present,
+    # and those more than non-null known fields; each test is costlier than the one before and
+    # runs only on the lines that pass it, so clean lines skip the exact count of distinct keys.
+    non_null = " + ".join(f"({f} IS NOT NULL)::INTEGER" for f in fields)
+    paths = "[" + ", ".join(sql_string(f'$."{f}"') for f in fields) + "]"
     return f"""(
         SELECT {sql_string(str(text.path))} AS source_file, source_line, raw, {', '.join(fields)},
-               CASE WHEN parse_error IS NULL AND n_keys > {present}
+               CASE WHEN parse_error IS NULL AND n_keys > {non_null}
+                         AND n_keys > list_count(list_filter(json_exists(obj, {paths}), lambda x: x))
                          AND list_unique(json_keys(obj)) < n_keys THEN 'invalid JSON: duplicate key'
                     ELSE parse_error END AS parse_error
         FROM (
@@ -356,6 +359,7 @@ def _csv_record_lines(text: TextFile, target: Path) -> None:
     import pyarrow.parquet as pq
 
     schema = pa.schema([("record", pa.int64()), ("line", pa.int64()), ("blank", pa.bool_())])
+    _allow_long_csv_fields()
     try:
         with text.read_path.open(newline="", encoding="utf-8") as fh, pq.ParquetWriter(target, schema) as out:
             reader = csv.reader(fh, strict=False)
@@ -374,8 +378,15 @@ def _csv_record_lines(text: TextFile, target: Path) -> None:
         raise LandingFileError(f"{text.path}: cannot be read as CSV: {_first_line(exc)}") from None
 
 
+def _allow_long_csv_fields() -> None:
+    """Python's CSV reader refuses fields over 128 KiB by default; DuckDB's reader has no such limit."""
+    if csv.field_size_limit() < 1 << 30:
+        csv.field_size_limit(1 << 30)
+
+
 def _csv_relation(text: TextFile, fields: list[str], required: list[str]) -> str:
     path, src = text.path, sql_string(str(text.read_path))
+    _allow_long_csv_fields()
     try:
         with text.read_path.open(newline="", encoding="utf-8-sig") as fh:
             header = next(csv.reader(fh), [])
