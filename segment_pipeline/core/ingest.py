@@ -219,9 +219,14 @@ def _detect_encoding(head: bytes, declared: str) -> tuple[str, bool]:
     return declared, False
 
 
-def _prepare_text(path: Path, compression: str | None, declared: str, target: Path) -> TextFile:
+def _prepare_text(path: Path, compression: str | None, declared: str, target: Path, check_utf8: bool = True) -> TextFile:
     """Make ``path`` readable as plain UTF-8, streaming; ``target`` receives a transcoded copy when
-    the file is compressed, has a BOM, declares another encoding or is not valid UTF-8."""
+    the file is compressed, has a BOM, declares another encoding or is not valid UTF-8.
+
+    With ``check_utf8=False`` a plain file declared UTF-8 is taken as it is, unread (the caller's
+    reader then finds invalid bytes itself, and asks again with ``check_utf8=True``); its ``lines``
+    stay 0.
+    """
     chunks = _raw_chunks(path, compression)
     head = b""
     for chunk in chunks:  # at least 4 bytes (or the whole text) to see a byte-order mark
@@ -230,6 +235,8 @@ def _prepare_text(path: Path, compression: str | None, declared: str, target: Pa
             break
     encoding, bom = _detect_encoding(head, codecs.lookup(declared).name)
     lines = _LineCounter()
+    if compression is None and not bom and encoding == "utf-8" and not check_utf8:
+        return TextFile(path, path, "utf-8")
     if compression is None and not bom and encoding == "utf-8":
         decoder = codecs.getincrementaldecoder("utf-8")("strict")
         try:
@@ -285,6 +292,10 @@ def _chain(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 # ---------------------------------------------------------------------------------------------
 
 
+class _NotUtf8(Exception):
+    """The file given to :func:`_number_lines` as UTF-8 is not valid UTF-8."""
+
+
 def _number_lines(text: TextFile, target: Path) -> None:
     """Write ``(source_line, raw)`` for every physical line of a prepared NDJSON file to Parquet.
 
@@ -299,6 +310,8 @@ def _number_lines(text: TextFile, target: Path) -> None:
             .sink_parquet(target, compression="lz4")
         )
     except (pl.exceptions.PolarsError, OSError) as exc:
+        if text.read_path == text.path and "utf8" in str(exc).lower().replace("-", ""):
+            raise _NotUtf8 from None
         raise LandingFileError(f"{text.path}: cannot be read as NDJSON: {_first_line(exc)}") from None
 
 
@@ -589,12 +602,18 @@ def ingest_day(
                 continue
             stem = staging_dir / f"{kind}-{day.isoformat()}-{run_id}-{i}"
             temp_files.append(stem.with_suffix(".utf8"))
-            text = _prepare_text(path, compression, options.encoding, stem.with_suffix(".utf8"))
+            # NDJSON: Polars checks UTF-8 as it numbers the lines, so a plain file is not read twice
+            text = _prepare_text(path, compression, options.encoding, stem.with_suffix(".utf8"),
+                                 check_utf8=fmt == "csv")
             if text.read_path.stat().st_size == 0:
                 continue  # an empty (compressed) delivery
             if fmt == "ndjson":
                 temp_files.append(stem.with_suffix(".lines.parquet"))
-                _number_lines(text, stem.with_suffix(".lines.parquet"))
+                try:
+                    _number_lines(text, stem.with_suffix(".lines.parquet"))
+                except _NotUtf8:  # number a copy with the invalid bytes replaced
+                    text = _prepare_text(path, compression, options.encoding, stem.with_suffix(".utf8"))
+                    _number_lines(text, stem.with_suffix(".lines.parquet"))
                 parts.append(_ndjson_relation(text, stem.with_suffix(".lines.parquet"), fields))
                 ndjson_files.append(path)
             else:
