@@ -8,6 +8,7 @@ A file still being written is never picked up half-way:
 
 * names the ingestion ignores (hidden files, ``.tmp``/``.part``/``.partial``/``.crdownload``) are
   ignored here too: writers that write under such a name and rename at the end are safe at once;
+* compressed deliveries (``.ndjson.gz``, ``.csv.zst``, ...) are landing files like any other;
 * any other file must have *settled*: unmodified for ``settle_seconds``. A day with a file that has
   not settled waits as a whole, so a day is not run on half of its files.
 

@@ -56,9 +56,12 @@ class SourceOptions(BaseModel):
     @classmethod
     def _known_encoding(cls, value: str) -> str:
         try:
-            return codecs.lookup(value).name
+            codec = codecs.lookup(value)
         except LookupError:
             raise ValueError(f"unknown text encoding {value!r}") from None
+        if not codec._is_text_encoding:  # base64, rot13, zlib...: codecs, but not text encodings
+            raise ValueError(f"{value!r} is not a text encoding")
+        return codec.name
 
 
 class SourcesFile(BaseModel):

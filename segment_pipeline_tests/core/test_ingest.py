@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import duckdb
 import pytest
 
@@ -45,7 +47,8 @@ def test_ndjson_profiles_bad_rows_are_quarantined_with_reason_file_and_line(tmp_
         (6, "line is not a JSON object"),
         (7, "missing required field email"),
         (8, "dob: not a valid date (YYYY-MM-DD)"),
-        (10, "updated_at: timestamp outside the plausible range (2000-01-01 .. end of the landing day)"),
+        (10, "updated_at: timestamp outside the plausible range "
+             "(2000-01-01 .. end of the landing day (UTC) + timestamp_tolerance_hours 15 h)"),
     ]
     assert {f for _, _, f in quarantined} == {str(path)}
     raw_texts = rows(wh, "quarantine_profiles", "raw")
@@ -213,3 +216,295 @@ def test_csv_empty_cells_clear_only_when_the_source_says_so(tmp_path, wh):
     ingest_day(con, wh, tmp_path, "profiles", DAY, SourceOptions(csv_empty_cell="clear"))
     # only columns the file has: first_name, phone, ... are not in the header and are kept
     assert rows(wh, "raw_profiles", "email, cleared") == [("a@example.com", ["country"]), ("b@example.com", ["country", "city"])]
+
+
+# -- issue 10: real-world files -------------------------------------------------------------------
+
+
+def write_bytes(landing, kind: str, name: str, data: bytes, day: str = DAY):
+    path = landing / kind / f"date={day}" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def ev_line(event_id: str, extra: str = "", occurred_at: str = "2026-11-03T10:00:00Z") -> str:
+    return (f'{{"event_id": "{event_id}", "email": "a@example.com", "event_type": "order", '
+            f'"occurred_at": "{occurred_at}"{extra}}}')
+
+
+def test_numbers_that_do_not_fit_their_column_quarantine_the_row_naming_the_field(tmp_path, wh):
+    write_ndjson(tmp_path, "events", DAY, [
+        ev_line("ok", ', "price": 12.345, "quantity": 3, "revenue": "37.04"'),   # 1 valid
+        ev_line("nan", ', "price": "NaN"'),                                      # 2
+        ev_line("inf", ', "price": Infinity'),                                   # 3
+        ev_line("big", ', "price": 1e400'),                                      # 4 no finite DOUBLE
+        ev_line("e20", ', "price": 1e20'),                                       # 5 beyond DECIMAL(18,2)
+        ev_line("q30", ', "quantity": 1e30'),                                    # 6 beyond INTEGER
+        ev_line("rev", ', "revenue": "-Infinity"'),                              # 7
+        ev_line("e15", ', "revenue": 2e15'),                                     # 8 fits, implausible
+        ev_line("q2m", ', "quantity": 2000000'),                                 # 9
+        ev_line("ts", "", occurred_at="294277-01-01T00:00:00Z"),                 # 10 beyond TIMESTAMP
+    ])
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
+    assert (report.rows_valid, report.rows_quarantined) == (1, 9)
+    assert rows(wh, "raw_events", "event_id, price::VARCHAR, quantity, revenue::VARCHAR") == [
+        ("ok", "12.35", 3, "37.04"),
+    ]
+    assert rows(wh, "quarantine_events", "source_line, reason") == [
+        (2, "price: not a number"),
+        (3, "price: not a number"),
+        (4, "price: does not fit DECIMAL(18,2)"),
+        (5, "price: does not fit DECIMAL(18,2)"),
+        (6, "quantity: does not fit INTEGER"),
+        (7, "revenue: not a number"),
+        (8, "revenue: implausibly large (at least 1e+15)"),
+        (9, "quantity: implausibly large (over 1000000)"),
+        (10, "occurred_at: not a valid ISO 8601 timestamp"),
+    ]
+
+
+def test_typed_values_of_profiles_and_of_typed_parquet_columns_are_guarded_too(tmp_path, wh):
+    write_ndjson(tmp_path, "profiles", DAY, [
+        profile("a@example.com", "2026-11-03T08:00:00Z", dob="1990-02-01"),
+        profile("b@example.com", "2026-11-03T08:00:00Z", dob="99999-01-01"),
+        profile("c@example.com", "2026-11-03T08:00:00Z", created_at="294277-01-01T00:00:00Z"),
+        profile("d@example.com", "9999-12-31T23:59:59Z"),
+    ])
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY)
+    assert (report.rows_valid, report.rows_quarantined) == (1, 3)
+    assert [r for _, r in rows(wh, "quarantine_profiles", "source_line, reason")] == [
+        "dob: outside the plausible range (1900-01-01 .. the landing day)",
+        "created_at: not a valid ISO 8601 timestamp",
+        "updated_at: timestamp outside the plausible range "
+        "(2000-01-01 .. end of the landing day (UTC) + timestamp_tolerance_hours 15 h)",
+    ]
+    # a Parquet delivery with real DOUBLE columns: NaN, inf and 1e20 as values, not text
+    path = tmp_path / "events" / f"date={DAY}" / "e.parquet"
+    path.parent.mkdir(parents=True)
+    duckdb.connect().execute(f"""
+        COPY (SELECT 'e' || i AS event_id, 'a@example.com' AS email, 'order' AS event_type,
+                     TIMESTAMP '2026-11-03 10:00:00' AS occurred_at, p AS price, q AS quantity
+              FROM (VALUES (1, 9.5, 1.0), (2, 'nan'::DOUBLE, 1.0), (3, 'inf'::DOUBLE, 1.0), (4, 1e20, 1.0),
+                           (5, 1.0, 1e30)) t(i, p, q))
+        TO '{path}' (FORMAT parquet)""")
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
+    assert rows(wh, "raw_events", "event_id, price::VARCHAR, quantity") == [("e1", "9.50", 1)]
+    assert rows(wh, "quarantine_events", "source_line, reason") == [
+        (2, "price: not a number"), (3, "price: not a number"), (4, "price: does not fit DECIMAL(18,2)"),
+        (5, "quantity: does not fit INTEGER"),
+    ]
+
+
+def test_control_characters_quarantine_the_line_and_ndjson_errors_speak_of_ndjson(tmp_path, wh):
+    lines = [
+        ev_line("e1").encode(),
+        ev_line("e2", ', "brand": "Ac\x1fme"').encode(),             # unit separator inside a string
+        ev_line("e3", ', "brand": "A\x00"').encode(),                # NUL inside a string
+        ev_line("e4").encode() + b"\x1f",                            # after the object
+        ev_line("e5", ', "brand": "tab\there"').encode(),            # a raw tab in a string is invalid too
+        ev_line("e6", ',\t"brand": "x"').encode(),                   # a tab between tokens is fine
+        b'{"event_id": "e7", "email": "nul\\u0000@example.com", "event_type": "order", '
+        b'"occurred_at": "2026-11-03T10:00:00Z"}',                   # an escaped NUL in email: invalid email
+    ]
+    write_bytes(tmp_path, "events", "e.ndjson", b"\n".join(lines) + b"\n")
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
+    assert [r[0] for r in rows(wh, "raw_events", "event_id") if r[0] != "e7"] == ["e1", "e6"]
+    quarantined = rows(wh, "quarantine_events", "source_line, reason")
+    assert quarantined[:4] == [
+        (2, "invalid JSON: control character"),
+        (3, "invalid JSON: control character"),
+        (4, "invalid JSON: control character"),
+        (5, "line is not valid JSON"),
+    ]
+    assert report.rows_read == 7  # the email with an escaped NUL crashes nothing (its validity: the email rule)
+    # a file of nothing but such lines fails the day, and the error speaks of NDJSON, not CSV
+    bad = write_bytes(tmp_path, "events", "f.ndjson", b"\x1f\x1f\n\x00,\x1f\n")
+    with pytest.raises(LandingFileError) as err:
+        ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
+    assert str(bad) in str(err.value) and "NDJSON" in str(err.value) and "CSV" not in str(err.value)
+
+
+def test_a_json_object_with_a_key_twice_is_quarantined_not_resolved(tmp_path, wh):
+    write_ndjson(tmp_path, "profiles", DAY, [
+        '{"email": "a@example.com", "email": "b@example.com", "updated_at": "2026-11-03T08:00:00Z"}',
+        '{"email": "c@example.com", "updated_at": "2026-11-03T08:00:00Z", "note": 1, "note": 2}',
+        '{"email": "d@example.com", "updated_at": "2026-11-03T08:00:00Z", "country": null, "extra": {"k": 1, "k": 2}}',
+        '{"email": "e@example.com", "updated_at": "2026-11-03T08:00:00Z", "phone": null, "unknown": 1}',
+    ])
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY)
+    assert (report.rows_valid, report.rows_quarantined) == (2, 2)
+    assert rows(wh, "quarantine_profiles", "source_line, reason") == [
+        (1, "invalid JSON: duplicate key"), (2, "invalid JSON: duplicate key"),
+    ]
+    assert [r[0] for r in rows(wh, "raw_profiles", "email")] == ["d@example.com", "e@example.com"]
+
+
+LATIN = "email,updated_at,first_name,city\n"
+
+
+@pytest.mark.parametrize("filler_rows", [0, 2000], ids=["bad-byte-in-first-8kb", "bad-byte-after-100kb"])
+def test_bytes_invalid_in_the_encoding_quarantine_their_row_wherever_they_are(tmp_path, wh, filler_rows):
+    filler = "".join(f"f{i}@example.com,2026-11-03T08:00:00Z,Fill,Berlin\n" for i in range(filler_rows))
+    data = (LATIN + filler).encode() + "m@example.com,2026-11-03T08:00:00Z,Müller,Köln\n".encode("cp1252") + \
+        b"z@example.com,2026-11-03T08:00:00Z,Zoe,Ulm\n"
+    assert (data.index(b"\xfc") < 8192) == (filler_rows == 0)
+    write_bytes(tmp_path, "profiles", "p.csv", data)
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY)
+    assert (report.rows_valid, report.rows_quarantined) == (filler_rows + 1, 1)
+    ((line, reason, raw),) = rows(wh, "quarantine_profiles", "source_line, reason, raw")
+    assert (line, reason) == (filler_rows + 2, "row is not valid UTF-8")
+    assert "m@example.com" in raw  # the row is kept, with the undecodable bytes replaced
+    # NDJSON alike
+    write_bytes(tmp_path, "events", "e.ndjson", (ev_line("e1") + "\n").encode() * max(filler_rows, 1)
+                + ev_line("e2", ', "brand": "Müller"').encode("cp1252") + b"\n")
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
+    assert rows(wh, "quarantine_events", "source_line, reason")[-1] == (max(filler_rows, 1) + 1, "line is not valid UTF-8")
+
+
+@pytest.mark.parametrize(("encoding", "bom", "declared"), [
+    ("cp1252", b"", "cp1252"),
+    ("latin-1", b"", "latin-1"),
+    ("utf-16-le", b"\xff\xfe", None),          # a byte-order mark needs no declaration
+    ("utf-16-be", b"\xfe\xff", "cp1252"),      # and wins over the declared encoding
+    ("utf-8", b"\xef\xbb\xbf", None),
+])
+def test_a_source_declares_its_encoding_and_a_bom_is_honoured(tmp_path, wh, monkeypatch, encoding, bom, declared):
+    sources = tmp_path / "sources.yaml"
+    if declared:
+        sources.write_text(f"sources:\n  profiles: {{encoding: {declared}}}\n  events: {{encoding: {declared}}}\n")
+    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", str(sources))
+    text = (LATIN.replace("\n", "\r\n")  # a Windows export: CRLF line ends, one field over two lines
+            + "m@example.com,2026-11-03T08:00:00Z,Müller,\"Köln\r\nSüd\"\r\nbad,2026-11-03T08:00:00Z,Jörg,Köln\r\n")
+    write_bytes(tmp_path, "profiles", "p.csv", bom + text.encode(encoding))
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY)
+    assert (report.rows_valid, report.rows_quarantined) == (1, 1)
+    assert rows(wh, "raw_profiles", "first_name, city, source_line") == [("Müller", "Köln\r\nSüd", 2)]
+    assert rows(wh, "quarantine_profiles", "source_line, reason") == [(4, "email: no @")]
+    line = ev_line("e1", ', "brand": "Müller"') + "\n" + ev_line("e2", ', "brand": "Köln"', occurred_at="x") + "\n"
+    write_bytes(tmp_path, "events", "e.ndjson", bom + line.encode(encoding))
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
+    assert rows(wh, "raw_events", "brand, source_line") == [("Müller", 1)]
+    assert rows(wh, "quarantine_events", "source_line, reason") == [(2, "occurred_at: not a valid ISO 8601 timestamp")]
+
+
+def test_csv_source_line_is_the_physical_line_where_the_record_starts(tmp_path, wh):
+    write_bytes(tmp_path, "profiles", "p.csv", (
+        "email,updated_at,city\n"                                   # 1
+        'a@example.com,2026-11-03T08:00:00Z,"Line one\n'           # 2  a record over two lines
+        'line two"\n'                                               # 3
+        "bad-email,2026-11-03T08:00:00Z,Ulm\n"                      # 4
+        "\n"                                                        # 5  blank
+        'b@example.com,2026-11-03T08:00:00Z,"He said ""hi""\n'     # 6  escaped quotes and a line break
+        '"\n'                                                       # 7
+        'c@example.com,2026-11-03T08:00:00Z,"x\ny",EXTRA\n'         # 8  rejected: too many columns
+        "d@example.com,2026-11-03T08:00:00Z,Köln\n"                 # 10
+        "e@example.com,2026-11-03T08:00:00Z,too,many,columns\n"     # 11 rejected
+        "f@example.com,2026-11-03T08:00:00Z,Bonn\n"                 # 12
+        'g@example.com,2026-11-03T08:00:00Z,5 11" tall\n'           # 13 a quote inside an unquoted field
+        "bad2,2026-11-03T08:00:00Z,Ulm\n"                           # 14
+        'h@example.com,2026-11-03T08:00:00Z,"last\nrow"'            # 15 no line feed at the end
+    ).encode())
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY)
+    assert (report.rows_valid, report.rows_quarantined) == (6, 4)
+    assert rows(wh, "raw_profiles", "email, source_line") == [
+        ("a@example.com", 2), ("b@example.com", 6), ("d@example.com", 10), ("f@example.com", 12),
+        ("g@example.com", 13), ("h@example.com", 15),
+    ]
+    quarantined = rows(wh, "quarantine_profiles", "source_line, reason")
+    assert [(line, reason.split(":")[0]) for line, reason in quarantined] == [
+        (4, "email"), (8, "unparsable CSV row"), (11, "unparsable CSV row"), (14, "email"),
+    ]
+
+
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+@pytest.mark.parametrize(("name", "compress"), [
+    ("e.ndjson.gz", gzip.compress), ("e.jsonl.gz", gzip.compress), ("e.json.gz", gzip.compress),
+    ("e.ndjson.zst", _zstd), ("e.csv.gz", gzip.compress), ("e.csv.zst", _zstd),
+])
+def test_compressed_deliveries_are_read_with_lines_of_the_decompressed_text(tmp_path, wh, name, compress):
+    if ".csv" in name:
+        text = ("event_id,email,event_type,occurred_at,product_name\n"
+                'e1,a@example.com,order,2026-11-03T10:00:00Z,"two\nlines"\n'
+                "e2,a@example.com,order,yesterday,x\n"
+                "e3,a@example.com,order,2026-11-03T10:00:00Z,x\n")
+        bad_line, last_line = 4, 5
+    else:
+        text = ev_line("e1") + "\n\n" + ev_line("e2", occurred_at="yesterday") + "\n" + ev_line("e3") + "\n"
+        bad_line, last_line = 3, 4
+    # two concatenated members/frames, as `cat a.gz b.gz` or a streaming writer produces
+    cut = text.index("\n", len(text) // 2) + 1
+    write_bytes(tmp_path, "events", name, compress(text[:cut].encode()) + compress(text[cut:].encode()))
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
+    assert (report.rows_valid, report.rows_quarantined) == (2, 1)
+    assert rows(wh, "raw_events", "event_id, source_line") == [("e1", 2 if ".csv" in name else 1), ("e3", last_line)]
+    assert rows(wh, "quarantine_events", "source_line, reason") == [
+        (bad_line, "occurred_at: not a valid ISO 8601 timestamp"),
+    ]
+    assert not list((wh.root / "_staging").iterdir())  # decompressed copies are removed
+
+
+@pytest.mark.parametrize(("name", "content", "fragment"), [
+    ("e.ndjson.gz", gzip.compress((ev_line("e1") + "\n").encode() * 2000)[:-40], "corrupt or truncated gzip"),
+    ("e.ndjson.gz", b"not gzip at all", "corrupt or truncated gzip"),
+    ("e.csv.zst", _zstd(b"event_id,email\n" * 5000)[:-20], "corrupt or truncated zstd"),
+    ("e.ndjson.zst", b"\x28\xb5\x2f\xfd garbage", "corrupt or truncated zstd"),
+    ("e.parquet.gz", b"\x1f\x8b", "unsupported landing file type '.parquet.gz'"),
+    ("e.txt.gz", b"\x1f\x8b", "unsupported landing file type"),
+])
+def test_a_corrupt_or_truncated_archive_fails_the_day_naming_the_file(tmp_path, wh, name, content, fragment):
+    write_ndjson(tmp_path, "events", DAY, [event("e0", "a@example.com", "order", "2026-11-03T10:00:00Z")])
+    bad = write_bytes(tmp_path, "events", name, content)
+    with pytest.raises(LandingFileError) as err:
+        ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
+    assert str(bad) in str(err.value) and fragment in str(err.value)
+    assert not wh.has_partition("raw_events", DAY)
+    assert not list((wh.root / "_staging").iterdir()) if (wh.root / "_staging").exists() else True
+
+
+def test_local_day_files_west_of_utc_keep_their_evening_events(tmp_path, wh):
+    write_ndjson(tmp_path, "events", DAY, [
+        event("us", "a@example.com", "order", "2026-11-03T21:30:00-05:00", revenue=10),   # 02:30 UTC next day
+        event("utc12", "b@example.com", "order", "2026-11-03T23:59:00-12:00"),           # the last real zone
+        event("kiribati", "c@example.com", "order", "2026-11-03T00:00:00+14:00"),        # the first real zone
+        event("future", "d@example.com", "order", "2026-11-05T12:00:00Z"),               # 2 days ahead
+    ])
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
+    assert rows(wh, "raw_events", "event_id, occurred_at::VARCHAR") == [
+        ("kiribati", "2026-11-02 10:00:00"), ("us", "2026-11-04 02:30:00"), ("utc12", "2026-11-04 11:59:00"),
+    ]
+    assert report.reasons == {
+        "occurred_at: timestamp outside the plausible range "
+        "(2000-01-01 .. end of the landing day (UTC) + timestamp_tolerance_hours 15 h)": 1,
+    }
+    # the event counts from the UTC day on which it happened
+    from segment_pipeline.core.profiles import build_profiles
+
+    con = connect(preserve_order=True)
+    for day in (DAY, "2026-11-04"):
+        build_profiles(con, wh, day)
+    counts = dict(con.execute(
+        f"SELECT CAST(date AS VARCHAR), order_count FROM {wh.scan('profiles')} WHERE email = 'a@example.com'"
+    ).fetchall())
+    assert counts.get(DAY, 0) == 0 and counts["2026-11-04"] == 1
+
+
+def test_the_timestamp_tolerance_is_a_per_source_setting(tmp_path, wh, monkeypatch):
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  events: {timestamp_tolerance_hours: 1}\n")
+    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", str(sources))
+    write_ndjson(tmp_path, "events", DAY, [
+        event("early", "a@example.com", "order", "2026-11-04T00:30:00Z"),
+        event("us", "a@example.com", "order", "2026-11-03T21:30:00-05:00"),
+    ])
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY)
+    assert rows(wh, "raw_events", "event_id") == [("early",)]
+    assert rows(wh, "quarantine_events", "reason") == [
+        ("occurred_at: timestamp outside the plausible range "
+         "(2000-01-01 .. end of the landing day (UTC) + timestamp_tolerance_hours 1 h)",),
+    ]

@@ -24,6 +24,7 @@ def test_declared_options_are_read_and_encoding_normalized(tmp_path):
     "body, expected",
     [
         ("sources:\n  profiles:\n    encoding: utf-9\n", "sources.profiles.encoding: Value error, unknown text encoding 'utf-9'"),
+        ("sources:\n  profiles:\n    encoding: base64\n", "sources.profiles.encoding: Value error, 'base64' is not a text encoding"),
         ("sources:\n  events:\n    csv_empty_cell: maybe\n", "sources.events.csv_empty_cell"),
         ("sources:\n  events:\n    delimiter: ';'\n", "sources.events.delimiter: Extra inputs are not permitted"),
         ("sources: [\n", "is not valid YAML"),

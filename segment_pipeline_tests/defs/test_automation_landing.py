@@ -74,6 +74,18 @@ def test_scan_ignores_files_still_being_written_and_waits_for_fresh_ones(tmp_pat
     assert scan_landing(tmp_path, now=time.time(), settle_seconds=60)["2026-11-04"].settled
 
 
+def test_scan_sees_compressed_deliveries_as_landing_files(tmp_path):
+    day = tmp_path / "events" / "date=2026-11-03"
+    day.mkdir(parents=True)
+    for name in ("a.ndjson.gz", "b.csv.zst", "c.jsonl.gz", "d.ndjson.gz.part", ".e.csv.gz"):
+        (day / name).write_bytes(b"\x1f\x8b")
+        os.utime(day / name, (OLD, OLD))
+    scans = scan_landing(tmp_path, now=time.time(), settle_seconds=60)
+    assert sorted(f.path for f in scans["2026-11-03"].files) == [
+        "events/date=2026-11-03/a.ndjson.gz", "events/date=2026-11-03/b.csv.zst", "events/date=2026-11-03/c.jsonl.gz",
+    ]
+
+
 def test_a_day_changes_when_a_file_is_added_replaced_or_removed(tmp_path):
     a = land(tmp_path, "profiles", "2026-11-03", profiles_rows(2))
     always = lambda day: True  # noqa: E731

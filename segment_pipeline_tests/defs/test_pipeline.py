@@ -225,3 +225,25 @@ def test_sources_file_decides_what_an_empty_csv_cell_means(tmp_path, monkeypatch
     assert country_on_day_two() == "DE"  # no sources file: an empty cell keeps
     sources.write_text("sources:\n  profiles:\n    csv_empty_cell: clear\n")
     assert country_on_day_two() is None
+
+
+def test_ingest_reads_each_source_with_the_options_of_the_sources_file(tmp_path, monkeypatch):
+    landing = tmp_path / "landing"
+    day_dir = landing / "profiles" / "date=2026-11-03"
+    day_dir.mkdir(parents=True)
+    (day_dir / "export.csv").write_bytes(
+        "email,updated_at,last_name,city\nm@example.com,2026-11-03T08:00:00Z,Müller,Köln\n".encode("cp1252"))
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  profiles:\n    encoding: cp1252\n")
+    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", str(sources))
+    res = {**resources(tmp_path / "wh"), "landing": LandingZoneResource(root=str(landing))}
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([ingest_profiles], resources=res, partition_key="2026-11-03", instance=instance).success
+    rows = duckdb.connect().execute(
+        f"SELECT last_name, city FROM {Warehouse(tmp_path / 'wh').scan('raw_profiles')}").fetchall()
+    assert rows == [("Müller", "Köln")]
+    meta = latest_by_partition(instance, dg.AssetKey("raw_profiles"))["2026-11-03"]
+    assert meta["source_options"]["encoding"] == "cp1252"
+    sources.write_text("sources:\n  profiles:\n    encoding: utf-9\n")
+    with pytest.raises(Exception, match="sources.profiles.encoding"):
+        dg.materialize([ingest_profiles], resources=res, partition_key="2026-11-03")

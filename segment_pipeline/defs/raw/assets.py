@@ -43,8 +43,9 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
         if swept:
             context.log.info(f"removed {len(swept)} leftover temporary file(s) of killed writes")
         con = connect(preserve_order=True)
+        # the landing folder name is the source name; a bad sources file fails here, naming it
+        options = source_options(settings.sources_file(), kind)
         worst = (0.0, None)
-        options = source_options(settings.sources_file(), kind)  # the landing folder is the source
         for day in partition_days(context):
             key = day.isoformat()
             # taken before reading: tells the landing sensor this version of the day is processed
@@ -62,6 +63,7 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
                     "quarantine_ratio": report.quarantine_ratio,
                     "files": dg.MetadataValue.json(report.files),
                     VERSIONS_METADATA_KEY: dg.MetadataValue.json(versions),
+                    "source_options": dg.MetadataValue.json(options.model_dump()),
                     "path": dg.MetadataValue.path(str(wh.partition_path(f"raw_{kind}", day))),
                 },
                 asset_key=raw_key,
