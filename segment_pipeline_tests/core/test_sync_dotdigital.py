@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,13 @@ from segment_pipeline.core.sync.runner import DotdigitalSettings, sync_dotdigita
 from segment_pipeline.core.sync.state import StateStore
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline_tests.fakes.dotdigital import FakeDotdigital
-from segment_pipeline_tests.fakes.helpers import DD_PASSWORD, dotdigital_client, write_memberships
+from segment_pipeline_tests.fakes.helpers import (
+    DD_PASSWORD,
+    dotdigital_client,
+    kill_when,
+    start_sync_child,
+    write_memberships,
+)
 
 D1, D2 = "2026-11-01", "2026-11-02"
 SYNCED = {"loyal": "Loyal Customers", "nike": "Affinity: Nike, Adidas"}  # a comma: CSV quoting matters
@@ -153,14 +155,8 @@ def test_sigkill_mid_run_then_rerun_converges(fake, wh, tmp_path):
     fake.advance_on_poll = False
     fake.seconds_per_contact = 0.001  # a 100-contact import takes ~0.1s
     state = tmp_path / "state"
-    cmd = [sys.executable, "-m", "segment_pipeline_tests.fakes.helpers", "dotdigital", fake.url,
-           str(wh.root), str(state), D1, json.dumps(SYNCED)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    try:
-        assert fake.wait_for(lambda: fake.count(family="import", status=202) >= 5, timeout=60)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    proc = start_sync_child("dotdigital", fake.url, wh.root, state, D1, SYNCED)
+    kill_when(fake, proc, lambda: fake.count(family="import", status=202) >= 5, "the child's imports")
     with StateStore(state) as store:
         confirmed = len(store.mirror_rows(store.get_meta("last_dest")))
     assert 0 < confirmed < n

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,13 @@ from segment_pipeline.core.esp.klaviyo import KlaviyoClient
 from segment_pipeline.core.sync.runner import KlaviyoSettings, sync_klaviyo
 from segment_pipeline.core.sync.state import StateStore
 from segment_pipeline.core.warehouse import Warehouse
-from segment_pipeline_tests.fakes.helpers import KLAVIYO_KEY, klaviyo_client, write_memberships
+from segment_pipeline_tests.fakes.helpers import (
+    KLAVIYO_KEY,
+    kill_when,
+    klaviyo_client,
+    start_sync_child,
+    write_memberships,
+)
 from segment_pipeline_tests.fakes.klaviyo import FakeKlaviyo
 
 D1, D2, D3 = "2026-11-01", "2026-11-02", "2026-11-03"
@@ -232,14 +235,8 @@ def test_sigkill_mid_run_then_rerun_converges_without_duplicates(fake, wh, tmp_p
     fake.advance_on_poll = False
     fake.queue_seconds, fake.seconds_per_profile = 0.05, 0.0005  # a 100-profile job takes ~0.1s
     state = tmp_path / "state"
-    cmd = [sys.executable, "-m", "segment_pipeline_tests.fakes.helpers", "klaviyo", fake.url,
-           str(wh.root), str(state), D1, json.dumps(SYNCED)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    try:
-        assert fake.wait_for(lambda: fake.count(family="bulk_import_profiles", status=202) >= 6, timeout=60)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    proc = start_sync_child("klaviyo", fake.url, wh.root, state, D1, SYNCED)
+    kill_when(fake, proc, lambda: fake.count(family="bulk_import_profiles", status=202) >= 6, "the child's imports")
     assert proc.returncode == -signal.SIGKILL
     with StateStore(state) as store:
         confirmed_before = len(store.mirror_rows(store.get_meta("last_dest")))

@@ -7,8 +7,9 @@ runs one real sync (our production code path) against a fake, so a test can SIGK
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import duckdb
@@ -23,6 +24,8 @@ from segment_pipeline.core.sync.runner import (
     sync_klaviyo,
 )
 from segment_pipeline.core.warehouse import Warehouse
+from segment_pipeline_tests.fakes.base import FakeService
+from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env
 
 KLAVIYO_KEY = "pk_test_fake"
 DD_USER, DD_PASSWORD = "apiuser-fake@apiconnector.com", "fake-password"
@@ -63,6 +66,30 @@ def run(integration: str, url: str, wh_root: str, state: str, day: str, synced: 
     return sync_dotdigital(wh, day, synced, state_dir=Path(state), dry_run_root=dry, client=dotdigital_client(url),
                            settings=DotdigitalSettings(contacts_per_import=batch, max_in_flight=in_flight,
                                                                      max_active_imports=in_flight))
+
+
+def start_sync_child(integration: str, url: str, wh_root: str | Path, state: str | Path, day: str,
+                     synced: dict[str, str]) -> subprocess.Popen:
+    """:func:`run` in a child process (this module's ``__main__``), so a test can SIGKILL it mid-run."""
+    cmd = [sys.executable, "-m", "segment_pipeline_tests.fakes.helpers", integration, url, str(wh_root), str(state),
+           day, json.dumps(synced)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=child_env())
+
+
+def kill_when(fake: FakeService, proc: subprocess.Popen, predicate: Callable[[], bool], what: str) -> None:
+    """SIGKILL ``proc`` once ``predicate()`` holds on ``fake``'s state, with the fake frozen from
+    that moment until the process is dead (its lock is held, so no request of the child is
+    answered and no background job finishes): the child is killed exactly there, however the
+    machine schedules the two processes."""
+    try:
+        with fake.lock:
+            assert fake.wait_for(predicate, timeout=HANG_TIMEOUT), f"gave up waiting for {what}"
+            proc.kill()
+            proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":
