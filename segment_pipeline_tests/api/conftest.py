@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +28,7 @@ from segment_pipeline.core.exports.storage import LocalExportStorage
 from segment_pipeline.core.feed_auth import CredentialStore
 from segment_pipeline.core.warehouse import Warehouse, connect
 from segment_pipeline_tests.core.test_exports_warehouse_fixtures import DAY, profile, write_day
+from segment_pipeline_tests.waiting import child_env, stop_process, wait_for
 
 NEXT = DAY + dt.timedelta(days=1)
 SIGNING_KEY = "k" * 40
@@ -126,31 +127,42 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_subprocess(extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``segment-pipeline serve`` as its own process (environment inherited); yields (url, process)."""
-    port = free_port()
-    env = {**os.environ, **(extra_env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "segment_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read().decode(errors='replace')}")
+    """``segment-pipeline serve`` as its own process (environment inherited); yields (url, process).
+
+    The port is picked free and then bound by the child, so another process on the machine can
+    take it in between: the child then exits with "address already in use" and is started again
+    on another port. Its output goes to a file (a pipe nobody reads would block a chatty server).
+    """
+    env = child_env(extra_env)
+    for attempt in range(1, 6):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with tempfile.TemporaryFile() as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "segment_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                 "--log-level", "warning"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+            def output(log=log) -> str:
+                log.seek(0)
+                return log.read().decode(errors="replace")
+
+            def up(proc=proc, url=url) -> str | None:
+                if proc.poll() is not None:
+                    return "exited"
+                try:
+                    healthy = httpx.get(url + "/healthz", timeout=10).status_code == 200
+                except httpx.TransportError:
+                    return None
+                return "up" if healthy and proc.poll() is None else None
+
             try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("server did not come up")
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+                if wait_for(f"segment-pipeline serve on {url}", up, on_timeout=output, interval=0.1) == "up":
+                    yield url, proc
+                    return
+                text = output()
+            finally:
+                stop_process(proc, grace=10)
+        if "address already in use" not in text.lower() or attempt == 5:
+            raise RuntimeError(f"server exited: {text}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 from pathlib import Path
@@ -14,6 +15,7 @@ from segment_pipeline.core.sync.runner import KlaviyoSettings, sync_klaviyo
 from segment_pipeline.core.sync.state import StateStore
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline_tests.fakes.helpers import (
+    FAST,
     KLAVIYO_KEY,
     kill_when,
     klaviyo_client,
@@ -172,9 +174,12 @@ def test_faults_are_retried_and_the_run_converges(fake, wh, tmp_path):
     _day1(wh, n=40)
     fake.inject("503", times=2, match="POST /api/profile-bulk-import-jobs")
     fake.inject("drop", times=1, match="GET /api/profile-bulk-import-jobs")
-    fake.inject("delay", times=1, match="GET /api/profiles", delay=3.0)  # past the 2s read timeout
+    fake.inject("delay", times=1, match="GET /api/profiles", delay=3.0)  # past the 2s read timeout below
     fake.inject("drop_after", times=1, match="POST /api/lists")  # created, but the answer is lost
-    _day1_then = _sync(wh, tmp_path, D1, klaviyo_client(fake.url))
+    # a 2 s read timeout: on a busy machine another answer may take that long too, which only
+    # means one more retry (every call retried here is idempotent or looked up before a retry)
+    timeouts = dataclasses.replace(FAST, read_timeout=2.0)
+    _day1_then = _sync(wh, tmp_path, D1, klaviyo_client(fake.url, policy=timeouts))
     assert _day1_then.upserted == 40 and _day1_then.retries >= 3
     assert len(fake.lists_named("Nosto Customers")) == 1  # the lost create was found, not repeated
     write_memberships(wh, D2, [("loyal", f"u{i}@shop.com") for i in range(5, 40)])

@@ -29,7 +29,9 @@ from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env
 
 KLAVIYO_KEY = "pk_test_fake"
 DD_USER, DD_PASSWORD = "apiuser-fake@apiconnector.com", "fake-password"
-FAST = RetryPolicy(max_elapsed=20.0, base_delay=0.02, max_delay=0.2, connect_timeout=2.0, read_timeout=2.0)
+#: Short backoffs so retries do not slow the tests; the time bounds only catch hangs (a busy
+#: machine may take seconds to answer): a test about timeouts sets its own policy.
+FAST = RetryPolicy(max_elapsed=120.0, base_delay=0.02, max_delay=0.2, connect_timeout=10.0, read_timeout=10.0)
 
 
 def write_memberships(wh: Warehouse, day: str, rows: Iterable[tuple[str, str]]) -> int:
