@@ -9,6 +9,8 @@ the suite passes on a busy two-core machine. Timings belong in ``benchmarks/``.
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -36,6 +38,42 @@ def wait_for(what: str, check: Callable[[], T], timeout: float = HANG_TIMEOUT,
         if time.monotonic() > deadline:
             raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f}s\n{on_timeout()}")
         time.sleep(interval)
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now, for a server that a child process will bind.
+
+    A port is only free until someone binds it, and the child binds it seconds later. Asking the
+    kernel for one (``bind(0)``) returns a port from the ephemeral range, which the kernel goes
+    on handing out to every other process's outgoing connections and ``bind(0)`` calls meanwhile;
+    so the port is picked at random *below* that range, where only another test picking the same
+    way can collide. Callers still retry when their child reports "address already in use".
+    """
+    lo, _hi = _ephemeral_ports()
+    for _ in range(200):
+        port = random.randint(max(1024, lo - 12_000), lo - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded machine: any port the kernel offers
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_taken(output: str) -> bool:
+    """Did a server fail to start because its port was taken (its log, any server we use)?"""
+    return "address already in use" in output.lower()
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -28,7 +28,7 @@ from segment_pipeline.core.exports.storage import LocalExportStorage
 from segment_pipeline.core.feed_auth import CredentialStore
 from segment_pipeline.core.warehouse import Warehouse, connect
 from segment_pipeline_tests.core.test_exports_warehouse_fixtures import DAY, profile, write_day
-from segment_pipeline_tests.waiting import child_env, stop_process, wait_for
+from segment_pipeline_tests.waiting import child_env, free_port, port_taken, stop_process, wait_for
 
 NEXT = DAY + dt.timedelta(days=1)
 SIGNING_KEY = "k" * 40
@@ -119,12 +119,6 @@ def client(server) -> Iterator[httpx.Client]:
         yield c
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve_subprocess(extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """``segment-pipeline serve`` as its own process (environment inherited); yields (url, process).
@@ -164,5 +158,5 @@ def serve_subprocess(extra_env: dict[str, str] | None = None) -> Iterator[tuple[
                 text = output()
             finally:
                 stop_process(proc, grace=10)
-        if "address already in use" not in text.lower() or attempt == 5:
+        if not port_taken(text) or attempt == 5:
             raise RuntimeError(f"server exited: {text}")
