@@ -28,7 +28,14 @@ from segment_pipeline.core.exports.storage import LocalExportStorage
 from segment_pipeline.core.feed_auth import CredentialStore
 from segment_pipeline.core.warehouse import Warehouse, connect
 from segment_pipeline_tests.core.test_exports_warehouse_fixtures import DAY, profile, write_day
-from segment_pipeline_tests.waiting import child_env, free_port, port_taken, stop_process, wait_for
+from segment_pipeline_tests.waiting import (
+    HANG_TIMEOUT,
+    child_env,
+    free_port,
+    port_taken,
+    stop_process,
+    wait_for,
+)
 
 NEXT = DAY + dt.timedelta(days=1)
 SIGNING_KEY = "k" * 40
@@ -115,7 +122,7 @@ def server(env, settings) -> Iterator[str]:
 
 @pytest.fixture
 def client(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=30) as c:
+    with httpx.Client(base_url=server, timeout=HANG_TIMEOUT) as c:
         yield c
 
 

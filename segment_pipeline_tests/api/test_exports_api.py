@@ -24,7 +24,7 @@ from segment_pipeline.core.api_exports import GLOBAL_TAG, PREFIX_TAG, SEGMENT_TA
 from segment_pipeline.core.exports.segment_export import SUPPORTED_FIELDS
 from segment_pipeline.core.feed_auth import UrlSigner
 from segment_pipeline_tests.api.conftest import SIGNING_KEY, serve_app
-from segment_pipeline_tests.waiting import wait_for
+from segment_pipeline_tests.waiting import HANG_TIMEOUT, wait_for
 
 FIELDS = ["email", "first_name", "braze_id"]
 
@@ -164,7 +164,7 @@ def test_two_requests_for_one_segment_at_once_one_wins_409(env, client):
         answers: list[httpx.Response] = []
 
         def request() -> None:
-            with httpx.Client(base_url=str(client.base_url), timeout=60) as c:
+            with httpx.Client(base_url=str(client.base_url), timeout=HANG_TIMEOUT) as c:
                 barrier.wait()
                 answers.append(c.post(
                     "/users/export/segment", headers=bearer(env),
@@ -213,7 +213,7 @@ def _foreign_run(segment_tag: str) -> None:
 def test_running_export_started_elsewhere_and_global_cap(env, monkeypatch):
     monkeypatch.setenv("SEGMENT_PIPELINE_EXPORT_MAX_CONCURRENT", "2")
     _foreign_run("vip")
-    with serve_app(create_app(ApiSettings.from_env())) as url, httpx.Client(base_url=url, timeout=60) as c, \
+    with serve_app(create_app(ApiSettings.from_env())) as url, httpx.Client(base_url=url, timeout=HANG_TIMEOUT) as c, \
             gated_receiver() as hook:
         r = c.post("/users/export/segment", headers=bearer(env), json={"segment_id": "vip", "fields_to_export": FIELDS})
         assert r.status_code == 409 and "outside this API" in r.json()["message"]

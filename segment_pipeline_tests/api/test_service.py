@@ -14,6 +14,7 @@ from segment_pipeline.api.app import create_app
 from segment_pipeline.api.config import ApiSettings
 from segment_pipeline.core.exports.daily_feed import daily_key, latest_key
 from segment_pipeline_tests.api.conftest import NEXT, serve_app, serve_subprocess
+from segment_pipeline_tests.waiting import HANG_TIMEOUT
 
 
 def test_per_key_rate_limit_answers_429_with_retry_after(env, monkeypatch):
@@ -86,13 +87,13 @@ def test_hundred_clients_pull_a_large_feed_with_bounded_server_memory(env):
     with serve_subprocess({"SEGMENT_PIPELINE_API_BURST": "1000"}) as (url, proc):
         auth = ("nosto", env.feed_token)
         assert httpx.get(url + "/segments/export", auth=auth, headers={"Accept-Encoding": "identity"},
-                         timeout=60).status_code == 200  # warm: imports done, first allocations made
+                         timeout=HANG_TIMEOUT).status_code == 200  # warm: imports done, first allocations made
         baseline = _vm(proc.pid, "VmRSS")
 
         def pull(i: int) -> tuple[int, int, str | None]:
             h = hashlib.sha256() if i % 25 == 0 else None
             total = 0
-            with httpx.Client(timeout=300) as c, c.stream(
+            with httpx.Client(timeout=HANG_TIMEOUT) as c, c.stream(
                 "GET", url + "/segments/export", auth=auth, headers={"Accept-Encoding": "identity"}
             ) as r:
                 for chunk in r.iter_raw(1 << 20):

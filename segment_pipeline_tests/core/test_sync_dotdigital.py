@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from segment_pipeline_tests.fakes.helpers import (
     start_sync_child,
     write_memberships,
 )
+from segment_pipeline_tests.waiting import HANG_TIMEOUT
 
 D1, D2 = "2026-11-01", "2026-11-02"
 SYNCED = {"loyal": "Loyal Customers", "nike": "Affinity: Nike, Adidas"}  # a comma: CSV quoting matters
@@ -114,6 +116,15 @@ def test_import_rate_limit_and_concurrency_are_honoured(fake, wh, tmp_path):
     write_memberships(wh, D1, _rows(100))
     fake.set_limits("import", [(2, 1.0)])
     fake.max_active_imports = 1
+    # the first import stays active until the client has been refused once, however the machine
+    # schedules the client's three concurrent imports
+    fake.advance_on_poll = False
+
+    def finish_imports_after_a_refusal() -> None:
+        fake.wait_for(lambda: fake.count(family="import", status=429) >= 1, timeout=HANG_TIMEOUT)
+        fake.advance_on_poll = True
+
+    threading.Thread(target=finish_imports_after_a_refusal, daemon=True).start()
     client = dotdigital_client(fake.url, limits={"import": [(100, 1.0)]})
     report = _sync(wh, tmp_path, D1, client, contacts_per_import=20, max_in_flight=3)
     assert report.upserted == 100 and report.throttled > 0

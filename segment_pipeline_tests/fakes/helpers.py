@@ -129,7 +129,7 @@ class FakeProcess:
         self._conn, child = mp.Pipe()
         self._proc = mp.get_context("spawn").Process(target=_serve_fake, args=(kind, kwargs, child), daemon=True)
         self._proc.start()
-        if not self._conn.poll(60):
+        if not self._conn.poll(HANG_TIMEOUT):
             self._proc.kill()
             raise RuntimeError(f"the {kind} fake did not start")
         self.url: str = self._conn.recv()
