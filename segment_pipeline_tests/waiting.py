@@ -71,9 +71,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_taken(output: str) -> bool:
-    """Did a server fail to start because its port was taken (its log, any server we use)?"""
-    return "address already in use" in output.lower()
+def on_a_free_port(start: Callable[[int], T], attempts: int = 5) -> T:
+    """``start(port)`` on a port from :func:`free_port`. A server that could not bind its port
+    (taken between the pick and the bind) makes ``start`` raise ``RuntimeError`` with its output,
+    which says "address already in use": then it is started again on another port."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start(free_port())
+        except RuntimeError as exc:
+            if attempt == attempts or "address already in use" not in str(exc).lower():
+                raise
+    raise AssertionError("unreachable")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

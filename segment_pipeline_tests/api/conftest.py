@@ -28,14 +28,7 @@ from segment_pipeline.core.exports.storage import LocalExportStorage
 from segment_pipeline.core.feed_auth import CredentialStore
 from segment_pipeline.core.warehouse import Warehouse, connect
 from segment_pipeline_tests.core.test_exports_warehouse_fixtures import DAY, profile, write_day
-from segment_pipeline_tests.waiting import (
-    HANG_TIMEOUT,
-    child_env,
-    free_port,
-    port_taken,
-    stop_process,
-    wait_for,
-)
+from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env, on_a_free_port, stop_process, wait_for
 
 NEXT = DAY + dt.timedelta(days=1)
 SIGNING_KEY = "k" * 40
@@ -128,42 +121,47 @@ def client(server) -> Iterator[httpx.Client]:
 
 @contextlib.contextmanager
 def serve_subprocess(extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``segment-pipeline serve`` as its own process (environment inherited); yields (url, process).
-
-    The port is picked free and then bound by the child, so another process on the machine can
-    take it in between: the child then exits with "address already in use" and is started again
-    on another port. Its output goes to a file (a pipe nobody reads would block a chatty server).
-    """
+    """``segment-pipeline serve`` as its own process (environment inherited) on a free port,
+    once it answers ``/healthz``; yields (url, process). Its output goes to a file (a pipe nobody
+    reads would block a chatty server)."""
     env = child_env(extra_env)
-    for attempt in range(1, 6):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with tempfile.TemporaryFile() as log:
+    with tempfile.TemporaryFile() as log:
+
+        def output() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")
+
+        def start(port: int) -> tuple[str, subprocess.Popen]:
+            log.seek(0)
+            log.truncate()
+            url = f"http://127.0.0.1:{port}"
             proc = subprocess.Popen(
                 [sys.executable, "-m", "segment_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                  "--log-level", "warning"],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )
 
-            def output(log=log) -> str:
-                log.seek(0)
-                return log.read().decode(errors="replace")
-
-            def up(proc=proc, url=url) -> str | None:
+            def up() -> str | None:
                 if proc.poll() is not None:
                     return "exited"
                 try:
                     healthy = httpx.get(url + "/healthz", timeout=10).status_code == 200
                 except httpx.TransportError:
                     return None
-                return "up" if healthy and proc.poll() is None else None
+                return "up" if healthy and proc.poll() is None else None  # still ours once it answered
 
             try:
-                if wait_for(f"segment-pipeline serve on {url}", up, on_timeout=output, interval=0.1) == "up":
-                    yield url, proc
-                    return
-                text = output()
-            finally:
-                stop_process(proc, grace=10)
-        if not port_taken(text) or attempt == 5:
-            raise RuntimeError(f"server exited: {text}")
+                state = wait_for(f"segment-pipeline serve on {url}", up, on_timeout=output, interval=0.1)
+            except BaseException:
+                stop_process(proc)
+                raise
+            if state != "up":
+                stop_process(proc)
+                raise RuntimeError(f"server exited: {output()}")
+            return url, proc
+
+        url, proc = on_a_free_port(start)
+        try:
+            yield url, proc
+        finally:
+            stop_process(proc, grace=10)

@@ -21,9 +21,7 @@ import pytest
 import requests
 
 from segment_pipeline import settings
-from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env, free_port, port_taken, wait_for
-
-__all__ = ["free_port", "wait_for"]  # also imported from here by the e2e tests
+from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env, on_a_free_port, wait_for
 
 PROJECT_ROOT = Path(settings.PROJECT_ROOT)
 SAMPLE_LANDING = PROJECT_ROOT / "data" / "landing"
@@ -97,23 +95,19 @@ class DagsterDev:
             self._log.close()
 
 
-def start_dagster_dev(make_cmd: Callable[[int], list[str]], cwd: Path, env: dict[str, str], log_path: Path,
-                      attempts: int = 5) -> DagsterDev:
-    """Start ``make_cmd(port)`` on a free port and wait until it is ready; when the port was taken
-    between picking and binding it (the server exits saying so), start again on another port."""
-    for attempt in range(1, attempts + 1):
-        port = free_port()
+def start_dagster_dev(make_cmd: Callable[[int], list[str]], cwd: Path, env: dict[str, str],
+                      log_path: Path) -> DagsterDev:
+    """Start ``make_cmd(port)`` on a free port (another one if that was taken meanwhile) and
+    wait until it is ready."""
+    def start(port: int) -> DagsterDev:
         server = DagsterDev(make_cmd(port), cwd, env, log_path, port).start()
         try:
             return server.wait_until_ready()
-        except RuntimeError:
-            server.stop()
-            if attempt == attempts or not port_taken(server.log_path.read_text(errors="replace")):
-                raise
         except BaseException:
             server.stop()
             raise
-    raise AssertionError("unreachable")
+
+    return on_a_free_port(start)
 
 
 def pytest_collection_modifyitems(items):
