@@ -1,6 +1,6 @@
 """Benchmark the segment API against a bare static file server of the same stack.
 
-    python benchmarks/bench_api.py [--identities 1000000] [--clients 50] [--seconds 10] [--workdir /tmp/bench_api]
+    python benchmarks/bench_api.py [--identities 1000000] [--clients 50] [--seconds 10] [--workdir DIR]
 
 Setup: a warehouse day with ``--identities`` profiles and 5 segments (generated with DuckDB), its
 daily feed written by ``write_daily_feed``, one feed token. Servers run in their own processes:
@@ -30,6 +30,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -180,7 +181,8 @@ def main() -> None:
     parser.add_argument("--identities", type=int, default=1_000_000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--workdir", default="/tmp/bench_api")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "bench_api"),
+                        help="scratch folder (default: bench_api in the system temp folder)")
     args = parser.parse_args()
     workdir = Path(args.workdir)
 

@@ -1,7 +1,7 @@
 """Benchmark the export writers against a bare-DuckDB floor, each case in a fresh process.
 
     python benchmarks/bench_exports.py [--profiles 10000000] [--members 1000000,2000000,4000000]
-                                       [--repeat 3] [--workdir /tmp/bench_exports]
+                                       [--repeat 3] [--workdir DIR]
 
 Inputs are generated directly with DuckDB, once per ``--members`` value (kept in
 ``<workdir>/p<profiles>-m<members>``): a ``profiles`` partition with ``--profiles`` rows of the
@@ -32,6 +32,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -174,7 +175,8 @@ def main() -> int:
     parser.add_argument("--profiles", type=int, default=10_000_000)
     parser.add_argument("--members", default="2000000",
                         help="comma-separated segment sizes, e.g. 1000000,2000000,4000000 (default 2000000)")
-    parser.add_argument("--workdir", default="/tmp/bench_exports")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "bench_exports"),
+                        help="scratch folder (default: bench_exports in the system temp folder)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (min and median reported)")
     parser.add_argument("--no-daily", action="store_true", help="skip the daily feed cases")
     parser.add_argument("--members-per-pass", type=int, help="export_segment(members_per_pass=...)")

@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import sys
+import tempfile
 import time
 
 from segment_pipeline.core.generate import FORMATS, generate
@@ -22,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="ndjson")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--start", default="2026-11-01")
-    parser.add_argument("--out", default="/tmp/bench_landing")
+    parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "bench_landing"),
+                        help="output folder (default: bench_landing in the system temp folder)")
     parser.add_argument("--memory-limit", default="1500MB", help="DuckDB memory_limit")
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
     parser.add_argument("--clean", action="store_true", help="delete the output folder afterwards")

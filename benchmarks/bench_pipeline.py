@@ -27,6 +27,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -191,7 +192,8 @@ def main() -> None:
     p.add_argument("--start", default="2026-11-01")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--format", choices=["ndjson", "parquet", "csv"], default="ndjson", help="landing file format")
-    p.add_argument("--work", type=Path, default=Path("/tmp/segment_pipeline_bench"))
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "segment_pipeline_bench",
+                   help="scratch folder (default: segment_pipeline_bench in the system temp folder)")
     p.add_argument("--keep-landing", action="store_true", help="reuse generated files of the same size")
     p.add_argument("--run-stage", help=argparse.SUPPRESS)
     args = p.parse_args()

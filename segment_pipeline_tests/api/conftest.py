@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +28,7 @@ from segment_pipeline.core.exports.storage import LocalExportStorage
 from segment_pipeline.core.feed_auth import CredentialStore
 from segment_pipeline.core.warehouse import Warehouse, connect
 from segment_pipeline_tests.core.test_exports_warehouse_fixtures import DAY, profile, write_day
+from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env, on_a_free_port, stop_process, wait_for
 
 NEXT = DAY + dt.timedelta(days=1)
 SIGNING_KEY = "k" * 40
@@ -114,43 +115,53 @@ def server(env, settings) -> Iterator[str]:
 
 @pytest.fixture
 def client(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=30) as c:
+    with httpx.Client(base_url=server, timeout=HANG_TIMEOUT) as c:
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
 def serve_subprocess(extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``segment-pipeline serve`` as its own process (environment inherited); yields (url, process)."""
-    port = free_port()
-    env = {**os.environ, **(extra_env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "segment_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read().decode(errors='replace')}")
+    """``segment-pipeline serve`` as its own process (environment inherited) on a free port,
+    once it answers ``/healthz``; yields (url, process). Its output goes to a file (a pipe nobody
+    reads would block a chatty server)."""
+    env = child_env(extra_env)
+    with tempfile.TemporaryFile() as log:
+
+        def output() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")
+
+        def start(port: int) -> tuple[str, subprocess.Popen]:
+            log.seek(0)
+            log.truncate()
+            url = f"http://127.0.0.1:{port}"
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "segment_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                 "--log-level", "warning"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+            def up() -> str | None:
+                if proc.poll() is not None:
+                    return "exited"
+                try:
+                    healthy = httpx.get(url + "/healthz", timeout=10).status_code == 200
+                except httpx.TransportError:
+                    return None
+                return "up" if healthy and proc.poll() is None else None  # still ours once it answered
+
             try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("server did not come up")
-        yield url, proc
-    finally:
-        proc.terminate()
+                state = wait_for(f"segment-pipeline serve on {url}", up, on_timeout=output, interval=0.1)
+            except BaseException:
+                stop_process(proc)
+                raise
+            if state != "up":
+                stop_process(proc)
+                raise RuntimeError(f"server exited: {output()}")
+            return url, proc
+
+        url, proc = on_a_free_port(start)
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield url, proc
+        finally:
+            stop_process(proc, grace=10)

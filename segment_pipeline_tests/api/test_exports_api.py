@@ -24,6 +24,7 @@ from segment_pipeline.core.api_exports import GLOBAL_TAG, PREFIX_TAG, SEGMENT_TA
 from segment_pipeline.core.exports.segment_export import SUPPORTED_FIELDS
 from segment_pipeline.core.feed_auth import UrlSigner
 from segment_pipeline_tests.api.conftest import SIGNING_KEY, serve_app
+from segment_pipeline_tests.waiting import HANG_TIMEOUT, wait_for
 
 FIELDS = ["email", "first_name", "braze_id"]
 
@@ -44,7 +45,7 @@ def gated_receiver() -> Iterator[GatedReceiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            state.open.wait(120)
+            state.open.wait()  # set by the test, or when the receiver closes
             state.received.append(json.loads(body))
             self.send_response(200)
             self.send_header("Content-Length", "0")
@@ -68,31 +69,32 @@ def bearer(env) -> dict[str, str]:
     return {"Authorization": f"Bearer {env.api_key}"}
 
 
-def wait_done(client: httpx.Client, env, object_prefix: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
+def wait_done(client: httpx.Client, env, object_prefix: str) -> dict:
+    """The export's status once it is complete, failed or canceled (as the API reports it)."""
     seen = set()
-    while True:
-        body = client.get(f"/users/export/segment/{object_prefix}", headers=bearer(env)).json()
+    last: dict = {}
+
+    def finished() -> dict | None:
+        body = last["body"] = client.get(f"/users/export/segment/{object_prefix}", headers=bearer(env)).json()
         seen.add(body["status"])
-        if body["status"] in ("complete", "failed", "canceled"):
-            body["_seen"] = seen
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"export did not finish: {body}")
-        time.sleep(0.1)
+        return body if body["status"] in ("complete", "failed", "canceled") else None
+
+    body = wait_for(f"export {object_prefix} to finish", finished, on_timeout=lambda: str(last), interval=0.1)
+    body["_seen"] = seen
+    return body
 
 
-def wait_run_finished(object_prefix: str, timeout: float = 60) -> dg.DagsterRunStatus:
-    """The export is complete once its manifest exists; its Dagster run ends a moment later."""
+def wait_run_finished(object_prefix: str) -> dg.DagsterRunStatus:
+    """The status of the export's Dagster run once it has ended. The export is complete once its
+    manifest exists; its run ends a moment later (after the callback, when there is one), and
+    only then is its global slot free."""
     instance = dg.DagsterInstance.get()
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def finished() -> dg.DagsterRunStatus | None:
         runs = instance.get_runs(filters=dg.RunsFilter(tags={PREFIX_TAG: object_prefix}))
-        if runs and runs[0].is_finished:
-            return runs[0].status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"run of {object_prefix} did not finish")
-        time.sleep(0.05)
+        return runs[0].status if runs and runs[0].is_finished else None
+
+    return wait_for(f"the Dagster run of export {object_prefix} to end", finished)
 
 
 def test_export_runs_as_dagster_run_and_lists_signed_files(env, client):
@@ -113,10 +115,9 @@ def test_export_runs_as_dagster_run_and_lists_signed_files(env, client):
         assert done["members"] == 2 and done["expected_files"] == 1 and len(done["files"]) == 1
         assert done["urls_expire_at"] > time.time() + 3 * 3600
         # the callback fired with the status URL (the file URLs need no key, the status URL does)
-        deadline = time.monotonic() + 60
-        while not hook.received and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for("the callback", lambda: hook.received)
         assert hook.received == [{"success": True, "url": body["url"]}]
+        assert wait_run_finished(prefix) == dg.DagsterRunStatus.SUCCESS
 
     f = done["files"][0]
     assert f["name"].endswith(".zip") and f["lines"] == 2
@@ -163,7 +164,7 @@ def test_two_requests_for_one_segment_at_once_one_wins_409(env, client):
         answers: list[httpx.Response] = []
 
         def request() -> None:
-            with httpx.Client(base_url=str(client.base_url), timeout=60) as c:
+            with httpx.Client(base_url=str(client.base_url), timeout=HANG_TIMEOUT) as c:
                 barrier.wait()
                 answers.append(c.post(
                     "/users/export/segment", headers=bearer(env),
@@ -190,9 +191,12 @@ def test_two_requests_for_one_segment_at_once_one_wins_409(env, client):
         hook.open.set()
         assert wait_done(client, env, winner)["status"] == "complete"
         assert wait_done(client, env, other.json()["object_prefix"])["files"][0]["name"].endswith(".gz")
+        # both runs hold a global slot until they end (a moment after their files are complete)
+        assert wait_run_finished(winner) == wait_run_finished(other.json()["object_prefix"]) == dg.DagsterRunStatus.SUCCESS
     again = client.post("/users/export/segment", headers=bearer(env), json={"segment_id": "vip", "fields_to_export": FIELDS})
     assert again.status_code == 201
     assert wait_done(client, env, again.json()["object_prefix"])["status"] == "complete"
+    assert wait_run_finished(again.json()["object_prefix"]) == dg.DagsterRunStatus.SUCCESS
     assert len(dg.DagsterInstance.get().get_runs(filters=dg.RunsFilter(tags={SEGMENT_TAG: "vip"}))) == 2
 
 
@@ -209,7 +213,7 @@ def _foreign_run(segment_tag: str) -> None:
 def test_running_export_started_elsewhere_and_global_cap(env, monkeypatch):
     monkeypatch.setenv("SEGMENT_PIPELINE_EXPORT_MAX_CONCURRENT", "2")
     _foreign_run("vip")
-    with serve_app(create_app(ApiSettings.from_env())) as url, httpx.Client(base_url=url, timeout=60) as c, \
+    with serve_app(create_app(ApiSettings.from_env())) as url, httpx.Client(base_url=url, timeout=HANG_TIMEOUT) as c, \
             gated_receiver() as hook:
         r = c.post("/users/export/segment", headers=bearer(env), json={"segment_id": "vip", "fields_to_export": FIELDS})
         assert r.status_code == 409 and "outside this API" in r.json()["message"]
@@ -229,6 +233,7 @@ def test_running_export_started_elsewhere_and_global_cap(env, monkeypatch):
         done = wait_done(c, env, hostile.json()["object_prefix"])
         assert done["status"] == "complete" and done["segment_id"] == "../x"
         assert httpx.get(done["files"][0]["url"]).status_code == 200
+        assert wait_run_finished(hostile.json()["object_prefix"]) == dg.DagsterRunStatus.SUCCESS
 
 
 @pytest.mark.parametrize(

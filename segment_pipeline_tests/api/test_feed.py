@@ -14,6 +14,7 @@ from segment_pipeline.core.exports.daily_feed import daily_key
 from segment_pipeline.core.feed_auth import CredentialStore
 from segment_pipeline_tests.api.conftest import DAY, NEXT
 from segment_pipeline_tests.core.test_exports_warehouse_fixtures import profile, write_day
+from segment_pipeline_tests.waiting import child_env
 
 
 def feed_lines(body: bytes) -> dict[str, list[str]]:
@@ -179,7 +180,8 @@ def test_logs_mask_emails_and_hold_no_secrets(env, client, caplog):
 
 def test_tokens_cli_creates_lists_and_revokes(env, client):
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "segment_pipeline.cli", *args], capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", "segment_pipeline.cli", *args], capture_output=True, text=True,
+                              env=child_env())
 
     created = cli("tokens", "create", "--identifier", "partner_x", "--note", "ci")
     assert created.returncode == 0, created.stderr

@@ -39,6 +39,7 @@ from segment_pipeline_tests.core.test_exports_warehouse_fixtures import (
 )
 from segment_pipeline_tests.fakes.callback import callback_server
 from segment_pipeline_tests.fakes.s3 import moto_s3_server
+from segment_pipeline_tests.waiting import child_env
 
 
 def request(segment_id="vip", fields=("email", "first_name"), **extra) -> SegmentExportRequest:
@@ -272,7 +273,8 @@ def test_crash_mid_export_leaves_nothing_that_looks_complete_and_is_swept(tmp_pa
     write_synthetic_segment(wh, DAY, "big", n_members=10_500, n_profiles=10_500)
     root = tmp_path / "exports"
     proc = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_EXPORT, str(wh.root), str(root)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CRASHING_EXPORT, str(wh.root), str(root)], stdout=subprocess.PIPE, text=True,
+        env=child_env(),
     )
     try:
         assert proc.stdout.readline().split() == ["1", "5000"]

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,14 @@ from segment_pipeline.core.sync.runner import DotdigitalSettings, sync_dotdigita
 from segment_pipeline.core.sync.state import StateStore
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline_tests.fakes.dotdigital import FakeDotdigital
-from segment_pipeline_tests.fakes.helpers import DD_PASSWORD, dotdigital_client, write_memberships
+from segment_pipeline_tests.fakes.helpers import (
+    DD_PASSWORD,
+    dotdigital_client,
+    kill_when,
+    start_sync_child,
+    write_memberships,
+)
+from segment_pipeline_tests.waiting import HANG_TIMEOUT
 
 D1, D2 = "2026-11-01", "2026-11-02"
 SYNCED = {"loyal": "Loyal Customers", "nike": "Affinity: Nike, Adidas"}  # a comma: CSV quoting matters
@@ -112,6 +116,15 @@ def test_import_rate_limit_and_concurrency_are_honoured(fake, wh, tmp_path):
     write_memberships(wh, D1, _rows(100))
     fake.set_limits("import", [(2, 1.0)])
     fake.max_active_imports = 1
+    # the first import stays active until the client has been refused once, however the machine
+    # schedules the client's three concurrent imports
+    fake.advance_on_poll = False
+
+    def finish_imports_after_a_refusal() -> None:
+        fake.wait_for(lambda: fake.count(family="import", status=429) >= 1, timeout=HANG_TIMEOUT)
+        fake.advance_on_poll = True
+
+    threading.Thread(target=finish_imports_after_a_refusal, daemon=True).start()
     client = dotdigital_client(fake.url, limits={"import": [(100, 1.0)]})
     report = _sync(wh, tmp_path, D1, client, contacts_per_import=20, max_in_flight=3)
     assert report.upserted == 100 and report.throttled > 0
@@ -153,14 +166,8 @@ def test_sigkill_mid_run_then_rerun_converges(fake, wh, tmp_path):
     fake.advance_on_poll = False
     fake.seconds_per_contact = 0.001  # a 100-contact import takes ~0.1s
     state = tmp_path / "state"
-    cmd = [sys.executable, "-m", "segment_pipeline_tests.fakes.helpers", "dotdigital", fake.url,
-           str(wh.root), str(state), D1, json.dumps(SYNCED)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    try:
-        assert fake.wait_for(lambda: fake.count(family="import", status=202) >= 5, timeout=60)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    proc = start_sync_child("dotdigital", fake.url, wh.root, state, D1, SYNCED)
+    kill_when(fake, proc, lambda: fake.count(family="import", status=202) >= 5, "the child's imports")
     with StateStore(state) as store:
         confirmed = len(store.mirror_rows(store.get_meta("last_dest")))
     assert 0 < confirmed < n

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,14 @@ from segment_pipeline.core.esp.klaviyo import KlaviyoClient
 from segment_pipeline.core.sync.runner import KlaviyoSettings, sync_klaviyo
 from segment_pipeline.core.sync.state import StateStore
 from segment_pipeline.core.warehouse import Warehouse
-from segment_pipeline_tests.fakes.helpers import KLAVIYO_KEY, klaviyo_client, write_memberships
+from segment_pipeline_tests.fakes.helpers import (
+    FAST,
+    KLAVIYO_KEY,
+    kill_when,
+    klaviyo_client,
+    start_sync_child,
+    write_memberships,
+)
 from segment_pipeline_tests.fakes.klaviyo import FakeKlaviyo
 
 D1, D2, D3 = "2026-11-01", "2026-11-02", "2026-11-03"
@@ -169,9 +174,12 @@ def test_faults_are_retried_and_the_run_converges(fake, wh, tmp_path):
     _day1(wh, n=40)
     fake.inject("503", times=2, match="POST /api/profile-bulk-import-jobs")
     fake.inject("drop", times=1, match="GET /api/profile-bulk-import-jobs")
-    fake.inject("delay", times=1, match="GET /api/profiles", delay=3.0)  # past the 2s read timeout
+    fake.inject("delay", times=1, match="GET /api/profiles", delay=3.0)  # past the 2s read timeout below
     fake.inject("drop_after", times=1, match="POST /api/lists")  # created, but the answer is lost
-    _day1_then = _sync(wh, tmp_path, D1, klaviyo_client(fake.url))
+    # a 2 s read timeout: on a busy machine another answer may take that long too, which only
+    # means one more retry (every call retried here is idempotent or looked up before a retry)
+    timeouts = dataclasses.replace(FAST, read_timeout=2.0)
+    _day1_then = _sync(wh, tmp_path, D1, klaviyo_client(fake.url, policy=timeouts))
     assert _day1_then.upserted == 40 and _day1_then.retries >= 3
     assert len(fake.lists_named("Nosto Customers")) == 1  # the lost create was found, not repeated
     write_memberships(wh, D2, [("loyal", f"u{i}@shop.com") for i in range(5, 40)])
@@ -232,14 +240,8 @@ def test_sigkill_mid_run_then_rerun_converges_without_duplicates(fake, wh, tmp_p
     fake.advance_on_poll = False
     fake.queue_seconds, fake.seconds_per_profile = 0.05, 0.0005  # a 100-profile job takes ~0.1s
     state = tmp_path / "state"
-    cmd = [sys.executable, "-m", "segment_pipeline_tests.fakes.helpers", "klaviyo", fake.url,
-           str(wh.root), str(state), D1, json.dumps(SYNCED)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    try:
-        assert fake.wait_for(lambda: fake.count(family="bulk_import_profiles", status=202) >= 6, timeout=60)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    proc = start_sync_child("klaviyo", fake.url, wh.root, state, D1, SYNCED)
+    kill_when(fake, proc, lambda: fake.count(family="bulk_import_profiles", status=202) >= 6, "the child's imports")
     assert proc.returncode == -signal.SIGKILL
     with StateStore(state) as store:
         confirmed_before = len(store.mirror_rows(store.get_meta("last_dest")))

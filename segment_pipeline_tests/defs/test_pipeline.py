@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from segment_pipeline.defs.profiles.assets import profiles
 from segment_pipeline.defs.raw.assets import ingest_events, ingest_profiles
 from segment_pipeline.defs.resources import LandingZoneResource, SegmentCatalogResource, WarehouseResource
 from segment_pipeline.defs.segments.assets import build_memberships_asset, segment_key
+from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env
 
 SAMPLE_LANDING = Path(settings.PROJECT_ROOT) / "data" / "landing"
 SEGMENTS = Path(settings.PROJECT_ROOT) / "data" / "segments.yaml"
@@ -150,14 +150,14 @@ def test_cli_week_backfill_equals_seven_single_days(tmp_path):
     """`dagster asset materialize --partition-range` (one run) == the seven days one by one."""
     week_start, week_end = "2026-11-01", "2026-11-07"
     cli_root = tmp_path / "cli"
-    env = {**os.environ, "SEGMENT_PIPELINE_WAREHOUSE": str(cli_root), "SEGMENT_PIPELINE_LANDING": str(SAMPLE_LANDING),
-           "SEGMENT_PIPELINE_SEGMENTS": str(SEGMENTS)}
+    env = child_env({"SEGMENT_PIPELINE_WAREHOUSE": str(cli_root), "SEGMENT_PIPELINE_LANDING": str(SAMPLE_LANDING),
+                     "SEGMENT_PIPELINE_SEGMENTS": str(SEGMENTS)})
     env.pop("DAGSTER_HOME", None)
     proc = subprocess.run(
         [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "segment_pipeline.definitions",
          "--select", "group:raw or group:profiles or group:segments",
          "--partition-range", f"{week_start}...{week_end}"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stderr.count("RUN_SUCCESS") + proc.stdout.count("RUN_SUCCESS") == 1  # a single run
@@ -192,10 +192,10 @@ def test_invalid_segment_file_stops_the_code_location_with_a_clear_message(tmp_p
         "  - {id: germany, name: Germany, rule: {field: country, op: '=', value: DE}}\n"
         f"  - {{id: vip, name: VIP, rule: {vip_rule}}}\n"
     )
-    env = {**os.environ, "SEGMENT_PIPELINE_SEGMENTS": str(bad), "SEGMENT_PIPELINE_WAREHOUSE": str(tmp_path / "wh")}
+    env = child_env({"SEGMENT_PIPELINE_SEGMENTS": str(bad), "SEGMENT_PIPELINE_WAREHOUSE": str(tmp_path / "wh")})
     proc = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "segment_pipeline.definitions"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0

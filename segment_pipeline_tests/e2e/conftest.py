@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,36 +21,19 @@ import pytest
 import requests
 
 from segment_pipeline import settings
+from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env, on_a_free_port, wait_for
 
 PROJECT_ROOT = Path(settings.PROJECT_ROOT)
 SAMPLE_LANDING = PROJECT_ROOT / "data" / "landing"
 LANDED_DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
-RUN_TIMEOUT = 420  # upper bound while waiting for a run on a busy 2-core CI machine, not a speed claim
-START_TIMEOUT = 240
+RUN_TIMEOUT = HANG_TIMEOUT  # how long to wait for a run before calling it a hang, not a speed claim
+START_TIMEOUT = HANG_TIMEOUT
 
 
 def artifacts_dir() -> Path:
     path = Path(os.environ.get("SEGMENT_PIPELINE_TEST_ARTIFACTS") or PROJECT_ROOT / "segment_pipeline_tests" / "artifacts")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float, on_timeout: Callable[[], str] = lambda: "",
-             interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f}s\n{on_timeout()}")
-        time.sleep(interval)
 
 
 class DagsterDev:
@@ -73,7 +55,8 @@ class DagsterDev:
         return "\n".join(text.splitlines()[-lines:])
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
-        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
+        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
+                                 timeout=HANG_TIMEOUT)
         response.raise_for_status()
         body = response.json()
         if body.get("errors"):
@@ -96,18 +79,35 @@ class DagsterDev:
 
     def wait_until_ready(self) -> DagsterDev:
         wait_for("webserver, code location and daemons", self._ready, START_TIMEOUT, self.log_tail, interval=2)
+        if self.proc.poll() is not None:  # what answered was not ours
+            raise RuntimeError(f"{self.cmd[0]} exited with {self.proc.returncode}:\n{self.log_tail()}")
         return self
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGINT)  # Ctrl-C to the session we started: dagster dev and its children
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)  # Ctrl-C to the session we started: dagster dev and its children
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        if self.proc is not None:
+            self._log.close()
+
+
+def start_dagster_dev(make_cmd: Callable[[int], list[str]], cwd: Path, env: dict[str, str],
+                      log_path: Path) -> DagsterDev:
+    """Start ``make_cmd(port)`` on a free port (another one if that was taken meanwhile) and
+    wait until it is ready."""
+    def start(port: int) -> DagsterDev:
+        server = DagsterDev(make_cmd(port), cwd, env, log_path, port).start()
         try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self._log.close()
+            return server.wait_until_ready()
+        except BaseException:
+            server.stop()
+            raise
+
+    return on_a_free_port(start)
 
 
 def pytest_collection_modifyitems(items):
@@ -132,7 +132,7 @@ def server_env(root: Path, landing: Path) -> dict[str, str]:
     home = root / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(settings.INSTANCE_TEMPLATE, home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items()
+    env = {k: v for k, v in child_env().items()
            if not k.startswith(("SEGMENT_PIPELINE_", "KLAVIYO", "DOTDIGITAL", "DAGSTER_"))}
     env.update({
         "DAGSTER_HOME": str(home),
@@ -163,18 +163,19 @@ def dev_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("dagster_dev")
     landing = root / "landing"
     copy_sample_days(landing, LANDED_DAYS)
-    port = free_port()
-    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-           "-h", "127.0.0.1", "-p", str(port)]
-    server = DagsterDev(cmd, root, server_env(root, landing), artifacts_dir() / "dagster_dev.log", port)
+
+    def cmd(port: int) -> list[str]:
+        return [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+                "-h", "127.0.0.1", "-p", str(port)]
+
+    log_path = artifacts_dir() / "dagster_dev.log"
+    server = start_dagster_dev(cmd, root, server_env(root, landing), log_path)
     server.root, server.landing = root, landing
-    server.start()
     try:
-        server.wait_until_ready()
         yield server
     finally:
         server.stop()
-        print(f"\ndagster dev log: {server.log_path}")
+        print(f"\ndagster dev log: {log_path}")
 
 
 RUNS_QUERY = """

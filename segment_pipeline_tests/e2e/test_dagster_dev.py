@@ -89,11 +89,18 @@ def test_landing_sensor_runs_the_landed_days_and_a_dropped_file(dev_server, firs
     part = folder / "events.ndjson.part"
     rows = [profile("new.customer@example.com", f"{day}T09:00:00Z", country="DE")]
     (dev_server.landing / "profiles" / f"date={day}").mkdir(parents=True)
-    (dev_server.landing / "profiles" / f"date={day}" / "profiles.ndjson").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows))
+    profiles_file = dev_server.landing / "profiles" / f"date={day}" / "profiles.ndjson"
+    profiles_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # until the events file is in place too, the profiles file counts as still being written (a
+    # modification time ahead of now never settles), so however long this test is held up between
+    # the two files, the sensor sees the day complete or not at all
+    later = time.time() + 3600
+    os.utime(profiles_file, (later, later))
     part.write_text(json.dumps(event("e2e-1", "new.customer@example.com", "order", f"{day}T10:00:00Z",
                                      revenue=42.5, brand="Nike")) + "\n")
     os.replace(part, folder / "events.ndjson")
+    now = time.time()
+    os.utime(profiles_file, (now, now))
 
     def second_run():
         runs = runs_with_tag(dev_server, "segment_pipeline/trigger", "landing_zone_sensor")

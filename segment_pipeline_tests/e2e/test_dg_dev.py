@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from segment_pipeline_tests.e2e.conftest import PROJECT_ROOT, DagsterDev, artifacts_dir, free_port, server_env
+from segment_pipeline_tests.e2e.conftest import PROJECT_ROOT, artifacts_dir, server_env, start_dagster_dev
 
 pytestmark = pytest.mark.e2e
 
@@ -22,12 +22,11 @@ def dg_executable() -> str:
 def test_dg_dev_serves_the_code_location_with_its_daemon(tmp_path):
     landing = tmp_path / "landing"  # an empty landing zone: nothing to run, only to serve
     landing.mkdir()
-    port = free_port()
-    server = DagsterDev([dg_executable(), "dev", "--host", "127.0.0.1", "--port", str(port)], PROJECT_ROOT,
-                        server_env(tmp_path, landing), artifacts_dir() / "dg_dev.log", port)
-    server.start()
+    dg = dg_executable()
+    # started and ready: code location "segment_pipeline" LOADED, all daemons healthy
+    server = start_dagster_dev(lambda port: [dg, "dev", "--host", "127.0.0.1", "--port", str(port)], PROJECT_ROOT,
+                               server_env(tmp_path, landing), artifacts_dir() / "dg_dev.log")
     try:
-        server.wait_until_ready()  # code location "segment_pipeline" LOADED, all daemons healthy
         nodes = server.graphql("{ assetNodes { assetKey { path } } }")["assetNodes"]
         keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
         assert {"raw_profiles", "profiles", "memberships", "segment_feed_daily", "klaviyo_sync"} <= keys

@@ -33,7 +33,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from openapi_schema_validator import OAS30Validator
 
-SPECS_DIR = Path("/work/shared/specs")
+#: The vendor API descriptions the fakes validate against, kept in the repository beside this
+#: module (source, revision and licence of each: ``specs/README.md``).
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
 
 
 class SpecValidator:

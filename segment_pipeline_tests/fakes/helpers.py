@@ -7,8 +7,9 @@ runs one real sync (our production code path) against a fake, so a test can SIGK
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import duckdb
@@ -23,10 +24,14 @@ from segment_pipeline.core.sync.runner import (
     sync_klaviyo,
 )
 from segment_pipeline.core.warehouse import Warehouse
+from segment_pipeline_tests.fakes.base import FakeService
+from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env
 
 KLAVIYO_KEY = "pk_test_fake"
 DD_USER, DD_PASSWORD = "apiuser-fake@apiconnector.com", "fake-password"
-FAST = RetryPolicy(max_elapsed=20.0, base_delay=0.02, max_delay=0.2, connect_timeout=2.0, read_timeout=2.0)
+#: Short backoffs so retries do not slow the tests; the time bounds only catch hangs (a busy
+#: machine may take seconds to answer): a test about timeouts sets its own policy.
+FAST = RetryPolicy(max_elapsed=120.0, base_delay=0.02, max_delay=0.2, connect_timeout=10.0, read_timeout=10.0)
 
 
 def write_memberships(wh: Warehouse, day: str, rows: Iterable[tuple[str, str]]) -> int:
@@ -65,6 +70,30 @@ def run(integration: str, url: str, wh_root: str, state: str, day: str, synced: 
                                                                      max_active_imports=in_flight))
 
 
+def start_sync_child(integration: str, url: str, wh_root: str | Path, state: str | Path, day: str,
+                     synced: dict[str, str]) -> subprocess.Popen:
+    """:func:`run` in a child process (this module's ``__main__``), so a test can SIGKILL it mid-run."""
+    cmd = [sys.executable, "-m", "segment_pipeline_tests.fakes.helpers", integration, url, str(wh_root), str(state),
+           day, json.dumps(synced)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=child_env())
+
+
+def kill_when(fake: FakeService, proc: subprocess.Popen, predicate: Callable[[], bool], what: str) -> None:
+    """SIGKILL ``proc`` once ``predicate()`` holds on ``fake``'s state, with the fake frozen from
+    that moment until the process is dead (its lock is held, so no request of the child is
+    answered and no background job finishes): the child is killed exactly there, however the
+    machine schedules the two processes."""
+    try:
+        with fake.lock:
+            assert fake.wait_for(predicate, timeout=HANG_TIMEOUT), f"gave up waiting for {what}"
+            proc.kill()
+            proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 if __name__ == "__main__":
     integration, url, wh_root, state, day, synced = sys.argv[1:7]
     report = run(integration, url, wh_root, state, day, json.loads(synced))
@@ -100,7 +129,7 @@ class FakeProcess:
         self._conn, child = mp.Pipe()
         self._proc = mp.get_context("spawn").Process(target=_serve_fake, args=(kind, kwargs, child), daemon=True)
         self._proc.start()
-        if not self._conn.poll(60):
+        if not self._conn.poll(HANG_TIMEOUT):
             self._proc.kill()
             raise RuntimeError(f"the {kind} fake did not start")
         self.url: str = self._conn.recv()

@@ -1,4 +1,4 @@
-"""A stateful fake of the Klaviyo JSON:API (the endpoints in ``/work/shared/specs/klaviyo``).
+"""A stateful fake of the Klaviyo JSON:API (the endpoints in ``specs/klaviyo``, beside this module).
 
 State: profiles (by id, unique by email, with custom ``properties`` and ``subscriptions`` consent
 state), lists (names are NOT unique, as in Klaviyo, so a client creating a second "Nosto

@@ -25,8 +25,8 @@ HEADERS = {"Authorization": f"Klaviyo-API-Key {KLAVIYO_KEY}", "revision": "2026-
 
 
 def test_klaviyo_fake_process_enforces_limits_auth_and_spec():
-    with FakeProcess("klaviyo", limits={"get_lists": [(2, 1.0)]}) as fake:
-        s = requests.Session()
+    # 2 a minute: the third request is over the limit however slowly the machine sends the three
+    with FakeProcess("klaviyo", limits={"get_lists": [(2, 60.0)]}) as fake, requests.Session() as s:
         answers = [s.get(f"{fake.url}/api/lists", headers=HEADERS) for _ in range(3)]
         assert [a.status_code for a in answers] == [200, 200, 429]
         assert int(answers[2].headers["Retry-After"]) >= 1

@@ -18,7 +18,8 @@ from segment_pipeline.core.esp.http import EspClient, EspError, HttpSession, Ret
 from segment_pipeline.core.esp.polling import PollTimer, poll_until
 
 DEFAULT_BASE_URL = "https://a.klaviyo.com"
-#: The revision of the shipped specs (``/work/shared/specs/klaviyo``, ``info.version``).
+#: The API revision of the Klaviyo specs the tests validate against
+#: (``segment_pipeline_tests/fakes/specs/klaviyo/*.json``, ``info.version``).
 DEFAULT_REVISION = "2026-07-15"
 JSONAPI = "application/vnd.api+json"
 
