@@ -34,7 +34,7 @@ class SyncResource(dg.ConfigurableResource):
     ``settings()``, both built by the destination class from the resource's field values."""
 
     def _destination(self) -> type[Destination]:
-        return DESTINATIONS[type(self).destination_name]  # type: ignore[attr-defined]
+        return type(self).destination_cls  # type: ignore[attr-defined]
 
     def _values(self) -> dict[str, Any]:
         return {o.name: getattr(self, o.name) for o in self._destination().options}
@@ -55,7 +55,7 @@ def resource_class(d: type[Destination]) -> type[SyncResource]:
         **{o.name: o.default for o in d.options},
     }
     cls = type(f"{d.title[:1].upper()}{d.title[1:]}Resource", (SyncResource,), ns)
-    cls.destination_name = d.name  # type: ignore[attr-defined]
+    cls.destination_cls = d  # type: ignore[attr-defined]
     return cls
 
 
