@@ -380,7 +380,7 @@ class _Run:
                      f"name {len(bad)}; confirming per row")
         ok, rejected = _split(batch, bad)
         member = True if action == UPSERT and self.d.capabilities.list_add else None
-        self.store.confirm_table(target, ok.select(["email", "segments"]), member)
+        self.store.confirm_table(target, ok, member)
         self.store.reject(target.dest, [(e, action, bad[e]) for e in rejected], self.run_id)
         _count(r, action, ok)
         r.rejected += len(rejected)

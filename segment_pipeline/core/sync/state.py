@@ -185,7 +185,8 @@ class StateStore:
                                              "segments": pa.array(list(segments), pa.string())}), member)
 
     def confirm_table(self, target: Target, batch: pa.Table, member: bool | None = True) -> None:
-        """:meth:`confirm` for an Arrow table with columns ``email``, ``segments``.
+        """:meth:`confirm` for an Arrow table with columns ``email``, ``segments`` (and optionally
+        ``member``: the row is a confirmed member already, as the plan saw it).
 
         ``member``: True adds the rows to the target's list/book, False removes them, None leaves
         membership as it was (a clear does not touch lists)."""
@@ -196,8 +197,9 @@ class StateStore:
             con.register("confirmed_batch", batch)
             con.execute("INSERT OR REPLACE INTO held SELECT ?, email, segments, ? FROM confirmed_batch",
                         [target.holder, now])
-            if member is True:
-                con.execute("INSERT OR REPLACE INTO members SELECT ?, email, ? FROM confirmed_batch",
+            if member is True:  # rows the plan already knew as members (column ``member``) need nothing
+                known = "WHERE NOT member" if "member" in batch.column_names else ""
+                con.execute(f"INSERT OR IGNORE INTO members SELECT ?, email, ? FROM confirmed_batch {known}",
                             [target.container, now])
             elif member is False:
                 con.execute("DELETE FROM members WHERE container = ? AND email IN (SELECT email FROM confirmed_batch)",
