@@ -167,6 +167,8 @@ def test_dotdigital_values_over_255_characters_keep_whole_names(tmp_path):
         assert value == "|".join(kept) and len(value) <= MAX_FIELD_CHARS
         assert fake.field_value("one@shop.com", "NOSTOSEGMENT") == names["seg00"]
         assert report.truncated == 1 and report.upserted == 2 and report.rejected == 0
+        assert "1 values over the 255-character limit" in report.notes[0]
+        assert repr(sorted(names.values())[5]) + " (1)" in report.notes[0]  # which names were dropped, no emails
         assert fake.spec_violations == []
         with StateStore(tmp_path / "state") as store:
             (got,) = store.truncations(report.destination).items()

@@ -29,6 +29,7 @@ class PlanCounts:
     removals: int
     truncated: int = 0  # desired profiles whose value was cut to the destination's limit
     dropped_all: int = 0  # of which no name fitted at all (treated as not desired: cleared/removed)
+    dropped_names: tuple[tuple[str, int], ...] = ()  # the names dropped most often, with how often (top 5)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
     con.execute(f"CREATE OR REPLACE TEMP TABLE desired_rows AS {desired_sql}", params)
     try:
         truncated = dropped_all = 0
+        dropped_names: list[tuple[str, int]] = []
         desired_from = "desired_rows"
         if fit is not None and fit.max_chars is not None:
             long = con.execute(f"SELECT DISTINCT segments FROM desired_rows WHERE ({fit.length_sql}) > ?",
@@ -100,6 +102,11 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
                 truncated, dropped_all = con.execute(
                     "SELECT count(kept), count(*) FILTER (WHERE kept = '[]') FROM desired_fitted").fetchall()[0]
                 desired_from = "(SELECT email, segments FROM desired_fitted WHERE segments <> '[]')"
+                dropped_names = con.execute("""
+                    SELECT name, count(*) AS n FROM (
+                        SELECT unnest(from_json(dropped, '["VARCHAR"]')) AS name FROM desired_fitted
+                        WHERE dropped IS NOT NULL)
+                    GROUP BY name ORDER BY n DESC, name LIMIT 5""").fetchall()
             if run_id is not None:
                 with store.transaction() as tx:
                     tx.execute("DELETE FROM truncated WHERE holder = ?", [target.holder])
@@ -136,4 +143,4 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
     counts = dict(con.execute(
         f"SELECT action, count(*) FROM read_parquet({sql_string(str(plan_path))}) GROUP BY action").fetchall())
     return PlanCounts(desired, counts.get(UPSERT, 0), counts.get(CLEAR, 0), counts.get(REMOVE, 0),
-                      truncated, dropped_all)
+                      truncated, dropped_all, tuple((str(a), int(b)) for a, b in dropped_names))

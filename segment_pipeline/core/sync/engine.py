@@ -298,8 +298,10 @@ class _Run:
                  f"{counts.clears} clears, {counts.removals} removals")
         if counts.truncated:
             value = self.limits.value
+            most = ", ".join(f"{name!r} ({n})" for name, n in counts.dropped_names)
             r.notes.append(f"{counts.truncated} values over the {value.max_chars if value else '?'}-character limit "
-                           f"kept whole segment names up to it ({counts.dropped_all} had none fit)")
+                           f"kept whole segment names up to it ({counts.dropped_all} had none fit); "
+                           f"dropped most: {most}")
             self.log(f"{d.name}: {r.notes[-1]}; see the 'truncated' table in {self.state_dir / 'state.duckdb'}")
         if not self.dry:
             self.store.start_run(self.run_id, d.name, target.dest, self.day, False)
