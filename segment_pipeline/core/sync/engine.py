@@ -32,7 +32,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import datetime as dt
-import json
 import threading
 import time
 import uuid
@@ -408,17 +407,3 @@ def _count(r: SyncReport, action: str, ok: pa.Table) -> None:
         r.added += _not_members(ok)
     else:
         r.cleared += ok.num_rows
-
-
-def option_values(destination: type[Destination], environ: Mapping[str, str]) -> dict[str, Any]:
-    """The option values set in ``environ`` (name -> value), for tools outside Dagster."""
-    out: dict[str, Any] = {}
-    for o in destination.options:
-        if environ.get(o.env):
-            out[o.name] = type(o.default)(environ[o.env]) if not isinstance(o.default, str) else environ[o.env]
-    return out
-
-
-def json_list(names: Sequence[str]) -> str:
-    """The plan's canonical JSON text of a list of names (as DuckDB's ``to_json`` renders it)."""
-    return json.dumps(list(names), ensure_ascii=False, separators=(",", ":"))
