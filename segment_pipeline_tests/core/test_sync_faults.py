@@ -20,7 +20,7 @@ from segment_pipeline.core.sync.runner import (
     sync_dotdigital,
     sync_klaviyo,
 )
-from segment_pipeline.core.sync.state import StateStore
+from segment_pipeline.core.sync.state import StateStore, Target
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline_tests.fakes.dotdigital import FakeDotdigital
 from segment_pipeline_tests.fakes.helpers import dotdigital_client, klaviyo_client, write_memberships
@@ -69,6 +69,7 @@ def test_klaviyo_list_switch_and_back_converges(wh, tmp_path):
         assert fake.member_emails(l1) == {"x@shop.com", "y@shop.com"}
         assert fake.member_emails(l2) == {"x@shop.com", "z@shop.com"}  # the old list is left as it was
         assert _kl(wh, tmp_path, DAY_A, client, list_name="L1").planned_upserts == 0  # converged
+        _assert_one_member_row_each(tmp_path)
 
 
 def test_klaviyo_property_rename_and_back_converges(wh, tmp_path):
@@ -107,6 +108,14 @@ def test_dotdigital_book_switch_and_back_converges(wh, tmp_path):
         (b3_id,) = fake.books_named("B3")
         assert b3.upserted == 2 and fake.book_members(b3_id) == {"x@shop.com", "y@shop.com"}
         assert fake.spec_violations == []
+        _assert_one_member_row_each(tmp_path)
+
+
+def _assert_one_member_row_each(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "state") as store:
+        total, distinct = store.con.execute(
+            "SELECT count(*), count(DISTINCT (container, email)) FROM members").fetchall()[0]
+    assert total == distinct > 0
 
 
 def test_dotdigital_field_rename_and_back_converges(wh, tmp_path):
@@ -207,3 +216,5 @@ def test_state_written_before_the_split_is_migrated(tmp_path):
         assert store.mirror_rows(dd_dest) == {"c@shop.com": (["S2"], True), "d@shop.com": ([], False)}
     with StateStore(state) as store:  # opening again is a no-op
         assert len(store.mirror_rows(kl_dest)) == 2
+        store.set_in_list(Target.parse(kl_dest), ["x@shop.com", "z@shop.com", "z@shop.com"], True)
+        assert store.con.execute("SELECT count(*) FROM members").fetchall()[0][0] == 4  # x, y, c + z once

@@ -118,7 +118,7 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
         sql = f"""
             WITH d AS (SELECT email, segments FROM {desired_from}),
             h AS (SELECT email, segments FROM held WHERE holder = ?),
-            mb AS (SELECT email FROM members WHERE container = ?),
+            mb AS (SELECT DISTINCT email FROM members WHERE container = ?),  -- one row per email, whatever happens
             j AS (
                 SELECT coalesce(d.email, h.email) AS email, d.segments AS want, h.segments AS have
                 FROM d FULL OUTER JOIN h ON d.email = h.email),
