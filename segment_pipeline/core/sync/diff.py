@@ -87,8 +87,9 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
         dropped_names: list[tuple[str, int]] = []
         desired_from = "desired_rows"
         if fit is not None and fit.max_chars is not None:
-            long = con.execute(f"SELECT DISTINCT segments FROM desired_rows WHERE ({fit.length_sql}) > ?",
-                               [fit.max_chars]).fetchall()
+            # the length expression runs once per distinct value (a few), not once per email
+            long = con.execute(f"SELECT segments FROM (SELECT DISTINCT segments FROM desired_rows) "
+                               f"WHERE ({fit.length_sql}) > ?", [fit.max_chars]).fetchall()
             if long:
                 fitted = [(s, *fit.fit(json.loads(s))) for (s,) in long]
                 con.register("fitted_values", pa.table({
