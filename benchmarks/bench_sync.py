@@ -55,7 +55,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -65,12 +68,7 @@ import duckdb  # noqa: E402
 from segment_pipeline.core.esp.dotdigital import DotdigitalClient  # noqa: E402
 from segment_pipeline.core.esp.klaviyo import KlaviyoClient  # noqa: E402
 from segment_pipeline.core.sync.desired import desired_sql  # noqa: E402
-from segment_pipeline.core.sync.runner import (  # noqa: E402
-    DotdigitalSettings,
-    KlaviyoSettings,
-    sync_dotdigital,
-    sync_klaviyo,
-)
+from segment_pipeline.core.sync.runner import DotdigitalSettings, KlaviyoSettings, sync  # noqa: E402
 from segment_pipeline.core.warehouse import Warehouse  # noqa: E402
 
 SEGMENTS = {f"s{i}": f"Segment {i}" for i in range(8)}
@@ -90,23 +88,61 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _klaviyo_fake(full_validation: bool, _scale: float) -> Any:
+    from segment_pipeline_tests.fakes.klaviyo import FakeKlaviyo
+
+    return FakeKlaviyo(advance_on_poll=False, queue_seconds=KLAVIYO_QUEUE_SECONDS,
+                       seconds_per_profile=KLAVIYO_SECONDS_PER_PROFILE,
+                       validate_sample=None if full_validation else 100)
+
+
+def _dotdigital_fake(_full_validation: bool, scale: float) -> Any:
+    from segment_pipeline_tests.fakes.dotdigital import FakeDotdigital
+
+    return FakeDotdigital(limits=dd_limits(scale), max_active_imports=DD_ACTIVE_IMPORTS, advance_on_poll=False,
+                          seconds_per_contact=DD_SECONDS_PER_CONTACT)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How the benchmark drives one destination: its fake (built in the fake's process), client and
+    settings, the endpoint family carrying the records with its documented windows, how long the
+    fake takes to process a request of ``size`` records, and the jobs it runs at once."""
+
+    fake: Callable[[bool, float], Any]  # (full_validation, window scale)
+    client: Callable[[str, float], Any]  # (url, window scale)
+    settings: Callable[[], Any]
+    per_request: Callable[[Any], int]
+    family: str
+    limits: Callable[[float], list[tuple[int, float]]]
+    duration: Callable[[int], float]
+    concurrency: int | None
+    scaled: bool  # --dd-window-scale applies
+
+
+PROFILES: dict[str, Profile] = {
+    "klaviyo": Profile(
+        _klaviyo_fake,
+        lambda url, _s: KlaviyoClient("pk_test_fake", base_url=url, pool_size=40, poll_initial=1.0, poll_max=2.0),
+        lambda: KlaviyoSettings(max_in_flight=32), lambda s: s.max_profiles_per_job, "bulk_import_profiles",
+        lambda _s: KLAVIYO_BULK, lambda size: KLAVIYO_QUEUE_SECONDS + KLAVIYO_SECONDS_PER_PROFILE * size, None, False),
+    "dotdigital": Profile(
+        _dotdigital_fake,
+        lambda url, scale: DotdigitalClient("apiuser-fake@apiconnector.com", "fake-password", base_url=url,
+                                            limits=dd_limits(scale), poll_initial=0.3, poll_max=1.0),
+        lambda: DotdigitalSettings(contacts_per_import=20_000, max_active_imports=DD_ACTIVE_IMPORTS),
+        lambda s: s.contacts_per_import, "import", lambda scale: dd_limits(scale)["import"],
+        lambda size: DD_SECONDS_PER_CONTACT * size, DD_ACTIVE_IMPORTS, True),
+}
+
+
 def _serve(kind: str, full_validation: bool, conn, dd_scale: float = DD_SCALE) -> None:
     sys.path.insert(0, str(ROOT))
     # The fake stamps a request "received" (what its rate limits count) once a handler thread has
     # read it; with CPython's default 5 ms GIL switch interval and a dozen busy threads that can
     # lag the arrival by tens of ms, where a real API gateway stamps on arrival. 1 ms keeps it close.
     sys.setswitchinterval(0.001)
-    if kind == "klaviyo":
-        from segment_pipeline_tests.fakes.klaviyo import FakeKlaviyo
-
-        fake = FakeKlaviyo(advance_on_poll=False, queue_seconds=KLAVIYO_QUEUE_SECONDS,
-                           seconds_per_profile=KLAVIYO_SECONDS_PER_PROFILE,
-                           validate_sample=None if full_validation else 100)
-    else:
-        from segment_pipeline_tests.fakes.dotdigital import FakeDotdigital
-
-        fake = FakeDotdigital(limits=dd_limits(dd_scale), max_active_imports=DD_ACTIVE_IMPORTS, advance_on_poll=False,
-                              seconds_per_contact=DD_SECONDS_PER_CONTACT)
+    fake = PROFILES[kind].fake(full_validation, dd_scale)
     fake.freeze_heap = True  # this process runs nothing but the fake
     fake.start()
     conn.send(fake.url)
@@ -116,7 +152,7 @@ def _serve(kind: str, full_validation: bool, conn, dd_scale: float = DD_SCALE) -
             for r in fake.log:
                 if r.status == 429:
                     throttled[r.family] = throttled.get(r.family, 0) + 1
-            carrying = [r.received_at for r in fake.log if r.family in ("bulk_import_profiles", "import") and r.status < 300]
+            carrying = [r.received_at for r in fake.log if r.family == PROFILES[kind].family and r.status < 300]
             conn.send({"requests": len(fake.log), "throttled": throttled, "violations": len(fake.spec_violations),
                        "consent_attempts": len(fake.consent_attempts), "cpu": _cpu(), "carrying_at": carrying,
                        "received": [(r.family, r.received_at, r.status) for r in fake.log]})
@@ -199,27 +235,12 @@ def run_once(kind: str, wh: Warehouse, tmp: Path, n_changed: int, full_validatio
         parent.send("stats")
         fake0 = parent.recv()
         cpu0, t0 = _cpu(), time.monotonic()
-        if kind == "klaviyo":
-            client = KlaviyoClient("pk_test_fake", base_url=url, pool_size=40, poll_initial=1.0, poll_max=2.0)
-            settings = KlaviyoSettings(max_in_flight=32)
-            report = sync_klaviyo(wh, day, SEGMENTS, state_dir=state, dry_run_root=tmp / "dry", client=client,
-                                  settings=settings, log=log)
-            per_req, limits, family = settings.max_profiles_per_job, KLAVIYO_BULK, "bulk_import_profiles"
-
-            def duration(size: int) -> float:
-                return KLAVIYO_QUEUE_SECONDS + KLAVIYO_SECONDS_PER_PROFILE * size
-            concurrency = None
-        else:
-            client = DotdigitalClient("apiuser-fake@apiconnector.com", "fake-password", base_url=url,
-                                      limits=dd_limits(dd_scale), poll_initial=0.3, poll_max=1.0)
-            settings = DotdigitalSettings(contacts_per_import=20_000, max_active_imports=DD_ACTIVE_IMPORTS)
-            report = sync_dotdigital(wh, day, SEGMENTS, state_dir=state, dry_run_root=tmp / "dry", client=client,
-                                     settings=settings, log=log)
-            per_req, limits, family = settings.contacts_per_import, dd_limits(dd_scale)["import"], "import"
-
-            def duration(size: int) -> float:
-                return DD_SECONDS_PER_CONTACT * size
-            concurrency = DD_ACTIVE_IMPORTS
+        prof = PROFILES[kind]
+        client, settings = prof.client(url, dd_scale), prof.settings()
+        report = sync(kind, wh, day, SEGMENTS, state_dir=state, dry_run_root=tmp / "dry", client=client,
+                      settings=settings, log=log)
+        per_req, limits, family = prof.per_request(settings), prof.limits(dd_scale), prof.family
+        duration, concurrency = prof.duration, prof.concurrency
         wall, cpu = time.monotonic() - t0, _cpu() - cpu0
         client.close()
         parent.send("stats")
@@ -286,7 +307,7 @@ def bench(kind: str, n: int, tmp: Path, repeat: int, full_validation: bool, verb
     write_days(wh, n)
     n_changed = changed(wh)
     print(f"\n== {kind}: {n:,} identities (fixtures in {time.monotonic() - t0:.1f}s), day-2 changes: {n_changed:,}"
-          f"{'' if kind == 'klaviyo' or dd_scale == 1 else f' (rate windows scaled x{dd_scale:g})'}", flush=True)
+          f"{'' if not PROFILES[kind].scaled or dd_scale == 1 else f' (rate windows scaled x{dd_scale:g})'}", flush=True)
     runs = []
     for i in range(repeat):
         if repeat > 1:
@@ -314,7 +335,7 @@ def bench(kind: str, n: int, tmp: Path, repeat: int, full_validation: bool, verb
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", type=int, default=1_000_000)
-    ap.add_argument("--integration", choices=["klaviyo", "dotdigital", "both"], default="both")
+    ap.add_argument("--integration", choices=[*PROFILES, "both"], default="both")
     ap.add_argument("--repeat", type=int, default=1, help="repetitions (fresh fake and state each time)")
     ap.add_argument("--full-validation", action="store_true",
                     help="Klaviyo fake checks the shape of every imported profile against the spec")
@@ -324,7 +345,7 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     try:
-        for kind in (["klaviyo", "dotdigital"] if args.integration == "both" else [args.integration]):
+        for kind in (list(PROFILES) if args.integration == "both" else [args.integration]):
             bench(kind, args.profiles, tmp, args.repeat, args.full_validation, args.verbose, args.dd_window_scale)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -60,6 +60,7 @@ from typing import Any
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from segment_pipeline.core.safe_yaml import YamlFileError, cap_message, load_yaml_file
+from segment_pipeline.core.sync.destinations import DESTINATIONS
 
 PROFILE_FIELDS: dict[str, str] = {
     "email": "string",
@@ -114,7 +115,7 @@ EVENT_TYPES = ("page_view", "product_view", "add_to_cart", "order")
 AFFINITY_DIMENSIONS = ("brand", "category")
 SEGMENT_TYPES = ("dynamic", "static")
 STATUSES = ("active", "inactive")
-INTEGRATIONS = ("klaviyo", "dotdigital")
+INTEGRATIONS = tuple(DESTINATIONS)  # the sync toggles: one per registered destination
 
 COMPARISON_OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 LIST_OPS = ("in", "not in")

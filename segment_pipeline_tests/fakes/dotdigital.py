@@ -38,6 +38,9 @@ DEFAULT_LIMITS: dict[str, list[tuple[int, float]]] = {
     "import": [(20, 60.0)],  # "low" tier: bulk imports
     "default": [(300, 60.0)],
 }
+#: dotdigital: "contact data fields of type 'text' can contain up to 255 characters"
+#: (https://support.dotmailer.com/hc/en-gb/articles/212211908-Creating-and-deleting-contact-data-fields).
+MAX_TEXT_FIELD_CHARS = 255
 BUILTIN_FIELDS = ("FIRSTNAME", "LASTNAME", "FULLNAME", "GENDER", "POSTCODE")
 
 
@@ -71,6 +74,9 @@ class FakeDotdigital(FakeService):
         self.imports: dict[str, dict[str, Any]] = {}
         self.consent_attempts: list[str] = []
         self.reject_emails: set[str] = set()
+        #: email -> suppression counter (e.g. "unsubscribed"): such a row is not applied and, as the
+        #: real report does, counted both there and in "suppressedContacts", with one faults-file row.
+        self.suppressed_emails: dict[str, str] = {}
         self.create_calls: dict[str, int] = {"data-fields": 0, "address-books": 0}
         self._book_ids = itertools.count(1001)
         self._contact_ids = itertools.count(1)
@@ -273,6 +279,17 @@ class FakeDotdigital(FakeService):
             if unknown or not EMAIL_RE.match(email) or email in reject:
                 report["invalidEntries"] += 1
                 imp["faults"].append(("Invalid email" if not unknown else f"Unknown data field {unknown[0]}", row))
+                continue
+            if email in self.suppressed_emails:
+                report[self.suppressed_emails[email]] += 1
+                report["suppressedContacts"] += 1
+                imp["faults"].append((f"Contact is suppressed ({self.suppressed_emails[email]})", row))
+                continue
+            too_long = [name for i, name in field_cols if i < len(row) and len(row[i]) > MAX_TEXT_FIELD_CHARS]
+            if too_long:  # text data fields hold 255 characters (see the client's docstring for the source)
+                self.spec_violations.append(f"import: {too_long[0]} value over {MAX_TEXT_FIELD_CHARS} characters")
+                report["invalidEntries"] += 1
+                imp["faults"].append((f"Data field {too_long[0]} value too long", row))
                 continue
             c = contacts.get(email)
             if c is None:

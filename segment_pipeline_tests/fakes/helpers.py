@@ -58,16 +58,23 @@ def dotdigital_client(url: str, **kw: object) -> DotdigitalClient:
     return DotdigitalClient(DD_USER, DD_PASSWORD, base_url=url, poll_initial=0.01, poll_max=0.05, **kw)  # type: ignore[arg-type]
 
 
+#: Per integration: its client for a fake's URL, its settings for a batch size and concurrency,
+#: its sync entry point (adding a destination adds one entry, and one to ``FAKE_CLASSES``).
+CHILD_RUNS = {
+    "klaviyo": (klaviyo_client, lambda batch, n: KlaviyoSettings(max_profiles_per_job=batch, max_in_flight=n),
+                sync_klaviyo),
+    "dotdigital": (dotdigital_client, lambda batch, n: DotdigitalSettings(contacts_per_import=batch, max_in_flight=n,
+                                                                          max_active_imports=n), sync_dotdigital),
+}
+FAKE_CLASSES = {"klaviyo": "segment_pipeline_tests.fakes.klaviyo:FakeKlaviyo",
+                "dotdigital": "segment_pipeline_tests.fakes.dotdigital:FakeDotdigital"}
+
+
 def run(integration: str, url: str, wh_root: str, state: str, day: str, synced: dict[str, str],
         batch: int = 100, in_flight: int = 2):
-    wh = Warehouse(wh_root)
-    dry = Path(state) / "dry"
-    if integration == "klaviyo":
-        return sync_klaviyo(wh, day, synced, state_dir=Path(state), dry_run_root=dry, client=klaviyo_client(url),
-                            settings=KlaviyoSettings(max_profiles_per_job=batch, max_in_flight=in_flight))
-    return sync_dotdigital(wh, day, synced, state_dir=Path(state), dry_run_root=dry, client=dotdigital_client(url),
-                           settings=DotdigitalSettings(contacts_per_import=batch, max_in_flight=in_flight,
-                                                                     max_active_imports=in_flight))
+    make_client, make_settings, sync = CHILD_RUNS[integration]
+    return sync(Warehouse(wh_root), day, synced, state_dir=Path(state), dry_run_root=Path(state) / "dry",
+                client=make_client(url), settings=make_settings(batch, in_flight))
 
 
 def start_sync_child(integration: str, url: str, wh_root: str | Path, state: str | Path, day: str,
@@ -102,10 +109,10 @@ if __name__ == "__main__":
 
 # -- a fake in its own process ----------------------------------------------------------------
 def _serve_fake(kind: str, kwargs: dict, conn) -> None:  # pragma: no cover - runs in the child
-    if kind == "klaviyo":
-        from segment_pipeline_tests.fakes.klaviyo import FakeKlaviyo as cls
-    else:
-        from segment_pipeline_tests.fakes.dotdigital import FakeDotdigital as cls
+    import importlib
+
+    module, _, name = FAKE_CLASSES[kind].partition(":")
+    cls = getattr(importlib.import_module(module), name)
     fake = cls(**kwargs)
     fake.freeze_heap = True  # the child runs nothing but the fake
     fake.start()

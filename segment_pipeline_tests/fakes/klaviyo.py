@@ -112,6 +112,8 @@ class FakeKlaviyo(FakeService):
         self._unfinished: dict[str, dict[str, Any]] = {}  # jobs not complete yet (for tick)
         self.consent_attempts: list[str] = []
         self.reject_emails: set[str] = set()
+        #: Added to every job's failed_count beyond its import errors (a counter above the named rows).
+        self.extra_failed_count = 0
         self.revisions_seen: set[str] = set()
         self._ids = itertools.count(1)
         self.specs = {f.stem: SpecValidator(f) for f in SPEC_DIR.glob("*.json")}
@@ -422,7 +424,7 @@ class FakeKlaviyo(FakeService):
         job["applied"] = stop
         if stop < len(job["profiles"]):
             return False
-        job["failed"] = len(job["errors"])
+        job["failed"] = len(job["errors"]) + self.extra_failed_count
         job["completed_at"] = now
         job["profiles_count"] = len(job["profiles"])
         job["stage"] = 2

@@ -1,17 +1,23 @@
 """The diff: desired state vs. the destination mirror -> a plan of upserts, clears and removals.
 
-The plan is written to a Parquet file (DuckDB does the join, streaming), then read back in record
-batches by the batching engine, so nothing the size of the audience is ever held in Python.
+The desired state is materialized once (a temporary DuckDB table), values over the destination's
+length limit are fitted to it (:class:`ValueFit`), and the plan is written to a Parquet file
+(DuckDB does the joins, streaming), then read back in record batches by the batching engine, so
+nothing the size of the audience is ever held in Python.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from segment_pipeline.core.atomic import FILE_MODE, private_mkdir
-from segment_pipeline.core.sync.state import StateStore
+from segment_pipeline.core.sync.state import StateStore, Target, _now
 from segment_pipeline.core.warehouse import sql_string
 
 UPSERT, CLEAR, REMOVE = "upsert", "clear", "remove"
@@ -23,41 +29,122 @@ class PlanCounts:
     upserts: int
     clears: int
     removals: int
+    truncated: int = 0  # desired profiles whose value was cut to the destination's limit
+    dropped_all: int = 0  # of which no name fitted at all (treated as not desired: cleared/removed)
+    dropped_names: tuple[tuple[str, int], ...] = ()  # the names dropped most often, with how often (top 5)
 
 
-def write_plan(store: StateStore, dest: str, desired_sql: str, params: list[object], plan_path: Path,
-               track_list: bool) -> PlanCounts:
+@dataclass(frozen=True)
+class ValueFit:
+    """A destination's limit on the value it stores, and how a value is rendered.
+
+    ``max_chars``: the most characters the property/field holds (None: no documented limit).
+    ``render``: the stored text of a list of names (e.g. ``"|".join``); ``length_sql``: a DuckDB
+    expression over the plan's JSON ``segments`` giving the same text's length in characters.
+
+    Policy (documented in docs/syncs.md): a value over the limit keeps whole segment names, in the
+    desired (sorted) order, each name that still fits in ``max_chars`` once rendered; the others are
+    dropped, never cut mid-name. The profile is recorded in the state's ``truncated`` table with the
+    names kept and dropped, and counted in the run's ``truncated`` metadata. A profile none of whose
+    names fits is treated as not desired (counted in ``truncated`` too).
+    """
+
+    max_chars: int | None
+    render: Callable[[Sequence[str]], str]
+    length_sql: str
+
+    def fit(self, names: Sequence[str]) -> tuple[list[str], list[str]]:
+        """``(kept, dropped)`` for one sorted list of names."""
+        if self.max_chars is None or len(self.render(names)) <= self.max_chars:
+            return list(names), []
+        kept: list[str] = []
+        dropped: list[str] = []
+        for name in names:
+            if len(self.render([*kept, name])) <= self.max_chars:
+                kept.append(name)
+            else:
+                dropped.append(name)
+        return kept, dropped
+
+
+def write_plan(store: StateStore, target: Target, desired_sql: str, params: list[object], plan_path: Path,
+               track_membership: bool, removes: bool, fit: ValueFit | None = None, run_id: str | None = None,
+               ) -> PlanCounts:
     """Write ``action, email, segments, member`` rows to ``plan_path``; return the counts.
 
-    * ``upsert``: email is desired with segments different from the mirror (or, with
-      ``track_list``, not yet confirmed as a list member); ``segments`` is the desired JSON list.
-    * ``clear``: email is no longer desired but the destination still carries a non-empty list.
-    * ``remove`` (``track_list`` only): email is no longer desired but still a list member.
+    * ``upsert``: email is desired with segments different from what its profile is confirmed to
+      carry in ``target.holder`` (or, with ``track_membership``, not yet confirmed as a member of
+      ``target.container``); ``segments`` is the desired JSON list (fitted to ``fit``).
+    * ``clear``: email is no longer desired but its profile still carries a non-empty list.
+    * ``remove`` (``removes`` only): email is no longer desired but still a member of the list.
 
-    ``member`` is whether the mirror has the email as a list member already (for "added" counts).
+    ``member`` is whether the email is a confirmed member of the target's list (for "added" counts).
+    With ``run_id`` (a real run) the fitted profiles replace the holder's rows in ``truncated``.
     """
     private_mkdir(plan_path.parent)
-    track = "TRUE" if track_list else "FALSE"
-    sql = f"""
-        WITH d AS ({desired_sql}),
-        m AS (SELECT email, segments, in_list FROM mirror WHERE dest = ?),
-        j AS (
-            SELECT coalesce(d.email, m.email) AS email, d.segments AS want, m.segments AS have,
-                   coalesce(m.in_list, FALSE) AS member
-            FROM d FULL OUTER JOIN m ON d.email = m.email)
-        SELECT '{UPSERT}' AS action, email, want AS segments, member FROM j
-            WHERE want IS NOT NULL AND (have IS DISTINCT FROM want OR ({track} AND NOT member))
-        UNION ALL
-        SELECT '{CLEAR}', email, '[]', member FROM j WHERE want IS NULL AND have <> '[]'
-        UNION ALL
-        SELECT '{REMOVE}', email, '[]', member FROM j WHERE want IS NULL AND {track} AND member
-    """
-    store.con.execute(
-        f"COPY ({sql} ORDER BY action, email) TO {sql_string(str(plan_path))} (FORMAT parquet, COMPRESSION zstd)",
-        [*params, dest],
-    ).fetchall()
-    os.chmod(plan_path, FILE_MODE)  # in a 0700 folder from its creation; the file itself 0600 too
-    desired = store.con.execute(f"SELECT count(*) FROM ({desired_sql})", params).fetchall()[0][0]
-    counts = dict(store.con.execute(
+    con = store.con
+    con.execute(f"CREATE OR REPLACE TEMP TABLE desired_rows AS {desired_sql}", params)
+    try:
+        truncated = dropped_all = 0
+        dropped_names: list[tuple[str, int]] = []
+        desired_from = "desired_rows"
+        if fit is not None and fit.max_chars is not None:
+            # the length expression runs once per distinct value (a few), not once per email
+            long = con.execute(f"SELECT segments FROM (SELECT DISTINCT segments FROM desired_rows) "
+                               f"WHERE ({fit.length_sql}) > ?", [fit.max_chars]).fetchall()
+            if long:
+                fitted = [(s, *fit.fit(json.loads(s))) for (s,) in long]
+                con.register("fitted_values", pa.table({
+                    "segments": [f[0] for f in fitted],
+                    "kept": [json.dumps(f[1], ensure_ascii=False, separators=(",", ":")) for f in fitted],
+                    "dropped": [json.dumps(f[2], ensure_ascii=False, separators=(",", ":")) for f in fitted]}))
+                con.execute("""CREATE OR REPLACE TEMP TABLE desired_fitted AS
+                               SELECT d.email, coalesce(f.kept, d.segments) AS segments, f.kept, f.dropped
+                               FROM desired_rows d LEFT JOIN fitted_values f USING (segments)""")
+                con.unregister("fitted_values")
+                truncated, dropped_all = con.execute(
+                    "SELECT count(kept), count(*) FILTER (WHERE kept = '[]') FROM desired_fitted").fetchall()[0]
+                desired_from = "(SELECT email, segments FROM desired_fitted WHERE segments <> '[]')"
+                dropped_names = con.execute("""
+                    SELECT name, count(*) AS n FROM (
+                        SELECT unnest(from_json(dropped, '["VARCHAR"]')) AS name FROM desired_fitted
+                        WHERE dropped IS NOT NULL)
+                    GROUP BY name ORDER BY n DESC, name LIMIT 5""").fetchall()
+            if run_id is not None:
+                with store.transaction() as tx:
+                    tx.execute("DELETE FROM truncated WHERE holder = ?", [target.holder])
+                    if long:
+                        tx.execute("""INSERT INTO truncated SELECT ?, email, kept, dropped, ?, ?
+                                      FROM desired_fitted WHERE kept IS NOT NULL""", [target.holder, run_id, _now()])
+        track = "TRUE" if track_membership else "FALSE"
+        remove = "TRUE" if removes else "FALSE"
+        sql = f"""
+            WITH d AS (SELECT email, segments FROM {desired_from}),
+            h AS (SELECT email, segments FROM held WHERE holder = ?),
+            mb AS (SELECT DISTINCT email FROM members WHERE container = ?),  -- one row per email, whatever happens
+            j AS (
+                SELECT coalesce(d.email, h.email) AS email, d.segments AS want, h.segments AS have
+                FROM d FULL OUTER JOIN h ON d.email = h.email),
+            k AS (
+                SELECT coalesce(j.email, mb.email) AS email, j.want, j.have, mb.email IS NOT NULL AS member
+                FROM j FULL OUTER JOIN mb ON j.email = mb.email)
+            SELECT '{UPSERT}' AS action, email, want AS segments, member FROM k
+                WHERE want IS NOT NULL AND (have IS DISTINCT FROM want OR ({track} AND NOT member))
+            UNION ALL
+            SELECT '{CLEAR}', email, '[]', member FROM k WHERE want IS NULL AND have <> '[]'
+            UNION ALL
+            SELECT '{REMOVE}', email, '[]', member FROM k WHERE want IS NULL AND {remove} AND member
+        """
+        con.execute(
+            f"COPY ({sql} ORDER BY action, email) TO {sql_string(str(plan_path))} (FORMAT parquet, COMPRESSION zstd)",
+            [target.holder, target.container],
+        ).fetchall()
+        os.chmod(plan_path, FILE_MODE)  # in a 0700 folder from its creation; the file itself 0600 too
+        desired = con.execute(f"SELECT count(*) FROM {desired_from}").fetchall()[0][0]
+    finally:
+        con.execute("DROP TABLE IF EXISTS desired_fitted")
+        con.execute("DROP TABLE IF EXISTS desired_rows")
+    counts = dict(con.execute(
         f"SELECT action, count(*) FROM read_parquet({sql_string(str(plan_path))}) GROUP BY action").fetchall())
-    return PlanCounts(desired, counts.get(UPSERT, 0), counts.get(CLEAR, 0), counts.get(REMOVE, 0))
+    return PlanCounts(desired, counts.get(UPSERT, 0), counts.get(CLEAR, 0), counts.get(REMOVE, 0),
+                      truncated, dropped_all, tuple((str(a), int(b)) for a, b in dropped_names))

@@ -22,6 +22,9 @@ class SyncReport:
     cleared: int = 0  # property / data field confirmed cleared
     removed: int = 0  # removed from the list (Klaviyo)
     rejected: int = 0  # rows the destination refused this run (recorded, retried next run)
+    truncated: int = 0  # values over the destination's length limit, fitted (whole names kept; state ``truncated``)
+    report_mismatches: int = 0  # batches whose counters reported more problems than the rows they named
+    unconfirmed: int = 0  # rows left unconfirmed because a refusal named no row (sent again next run)
     batches: int = 0
     requests: int = 0
     retries: int = 0

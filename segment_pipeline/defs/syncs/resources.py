@@ -1,93 +1,84 @@
-"""ESP connections for the sync assets. Secrets come only from the environment, via ``dg.EnvVar``.
+"""Destination connections for the sync assets: one Dagster resource per registered destination
+(:data:`segment_pipeline.core.sync.destinations.DESTINATIONS`), its fields the destination's
+:class:`~segment_pipeline.core.sync.engine.Option` list. Secrets come only from the environment,
+via ``dg.EnvVar`` (Dagster shows the variable's name, never its value).
 
-Environment (read when the code location loads; a missing credential means a dry run):
+Environment (read when the code location loads; a missing secret means a dry run), per destination
+as its module declares (docs/syncs.md lists them):
 
-* ``KLAVIYO_API_KEY``: Klaviyo private API key (scopes ``lists:read/write``, ``profiles:read/write``).
-* ``KLAVIYO_BASE_URL`` (default ``https://a.klaviyo.com``), ``KLAVIYO_REVISION`` (default the specs' revision).
-* ``SEGMENT_PIPELINE_KLAVIYO_LIST`` (default ``Nosto Customers``),
-  ``SEGMENT_PIPELINE_KLAVIYO_PROPERTY`` (default ``nosto_segment``).
-* ``DOTDIGITAL_API_USER`` / ``DOTDIGITAL_API_PASSWORD``: dotdigital API user (HTTP Basic).
-* ``DOTDIGITAL_BASE_URL``: the account's region endpoint (default ``https://r1-api.dotdigital.com``).
-* ``SEGMENT_PIPELINE_DOTDIGITAL_FIELD`` (default ``NOSTOSEGMENT``),
-  ``SEGMENT_PIPELINE_DOTDIGITAL_ADDRESS_BOOK`` (default ``Nosto Customers``).
+* Klaviyo: ``KLAVIYO_API_KEY`` (private API key, scopes ``lists:read/write``, ``profiles:read/write``),
+  ``KLAVIYO_BASE_URL`` (default ``https://a.klaviyo.com``), ``KLAVIYO_REVISION`` (default the specs'
+  revision), ``SEGMENT_PIPELINE_KLAVIYO_LIST`` (default ``Nosto Customers``),
+  ``SEGMENT_PIPELINE_KLAVIYO_PROPERTY`` (default ``nosto_segment``), ``SEGMENT_PIPELINE_KLAVIYO_IN_FLIGHT``.
+* dotdigital: ``DOTDIGITAL_API_USER`` / ``DOTDIGITAL_API_PASSWORD`` (API user, HTTP Basic),
+  ``DOTDIGITAL_BASE_URL`` (the account's region endpoint, default ``https://r1-api.dotdigital.com``),
+  ``SEGMENT_PIPELINE_DOTDIGITAL_FIELD`` (default ``NOSTOSEGMENT``),
+  ``SEGMENT_PIPELINE_DOTDIGITAL_ADDRESS_BOOK`` (default ``Nosto Customers``),
+  ``SEGMENT_PIPELINE_DOTDIGITAL_CONCURRENT_IMPORTS`` (default 3).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import dagster as dg
 
-from segment_pipeline.core.esp import dotdigital as dd
-from segment_pipeline.core.esp import klaviyo as kl
-from segment_pipeline.core.sync.runner import DotdigitalSettings, KlaviyoSettings
+from segment_pipeline.core.esp.http import EspClient
+from segment_pipeline.core.sync.destinations import DESTINATIONS
+from segment_pipeline.core.sync.engine import Destination
 
 
-class KlaviyoResource(dg.ConfigurableResource):
-    """Klaviyo account + sync settings. No API key -> dry run."""
+class SyncResource(dg.ConfigurableResource):
+    """Base of the per-destination resources: ``client()`` (None without credentials: dry run) and
+    ``settings()``, both built by the destination class from the resource's field values."""
 
-    api_key: str = ""
-    base_url: str = kl.DEFAULT_BASE_URL
-    revision: str = kl.DEFAULT_REVISION
-    list_name: str = "Nosto Customers"
-    property_name: str = "nosto_segment"
-    max_in_flight: int = 32
+    def _destination(self) -> type[Destination]:
+        return type(self).destination_cls  # type: ignore[attr-defined]
 
-    def client(self) -> kl.KlaviyoClient | None:
-        if not self.api_key:
-            return None
-        return kl.KlaviyoClient(self.api_key, base_url=self.base_url, revision=self.revision,
-                                pool_size=self.max_in_flight + 4)
+    def _values(self) -> dict[str, Any]:
+        return {o.name: getattr(self, o.name) for o in self._destination().options}
 
-    def settings(self) -> KlaviyoSettings:
-        return KlaviyoSettings(list_name=self.list_name, property_name=self.property_name,
-                               max_in_flight=self.max_in_flight)
+    def client(self) -> EspClient | None:
+        return self._destination().client_from(self._values())
+
+    def settings(self) -> Any:
+        return self._destination().settings_from(self._values())
 
 
-class DotdigitalResource(dg.ConfigurableResource):
-    """dotdigital account + sync settings. No API user/password -> dry run."""
-
-    api_user: str = ""
-    api_password: str = ""
-    base_url: str = dd.DEFAULT_BASE_URL
-    data_field: str = "NOSTOSEGMENT"
-    address_book: str = "Nosto Customers"
-    max_concurrent_imports: int = 3
-
-    def client(self) -> dd.DotdigitalClient | None:
-        if not (self.api_user and self.api_password):
-            return None
-        return dd.DotdigitalClient(self.api_user, self.api_password, base_url=self.base_url)
-
-    def settings(self) -> DotdigitalSettings:
-        return DotdigitalSettings(data_field=self.data_field, address_book=self.address_book,
-                                  max_active_imports=self.max_concurrent_imports)
+def resource_class(d: type[Destination]) -> type[SyncResource]:
+    """The ``ConfigurableResource`` subclass for destination ``d`` (one field per option)."""
+    ns: dict[str, Any] = {
+        "__annotations__": {o.name: type(o.default) for o in d.options},
+        "__doc__": f"{d.title} account + sync settings. No credentials -> dry run.",
+        "__module__": __name__,
+        **{o.name: o.default for o in d.options},
+    }
+    cls = type(f"{d.title[:1].upper()}{d.title[1:]}Resource", (SyncResource,), ns)
+    cls.destination_cls = d  # type: ignore[attr-defined]
+    return cls
 
 
-def _env(name: str) -> dict[str, dg.EnvVar]:
-    return {name: dg.EnvVar(name)} if os.environ.get(name) else {}
+RESOURCES: dict[str, type[SyncResource]] = {name: resource_class(d) for name, d in DESTINATIONS.items()}
+KlaviyoResource = RESOURCES["klaviyo"]
+DotdigitalResource = RESOURCES["dotdigital"]
 
 
-def _opt(field: str, var: str) -> dict[str, dg.EnvVar]:
-    return {field: dg.EnvVar(var)} if os.environ.get(var) else {}
+def resource_from_env(name: str) -> SyncResource:
+    """The destination's resource with every option whose environment variable is set bound to it."""
+    d = DESTINATIONS[name]
+    return RESOURCES[name](**{o.name: dg.EnvVar(o.env) if isinstance(o.default, str) else dg.EnvVar.int(o.env)
+                              for o in d.options if os.environ.get(o.env)})
 
 
-def klaviyo_resource_from_env() -> KlaviyoResource:
-    return KlaviyoResource(**_opt("api_key", "KLAVIYO_API_KEY"), **_opt("base_url", "KLAVIYO_BASE_URL"),
-                           **_opt("revision", "KLAVIYO_REVISION"),
-                           **_opt("list_name", "SEGMENT_PIPELINE_KLAVIYO_LIST"),
-                           **_opt("property_name", "SEGMENT_PIPELINE_KLAVIYO_PROPERTY"))
+def klaviyo_resource_from_env() -> SyncResource:
+    return resource_from_env("klaviyo")
 
 
-def dotdigital_resource_from_env() -> DotdigitalResource:
-    return DotdigitalResource(**_opt("api_user", "DOTDIGITAL_API_USER"),
-                              **_opt("api_password", "DOTDIGITAL_API_PASSWORD"),
-                              **_opt("base_url", "DOTDIGITAL_BASE_URL"),
-                              **_opt("data_field", "SEGMENT_PIPELINE_DOTDIGITAL_FIELD"),
-                              **_opt("address_book", "SEGMENT_PIPELINE_DOTDIGITAL_ADDRESS_BOOK"))
+def dotdigital_resource_from_env() -> SyncResource:
+    return resource_from_env("dotdigital")
 
 
 @dg.definitions
 def sync_resources() -> dg.Definitions:
-    return dg.Definitions(resources={"klaviyo": klaviyo_resource_from_env(),
-                                     "dotdigital": dotdigital_resource_from_env()})
+    return dg.Definitions(resources={name: resource_from_env(name) for name in DESTINATIONS})

@@ -1,0 +1,144 @@
+"""dotdigital: an address book plus a String contact data field holding the segment names.
+
+Requests: CSV contact imports into the address book (``Email,<FIELD>`` only, so no other contact
+data and no consent is touched) with merge option ``OnlyOverwriteIfNotEmpty`` for upserts (an empty
+cell never wipes anything) and ``Overwrite`` for clears (the only way to empty a field). The value
+is the names joined by ``separator`` (default ``|``). Contacts are never removed from the book.
+Per-row result: the import's faults CSV (one row per contact not applied, with its reason); the
+report's counters are only compared with it (see :mod:`segment_pipeline.core.sync.engine`).
+
+Limits and their sources:
+
+* a text contact data field holds at most 255 characters: dotdigital support, "Creating and
+  deleting contact data fields" (https://support.dotmailer.com/hc/en-gb/articles/212211908-Creating-and-deleting-contact-data-fields):
+  "contact data fields of type 'text' can contain up to 255 characters". Longer values are fitted
+  (:class:`~segment_pipeline.core.sync.diff.ValueFit`: whole names kept, the contact recorded as
+  truncated with the dropped names).
+* import file size: 50 MB (:data:`segment_pipeline.core.esp.dotdigital.MAX_FILE_BYTES`); rate
+  limits per minute and the number of imports running at once depend on the account's package:
+  :data:`segment_pipeline.core.esp.dotdigital.DEFAULT_LIMITS` and ``max_active_imports`` are
+  conservative defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from segment_pipeline.core.esp import dotdigital as dd
+from segment_pipeline.core.sync.diff import UPSERT, ValueFit
+from segment_pipeline.core.sync.engine import Capabilities, Destination, Limits, Option, Outcome
+from segment_pipeline.core.sync.state import Target
+
+#: Characters a dotdigital text data field holds (source in the module docstring).
+MAX_FIELD_CHARS = 255
+#: Report counters of rows that were applied; every other integer counter is a problem.
+REPORT_OK_KEYS = {"newContacts", "updatedContacts"}
+
+
+@dataclass(frozen=True)
+class DotdigitalSettings:
+    data_field: str = "NOSTOSEGMENT"
+    address_book: str = "Nosto Customers"
+    separator: str = "|"
+    contacts_per_import: int = 20_000
+    max_active_imports: int = 3  # imports started and not yet finished (dotdigital allows a few)
+    #: Batches being sent, imported or confirmed: more than the active imports, so the next
+    #: import's upload and the last one's report and confirmation overlap with running imports.
+    max_in_flight: int = 6
+    upsert_merge_option: str = "OnlyOverwriteIfNotEmpty"  # an empty cell never wipes anything
+    clear_merge_option: str = "Overwrite"  # only way to empty a field; the file has Email + our field only
+    max_value_chars: int = MAX_FIELD_CHARS
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class DotdigitalDestination(Destination):
+    name = "dotdigital"
+    title = "dotdigital"
+    description = "dotdigital NOSTOSEGMENT data field and address book, for the synced segments."
+    capabilities = Capabilities(property_upsert=True, list_add=True, list_remove=False)
+    options = (
+        Option("api_user", "DOTDIGITAL_API_USER", secret=True, help="API user (HTTP Basic)"),
+        Option("api_password", "DOTDIGITAL_API_PASSWORD", secret=True),
+        Option("base_url", "DOTDIGITAL_BASE_URL", dd.DEFAULT_BASE_URL, help="the account's region endpoint"),
+        Option("data_field", "SEGMENT_PIPELINE_DOTDIGITAL_FIELD", "NOSTOSEGMENT"),
+        Option("address_book", "SEGMENT_PIPELINE_DOTDIGITAL_ADDRESS_BOOK", "Nosto Customers"),
+        Option("max_concurrent_imports", "SEGMENT_PIPELINE_DOTDIGITAL_CONCURRENT_IMPORTS", 3),
+    )
+    cron_env, cron = "SEGMENT_PIPELINE_DOTDIGITAL_SYNC_CRON", "0 6 * * *"
+    freshness_hours = 26
+
+    client: dd.DotdigitalClient | None
+    settings: DotdigitalSettings
+
+    @classmethod
+    def client_from(cls, options: Mapping[str, Any]) -> dd.DotdigitalClient | None:
+        if not (options.get("api_user") and options.get("api_password")):
+            return None
+        return dd.DotdigitalClient(options["api_user"], options["api_password"],
+                                   base_url=options.get("base_url") or dd.DEFAULT_BASE_URL)
+
+    @classmethod
+    def settings_from(cls, options: Mapping[str, Any]) -> DotdigitalSettings:
+        return DotdigitalSettings(data_field=options.get("data_field") or "NOSTOSEGMENT",
+                                  address_book=options.get("address_book") or "Nosto Customers",
+                                  max_active_imports=int(options.get("max_concurrent_imports") or 3))
+
+    def limits(self) -> Limits:
+        s = self.settings
+        sep = s.separator
+        value = ValueFit(
+            s.max_value_chars, sep.join,
+            f"length(array_to_string(from_json(segments, '[\"VARCHAR\"]'), {_sql_literal(sep)}))")
+        return Limits(records_per_request=s.contacts_per_import, bytes_per_request=dd.MAX_FILE_BYTES,
+                      request_overhead=len(dd.csv_header(s.data_field)) + 1024, value=value,
+                      rate_limits=dd.DEFAULT_LIMITS, concurrent_jobs=s.max_active_imports, in_flight=s.max_in_flight)
+
+    def connect(self) -> Target:
+        assert self.client is not None
+        self.client.ensure_data_field(self.settings.data_field)
+        self.container_ref = self.client.ensure_address_book(self.settings.address_book)
+        return Target.of("dotdigital", self.client.base_url, ("book", self.container_ref),
+                         ("field", self.settings.data_field.upper()))
+
+    def dry_connect(self) -> None:
+        self.container_ref = 0
+
+    def _merge(self, action: str) -> str:
+        return self.settings.upsert_merge_option if action == UPSERT else self.settings.clear_merge_option
+
+    def record_sql(self, action: str) -> str:
+        return dd.contact_line_sql(self.settings.separator)
+
+    def build_request(self, action: str, payload: bytes) -> bytes:
+        return dd.csv_header(self.settings.data_field) + payload
+
+    def submit(self, action: str, body: bytes) -> str:
+        assert self.client is not None
+        return self.client.start_import(self.container_ref, body, self._merge(action))
+
+    def wait(self, handle: str) -> str:
+        assert self.client is not None
+        self.client.wait_import(handle)
+        return handle
+
+    def outcome(self, import_id: str) -> Outcome:
+        assert self.client is not None
+        report = self.client.import_report(import_id)
+        counted = sum(v for k, v in report.items() if k not in REPORT_OK_KEYS and isinstance(v, int))
+        faults = self.client.import_faults(import_id) if counted else []
+        return Outcome({f.email: f.reason for f in faults if f.email}, counted=counted,
+                       unattributed=sum(1 for f in faults if not f.email), ref=f"import {import_id}")
+
+    def dry_run_name(self, action: str, index: int) -> str:
+        return f"{action}-{index:05d}-{self._merge(action)}.csv"
+
+    def summary(self) -> dict[str, object]:
+        return {"data_field": self.settings.data_field, "address_book": self.settings.address_book}
+
+    def remove(self, emails: Sequence[str]) -> None:  # pragma: no cover - capabilities.list_remove is False
+        raise NotImplementedError("dotdigital contacts are never removed from the address book")

@@ -1,0 +1,127 @@
+"""Klaviyo: list membership plus a profile property holding the segment names.
+
+Requests: profile bulk import jobs (``POST /api/profile-bulk-import-jobs``) carrying
+``properties: {<property>: [names]}``; an upsert job also adds its profiles to the list, a clear
+job sets the property to ``[]`` and leaves list membership alone (the bulk import API does not
+clear with null). Leavers are removed from the list (profile lookup by email, then
+``DELETE /api/lists/{id}/relationships/profiles``). Per-row result: the job's import errors,
+each naming the original payload's email.
+
+Limits, from Klaviyo's API reference (https://developers.klaviyo.com/en/reference/bulk_import_profiles,
+also the shipped OpenAPI specs): "Accepts up to 10,000 profiles per request. The maximum allowed
+payload size is 5MB"; rate limits burst 10/s, steady 150/m per endpoint family (the ``x-klaviyo-ratelimit``
+entries of the specs, see :data:`segment_pipeline.core.esp.klaviyo.DEFAULT_LIMITS`); list
+membership calls take 1,000 profiles. Klaviyo documents no length limit for a list-valued custom
+property (searched the reference and help centre), so values are not fitted; every record is
+still checked against the 5 MB request limit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from segment_pipeline.core.esp import klaviyo as kl
+from segment_pipeline.core.sync.diff import UPSERT
+from segment_pipeline.core.sync.engine import Capabilities, Destination, Limits, Option, Outcome
+from segment_pipeline.core.sync.state import Target
+
+
+@dataclass(frozen=True)
+class KlaviyoSettings:
+    list_name: str = "Nosto Customers"
+    property_name: str = "nosto_segment"
+    max_profiles_per_job: int = kl.MAX_IMPORT_PROFILES
+    max_bytes_per_job: int = kl.MAX_IMPORT_BYTES
+    #: Import jobs submitted and not yet confirmed (about 10/s go out, each takes the server a while).
+    max_in_flight: int = 32
+    removal_batch: int = kl.MAX_LIST_MEMBERS_PER_CALL
+
+
+class KlaviyoDestination(Destination):
+    name = "klaviyo"
+    title = "Klaviyo"
+    description = "Klaviyo list membership and the nosto_segment profile property, for the synced segments."
+    capabilities = Capabilities(property_upsert=True, list_add=True, list_remove=True)
+    options = (
+        Option("api_key", "KLAVIYO_API_KEY", secret=True,
+               help="private API key (scopes lists:read/write, profiles:read/write)"),
+        Option("base_url", "KLAVIYO_BASE_URL", kl.DEFAULT_BASE_URL),
+        Option("revision", "KLAVIYO_REVISION", kl.DEFAULT_REVISION, help="API revision header"),
+        Option("list_name", "SEGMENT_PIPELINE_KLAVIYO_LIST", "Nosto Customers"),
+        Option("property_name", "SEGMENT_PIPELINE_KLAVIYO_PROPERTY", "nosto_segment"),
+        Option("max_in_flight", "SEGMENT_PIPELINE_KLAVIYO_IN_FLIGHT", 32, help="import jobs not yet confirmed"),
+    )
+    cron_env, cron = "SEGMENT_PIPELINE_KLAVIYO_SYNC_CRON", "0 */12 * * *"
+    freshness_hours = 14
+
+    client: kl.KlaviyoClient | None
+    settings: KlaviyoSettings
+
+    @classmethod
+    def client_from(cls, options: Mapping[str, Any]) -> kl.KlaviyoClient | None:
+        if not options.get("api_key"):
+            return None
+        return kl.KlaviyoClient(options["api_key"], base_url=options.get("base_url") or kl.DEFAULT_BASE_URL,
+                                revision=options.get("revision") or kl.DEFAULT_REVISION,
+                                pool_size=int(options.get("max_in_flight") or 32) + 4)
+
+    @classmethod
+    def settings_from(cls, options: Mapping[str, Any]) -> KlaviyoSettings:
+        return KlaviyoSettings(list_name=options.get("list_name") or "Nosto Customers",
+                               property_name=options.get("property_name") or "nosto_segment",
+                               max_in_flight=int(options.get("max_in_flight") or 32))
+
+    def limits(self) -> Limits:
+        s = self.settings
+        return Limits(records_per_request=s.max_profiles_per_job, bytes_per_request=s.max_bytes_per_job,
+                      request_overhead=kl.IMPORT_OVERHEAD_BYTES, value=None, rate_limits=kl.DEFAULT_LIMITS,
+                      concurrent_jobs=None, in_flight=s.max_in_flight, removals_per_request=s.removal_batch)
+
+    def connect(self) -> Target:
+        assert self.client is not None
+        self.container_ref = self.client.ensure_list(self.settings.list_name)
+        return Target.of("klaviyo", self.client.base_url, ("list", self.container_ref),
+                         ("property", self.settings.property_name))
+
+    def dry_connect(self) -> None:
+        self.container_ref = f"DRY-RUN:{self.settings.list_name}"
+
+    def record_sql(self, action: str) -> str:
+        return kl.profile_item_sql(self.settings.property_name)
+
+    def build_request(self, action: str, payload: bytes) -> bytes:
+        # records end with ","; clears never (re-)add anyone to the list
+        return kl.import_body_joined(payload[:-1], self.container_ref if action == UPSERT else None)
+
+    def submit(self, action: str, body: bytes) -> str:
+        assert self.client is not None
+        return self.client.submit_import(body)
+
+    def wait(self, handle: str) -> kl.ImportJob:
+        assert self.client is not None
+        return self.client.wait_import(handle)
+
+    def outcome(self, job: kl.ImportJob) -> Outcome:
+        assert self.client is not None
+        errors = self.client.import_errors(job.id) if job.failed else []
+        named = {e.email.strip().lower(): e.reason for e in errors if e.email}
+        return Outcome(named, counted=job.failed, unattributed=sum(1 for e in errors if not e.email),
+                       ref=f"job {job.id}")
+
+    def remove(self, emails: Sequence[str]) -> None:
+        assert self.client is not None
+        ids = self.client.profile_ids(list(emails))
+        if ids:
+            self.client.remove_from_list(self.container_ref, sorted(ids.values()))
+
+    def dry_removal(self, emails: Sequence[str]) -> bytes:
+        return json.dumps({"list": self.container_ref, "emails": list(emails)}, indent=1).encode()
+
+    def dry_run_name(self, action: str, index: int) -> str:
+        return f"{action}-{index:05d}.json"
+
+    def summary(self) -> dict[str, object]:
+        return {"list_name": self.settings.list_name, "property_name": self.settings.property_name}

@@ -1,0 +1,409 @@
+"""The sync engine: one run of any destination adapter, and the adapter interface.
+
+A *destination* (:class:`Destination`) declares what it can do (:class:`Capabilities`), its limits
+(:class:`Limits`), how it is configured (:class:`Option`, read by the Dagster resource) and how to
+build a request from a batch of rendered records, send it, wait for it and read its per-row
+result (:class:`Outcome`). Everything else is the engine's, the same for every destination:
+
+1. build the desired state (emails in synced segments -> sorted segment names) and fit each value
+   to the destination's value-length limit (:class:`~segment_pipeline.core.sync.diff.ValueFit`),
+2. let the adapter ensure its containers (list, address book, data field), which yields the
+   :class:`~segment_pipeline.core.sync.state.Target` (what the mirror is keyed on),
+3. diff desired vs. the mirror into a plan (upserts, clears, removals),
+4. send the plan in batches cut on the adapter's row and byte budgets, a bounded number in flight
+   (pacing itself is the client's: :class:`~segment_pipeline.core.esp.http.HttpSession` keeps the
+   documented rate-limit windows); after the destination finished a batch, the accepted rows go
+   into the mirror and the rejected ones into ``rejects`` with the destination's reason (they are
+   retried next run),
+5. record the run in the run history and return a :class:`SyncReport` (the asset's metadata).
+
+Without a client (no credentials) the run is a dry run: the same plan, diffed against the mirror of
+the last real target, is written as request payloads under ``dry_run_root`` with a summary.
+
+Per-row outcome (issue 13): a batch's result is the rows the destination names as refused. When
+its counters add up to more than the rows it names (dotdigital counts an unsubscribed contact as
+suppressed *and* as a fault), that is recorded (``report_mismatches``) and the named rows are
+rejected; the rest of the batch is confirmed. Only a refusal that names no row at all
+(``Outcome.unattributed``) leaves the batch unconfirmed, so it is sent again next run.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import datetime as dt
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from segment_pipeline.core.esp.http import EspClient, HttpStats
+from segment_pipeline.core.sync.batching import Batch, InFlight, Row, chunk, plan_batches, plan_rows
+from segment_pipeline.core.sync.desired import desired_sql
+from segment_pipeline.core.sync.diff import CLEAR, REMOVE, UPSERT, ValueFit, write_plan
+from segment_pipeline.core.sync.dryrun import DryRunWriter
+from segment_pipeline.core.sync.report import SyncReport
+from segment_pipeline.core.sync.state import StateStore, Target
+from segment_pipeline.core.warehouse import Warehouse
+
+Log = Callable[[str], None]
+
+
+# -- the adapter interface ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Capabilities:
+    """What a destination can be told.
+
+    ``property_upsert``: set a profile property / contact field to the list of segment names
+    (and clear it). ``list_add``: an upsert also adds the profile to the target's list/book.
+    ``list_remove``: profiles no longer desired can be removed from the list (:meth:`Destination.remove`).
+    """
+
+    property_upsert: bool = True
+    list_add: bool = True
+    list_remove: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A destination's documented limits (the adapter's docstring cites the source of each).
+
+    ``records_per_request`` / ``bytes_per_request``: the most records and body bytes in one
+    request (``request_overhead`` of them are the request's envelope, not records).
+    ``value``: the value-length limit and how a value is rendered (None: no documented limit).
+    ``rate_limits``: the documented windows per endpoint family, ``[(requests, seconds), ...]``;
+    the client paces every request by them. ``concurrent_jobs``: asynchronous jobs/imports the
+    account may have running at once (None: no limit). ``in_flight``: batches being sent, processed
+    or confirmed at once. ``removals_per_request``: profiles per list-removal call.
+    """
+
+    records_per_request: int
+    bytes_per_request: int
+    request_overhead: int = 0
+    value: ValueFit | None = None
+    rate_limits: Mapping[str, Sequence[tuple[int, float]]] = field(default_factory=dict)
+    concurrent_jobs: int | None = None
+    in_flight: int = 4
+    removals_per_request: int = 1000
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration field of a destination: the Dagster resource field ``name``, the
+    environment variable that sets it, its default and whether it is a secret (never shown, logged
+    or put into metadata). A destination without its secrets set runs dry."""
+
+    name: str
+    env: str
+    default: str | int = ""
+    secret: bool = False
+    help: str = ""
+
+
+@dataclass
+class Outcome:
+    """What the destination said about one finished request.
+
+    ``rejected``: email -> the destination's reason, for every row it names as refused.
+    ``counted``: rows its counters report as not applied (0 when it gives no counters).
+    ``unattributed``: refusals naming no row; any makes the engine leave the batch unconfirmed.
+    ``ref``: the job/import id, for log lines.
+    """
+
+    rejected: dict[str, str] = field(default_factory=dict)
+    counted: int = 0
+    unattributed: int = 0
+    ref: str = ""
+
+
+class Destination(abc.ABC):
+    """A destination adapter: one instance per run, holding the client (None: dry run) and settings.
+
+    Class attributes declare the destination to the registry (name, Dagster asset and schedule,
+    configuration); methods build and send requests. See docs/syncs.md, "Adding a destination".
+    """
+
+    #: registry key, asset ``<name>_sync``, state under ``sync_state/<name>``, the segments'
+    #: ``sync: {<name>: true}`` toggle.
+    name: ClassVar[str]
+    title: ClassVar[str]  # for descriptions, e.g. "Klaviyo"
+    description: ClassVar[str]  # the asset's description
+    capabilities: ClassVar[Capabilities]
+    options: ClassVar[tuple[Option, ...]]
+    cron_env: ClassVar[str]  # environment variable overriding the schedule
+    cron: ClassVar[str]  # default schedule (UTC)
+    freshness_hours: ClassVar[int]  # asset is late after this long without a run (warn one hour before)
+
+    def __init__(self, client: EspClient | None, settings: Any):
+        self.client = client
+        self.settings = settings
+        #: the list/book id (or a dry-run placeholder) once :meth:`connect` / :meth:`dry_connect` ran
+        self.container_ref: Any = None
+
+    # -- configuration (used by the Dagster resource) -------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def client_from(cls, options: Mapping[str, Any]) -> EspClient | None:
+        """The client for these option values, or None when a secret is missing (dry run)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def settings_from(cls, options: Mapping[str, Any]) -> Any:
+        """The sync settings for these option values."""
+
+    # -- declared limits --------------------------------------------------------------------
+    @abc.abstractmethod
+    def limits(self) -> Limits: ...
+
+    # -- setup --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def connect(self) -> Target:
+        """Ensure the destination's containers exist (real run) and return the target."""
+
+    @abc.abstractmethod
+    def dry_connect(self) -> None:
+        """Set :attr:`container_ref` to a placeholder for dry-run payloads."""
+
+    # -- requests ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def record_sql(self, action: str) -> str:
+        """DuckDB expression rendering one plan row (``email``, ``segments`` JSON, ``member``) as
+        its record in a request body, *with its own trailing separator*."""
+
+    @abc.abstractmethod
+    def build_request(self, action: str, payload: bytes) -> bytes:
+        """The request body for a batch: ``payload`` is the batch's records concatenated."""
+
+    @abc.abstractmethod
+    def submit(self, action: str, body: bytes) -> Any:
+        """Send one request; return a handle (job/import id)."""
+
+    @abc.abstractmethod
+    def wait(self, handle: Any) -> Any:
+        """Wait until the destination finished the request; return what :meth:`outcome` needs."""
+
+    @abc.abstractmethod
+    def outcome(self, finished: Any) -> Outcome:
+        """Read the per-row result of a finished request."""
+
+    def remove(self, emails: Sequence[str]) -> None:
+        """Remove these profiles from the target's list (``capabilities.list_remove`` only)."""
+        raise NotImplementedError(f"{self.name} cannot remove from lists")
+
+    def dry_removal(self, emails: Sequence[str]) -> bytes:
+        """The request a removal would send, for dry runs (``capabilities.list_remove`` only)."""
+        raise NotImplementedError(f"{self.name} cannot remove from lists")
+
+    @abc.abstractmethod
+    def dry_run_name(self, action: str, index: int) -> str:
+        """File name of the ``index``-th (1-based) dry-run request of ``action``."""
+
+    def summary(self) -> dict[str, object]:
+        """Settings worth showing in the dry-run summary (never secrets)."""
+        return {}
+
+
+# -- one run ----------------------------------------------------------------------------------
+def run_sync(destination: Destination, warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str], *,
+             state_dir: Path, dry_run_root: Path, log: Log | None = None) -> SyncReport:
+    """Sync ``day``'s memberships of the ``synced`` segments (id -> name) to ``destination``.
+
+    Raises what the destination's client raises (after recording the run as failed); a dry run
+    (``destination.client is None``) never touches the network.
+    """
+    return _Run(destination, warehouse, day, synced, Path(state_dir), Path(dry_run_root), log).execute()
+
+
+class _Run:
+    def __init__(self, d: Destination, warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str],
+                 state_dir: Path, dry_run_root: Path, log: Log | None):
+        self.d = d
+        self.warehouse = warehouse
+        self.day = str(day)
+        self.synced = dict(synced)
+        self.state_dir = state_dir
+        self.dry_run_root = dry_run_root
+        self.log = log or (lambda _m: None)
+        self.dry = d.client is None
+        self.run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        self.store = StateStore(state_dir)
+        self.store.lock()
+        self.report = SyncReport(d.name, "", self.day, self.dry, self.run_id)
+        self.started = time.monotonic()
+        self.plan_path: Path | None = None
+        self.target: Target | None = None
+        self.limits = d.limits()
+
+    @staticmethod
+    def _snap(stats: HttpStats) -> tuple[int, ...]:
+        return (stats.requests, stats.retries, stats.throttled, stats.faults, stats.bytes_sent)
+
+    def execute(self) -> SyncReport:
+        stats = self.d.client.stats if self.d.client is not None else None
+        base = self._snap(stats) if stats is not None else None
+        error: BaseException | None = None
+        try:
+            self.work()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            r = self.report
+            if stats is not None and base is not None:
+                now = self._snap(stats)
+                r.requests, r.retries, r.throttled, r.faults, r.bytes_sent = (a - b for a, b in zip(now, base, strict=True))
+            r.seconds = round(time.monotonic() - self.started, 3)
+            r.status = "ok" if error is None else "failed"
+            try:
+                if not r.dry_run and r.destination:
+                    self.store.finish_run(self.run_id, r.status, r.counts(),
+                                          None if error is None else str(error)[:500])
+            finally:
+                if self.plan_path is not None and self.plan_path.exists():
+                    self.plan_path.unlink()
+                self.store.close()
+        return self.report
+
+    # -- plan ------------------------------------------------------------------------------
+    def work(self) -> None:
+        if self.dry:
+            last = self.store.get_meta("last_dest")
+            self.target = Target.parse(last) if last else Target.parse(f"{self.d.name}|dry-run")
+            self.d.dry_connect()
+        else:
+            self.target = self.d.connect()
+        self.plan()
+        self.send()
+
+    def plan(self) -> None:
+        d, r, target = self.d, self.report, self.target
+        assert target is not None
+        r.destination = target.dest
+        sql, params = desired_sql(self.warehouse, self.day, self.synced)
+        self.plan_path = self.state_dir / "plans" / f"{self.run_id}.parquet"
+        counts = write_plan(self.store, target, sql, params, self.plan_path,
+                            track_membership=d.capabilities.list_add, removes=d.capabilities.list_remove,
+                            fit=self.limits.value, run_id=None if self.dry else self.run_id)
+        r.desired, r.planned_upserts, r.planned_clears, r.planned_removals = (
+            counts.desired, counts.upserts, counts.clears, counts.removals)
+        r.truncated = counts.truncated
+        self.log(f"{d.name}: {counts.desired} desired; plan: {counts.upserts} upserts, "
+                 f"{counts.clears} clears, {counts.removals} removals")
+        if counts.truncated:
+            value = self.limits.value
+            most = ", ".join(f"{name!r} ({n})" for name, n in counts.dropped_names)
+            r.notes.append(f"{counts.truncated} values over the {value.max_chars if value else '?'}-character limit "
+                           f"kept whole segment names up to it ({counts.dropped_all} had none fit); "
+                           f"dropped most: {most}")
+            self.log(f"{d.name}: {r.notes[-1]}; see the 'truncated' table in {self.state_dir / 'state.duckdb'}")
+        if not self.dry:
+            self.store.start_run(self.run_id, d.name, target.dest, self.day, False)
+            self.store.set_meta("last_dest", target.dest)
+
+    # -- send ------------------------------------------------------------------------------
+    def send(self) -> None:
+        d, r, lim = self.d, self.report, self.limits
+        assert self.plan_path is not None
+        writer = DryRunWriter(self.dry_run_root, d.name) if self.dry else None
+        budget = lim.bytes_per_request - lim.request_overhead
+        jobs = threading.BoundedSemaphore(max(1, min(lim.concurrent_jobs, lim.in_flight))) \
+            if lim.concurrent_jobs else None
+
+        for action in (UPSERT, CLEAR):
+            batches = plan_batches(self.plan_path, action, d.record_sql(action), lim.records_per_request, budget)
+            if writer is not None:
+                for i, batch in enumerate(batches, 1):
+                    writer.write(d.dry_run_name(action, i), d.build_request(action, batch.payload))
+                    _count(r, action, batch.table)
+                continue
+
+            def work(batch: Batch, action: str = action) -> Outcome:
+                body = d.build_request(action, batch.payload)
+                batch.payload = b""  # built: only the rows are needed to confirm it
+                with jobs if jobs is not None else contextlib.nullcontext():
+                    finished = d.wait(d.submit(action, body))  # a job holds an account slot until done
+                return d.outcome(finished)
+
+            def done(batch: Batch, outcome: Outcome, action: str = action) -> None:
+                self.confirm(batch, action, outcome)
+
+            InFlight(work, done, lim.in_flight).run(batches)
+
+        if d.capabilities.list_remove:
+            self.removals(writer)
+        if writer is not None:
+            r.payload_dir = str(writer.dir)
+            writer.summary({**r.counts(), "requests_planned": writer.requests, **d.summary(),
+                            "destination": r.destination, "day": self.day})
+
+    def removals(self, writer: DryRunWriter | None) -> None:
+        d, r, target = self.d, self.report, self.target
+        assert self.plan_path is not None and target is not None
+        batches = chunk(plan_rows(self.plan_path, REMOVE), self.limits.removals_per_request)
+        if writer is not None:
+            for i, batch in enumerate(batches, 1):
+                writer.write(d.dry_run_name(REMOVE, i), d.dry_removal([b.email for b in batch]))
+                r.removed += len(batch)
+                r.batches += 1
+            return
+
+        def work(batch: list[Row]) -> None:
+            d.remove([b.email for b in batch])
+
+        def done(batch: list[Row], _none: None) -> None:
+            self.store.set_in_list(target, [b.email for b in batch], False)
+            r.removed += len(batch)
+            r.batches += 1
+
+        InFlight(work, done, 2).run(batches)
+
+    def confirm(self, batch: Batch, action: str, outcome: Outcome) -> None:
+        """Record a finished batch: accepted rows into the mirror (upserts also as list members
+        when the destination adds them; clears leave membership as it was), refused rows into
+        ``rejects`` with the destination's reason. See the module docstring for the per-row rule."""
+        r, target = self.report, self.target
+        assert target is not None
+        bad = dict(outcome.rejected)
+        if outcome.unattributed:
+            self.log(f"{self.d.name} {outcome.ref}: {outcome.unattributed} refusals name no row; "
+                     "batch left unconfirmed (sent again next run)")
+            r.unconfirmed += batch.table.num_rows
+            bad = {e: "refused without naming the row (unattributed); batch resent next run" for e in batch.emails}
+        elif outcome.counted > len(bad):
+            r.report_mismatches += 1
+            self.log(f"{self.d.name} {outcome.ref}: counters report {outcome.counted} rows not applied, the rows "
+                     f"name {len(bad)}; confirming per row")
+        ok, rejected = _split(batch, bad)
+        member = True if action == UPSERT and self.d.capabilities.list_add else None
+        self.store.confirm_table(target, ok, member)
+        self.store.reject(target.dest, [(e, action, bad[e]) for e in rejected], self.run_id)
+        _count(r, action, ok)
+        r.rejected += len(rejected)
+
+
+def _split(batch: Batch, bad: Mapping[str, str]) -> tuple[pa.Table, list[str]]:
+    """The batch's rows the destination accepted (Arrow) and the emails it rejected."""
+    if not bad:
+        return batch.table, []
+    refused = pc.is_in(batch.table.column("email"), value_set=pa.array(list(bad), pa.string()))
+    rejected = batch.table.filter(refused).column("email").to_pylist()
+    return batch.table.filter(pc.invert(refused)), rejected
+
+
+def _not_members(ok: pa.Table) -> int:
+    return int(pc.sum(pc.cast(pc.invert(ok.column("member")), pa.int64())).as_py() or 0)
+
+
+def _count(r: SyncReport, action: str, ok: pa.Table) -> None:
+    r.batches += 1
+    if action == UPSERT:
+        r.upserted += ok.num_rows
+        r.added += _not_members(ok)
+    else:
+        r.cleared += ok.num_rows
