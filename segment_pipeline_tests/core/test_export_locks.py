@@ -70,9 +70,9 @@ def test_lock_and_slot_of_a_sigkilled_export_are_taken_over_at_once(storage):
     proc = hold_in_subprocess(storage, "run dead-run")
     try:
         # while it lives, it holds both: nobody takes them over
-        with pytest.raises(ExportInProgressError, match="held by run dead-run"):
-            with segment_lock(storage, "segment-export", "vip", "vip", owner="run next", stale_after=SIX_HOURS):
-                pass
+        with pytest.raises(ExportInProgressError, match="held by run dead-run"), segment_lock(
+                storage, "segment-export", "vip", "vip", owner="run next", stale_after=SIX_HOURS):
+            pass
         assert read_lock(storage, KEY, stale_after=SIX_HOURS).state == "held"
         os.kill(proc.pid, signal.SIGKILL)
         wait_until_zombie_or_gone(proc.pid)
@@ -88,12 +88,11 @@ def test_lock_and_slot_of_a_sigkilled_export_are_taken_over_at_once(storage):
 
     taken: list = []
     with segment_lock(storage, "segment-export", "vip", "vip", owner="run next", stale_after=SIX_HOURS,
-                      on_takeover=taken.append):
-        with global_slot(storage, "segment-export", 1, owner="run next", stale_after=SIX_HOURS,
-                         on_takeover=taken.append) as slot:
-            assert slot == 0  # the dead run's slot 0 is free again: a limit of 1 still admits us
-            assert json.loads(storage.get_bytes(KEY))["owner"] == "run next"
-            assert json.loads(storage.get_bytes(slot_key("segment-export", 0)))["owner"] == "run next"
+                      on_takeover=taken.append), global_slot(
+            storage, "segment-export", 1, owner="run next", stale_after=SIX_HOURS, on_takeover=taken.append) as slot:
+        assert slot == 0  # the dead run's slot 0 is free again: a limit of 1 still admits us
+        assert json.loads(storage.get_bytes(KEY))["owner"] == "run next"
+        assert json.loads(storage.get_bytes(slot_key("segment-export", 0)))["owner"] == "run next"
     assert [f.owner for f in taken] == ["run dead-run", "run dead-run"]
     assert all(f.state == "dead" for f in taken)
     assert storage.list_keys("_locks") == []  # released, and no takeover marker left behind
@@ -139,7 +138,7 @@ def test_two_takers_of_one_dead_lock_never_both_win(storage):
         barrier = threading.Barrier(4)
         tokens: list = []
 
-        def take(i: int) -> None:
+        def take(i: int, barrier: threading.Barrier = barrier, tokens: list = tokens) -> None:
             barrier.wait()
             token, _ = try_acquire(storage, KEY, owner=f"run taker-{i}", stale_after=SIX_HOURS)
             if token is not None:
