@@ -69,6 +69,9 @@ def env(tmp_path, monkeypatch) -> Env:
     # to do) and a daily cron that does not tick during a test
     monkeypatch.setenv("SEGMENT_PIPELINE_LANDING", str(tmp_path / "landing"))
     monkeypatch.setenv("SEGMENT_PIPELINE_DAILY_CRON", "0 0 1 1 *")
+    # always set (tests change the value): the API loads the code location's definitions once per test
+    # process, and a resource read from a variable that a later test unsets would no longer resolve
+    monkeypatch.setenv("SEGMENT_PIPELINE_EXPORT_MAX_CONCURRENT", "2")
     (tmp_path / "landing").mkdir()
     (tmp_path / "dagster_home").mkdir()
     # the instance settings a deployment starts from (run queue, export tag concurrency limits)

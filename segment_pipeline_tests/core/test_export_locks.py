@@ -39,14 +39,15 @@ def storage(tmp_path) -> LocalExportStorage:
     return LocalExportStorage(tmp_path / "exports")
 
 
-def hold_in_subprocess(storage: LocalExportStorage, owner: str) -> subprocess.Popen:
-    """A real process that takes the segment lock of 'vip' and one global slot, then waits forever."""
+def hold_in_subprocess(storage: LocalExportStorage, owner: str, segment: str = "vip") -> subprocess.Popen:
+    """A real process that takes the segment lock of ``segment`` and one global slot, then waits."""
     code = textwrap.dedent(f"""
         import sys, time
         from segment_pipeline.core.exports.locks import global_slot, segment_lock
         from segment_pipeline.core.exports.storage import LocalExportStorage
         storage = LocalExportStorage({str(storage.root)!r})
-        with segment_lock(storage, "segment-export", "vip", "vip", owner={owner!r}, stale_after={SIX_HOURS}):
+        with segment_lock(storage, "segment-export", {segment!r}, {segment!r}, owner={owner!r},
+                          stale_after={SIX_HOURS}):
             with global_slot(storage, "segment-export", 2, owner={owner!r}, stale_after={SIX_HOURS}):
                 print("held", flush=True)
                 time.sleep(3600)
