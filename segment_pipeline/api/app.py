@@ -454,7 +454,9 @@ async def _request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
     headers = {"Retry-After": str(exc.extra["retry_after"])} if "retry_after" in exc.extra else {}
     if exc.status in (409, 429, 503):
-        log.warning("segment export refused (%s): %s", exc.status, exc.message)
+        cause = exc.__cause__
+        log.warning("segment export refused (%s): %s%s", exc.status, exc.message,
+                    f" ({type(cause).__name__}: {str(cause).strip()[:500]})" if cause is not None else "")
     extra = {k: v for k, v in exc.extra.items() if k != "retry_after"}
     return JSONResponse({"message": exc.message, **extra}, status_code=exc.status, headers=headers)
 

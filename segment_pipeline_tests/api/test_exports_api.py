@@ -68,7 +68,7 @@ def bearer(env) -> dict[str, str]:
     return {"Authorization": f"Bearer {env.api_key}"}
 
 
-def wait_done(client: httpx.Client, env, object_prefix: str, timeout: float = 120) -> dict:
+def wait_done(client: httpx.Client, env, object_prefix: str, timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     seen = set()
     while True:
@@ -82,7 +82,7 @@ def wait_done(client: httpx.Client, env, object_prefix: str, timeout: float = 12
         time.sleep(0.1)
 
 
-def wait_run_finished(object_prefix: str, timeout: float = 60) -> dg.DagsterRunStatus:
+def wait_run_finished(object_prefix: str, timeout: float = 300) -> dg.DagsterRunStatus:
     """The export is complete once its manifest exists; its Dagster run ends a moment later."""
     instance = dg.DagsterInstance.get()
     deadline = time.monotonic() + timeout
@@ -127,6 +127,7 @@ def test_export_runs_as_dagster_run_and_lists_signed_files(env, daemon, client):
     assert sorted(r["email"] for r in rows) == ["ann@example.com", "jane@example.com"]
     assert set(rows[0]) <= set(FIELDS)
 
+    assert wait_run_finished(prefix) == dg.DagsterRunStatus.SUCCESS  # the run ends a moment after its callback
     instance = dg.DagsterInstance.get()
     runs = instance.get_runs(filters=dg.RunsFilter(tags={PREFIX_TAG: prefix}))
     assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS

@@ -33,7 +33,7 @@ from segment_pipeline.core.api_exports import (
 from segment_pipeline.core.api_requests import RequestError
 from segment_pipeline.core.exports.segment_export import SegmentExportRequest, new_object_prefix
 from segment_pipeline_tests.api.conftest import free_port, serve_app
-from segment_pipeline_tests.api.test_exports_api import bearer, wait_done
+from segment_pipeline_tests.api.test_exports_api import bearer, wait_done, wait_run_finished
 from segment_pipeline_tests.core.test_export_locks import hold_in_subprocess, wait_until_zombie_or_gone
 
 SEGMENTS = ["vip", "nike", "../x"]
@@ -130,8 +130,8 @@ def test_three_concurrent_exports_are_queued_and_healthz_answers_throughout(env,
         assert max(during) < (finished - started) / 4, (max(during), finished - started)
         # each export ran as its own Dagster run, launched by the daemon's run launcher
         for d in done.values():
-            run = run_of(d["object_prefix"])
-            assert run.status == dg.DagsterRunStatus.SUCCESS and ".dagster/grpc_info" in run.tags
+            assert wait_run_finished(d["object_prefix"], EXPORT_TIMEOUT) == dg.DagsterRunStatus.SUCCESS  # it ends after its manifest
+            assert ".dagster/grpc_info" in run_of(d["object_prefix"]).tags
         # SIGTERM stops the server (nothing of a run lives in it); uvicorn shuts down gracefully and then
         # re-raises the signal, so the exit status is "terminated by SIGTERM"
         proc.send_signal(signal.SIGTERM)
