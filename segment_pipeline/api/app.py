@@ -6,7 +6,7 @@ Endpoints (see ``docs/api.md`` and ``GET /openapi.json``)::
 
     GET  /segments/export[?date=YYYY-MM-DD]           Basic <identifier>:<feed token>; NDJSON stream
     GET  /identities/{email}[?date=YYYY-MM-DD]         Basic feed token or Bearer API key
-    POST /users/export/segment                         Bearer API key; launches a Dagster run
+    POST /users/export/segment                         Bearer API key; queues a Dagster run
     GET  /users/export/segment/{object_prefix}         Bearer API key; progress and signed file URLs
     GET  /downloads/{key}?expires=..&sig=..            signed URL (local storage only)
     GET  /openapi.json, GET /healthz                   no auth
