@@ -17,7 +17,8 @@ Admission is decided when the request arrives, not when the run starts:
    (unless its holder is provably dead) or by a run in progress with the segment tag. Any of these
    gives 409;
 3. the global cap: at most ``max_concurrent`` exports in progress (reservations plus runs tagged
-   ``segment_export/all``), else 429.
+   ``segment_export/all``; an API export whose files are published no longer counts while its run
+   sends the callback, as the job releases its own slot then), else 429.
 
 Dead runs never hold a slot: before counting, a run whose export process provably died (the job's
 lock names ``run <id>`` and its holder is dead, see :mod:`segment_pipeline.core.exports.locks`) is
@@ -170,6 +171,12 @@ class ExportService:
         status, _ = self.launcher.run_status(record.run_id)
         return status is None or status in ENDED  # None: the run was deleted (e.g. from the queue)
 
+    def _published(self, tags: dict[str, str]) -> bool:
+        """Is this API run's export already published (manifest written)? Its run may still be
+        sending the callback, but like the job's own slot it no longer counts against the cap."""
+        record = self.get(tags[PREFIX_TAG]) if tags.get(PREFIX_TAG) else None
+        return record is not None and read_manifest(self.storage, record.key_prefix) is not None
+
     def _fail(self, run_id: str, tags: dict[str, str], why: str) -> None:
         """End a dead or never-started run in Dagster and remember why on its API record."""
         self.launcher.mark_failed(run_id, why)
@@ -280,7 +287,7 @@ class ExportService:
                     )
                 reserved = self._active_reservations() | {object_prefix}
                 runs = self.live_runs(self.launcher.runs_in_progress({GLOBAL_TAG: "true"}))
-                others = {r.tags.get(PREFIX_TAG) or r.run_id for r in runs}
+                others = {r.tags.get(PREFIX_TAG) or r.run_id for r in runs if not self._published(r.tags)}
                 in_progress = len(reserved | others)
                 if in_progress > self.max_concurrent:
                     raise RequestError(
