@@ -74,9 +74,20 @@ class QueueLauncher:
 
     def __init__(self, instance=None, location: str = "segment_pipeline", module: str = DEFINITIONS_MODULE):
         import dagster as dg
+        from dagster._core.errors import DagsterHomeNotSetError
         from dagster._core.run_coordinator import QueuedRunCoordinator
 
-        self.instance = instance or dg.DagsterInstance.get()
+        if instance is None:
+            try:
+                instance = dg.DagsterInstance.get()
+            except DagsterHomeNotSetError:
+                raise LauncherConfigError(
+                    "DAGSTER_HOME is not set: set it to the Dagster instance whose daemon runs the exports "
+                    "(e.g. the .dagster_home of `segment-pipeline demo` / `dg dev`), or set SEGMENT_PIPELINE_DAGSTER_URL"
+                ) from None
+        if instance.is_ephemeral:
+            raise LauncherConfigError("the Dagster instance is ephemeral: no daemon could ever start its queued runs")
+        self.instance = instance
         coordinator = self.instance.run_coordinator
         if not isinstance(coordinator, QueuedRunCoordinator):
             raise LauncherConfigError(

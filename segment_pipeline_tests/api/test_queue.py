@@ -224,3 +224,12 @@ def test_a_killed_export_is_failed_and_frees_its_segment_and_slot(env, monkeypat
         assert instance.get_run_by_id("ui-nike-run").status == dg.DagsterRunStatus.FAILURE
         # and the failure stays what the API reports
         assert c.get(f"/users/export/segment/{prefix}", headers=bearer(env)).json()["status"] == "failed"
+
+
+def test_without_an_instance_to_queue_to_exports_answer_503_saying_why(env, monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME")
+    with serve_app(create_app(ApiSettings.from_env())) as url, httpx.Client(base_url=url, timeout=120) as c:
+        r = export(c, env, "vip")
+        assert r.status_code == 503 and "DAGSTER_HOME is not set" in r.json()["message"]
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/segments/export", auth=("nosto", env.feed_token)).status_code == 200  # the feed is unaffected
