@@ -101,6 +101,15 @@ class Services:
         self._exports: ExportService | None = None
         self._exports_lock = threading.Lock()
 
+    def close(self) -> None:
+        """Release what the export launcher holds (its in-process view of the code location)."""
+        with self._exports_lock:
+            if self._exports is not None:
+                close = getattr(self._exports.launcher, "close", None)
+                if close is not None:
+                    close()
+                self._exports = None
+
     @property
     def exports(self) -> ExportService:
         with self._exports_lock:
@@ -527,8 +536,14 @@ def create_app(
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(services.close)
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,
             RequestError: _request_error,

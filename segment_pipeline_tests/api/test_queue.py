@@ -184,6 +184,8 @@ def test_a_run_created_but_never_submitted_stops_counting_after_the_grace(env):
     assert instance.get_run_by_id(record.run_id).status == dg.DagsterRunStatus.QUEUED
     assert later.launcher.run_status("never-submitted") == (
         "FAILURE", "the run was created but never submitted to the run queue")
+    now.launcher.close()
+    later.launcher.close()
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="pid start times come from /proc")

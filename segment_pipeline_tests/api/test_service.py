@@ -108,5 +108,7 @@ def test_hundred_clients_pull_a_large_feed_with_bounded_server_memory(env):
     assert {digest for *_, digest in results if digest} == {expected}
     growth = peak - baseline
     print(f"server RSS baseline {baseline / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, file {size / 2**20:.0f} MiB")
-    assert growth < 128 * 2**20, f"server grew by {growth / 2**20:.0f} MiB serving a {size / 2**20:.0f} MiB file"
+    # the property, not a tight budget: growth depends on how fast the (loaded) clients read, 90-150 MiB
+    # was measured on a busy 2-core machine; a server holding the file per client needs ~100 x 47 MiB
+    assert growth < 512 * 2**20, f"server grew by {growth / 2**20:.0f} MiB serving a {size / 2**20:.0f} MiB file"
     assert os.path.getsize(path) == size
