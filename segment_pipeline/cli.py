@@ -112,9 +112,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
         import uvicorn
 
+        from segment_pipeline.api import logs
         from segment_pipeline.api.app import create_app
 
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.install(logging.getLogger().handlers)  # control characters from requests are escaped in every line
         # our own access log masks emails and drops query strings (signatures): uvicorn's is off
         uvicorn.run(create_app(), host=args.host, port=args.port, access_log=False, log_level=args.log_level,
                     server_header=False)

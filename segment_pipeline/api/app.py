@@ -6,13 +6,14 @@ Endpoints (see ``docs/api.md`` and ``GET /openapi.json``)::
 
     GET  /segments/export[?date=YYYY-MM-DD]           Basic <identifier>:<feed token>; NDJSON stream
     GET  /identities/{email}[?date=YYYY-MM-DD]         Basic feed token or Bearer API key
-    POST /users/export/segment                         Bearer API key; launches a Dagster run
+    POST /users/export/segment                         Bearer API key; queues a Dagster run
     GET  /users/export/segment/{object_prefix}         Bearer API key; progress and signed file URLs
     GET  /downloads/{key}?expires=..&sig=..            signed URL (local storage only)
     GET  /openapi.json, GET /healthz                   no auth
 
 Logs: one access line per request (method, path with emails masked, status, bytes, duration,
-credential id), never query strings (signatures), headers (credentials) or bodies.
+credential id), never query strings (signatures), headers (credentials) or bodies. Control
+characters in anything logged are escaped (:mod:`segment_pipeline.api.logs`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from segment_pipeline.api import logs
 from segment_pipeline.api.config import ApiSettings, storage_from_env
 from segment_pipeline.api.openapi import openapi_spec
 from segment_pipeline.core.api_exports import ExportService
@@ -45,6 +47,7 @@ from segment_pipeline.core.api_identity import IdentityIndex, is_email, normaliz
 from segment_pipeline.core.api_ratelimit import RateLimiter
 from segment_pipeline.core.api_requests import (
     RequestError,
+    escape_control,
     mask_email,
     mask_emails_in,
     parse_date,
@@ -98,16 +101,29 @@ class Services:
         self._exports: ExportService | None = None
         self._exports_lock = threading.Lock()
 
+    def close(self) -> None:
+        """Release what the export launcher holds (its in-process view of the code location)."""
+        with self._exports_lock:
+            if self._exports is not None:
+                close = getattr(self._exports.launcher, "close", None)
+                if close is not None:
+                    close()
+                self._exports = None
+
     @property
     def exports(self) -> ExportService:
         with self._exports_lock:
             if self._exports is None:
-                if self._launcher_factory is not None:
-                    launcher = self._launcher_factory()
-                else:
-                    from segment_pipeline.api.launch import launcher_from_settings
+                from segment_pipeline.api.launch import LauncherConfigError, launcher_from_settings
 
-                    launcher = launcher_from_settings(self.settings.dagster_url, self.settings.dagster_location)
+                try:
+                    if self._launcher_factory is not None:
+                        launcher = self._launcher_factory()
+                    else:
+                        launcher = launcher_from_settings(self.settings.dagster_url, self.settings.dagster_location)
+                except LauncherConfigError as exc:
+                    log.error("segment exports are unavailable: %s", exc)
+                    raise RequestError(503, f"segment exports are unavailable: {exc}") from None
                 self._exports = ExportService(
                     self.storage, self.warehouse, self.settings.state_dir, launcher,
                     max_concurrent=self.settings.max_concurrent_exports,
@@ -447,7 +463,9 @@ async def _request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
     headers = {"Retry-After": str(exc.extra["retry_after"])} if "retry_after" in exc.extra else {}
     if exc.status in (409, 429, 503):
-        log.warning("segment export refused (%s): %s", exc.status, exc.message)
+        cause = exc.__cause__
+        log.warning("segment export refused (%s): %s%s", exc.status, exc.message,
+                    f" ({type(cause).__name__}: {str(cause).strip()[:500]})" if cause is not None else "")
     extra = {k: v for k, v in exc.extra.items() if k != "retry_after"}
     return JSONResponse({"message": exc.message, **extra}, status_code=exc.status, headers=headers)
 
@@ -463,7 +481,9 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 class AccessLog:
-    """Pure ASGI middleware: one line per request, emails masked, no query string or headers."""
+    """Pure ASGI middleware: one line per request, emails masked, control characters escaped, no
+    query string or headers. ``scope["path"]`` is already percent-decoded by the server: it is
+    escaped as it is, never decoded a second time."""
 
     def __init__(self, app):
         self.app = app
@@ -488,7 +508,7 @@ class AccessLog:
             principal = scope.get("state", {}).get("principal", "-")
             log.info(
                 "%s %s %s %dB %.1fms cred=%s",
-                scope["method"], mask_emails_in(urllib.parse.unquote(scope["path"])), seen["status"] or "-",
+                escape_control(scope["method"]), mask_emails_in(escape_control(scope["path"])), seen["status"] or "-",
                 seen["bytes"], (time.perf_counter() - started) * 1000, principal,
             )
 
@@ -500,6 +520,7 @@ def create_app(
     launcher_factory: Callable[[], Any] | None = None,
 ) -> Starlette:
     settings = settings or ApiSettings.from_env()
+    logs.install()
     services = Services(settings, storage, launcher_factory)
     if services.signer.ephemeral:
         log.warning(
@@ -515,8 +536,14 @@ def create_app(
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(services.close)
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,
             RequestError: _request_error,

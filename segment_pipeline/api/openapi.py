@@ -83,7 +83,7 @@ def openapi_spec(server_url: str = "") -> dict:
             },
             "/users/export/segment": {
                 "post": {
-                    "summary": "Export one segment's users (launches a Dagster run)",
+                    "summary": "Export one segment's users (queues a Dagster run; the Dagster daemon runs it)",
                     "operationId": "requestSegmentExport",
                     "security": [{"apiKey": []}],
                     "requestBody": {

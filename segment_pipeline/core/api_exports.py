@@ -1,7 +1,8 @@
 """Segment export requests made through the API: admission (404/409/429), launch, records, progress.
 
-No HTTP and no Dagster here: runs are started through a *launcher* (``launch(run_config, tags)``,
-``run_status(run_id)``, ``runs_in_progress(tags)``; see :mod:`segment_pipeline.api.launch`).
+No HTTP and no Dagster here: runs are submitted through a *launcher* (``launch(run_config, tags)``,
+``run_status(run_id)``, ``runs_in_progress(tags)``, ``mark_failed(run_id, message)``; see
+:mod:`segment_pipeline.api.launch`). The launcher only queues runs: the API never executes one.
 
 Admission is decided when the request arrives, not when the run starts:
 
@@ -9,15 +10,25 @@ Admission is decided when the request arrives, not when the run starts:
 2. one export per segment: the request takes a *reservation*, an exclusive object
    ``_locks/segment-export-api/<SEGMENT_ID>.lock`` in the export storage (atomic create-if-absent,
    so two API processes or two concurrent requests cannot both get it). A reservation whose
-   export has finished (manifest written, or its run ended) is released and retaken. A segment
-   whose export was started elsewhere (Dagster UI, schedule) is detected by the job's own lock
-   ``_locks/segment-export/<SEGMENT_ID>.lock`` or by a run in progress with the segment tag. Any
-   of these gives 409;
+   export is over is released and retaken: manifest written, run ended (also when it ended
+   without ever starting, e.g. canceled from the queue), run deleted, or no run id recorded
+   :data:`LAUNCH_GRACE_SECONDS` after the request. A segment whose export was started elsewhere
+   (Dagster UI, schedule) is detected by the job's own lock ``_locks/segment-export/<SEGMENT_ID>.lock``
+   (unless its holder is provably dead) or by a run in progress with the segment tag. Any of these
+   gives 409;
 3. the global cap: at most ``max_concurrent`` exports in progress (reservations plus runs tagged
-   ``segment_export/all``), else 429.
+   ``segment_export/all``; an API export whose files are published no longer counts while its run
+   sends the callback, as the job releases its own slot then), else 429.
+
+Dead runs never hold a slot: before counting, a run whose export process provably died (the job's
+lock names ``run <id>`` and its holder is dead, see :mod:`segment_pipeline.core.exports.locks`) is
+marked failed in Dagster, and a run still ``NOT_STARTED`` :data:`NOT_STARTED_GRACE_SECONDS` after
+it was created (submission never happened, e.g. the API process died in between) is not counted
+and, if the API created it, marked failed. The API's view of such an export says ``failed`` with
+the reason.
 
 Each accepted request is recorded in ``<state dir>/exports/<object_prefix>.json`` (segment,
-run id, where the files go), which is what ``GET`` on the prefix reads.
+run id, where the files go, a failure reason once known), which is what ``GET`` on the prefix reads.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from pathlib import Path
 from segment_pipeline.core.api_progress import Progress, export_progress, files_written, read_manifest
 from segment_pipeline.core.api_requests import RequestError
 from segment_pipeline.core.exports.keys import encode_segment, join_key, tag_value
-from segment_pipeline.core.exports.locks import LOCKS_PREFIX
+from segment_pipeline.core.exports.locks import LOCKS_PREFIX, dead_lock_holders, read_lock
 from segment_pipeline.core.exports.segment_export import (
     LOCK_KIND,
     SegmentExportRequest,
@@ -49,8 +60,12 @@ API_LOCK_KIND = "segment-export-api"
 SEGMENT_TAG = "segment_export/segment_id"  # same values as defs.exports.assets.segment_export_tags
 GLOBAL_TAG = "segment_export/all"
 PREFIX_TAG = "segment_export/object_prefix"
-#: a reservation whose run never appeared after this long is considered abandoned
-LAUNCH_GRACE_SECONDS = 600
+#: a reservation whose run id was never recorded after this long is abandoned (the API died mid-launch)
+LAUNCH_GRACE_SECONDS = 120
+#: a run still NOT_STARTED this long after its creation was never submitted and never will be
+NOT_STARTED_GRACE_SECONDS = 120
+RUNNING = ("STARTING", "STARTED", "CANCELING")
+ENDED = ("SUCCESS", "FAILURE", "CANCELED")
 
 
 @dataclass
@@ -66,6 +81,7 @@ class ExportRecord:
     fields_to_export: list[str]
     output_format: str
     callback: bool
+    failure: str = ""
 
 
 def export_tags(segment_id: str, object_prefix: str) -> dict[str, str]:
@@ -148,12 +164,47 @@ class ExportService:
         record = self.get(object_prefix) if object_prefix else None
         if record is None:
             return self.clock() - created > LAUNCH_GRACE_SECONDS
-        if read_manifest(self.storage, record.key_prefix) is not None:
+        if record.failure or read_manifest(self.storage, record.key_prefix) is not None:
             return True
-        status, _ = self.launcher.run_status(record.run_id)
-        if status is None:
+        if not record.run_id:
             return self.clock() - record.created_at > LAUNCH_GRACE_SECONDS
-        return status in ("SUCCESS", "FAILURE", "CANCELED")
+        status, _ = self.launcher.run_status(record.run_id)
+        return status is None or status in ENDED  # None: the run was deleted (e.g. from the queue)
+
+    def _published(self, tags: dict[str, str]) -> bool:
+        """Is this API run's export already published (manifest written)? Its run may still be
+        sending the callback, but like the job's own slot it no longer counts against the cap."""
+        record = self.get(tags[PREFIX_TAG]) if tags.get(PREFIX_TAG) else None
+        return record is not None and read_manifest(self.storage, record.key_prefix) is not None
+
+    def _fail(self, run_id: str, tags: dict[str, str], why: str) -> None:
+        """End a dead or never-started run in Dagster and remember why on its API record."""
+        self.launcher.mark_failed(run_id, why)
+        record = self.get(tags.get(PREFIX_TAG, "")) if tags.get(PREFIX_TAG) else None
+        if record is not None and not record.failure:
+            record.failure = why
+            self._save(record)
+
+    def live_runs(self, runs: list) -> list:
+        """``runs`` (:class:`~segment_pipeline.api.launch.RunInfo`) without those that hold no slot:
+        runs whose export process provably died and API runs never submitted are marked failed,
+        other runs stuck in NOT_STARTED are not counted."""
+        dead = None
+        live = []
+        for run in runs:
+            if run.status in RUNNING:
+                if dead is None:
+                    dead = dead_lock_holders(self.storage, LOCK_KIND, stale_after=self.stale_after)
+                why = dead.get(f"run {run.run_id}")
+                if why:
+                    self._fail(run.run_id, run.tags, f"the export process died before finishing ({why})")
+                    continue
+            elif run.status == "NOT_STARTED" and self.clock() - run.created_at > NOT_STARTED_GRACE_SECONDS:
+                if PREFIX_TAG in run.tags:
+                    self._fail(run.run_id, run.tags, "the run was created but never submitted to the run queue")
+                continue
+            live.append(run)
+        return live
 
     def _holder(self, key: str) -> tuple[str | None, float] | None:
         """(object prefix, created) of the reservation at ``key``, None if there is none."""
@@ -211,14 +262,7 @@ class ExportService:
 
     def _job_lock_held(self, segment_id: str) -> bool:
         key = join_key(LOCKS_PREFIX, LOCK_KIND, encode_segment(segment_id) + ".lock")
-        raw = self.storage.get_bytes(key)
-        if raw is None:
-            return False
-        try:
-            created = float(json.loads(raw)["created_at"])
-        except (ValueError, KeyError, TypeError):
-            return True
-        return self.clock() - created <= self.stale_after
+        return read_lock(self.storage, key, stale_after=self.stale_after, now=self.clock()).state == "held"
 
     def submit(
         self,
@@ -234,7 +278,7 @@ class ExportService:
             self._reserve(request.segment_id, object_prefix)
             try:
                 ours = {SEGMENT_TAG: tag_value(request.segment_id)}
-                elsewhere = [r for r, tags in self.launcher.runs_in_progress(ours) if PREFIX_TAG not in tags]
+                elsewhere = [r for r in self.live_runs(self.launcher.runs_in_progress(ours)) if PREFIX_TAG not in r.tags]
                 if elsewhere or self._job_lock_held(request.segment_id):
                     raise RequestError(
                         409,
@@ -242,8 +286,8 @@ class ExportService:
                         "API); at most one export per segment runs at a time: wait for it to finish and retry",
                     )
                 reserved = self._active_reservations() | {object_prefix}
-                runs = self.launcher.runs_in_progress({GLOBAL_TAG: "true"})
-                others = {tags.get(PREFIX_TAG) or run_id for run_id, tags in runs}
+                runs = self.live_runs(self.launcher.runs_in_progress({GLOBAL_TAG: "true"}))
+                others = {r.tags.get(PREFIX_TAG) or r.run_id for r in runs if not self._published(r.tags)}
                 in_progress = len(reserved | others)
                 if in_progress > self.max_concurrent:
                     raise RequestError(
@@ -294,10 +338,34 @@ class ExportService:
     def progress(self, record: ExportRecord) -> Progress:
         manifest = read_manifest(self.storage, record.key_prefix)
         status, error = (None, "") if manifest is not None or not record.run_id else self.launcher.run_status(record.run_id)
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):  # it may have finished since we looked
+        if manifest is None and not record.failure and record.run_id:
+            if status is None:
+                record.failure = "the export's run was deleted before it finished"
+                self._save(record)
+            elif status in RUNNING or status == "NOT_STARTED":
+                info = RunInfo(record.run_id, export_tags(record.segment_id, record.object_prefix), status,
+                               record.created_at)
+                if not self.live_runs([info]):
+                    record = self.get(record.object_prefix) or record
+                    status, error = self.launcher.run_status(record.run_id)
+        if status in ENDED:  # it may have finished since we looked
             manifest = read_manifest(self.storage, record.key_prefix)
+        if manifest is None and record.failure:
+            status, error = "FAILURE", record.failure
         written = files_written(self.storage, record.key_prefix) if manifest is None and status else 0
         progress = export_progress(manifest, status, written, record.members, error)
+        if progress.status == "queued" and record.run_id:
+            progress.message = getattr(self.launcher, "daemon_problem", lambda: "")()
         if progress.done:
             self.release(record)
         return progress
+
+
+@dataclass
+class RunInfo:
+    """A run as :meth:`ExportService.live_runs` sees it (same fields as the launchers' ``RunInfo``)."""
+
+    run_id: str
+    tags: dict[str, str]
+    status: str
+    created_at: float

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import unicodedata
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _EMAIL_IN_TEXT = re.compile(r"([^\s/@:?&=\"']+)@([^\s/@?&=\"']+)")
@@ -49,6 +50,31 @@ def parse_json_object(raw: bytes, max_bytes: int) -> dict:
     if not isinstance(body, dict):
         raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    if ch in _NAMED:
+        return _NAMED[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _unsafe(ch: str) -> bool:
+    # Cc: C0/C1 controls (newline, CR, ESC, NUL, DEL ...); Cf: format characters (bidi overrides,
+    # zero-width); Zl/Zp: U+2028/U+2029, which some log viewers treat as line breaks
+    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control, format and line/paragraph separator character escaped
+    (``\\n``, ``\\r``, ``\\t``, ``\\xNN``, ``\\uNNNN``), so a value taken from a request can
+    never start a new log line or hide what follows. Other characters are left as they are."""
+    if text.isprintable():  # every unsafe character is non-printable: the common case costs one scan
+        return text
+    return "".join(_escape_char(ch) if _unsafe(ch) else ch for ch in text)
 
 
 def mask_email(email: str) -> str:

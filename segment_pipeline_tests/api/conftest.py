@@ -1,12 +1,15 @@
-"""Fixtures for the segment API tests: a real warehouse + published feed, real credentials, and the
+"""Fixtures for the segment API tests: a real warehouse + published feed, real credentials, the
 app served by a real uvicorn on a free loopback port (in a thread, or a subprocess when the test
-measures the server process).
+measures the server process), and a real ``dagster-daemon`` that starts the runs the API queues
+(the API itself never runs them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +24,7 @@ import httpx
 import pytest
 import uvicorn
 
+from segment_pipeline import settings as project_settings
 from segment_pipeline.api.app import create_app
 from segment_pipeline.api.config import ApiSettings
 from segment_pipeline.core.exports.daily_feed import write_daily_feed
@@ -63,7 +67,17 @@ def env(tmp_path, monkeypatch) -> Env:
     monkeypatch.setenv("SEGMENT_PIPELINE_API_SIGNING_KEY", SIGNING_KEY)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("SEGMENT_PIPELINE_API_RECHECK_SECONDS", "0")  # see a re-run day at once
+    # what a daemon started for this test loads: an empty landing zone (the landing sensor has nothing
+    # to do) and a daily cron that does not tick during a test
+    monkeypatch.setenv("SEGMENT_PIPELINE_LANDING", str(tmp_path / "landing"))
+    monkeypatch.setenv("SEGMENT_PIPELINE_DAILY_CRON", "0 0 1 1 *")
+    # always set (tests change the value): the API loads the code location's definitions once per test
+    # process, and a resource read from a variable that a later test unsets would no longer resolve
+    monkeypatch.setenv("SEGMENT_PIPELINE_EXPORT_MAX_CONCURRENT", "2")
+    (tmp_path / "landing").mkdir()
     (tmp_path / "dagster_home").mkdir()
+    # the instance settings a deployment starts from (run queue, export tag concurrency limits)
+    (tmp_path / "dagster_home" / "dagster.yaml").write_bytes((Path(project_settings.PROJECT_ROOT) / "dagster.yaml").read_bytes())
     write_day(
         wh, DAY, [profile("jane@example.com"), profile("joe@example.com")],
         {"vip": "VIP", "nike": "Nike fans"}, {"vip": ["jane@example.com"]},
@@ -87,7 +101,7 @@ def serve_app(app) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -165,3 +179,44 @@ def serve_subprocess(extra_env: dict[str, str] | None = None) -> Iterator[tuple[
             yield url, proc
         finally:
             stop_process(proc, grace=10)
+
+
+@contextlib.contextmanager
+def run_daemon(log_path: Path) -> Iterator[subprocess.Popen]:
+    """``dagster-daemon run`` on this test's instance and environment, as a deployment runs it: it
+    dequeues the runs the API submitted and launches each in its own process. Stopped with Ctrl-C
+    (SIGINT to the process group it leads) at the end."""
+    import dagster as dg
+    from dagster._daemon.controller import get_daemon_statuses
+
+    with dg.DagsterInstance.get():  # create the instance's SQLite storage first: two processes
+        pass  # creating it at the same moment race on its schema migrations
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagster._daemon", "run", "-w", str(Path(project_settings.PROJECT_ROOT) / "workspace.yaml")],
+        env=child_env({"PYTHONUNBUFFERED": "1"}), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        with dg.DagsterInstance.get() as instance:
+            deadline = time.monotonic() + HANG_TIMEOUT  # turns a hang into a failure, not a speed claim
+            while not get_daemon_statuses(instance, ["QUEUED_RUN_COORDINATOR"], ignore_errors=True)[
+                    "QUEUED_RUN_COORDINATOR"].healthy:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"dagster-daemon did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+                time.sleep(0.5)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def daemon(env) -> Iterator[subprocess.Popen]:
+    with run_daemon(env.root / "dagster-daemon.log") as proc:
+        yield proc

@@ -1,6 +1,6 @@
 """POST /users/export/segment, GET on its prefix and the signed downloads, over real HTTP, with the
-export launched as a real Dagster run (instance launcher: the run is recorded in the temporary
-DAGSTER_HOME instance and executed in a worker thread of the server process)."""
+export queued as a real Dagster run in the temporary DAGSTER_HOME instance and started by a real
+``dagster-daemon`` in its own process (the API never executes runs)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def wait_run_finished(object_prefix: str) -> dg.DagsterRunStatus:
     return wait_for(f"the Dagster run of export {object_prefix} to end", finished)
 
 
-def test_export_runs_as_dagster_run_and_lists_signed_files(env, client):
+def test_export_runs_as_dagster_run_and_lists_signed_files(env, daemon, client):
     with gated_receiver() as hook:
         hook.open.set()
         r = client.post(
@@ -128,10 +128,12 @@ def test_export_runs_as_dagster_run_and_lists_signed_files(env, client):
     assert sorted(r["email"] for r in rows) == ["ann@example.com", "jane@example.com"]
     assert set(rows[0]) <= set(FIELDS)
 
+    assert wait_run_finished(prefix) == dg.DagsterRunStatus.SUCCESS  # the run ends a moment after its callback
     instance = dg.DagsterInstance.get()
     runs = instance.get_runs(filters=dg.RunsFilter(tags={PREFIX_TAG: prefix}))
     assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
     assert runs[0].job_name == "segment_export_job"
+    assert ".dagster/grpc_info" in runs[0].tags  # launched by the daemon's run launcher, not in the API
     assert runs[0].tags[SEGMENT_TAG] == "vip" and runs[0].tags[GLOBAL_TAG] == "true"
     assert runs[0].run_config["ops"]["segment_export"]["config"]["object_prefix"] == prefix
 
@@ -158,7 +160,7 @@ def test_export_runs_as_dagster_run_and_lists_signed_files(env, client):
     assert r.status_code in (403, 404)  # the client normalizes the dots away: another key, bad signature
 
 
-def test_two_requests_for_one_segment_at_once_one_wins_409(env, client):
+def test_two_requests_for_one_segment_at_once_one_wins_409(env, daemon, client):
     with gated_receiver() as hook:
         barrier = threading.Barrier(2)
         answers: list[httpx.Response] = []
@@ -210,7 +212,7 @@ def _foreign_run(segment_tag: str) -> None:
     )
 
 
-def test_running_export_started_elsewhere_and_global_cap(env, monkeypatch):
+def test_running_export_started_elsewhere_and_global_cap(env, daemon, monkeypatch):
     monkeypatch.setenv("SEGMENT_PIPELINE_EXPORT_MAX_CONCURRENT", "2")
     _foreign_run("vip")
     with serve_app(create_app(ApiSettings.from_env())) as url, httpx.Client(base_url=url, timeout=HANG_TIMEOUT) as c, \

@@ -128,6 +128,39 @@ def test_second_concurrent_export_of_a_segment_gets_a_clear_answer(wh, tmp_path)
     assert "does not match segment 'vip'" in str(mismatched.get_step_failure_events()[0].step_failure_data.error)
 
 
+def test_export_job_takes_over_the_lock_and_slot_of_a_killed_export_and_fails_its_run(wh, tmp_path):
+    """Issue 10 point 12: a SIGKILLed export left the segment lock and the only slot held; the next
+    export takes both over at once and ends the dead run, so it holds no run-queue slot either."""
+    import os
+    import signal
+
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from segment_pipeline_tests.core.test_export_locks import hold_in_subprocess, wait_until_zombie_or_gone
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("pid start times come from /proc")
+    exports = local(tmp_path, max_concurrent_segment_exports=1)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_run(DagsterRun(job_name="segment_export_job", run_id="killed-run", status=dg.DagsterRunStatus.STARTED,
+                                tags=segment_export_tags("vip")))
+    holder = hold_in_subprocess(exports.storage(), "run killed-run")
+    os.kill(holder.pid, signal.SIGKILL)
+    wait_until_zombie_or_gone(holder.pid)
+    holder.wait()
+    run = segment_export_run_request("vip", ["email"])
+    job = defs_for(wh, exports).resolve_job_def("segment_export_job")
+    result = job.execute_in_process(run_config=run.run_config, tags=run.tags, instance=instance)
+    assert result.success
+    dead = instance.get_run_by_id("killed-run")
+    assert dead.status == dg.DagsterRunStatus.FAILURE
+    (failure,) = instance.get_records_for_run("killed-run", of_type=dg.DagsterEventType.RUN_FAILURE).records
+    assert f"pid {holder.pid}" in failure.event_log_entry.dagster_event.message
+    assert "died before finishing" in failure.event_log_entry.dagster_event.message
+    logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+    assert any("took over the export lock of run killed-run" in m for m in logs)
+
+
 def test_csv_job_from_run_config(wh, tmp_path):
     job = defs_for(wh, local(tmp_path)).resolve_job_def("segment_csv_export_job")
     config = {"segment_id": "vip", "date_range": "custom", "start": DAY.isoformat(), "end": NEXT.isoformat()}

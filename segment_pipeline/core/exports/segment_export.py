@@ -69,7 +69,7 @@ from segment_pipeline.core.atomic import is_abandoned
 from segment_pipeline.core.exports.callback import CallbackResult, post_callback, redact, validate_endpoint
 from segment_pipeline.core.exports.daily_feed import ExportInputError, _local_copy
 from segment_pipeline.core.exports.keys import encode_segment, join_key
-from segment_pipeline.core.exports.locks import global_slot, segment_lock
+from segment_pipeline.core.exports.locks import LockState, global_slot, segment_lock
 from segment_pipeline.core.exports.storage import ExportStorage, LocalExportStorage
 from segment_pipeline.core.warehouse import SCHEMAS, Warehouse, as_date
 
@@ -569,17 +569,30 @@ def run_segment_export(
     log: Callable[[str], None] = lambda _msg: None,
     object_prefix: str | None = None,
     download_url: str | None = None,
+    on_lock_takeover: Callable[[LockState], None] | None = None,
 ) -> SegmentExportResult:
     """The whole request: one export per segment and ``max_concurrent`` overall (fail fast
     otherwise), sweep leftovers of crashed exports, export, then the callback (outcome recorded
-    on the result; a failing callback never undoes the published export)."""
+    on the result; a failing callback never undoes the published export).
+
+    A lock or slot left by an export whose process provably died is taken over at once (see
+    :mod:`.locks`); ``on_lock_takeover`` is told what was found (default: logged)."""
     started_at = parse_object_prefix(object_prefix) if object_prefix is not None else time.time()
     encoded = encode_segment(request.segment_id)
+
+    def took_over(found: LockState) -> None:
+        log(f"took over the export lock of {found.owner}: {found.why or 'stale'}")
+        if on_lock_takeover is not None:
+            on_lock_takeover(found)
+
     with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            segment_lock(storage, LOCK_KIND, encoded, request.segment_id, owner=owner, stale_after=lock_stale_after)
-        )
-        stack.enter_context(global_slot(storage, LOCK_KIND, max_concurrent, owner=owner, stale_after=lock_stale_after))
+        stack.enter_context(segment_lock(
+            storage, LOCK_KIND, encoded, request.segment_id, owner=owner, stale_after=lock_stale_after,
+            on_takeover=took_over,
+        ))
+        stack.enter_context(global_slot(
+            storage, LOCK_KIND, max_concurrent, owner=owner, stale_after=lock_stale_after, on_takeover=took_over,
+        ))
         swept = sweep_incomplete(storage, request.segment_id)
         if swept:
             log(f"removed {len(swept)} incomplete export folder(s) of segment {request.segment_id!r}: {swept}")

@@ -142,6 +142,18 @@ def segment_export(
             f"(expected {tag_value(request.segment_id)!r}); launch with segment_export_tags(segment_id)"
         )
     storage = exports.storage()
+
+    def fail_dead_run(found) -> None:
+        """A lock whose holder died belonged to a run that Dagster still shows as running: end it,
+        so it no longer holds a slot of the run queue (``segment_export/all``) or of the API."""
+        dead_run = context.instance.get_run_by_id(found.owner.removeprefix("run ")) if found.owner.startswith(
+            "run ") else None
+        if dead_run is not None and not dead_run.is_finished and found.state == "dead":
+            context.instance.report_run_failed(
+                dead_run, f"its export process died before finishing ({found.why}); lock taken over by run "
+                f"{context.run.run_id}",
+            )
+
     result = chunked.run_segment_export(
         connect(memory_limit=exports.duckdb_memory_limit),
         warehouse.get(),
@@ -158,6 +170,7 @@ def segment_export(
         log=context.log.info,
         object_prefix=config.object_prefix,
         download_url=config.download_url,
+        on_lock_takeover=fail_dead_run,
     )
     if result.callback is not None and not result.callback.delivered:
         context.log.error(
