@@ -18,7 +18,7 @@ import uvicorn
 
 from segment_pipeline.api.app import create_app
 from segment_pipeline.api.config import ApiSettings
-from segment_pipeline_tests.api.conftest import free_port
+from segment_pipeline_tests.waiting import child_env, free_port, wait_for
 
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 FORGED = "2026-11-29 12:00:00,000 INFO segment_pipeline.api: GET /admin 200 0B 1.0ms cred=admin"
@@ -41,16 +41,19 @@ def test_forged_lines_never_reach_the_log_of_segment_pipeline_serve(env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "segment_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "info"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, "segment-pipeline serve exited"
+        try:
+            return httpx.get(url + "/healthz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        for _ in range(1200):
-            try:
-                if httpx.get(url + "/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        wait_for(f"segment-pipeline serve on {url}", up)
         forged = FORGED.replace(" ", "%20")
         sent = [
             # the example: a path with %0a, no credentials
