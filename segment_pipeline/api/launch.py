@@ -6,7 +6,7 @@ them. Two implementations, same interface (:class:`Launcher`):
 
 * :class:`QueueLauncher` (default): the run is created in the Dagster instance of ``DAGSTER_HOME``
   and submitted to that instance's **run queue** (``instance.submit_run`` with the
-  ``QueuedRunCoordinator``, the default, as in the repository's ``dagster.yaml`` template). The
+  ``QueuedRunCoordinator``, the default, as in the repository's ``deploy/dagster.yaml`` template). The
   daemon (``dagster-daemon run``, started by ``dg dev`` / ``dagster dev``) dequeues it within the
   tag concurrency limits ``segment_export/segment_id`` and ``segment_export/all`` and launches it in
   its own process from its code location of the same name (``SEGMENT_PIPELINE_DAGSTER_LOCATION``,
@@ -93,7 +93,7 @@ class QueueLauncher:
             raise LauncherConfigError(
                 f"the Dagster instance at DAGSTER_HOME uses {type(coordinator).__name__}; the segment API only "
                 "queues runs (the daemon starts them), so configure the QueuedRunCoordinator (the default; see "
-                "the repository's dagster.yaml) or set SEGMENT_PIPELINE_DAGSTER_URL to launch through a webserver"
+                "the repository's deploy/dagster.yaml) or set SEGMENT_PIPELINE_DAGSTER_URL to launch through a webserver"
             )
         self.location = location
         self.module = module

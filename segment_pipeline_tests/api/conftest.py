@@ -77,7 +77,7 @@ def env(tmp_path, monkeypatch) -> Env:
     (tmp_path / "landing").mkdir()
     (tmp_path / "dagster_home").mkdir()
     # the instance settings a deployment starts from (run queue, export tag concurrency limits)
-    (tmp_path / "dagster_home" / "dagster.yaml").write_bytes((Path(project_settings.PROJECT_ROOT) / "dagster.yaml").read_bytes())
+    (tmp_path / "dagster_home" / "dagster.yaml").write_bytes(project_settings.INSTANCE_TEMPLATE.read_bytes())
     write_day(
         wh, DAY, [profile("jane@example.com"), profile("joe@example.com")],
         {"vip": "VIP", "nike": "Nike fans"}, {"vip": ["jane@example.com"]},
