@@ -1,4 +1,4 @@
-"""The ``segment-pipeline`` command line: generate sample data, run benchmarks, serve."""
+"""The ``segment-pipeline`` command line: the demo, sample data, the segment API and its credentials."""
 
 from __future__ import annotations
 
@@ -103,9 +103,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve the segment API (daily feed pull, identity lookup, segment exports); see docs/api.md",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="lowest level logged (request lines are info)")
 
     def run(args: argparse.Namespace) -> int:
         import logging
@@ -132,12 +133,12 @@ def _add_credentials(sub: argparse._SubParsersAction, command: str, kind: str) -
         help=f"create, list or revoke {what}s of the segment API (stored hashed under SEGMENT_PIPELINE_API_STATE)",
     )
     actions = p.add_subparsers(dest="action", required=True)
-    create = actions.add_parser("create", help=f"create a {what}; it is printed once and never stored")
+    create = actions.add_parser("create", help=f"create {'an' if what[0] in 'aeiou' else 'a'} {what}; it is printed once and never stored")
     if kind == "feed":
         create.add_argument("--identifier", default="nosto", help="the Basic auth user name (default: nosto)")
     else:
         create.add_argument("--name", default="default", help="a label for the key (who uses it)")
-    create.add_argument("--note", default="")
+    create.add_argument("--note", default="", help="free text stored with it (e.g. a ticket or partner name)")
     listing = actions.add_parser("list", help=f"list {what}s (ids and labels only)")
     listing.add_argument("--all", action="store_true", help="include revoked ones")
     revoke = actions.add_parser("revoke", help=f"revoke a {what} by id")
@@ -193,7 +194,7 @@ def _export_location() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="segment-pipeline", description=__doc__)
+    parser = _Parser(prog="segment-pipeline", description=__doc__.replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_demo(sub)

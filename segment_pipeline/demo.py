@@ -67,13 +67,19 @@ def sample_days(landing_root: str | Path) -> list[str]:
 
 
 def prepare_instance(home: Path) -> str | None:
-    """Create ``home`` and copy the instance template into it when it has no ``dagster.yaml``.
-    Returns a line to print when it copied, else ``None``."""
-    home.mkdir(parents=True, exist_ok=True)
+    """Create ``home`` (``0700``: Dagster's event log there holds the member previews, i.e. emails) and
+    copy the instance template into it when it has no ``dagster.yaml``.
+    Returns a line to print when it copied or when ``home`` is readable by others, else ``None``."""
+    from segment_pipeline.core.atomic import private_mkdir
+
+    private_mkdir(home)
     target = home / "dagster.yaml"
     if settings.INSTANCE_TEMPLATE.is_file() and not target.exists():
         shutil.copyfile(settings.INSTANCE_TEMPLATE, target)
         return f"instance: {_rel(home)} (settings copied from {_rel(settings.INSTANCE_TEMPLATE)})"
+    if home.stat().st_mode & 0o077:
+        return (f"instance: {_rel(home)} is readable by other users and its run history holds member emails: "
+                f"chmod 700 {_rel(home)}")
     return None
 
 
@@ -345,8 +351,14 @@ def _shell_home(home: Path) -> str:
 
 def run_demo(start: str | None, end: str | None, verbose: bool = False, out: TextIO = sys.stdout,
              export_location: Callable[[], str] | None = None) -> int:
-    """The ``demo`` command. Returns the exit code (0 when the run succeeded)."""
+    """The ``demo`` command. Returns the exit code (0 when the run succeeded).
+
+    Runs with umask 077: everything it writes (warehouse, exports, Dagster's run and event storage
+    with the member previews) is owner-only.
+    """
     import dagster as dg
+
+    os.umask(0o077)
 
     for category in (dg.BetaWarning, dg.PreviewWarning, dg.SupersessionWarning):
         warnings.filterwarnings("ignore", category=category)

@@ -162,3 +162,16 @@ def test_a_failing_stage_is_named_with_its_error_and_the_run_to_open(tmp_path):
     assert re.search(r"\n  ingest_events: .*partner\.csv", proc.stdout), proc.stdout  # the error names the file
     assert re.search(r"Failed after \d+s: run \w{8} \(daily_segments, 2026-11-01\.\.\.2026-11-01\)", proc.stdout)
     assert "Runs -> " in proc.stdout
+
+
+def test_demo_writes_owner_only_files_the_run_history_included(demo):
+    """Dagster's event log in DAGSTER_HOME holds the member previews (emails): the demo's instance
+    folder is 0700 and every file the demo wrote (run storage, warehouse, exports) is owner-only,
+    whatever the umask it was started with."""
+    _, root, env = demo
+    home = Path(env["DAGSTER_HOME"])
+    assert home.stat().st_mode & 0o777 == 0o700
+    written = [p for folder in (home, root / "warehouse", root / "exports") for p in folder.rglob("*")
+               if p.name != "dagster.yaml"]  # the copied template holds no personal data
+    assert any(p.suffix == ".db" for p in written)  # the run and event storage is among them
+    assert [(str(p), oct(p.stat().st_mode & 0o777)) for p in written if p.stat().st_mode & 0o077] == []
