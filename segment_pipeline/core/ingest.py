@@ -340,7 +340,9 @@ def _ndjson_relation(text: TextFile, lines: Path, fields: list[str], track_given
         SELECT {sql_string(str(text.path))} AS source_file, source_line, raw, {given} AS given, {', '.join(fields)},
                CASE WHEN parse_error IS NULL AND n_keys > {non_null}
                          AND n_keys > list_count(list_filter(json_exists(obj, {paths}), lambda x: x))
-                         AND list_unique(keys) < n_keys THEN 'invalid JSON: duplicate key'
+                         AND list_unique(keys) < n_keys
+                    THEN 'invalid JSON: duplicate key "'
+                         || list_filter(keys, lambda k, i: list_position(keys, k) < i)[1] || '"'
                     ELSE parse_error END AS parse_error
         FROM (
             SELECT source_line, parse_error, raw, obj, keys, len(keys) AS n_keys,
@@ -426,9 +428,10 @@ def _csv_relation(text: TextFile, fields: list[str], required: list[str], cleara
     columns = ", ".join(f"{sql_string(h)}: 'VARCHAR'" for h in header)
     parse_error = "NULL::VARCHAR"
     if text.lossy:  # any cell, kept or not, with a byte invalid in the file's encoding
-        cells = ", ".join(f"coalesce({_q(h)}, '')" for h in header)
-        message = sql_string(f"row is not valid {text.encoding_label}")
-        parse_error = f"CASE WHEN contains(concat({cells}), '\ufffd') THEN {message} END"
+        # the reason names the first column holding such a byte
+        parse_error = "CASE " + " ".join(
+            f"WHEN contains({_q(h)}, '\ufffd') THEN {sql_string(f'{h}: not valid {text.encoding_label}')}"
+            for h in header) + " END"
     # Rows are numbered by position here (an order-preserving scan) and, when some record of the
     # file spans lines or a line is blank, mapped after the scan to the physical line where their
     # record starts (see _csv_record_lines). Rows DuckDB's CSV reader

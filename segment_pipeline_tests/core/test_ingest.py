@@ -335,7 +335,7 @@ def test_a_json_object_with_a_key_twice_is_quarantined_not_resolved(tmp_path, wh
     report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY)
     assert (report.rows_valid, report.rows_quarantined) == (2, 2)
     assert rows(wh, "quarantine_profiles", "source_line, reason") == [
-        (1, "invalid JSON: duplicate key"), (2, "invalid JSON: duplicate key"),
+        (1, 'invalid JSON: duplicate key "email"'), (2, 'invalid JSON: duplicate key "note"'),
     ]
     assert [r[0] for r in rows(wh, "raw_profiles", "email")] == ["d@example.com", "e@example.com"]
 
@@ -353,7 +353,7 @@ def test_bytes_invalid_in_the_encoding_quarantine_their_row_wherever_they_are(tm
     report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY)
     assert (report.rows_valid, report.rows_quarantined) == (filler_rows + 1, 1)
     ((line, reason, raw),) = rows(wh, "quarantine_profiles", "source_line, reason, raw")
-    assert (line, reason) == (filler_rows + 2, "row is not valid UTF-8")
+    assert (line, reason) == (filler_rows + 2, "first_name: not valid UTF-8")
     assert "m@example.com" in raw  # the row is kept, with the undecodable bytes replaced
     # NDJSON alike
     write_bytes(tmp_path, "events", "e.ndjson", (ev_line("e1") + "\n").encode() * max(filler_rows, 1)
