@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import time
 from pathlib import Path
 
 import duckdb
+
+#: The shipped sample landing zone of this checkout.
+SAMPLE_LANDING = Path(__file__).resolve().parent.parent / "data" / "landing"
+
+
+def copy_sample_days(landing: Path, days: list[str]) -> None:
+    """Copy the sample's ``profiles`` and ``events`` folders of ``days`` into ``landing``, dated an
+    hour ago (settled, for the landing sensor)."""
+    old = time.time() - 3600
+    for kind in ("profiles", "events"):
+        for day in days:
+            target = landing / kind / f"date={day}"
+            shutil.copytree(SAMPLE_LANDING / kind / f"date={day}", target)
+            for path in [target, *target.iterdir()]:
+                os.utime(path, (old, old))
 
 
 def write_ndjson(landing: Path, kind: str, day: str, rows: list[dict | str], name: str | None = None) -> Path:

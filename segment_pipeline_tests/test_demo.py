@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -20,27 +18,17 @@ from segment_pipeline import settings
 from segment_pipeline.core.segments import load_catalog
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline.demo import ENV_FILE_NOTE, PartitionsClosed, pin_partitions, sample_days
+from segment_pipeline_tests.landing import SAMPLE_LANDING, copy_sample_days
 
-SAMPLE = Path(settings.PROJECT_ROOT) / "data" / "landing"
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 DEMO_TIMEOUT = 600  # upper bound on a loaded 2-core machine, not a speed claim
-
-
-def copy_days(landing: Path, days: list[str]) -> None:
-    old = time.time() - 3600  # delivered an hour ago: settled for the landing sensor
-    for kind in ("profiles", "events"):
-        for day in days:
-            target = landing / kind / f"date={day}"
-            shutil.copytree(SAMPLE / kind / f"date={day}", target)
-            for path in [target, *target.iterdir()]:
-                os.utime(path, (old, old))
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     landing = root / "landing"
-    copy_days(landing, DAYS)
+    copy_sample_days(landing, DAYS)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGMENT_PIPELINE_", "DAGSTER_"))}
     env.update({
         "DAGSTER_HOME": str(root / "home"),
@@ -142,12 +130,12 @@ def test_pin_partitions_writes_the_end_date_once_and_keeps_a_set_one(tmp_path, m
 
 
 def test_sample_days_are_the_day_folders():
-    assert sample_days(SAMPLE) == [f"2026-11-{d:02d}" for d in range(1, 15)]
+    assert sample_days(SAMPLE_LANDING) == [f"2026-11-{d:02d}" for d in range(1, 15)]
 
 
 def test_a_failing_stage_is_named_with_its_error_and_the_run_to_open(tmp_path):
     landing = tmp_path / "landing"
-    copy_days(landing, DAYS[:1])
+    copy_sample_days(landing, DAYS[:1])
     bad = landing / "events" / f"date={DAYS[0]}" / "partner.csv"
     bad.write_text("foo,bar\n1,2\n")  # a CSV without the required columns: the day cannot be read
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEGMENT_PIPELINE_", "DAGSTER_"))}

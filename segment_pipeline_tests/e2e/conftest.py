@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,10 +20,10 @@ import pytest
 import requests
 
 from segment_pipeline import settings
+from segment_pipeline_tests.landing import copy_sample_days
 from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env, on_a_free_port, wait_for
 
 PROJECT_ROOT = Path(settings.PROJECT_ROOT)
-SAMPLE_LANDING = PROJECT_ROOT / "data" / "landing"
 LANDED_DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 RUN_TIMEOUT = HANG_TIMEOUT  # how long to wait for a run before calling it a hang, not a speed claim
 START_TIMEOUT = HANG_TIMEOUT
@@ -145,16 +144,6 @@ def server_env(root: Path, landing: Path) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
     })
     return env
-
-
-def copy_sample_days(landing: Path, days: list[str]) -> None:
-    old = time.time() - 3600  # delivered an hour ago: settled
-    for kind in ("profiles", "events"):
-        for day in days:
-            target = landing / kind / f"date={day}"
-            shutil.copytree(SAMPLE_LANDING / kind / f"date={day}", target)
-            for path in [target, *target.iterdir()]:
-                os.utime(path, (old, old))
 
 
 @pytest.fixture(scope="session")
