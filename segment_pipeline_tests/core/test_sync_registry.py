@@ -35,7 +35,7 @@ def test_every_registered_destination_is_wired_from_the_registry():
         assert type(resources[name]) is RESOURCES[name]
         assert set(RESOURCES[name].model_fields) == {o.name for o in d.options}
         assert RESOURCES[name]().client() is None  # no secret: dry run
-        caps, lim = d.capabilities, d(None, d.settings_from({})).limits()
+        caps, lim = d.capabilities, d(None, d.settings_from(d.option_values())).limits()
         assert caps.property_upsert and lim.records_per_request > 0 and lim.bytes_per_request > lim.request_overhead
 
 
@@ -66,11 +66,11 @@ class MemoryDestination(Destination):
 
     @classmethod
     def client_from(cls, options: Mapping[str, Any]) -> Any:
-        return cls.CLIENTS.get(options.get("token") or "")
+        return cls.CLIENTS.get(options["token"])
 
     @classmethod
     def settings_from(cls, options: Mapping[str, Any]) -> str:
-        return options.get("field") or "segments"
+        return options["field"]
 
     def limits(self) -> Limits:
         return Limits(records_per_request=3, bytes_per_request=10_000, in_flight=2,

@@ -148,14 +148,23 @@ class Destination(abc.ABC):
 
     # -- configuration (used by the Dagster resource) -------------------------------------------
     @classmethod
+    def option_values(cls, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every option's value: the given one, or the option's declared default where it is missing
+        or empty. :meth:`client_from` and :meth:`settings_from` receive this complete mapping, so a
+        default is declared once, in :attr:`options`."""
+        given = given or {}
+        return {o.name: given.get(o.name) or o.default for o in cls.options}
+
+    @classmethod
     @abc.abstractmethod
     def client_from(cls, options: Mapping[str, Any]) -> EspClient | None:
-        """The client for these option values, or None when a secret is missing (dry run)."""
+        """The client for these option values (complete: :meth:`option_values`), or None when a
+        secret is missing (dry run)."""
 
     @classmethod
     @abc.abstractmethod
     def settings_from(cls, options: Mapping[str, Any]) -> Any:
-        """The sync settings for these option values."""
+        """The sync settings for these option values (complete: :meth:`option_values`)."""
 
     # -- declared limits --------------------------------------------------------------------
     @abc.abstractmethod

@@ -33,7 +33,7 @@ def sync(name: str, warehouse: Warehouse, day: str | dt.date, synced: Mapping[st
     """One run of the destination registered as ``name`` (``client`` None: dry run; ``settings``
     None: the destination's defaults)."""
     cls = destination(name)
-    d = cls(client, settings if settings is not None else cls.settings_from({}))
+    d = cls(client, settings if settings is not None else cls.settings_from(cls.option_values()))
     return run_sync(d, warehouse, day, synced, state_dir=state_dir, dry_run_root=dry_run_root, log=log)
 
 

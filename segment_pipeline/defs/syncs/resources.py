@@ -37,7 +37,8 @@ class SyncResource(dg.ConfigurableResource):
         return type(self).destination_cls  # type: ignore[attr-defined]
 
     def _values(self) -> dict[str, Any]:
-        return {o.name: getattr(self, o.name) for o in self._destination().options}
+        d = self._destination()
+        return d.option_values({o.name: getattr(self, o.name) for o in d.options})
 
     def client(self) -> EspClient | None:
         return self._destination().client_from(self._values())

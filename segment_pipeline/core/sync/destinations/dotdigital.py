@@ -77,16 +77,14 @@ class DotdigitalDestination(Destination):
 
     @classmethod
     def client_from(cls, options: Mapping[str, Any]) -> dd.DotdigitalClient | None:
-        if not (options.get("api_user") and options.get("api_password")):
+        if not (options["api_user"] and options["api_password"]):
             return None
-        return dd.DotdigitalClient(options["api_user"], options["api_password"],
-                                   base_url=options.get("base_url") or dd.DEFAULT_BASE_URL)
+        return dd.DotdigitalClient(options["api_user"], options["api_password"], base_url=options["base_url"])
 
     @classmethod
     def settings_from(cls, options: Mapping[str, Any]) -> DotdigitalSettings:
-        return DotdigitalSettings(data_field=options.get("data_field") or "NOSTOSEGMENT",
-                                  address_book=options.get("address_book") or "Nosto Customers",
-                                  max_active_imports=int(options.get("max_concurrent_imports") or 3))
+        return DotdigitalSettings(data_field=options["data_field"], address_book=options["address_book"],
+                                  max_active_imports=int(options["max_concurrent_imports"]))
 
     def limits(self) -> Limits:
         s = self.settings

@@ -62,17 +62,15 @@ class KlaviyoDestination(Destination):
 
     @classmethod
     def client_from(cls, options: Mapping[str, Any]) -> kl.KlaviyoClient | None:
-        if not options.get("api_key"):
+        if not options["api_key"]:
             return None
-        return kl.KlaviyoClient(options["api_key"], base_url=options.get("base_url") or kl.DEFAULT_BASE_URL,
-                                revision=options.get("revision") or kl.DEFAULT_REVISION,
-                                pool_size=int(options.get("max_in_flight") or 32) + 4)
+        return kl.KlaviyoClient(options["api_key"], base_url=options["base_url"], revision=options["revision"],
+                                pool_size=int(options["max_in_flight"]) + 4)
 
     @classmethod
     def settings_from(cls, options: Mapping[str, Any]) -> KlaviyoSettings:
-        return KlaviyoSettings(list_name=options.get("list_name") or "Nosto Customers",
-                               property_name=options.get("property_name") or "nosto_segment",
-                               max_in_flight=int(options.get("max_in_flight") or 32))
+        return KlaviyoSettings(list_name=options["list_name"], property_name=options["property_name"],
+                               max_in_flight=int(options["max_in_flight"]))
 
     def limits(self) -> Limits:
         s = self.settings
