@@ -65,14 +65,36 @@ _TEMP_NAME = re.compile(
 )
 
 
+# -- processes (Linux /proc; shared with the export locks) ---------------------------------------
+
+
+def process_start(pid: int) -> tuple[str, str] | None:
+    """(start time in clock ticks since boot, state letter) of ``pid`` from ``/proc/<pid>/stat``,
+    or None when there is no such process (or no ``/proc``). Field numbers: proc(5)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
+    fields = stat[stat.rfind(")") + 2:].split()
+    if len(fields) < 20:
+        return None
+    return fields[19], fields[0]  # field 22 (starttime) and field 3 (state)
+
+
+def pid_namespace() -> str | None:
+    """This process's pid namespace (``pid:[...]``), None without ``/proc``."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _host_id() -> str:
     """The host name plus the pid namespace (containers sharing a host name or a volume do not
     see each other's processes, so they must not judge each other's pids)."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return hashlib.sha256(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:8]
+    return hashlib.sha256(f"{socket.gethostname()}|{pid_namespace() or ''}".encode()).hexdigest()[:8]
 
 
 _HOST = _host_id()
@@ -84,18 +106,12 @@ _HAS_PROC = Path("/proc/self/stat").exists()
 
 
 def _start_ticks(pid: int) -> int | None:
-    """Start time of process ``pid`` in clock ticks since boot (Linux), None if it is gone or unknown."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return 0
-    try:
-        # the command name (field 2) may hold spaces and parentheses: fields restart after the last ')'
-        return int(raw[raw.rindex(b")") + 2 :].split()[19])
-    except (ValueError, IndexError):
-        return 0
+    """Start time of process ``pid`` in clock ticks since boot (Linux): None if it is gone, 0 when
+    its ``/proc`` entry exists but cannot be read."""
+    started = process_start(pid)
+    if started is None:
+        return 0 if os.path.exists(f"/proc/{pid}") else None
+    return int(started[0]) if started[0].isdigit() else 0
 
 
 def owner_tag() -> str:

@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from segment_pipeline.core.atomic import pid_namespace, process_start
 from segment_pipeline.core.exports.keys import join_key
 from segment_pipeline.core.exports.storage import ExportStorage
 
@@ -57,29 +58,9 @@ def _read(path: str) -> str | None:
         return None
 
 
-def process_start(pid: int) -> tuple[str, str] | None:
-    """(start time in clock ticks since boot, state letter) of ``pid`` from ``/proc/<pid>/stat``,
-    or None when there is no such process (or no ``/proc``). Field numbers: proc(5)."""
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
-        return None
-    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
-    fields = stat[stat.rfind(")") + 2:].split()
-    if len(fields) < 20:
-        return None
-    return fields[19], fields[0]  # field 22 (starttime) and field 3 (state)
-
-
 def _boot_id() -> str | None:
     value = _read("/proc/sys/kernel/random/boot_id")
     return value.strip() if value else None
-
-
-def _pid_namespace() -> str | None:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
 
 
 def holder_identity() -> dict:
@@ -88,7 +69,7 @@ def holder_identity() -> dict:
     started = process_start(pid)
     return {
         "host": socket.gethostname(), "pid": pid, "pid_start": started[0] if started else None,
-        "boot_id": _boot_id(), "pid_ns": _pid_namespace(),
+        "boot_id": _boot_id(), "pid_ns": pid_namespace(),
     }
 
 
@@ -103,7 +84,7 @@ def dead_holder(info: dict) -> str | None:
     if not isinstance(pid, int) or host != socket.gethostname():
         return None
     ns = info.get("pid_ns")
-    if ns is not None and ns != _pid_namespace():
+    if ns is not None and ns != pid_namespace():
         return None  # another container with the same hostname: its pids are not ours to judge
     where = f"pid {pid} on {host}"
     boot = info.get("boot_id")
