@@ -41,6 +41,11 @@ def segments_file() -> str:
     return _env_path("SEGMENT_PIPELINE_SEGMENTS", "data/segments.yaml")
 
 
+def model_file() -> str:
+    """The declared data model (identity, attributes, events, traits): ``SEGMENT_PIPELINE_MODEL``."""
+    return _env_path("SEGMENT_PIPELINE_MODEL", "data/model.yaml")
+
+
 def start_date() -> str:
     return os.environ.get("SEGMENT_PIPELINE_START_DATE", DEFAULT_START_DATE)
 

@@ -13,8 +13,10 @@ Layout (``<root>/<table>/date=YYYY-MM-DD/data.parquet``)::
 
 Every partition is one Parquet file, written to a temporary name and renamed into place, so a
 reader sees either the old partition or the new one, never half of one, and re-running a day
-replaces it instead of appending. ``SCHEMAS`` is the contract between stages: the columns each
-table has, used to give readers an empty relation of the right shape when nothing exists yet.
+replaces it instead of appending. :meth:`Warehouse.schema` is the contract between stages: the
+columns each table has (``SCHEMAS`` for the fixed tables; for ``raw_profiles``, ``raw_events`` and
+``profiles`` the declared data model's, :mod:`segment_pipeline.core.model`), also used to give
+readers an empty relation of the right shape when nothing exists yet.
 
 **Byte-identical re-runs.** Rows are written in the order of ``SORT_KEYS`` (a key unique per row
 of the table, with tie-breakers), so re-running a day with the same inputs gives the same file,
@@ -40,52 +42,18 @@ from pathlib import Path
 import duckdb
 
 from segment_pipeline.core.atomic import DIR_MODE, atomic_path, private_mkdir, sweep_owned_files, sweep_tree
+from segment_pipeline.core.model import DataModel, load_model
 
 PARTITION_FILE = "data.parquet"
 ROW_GROUP_SIZE = 122880
 #: Scratch files of ingestion (named with :func:`segment_pipeline.core.atomic.unique_tag`).
 STAGING_DIR = "_staging"
 
+#: The model-independent tables. ``raw_profiles``, ``raw_events`` and ``profiles`` have columns
+#: derived from the declared data model (:meth:`segment_pipeline.core.model.DataModel.schemas`):
+#: read a table's columns with :meth:`Warehouse.schema`.
+MODEL_TABLES = ("raw_profiles", "raw_events", "profiles")
 SCHEMAS: dict[str, dict[str, str]] = {
-    "raw_profiles": {
-        "email": "VARCHAR",  # normalized (core/identity.py): stripped, lowercased
-        "email_raw": "VARCHAR",
-        "customer_id": "VARCHAR",
-        "first_name": "VARCHAR",
-        "last_name": "VARCHAR",
-        "gender": "VARCHAR",
-        "dob": "DATE",
-        "phone": "VARCHAR",
-        "country": "VARCHAR",
-        "city": "VARCHAR",
-        "language": "VARCHAR",
-        "time_zone": "VARCHAR",
-        "loyalty_tier": "VARCHAR",
-        "created_at": "TIMESTAMP",
-        "updated_at": "TIMESTAMP",
-        "cleared": "VARCHAR[]",  # attributes this record explicitly clears (NULL: none)
-        "source_file": "VARCHAR",
-        "source_line": "BIGINT",
-    },
-    "raw_events": {
-        "event_id": "VARCHAR",
-        "email": "VARCHAR",  # normalized
-        "event_type": "VARCHAR",
-        "occurred_at": "TIMESTAMP",
-        "product_id": "VARCHAR",
-        "product_name": "VARCHAR",
-        "brand": "VARCHAR",
-        "category": "VARCHAR",
-        "price": "DECIMAL(18,2)",  # money is exact: sums do not depend on evaluation order
-        "quantity": "INTEGER",
-        "revenue": "DECIMAL(18,2)",
-        "order_id": "VARCHAR",
-        "utm_source": "VARCHAR",
-        "utm_medium": "VARCHAR",
-        "utm_campaign": "VARCHAR",
-        "source_file": "VARCHAR",
-        "source_line": "BIGINT",
-    },
     "quarantine_profiles": {
         "source_file": "VARCHAR",
         "source_line": "BIGINT",
@@ -97,41 +65,6 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "source_line": "BIGINT",
         "reason": "VARCHAR",
         "raw": "VARCHAR",
-    },
-    "profiles": {
-        "identity_id": "VARCHAR",  # first 16 hex chars of md5(normalized email)
-        "email": "VARCHAR",
-        "customer_id": "VARCHAR",
-        "first_name": "VARCHAR",
-        "last_name": "VARCHAR",
-        "gender": "VARCHAR",
-        "dob": "DATE",
-        "phone": "VARCHAR",
-        "country": "VARCHAR",
-        "city": "VARCHAR",
-        "language": "VARCHAR",
-        "time_zone": "VARCHAR",
-        "loyalty_tier": "VARCHAR",
-        "created_at": "TIMESTAMP",
-        "updated_at": "TIMESTAMP",
-        "first_seen_at": "TIMESTAMP",
-        "last_seen_at": "TIMESTAMP",
-        "order_count": "BIGINT",
-        "total_revenue": "DECIMAL(18,2)",
-        "first_order_at": "TIMESTAMP",
-        "last_order_at": "TIMESTAMP",
-        "days_since_last_order": "INTEGER",
-        "event_count_30d": "BIGINT",
-        "order_count_30d": "BIGINT",
-        "revenue_30d": "DECIMAL(18,2)",
-        "brand_interactions_90d": "BIGINT",
-        "category_interactions_90d": "BIGINT",
-        "top_brand_90d": "VARCHAR",
-        "top_brand_share_90d": "DOUBLE",
-        "top_category_90d": "VARCHAR",
-        "top_category_share_90d": "DOUBLE",
-        "first_utm_source": "VARCHAR",
-        "random_bucket": "INTEGER",
     },
     "memberships": {
         "segment_id": "VARCHAR",
@@ -160,7 +93,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
 #: Row order of each table's partition files: a unique key first, then tie-breakers, so that the
 #: order (and so the bytes) never depends on how DuckDB scheduled the work.
 SORT_KEYS: dict[str, tuple[str, ...]] = {
-    "raw_profiles": ("source_file", "source_line", "email", "updated_at"),
+    "raw_profiles": ("source_file", "source_line", "email", "updated_at"),  # model tables: built-in keys
     "raw_events": ("source_file", "source_line", "event_id"),
     "quarantine_profiles": ("source_file", "source_line", "reason", "raw"),
     "quarantine_events": ("source_file", "source_line", "reason", "raw"),
@@ -169,7 +102,8 @@ SORT_KEYS: dict[str, tuple[str, ...]] = {
     "membership_changes": ("segment_id", "change", "identity_id", "email"),
     "segment_stats": ("segment_id", "status"),
 }
-assert set(SORT_KEYS) == set(SCHEMAS) and all(set(k) <= set(SCHEMAS[t]) for t, k in SORT_KEYS.items())
+assert set(SORT_KEYS) == set(SCHEMAS) | set(MODEL_TABLES)
+assert all(set(k) <= set(SCHEMAS[t]) for t, k in SORT_KEYS.items() if t in SCHEMAS)
 
 
 def as_date(value: str | dt.date) -> dt.date:
@@ -186,18 +120,40 @@ def sql_string(value: str) -> str:
 
 
 class Warehouse:
-    """Paths and readers/writers for the day-partitioned Parquet tables under ``root``."""
+    """Paths and readers/writers for the day-partitioned Parquet tables under ``root``.
 
-    def __init__(self, root: str | os.PathLike[str]):
+    ``model`` is the declared data model the model-dependent tables follow (``MODEL_TABLES``); by
+    default the model file of the settings (``SEGMENT_PIPELINE_MODEL``), read when first needed.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], model: DataModel | None = None):
         self.root = Path(root).absolute()
+        self._model = model
+
+    @property
+    def model(self) -> DataModel:
+        if self._model is None:
+            from segment_pipeline import settings
+
+            self._model = load_model(settings.model_file())
+        return self._model
+
+    def schema(self, table: str) -> dict[str, str]:
+        """Column -> DuckDB type of ``table``, in column order (model tables from the model)."""
+        if table in MODEL_TABLES:
+            return self.model.schemas()[table]
+        try:
+            return SCHEMAS[table]
+        except KeyError:
+            raise KeyError(f"unknown warehouse table {table!r}; known: {sorted([*SCHEMAS, *MODEL_TABLES])}") from None
 
     def __repr__(self) -> str:
         return f"Warehouse({str(self.root)!r})"
 
     # -- paths ---------------------------------------------------------------------------
     def table_dir(self, table: str) -> Path:
-        if table not in SCHEMAS:
-            raise KeyError(f"unknown warehouse table {table!r}; known: {sorted(SCHEMAS)}")
+        if table not in SCHEMAS and table not in MODEL_TABLES:
+            raise KeyError(f"unknown warehouse table {table!r}; known: {sorted([*SCHEMAS, *MODEL_TABLES])}")
         return self.root / table
 
     def partition_path(self, table: str, day: str | dt.date) -> Path:
@@ -249,9 +205,8 @@ class Warehouse:
         files = ", ".join(sql_string(str(self.partition_path(table, d))) for d in selected)
         return f"read_parquet([{files}], hive_partitioning = true, hive_types = {{'date': 'DATE'}}, union_by_name = true)"
 
-    @staticmethod
-    def empty_relation(table: str) -> str:
-        cols = ", ".join(f"NULL::{typ} AS {name}" for name, typ in SCHEMAS[table].items())
+    def empty_relation(self, table: str) -> str:
+        cols = ", ".join(f"NULL::{typ} AS {_ident(name)}" for name, typ in self.schema(table).items())
         return f"(SELECT {cols}, NULL::DATE AS date LIMIT 0)"
 
     # -- writing -------------------------------------------------------------------------
@@ -270,7 +225,7 @@ class Warehouse:
         (NULLs first), so the file's bytes depend only on the rows. The file is ``0600``.
         """
         target = self.partition_path(table, day)
-        schema = SCHEMAS[table]
+        schema = self.schema(table)
         rel_cols = [d[0] for d in con.execute(f"DESCRIBE {select_sql}", params).fetchall()]
         if sorted(rel_cols) != sorted(schema):
             missing = sorted(set(schema) - set(rel_cols))
