@@ -359,19 +359,18 @@ def _check_comparison(what: str, ftype: str, op: Any, has_value: bool, value: An
         return
     if not has_value:
         raise ValueError(f"{what}: operator {op!r} needs a value")
-    element = "string" if ftype == "list[string]" else ftype
     if op in (*LIST_OPS, *ELEMENT_OPS):
         if not isinstance(value, list) or not value:
             raise ValueError(f"{what}: operator {op!r} needs a non-empty list")
         for v in value:
-            _check_value_type(v, element, what)
+            _check_value_type(v, ftype, what)
     elif op == "between":
         if not isinstance(value, list) or len(value) != 2:
             raise ValueError(f"{what}: 'between' needs a list of two values [low, high]")
         for v in value:
-            _check_value_type(v, element, what)
+            _check_value_type(v, ftype, what)
     else:
-        _check_value_type(value, element, what)
+        _check_value_type(value, ftype, what)
 
 
 def _check_window(days: Any) -> Any:
