@@ -1146,7 +1146,7 @@ class _Compiler:
             values = (f"(SELECT email, unnest({col}) AS v FROM scoped_events WHERE {filt})" if is_list
                       else f"(SELECT email, {col} AS v FROM scoped_events WHERE {filt})")
             # ties on the count go to the value that sorts last (byte order of its UTF-8 text,
-            # i.e. code point order: "Nike" over "Adidas", "adidas" over "Zara"), like a profile
+            # i.e. code point order: "Nova" over "Aura", "aura" over "Zen"), like a profile
             # ``top`` trait, so the result is deterministic
             self.top_sql.append(
                 f"{name} AS (SELECT email, arg_max(v, (n, v)) AS top_value FROM "
