@@ -246,6 +246,32 @@ class Catalog:
             visit(seg)
         return ordered
 
+    def columns_read(self, segment_ids: list[str]) -> tuple[list[str], list[str]]:
+        """``(profile columns, raw_events property columns)`` the rules of ``segment_ids`` (and of
+        the segments they reference) read, each sorted."""
+        by_id, seen, stack = self.by_id(), set(), list(segment_ids)
+        fields: set[str] = set()
+        props: set[str] = set()
+        while stack:
+            seg = by_id[stack.pop()]
+            if seg.id in seen:
+                continue
+            seen.add(seg.id)
+            for leaf in seg.leaves():
+                if "field" in leaf:
+                    fields.add(leaf["field"])
+                elif "random_bucket" in leaf:
+                    fields.add("random_bucket")
+                elif "segment" in leaf:
+                    stack.append(leaf["segment"])
+                elif "event" in leaf:
+                    props.update(c["property"] for c in leaf["event"].get("where") or [])
+                    if leaf["event"].get("property"):
+                        props.add(leaf["event"]["property"])
+                elif "affinity" in leaf:
+                    props.add(leaf["affinity"]["property"])
+        return sorted(fields), sorted(props)
+
     def preview_fields(self, segment_id: str, limit: int = 4) -> list[str]:
         """Profile fields that show why identities are in a segment (for member previews), at
         most ``limit``, in first-use order: the fields its rule compares; for an affinity on a

@@ -142,3 +142,28 @@ def test_range_in_one_go_equals_day_by_day(tmp_path, landing):
 def test_unknown_refresh_segment_is_rejected(tmp_path, landing):
     with pytest.raises(ValueError, match="ghost"):
         run_pipeline(Warehouse(tmp_path / "wh"), landing, catalog(), DAYS[:1], refresh_static=["ghost"])
+
+
+def test_rules_on_columns_the_days_data_lacks_name_the_column_and_the_fix(tmp_path):
+    """The model declared an attribute and a property after the day's partitions were written."""
+    from segment_pipeline.core.model import parse_model
+
+    before = parse_model({"events": {"Order Completed": {}}})
+    after = parse_model({"attributes": {"skin_type": "string"},
+                         "events": {"Order Completed": {"properties": {"revenue": "money"}}}})
+    write_rows(Warehouse(tmp_path / "wh", model=before), "profiles", DAYS[0], [{"email": "a@example.com"}])
+    write_rows(Warehouse(tmp_path / "wh", model=before), "raw_events", DAYS[0], [
+        {"event_id": "e1", "email": "a@example.com", "event": "Order Completed", "occurred_at": f"{DAYS[0]}T09:00:00"}])
+    wh = Warehouse(tmp_path / "wh", model=after)
+
+    def segments(rule):
+        return parse_catalog({"segments": [{"id": "s", "name": "S", "rule": rule}]}, source="test.yaml", model=after)
+
+    with pytest.raises(ValueError, match=r"profiles column\(s\) \['skin_type'\].*partition of 2026-11-01.*re-run profiles"):
+        compute_memberships(connect(), wh, segments({"field": "skin_type", "op": "=", "value": "oily"}), DAYS[0])
+    with pytest.raises(ValueError, match=r"raw_events column\(s\) \['revenue'\].*re-run ingestion"):
+        compute_memberships(connect(), wh, segments({"event": {"name": "Order Completed", "measure": "sum",
+                                                               "property": "revenue", "value": 10}}), DAYS[0])
+    # rules that read only what the data has still evaluate
+    compute_memberships(connect(), wh, segments({"event": {"name": "Order Completed"}}), DAYS[0])
+    assert members(wh, DAYS[0], "s") == {"a@example.com"}
