@@ -418,8 +418,7 @@ class _Node(BaseModel):
     """A mapping with known keys: ``ALIASES`` (old spelling -> canonical) are renamed before
     validation; an unknown key, or a key given in both spellings, is refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-    KIND: ClassVar[str] = ""
+    model_config = ConfigDict(extra="forbid", frozen=True)
     ALIASES: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")
