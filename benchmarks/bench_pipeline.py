@@ -174,7 +174,7 @@ def floor(work: Path, day_list: list[dt.date], fmt: str) -> dict:
     live = [s.id for s in catalog.segments if s.is_active_on(day_list[-1])]
     inactive = {s.id for s in catalog.segments} - set(live)
     compiled = compile_segments(catalog, live, day_list[-1], inactive=inactive)
-    query = compiled.render(profiles="prof", events=f"(SELECT * FROM ev WHERE occurred_at < TIMESTAMP '{end}')")
+    query = compiled.render(profiles="prof", events=f"(SELECT *, event_type AS event FROM ev WHERE occurred_at < TIMESTAMP '{end}')")
     con.execute(f"CREATE TABLE flags AS {query}", compiled.params)
     unions = " UNION ALL ".join(f"SELECT '{s}' AS segment_id, identity_id, email FROM flags WHERE {c}"
                                 for s, c in compiled.columns.items())

@@ -104,11 +104,9 @@ def compute_memberships(
 
     compiled = compile_segments(catalog, live, day, frozen=set(frozen), inactive=inactive)
     frozen_rel = _frozen_relation(warehouse, frozen)
-    query = compiled.render(
-        profiles=warehouse.scan("profiles", days=[day]),
-        events=warehouse.scan("raw_events", upto=day),
-        frozen=frozen_rel,
-    )
+    profiles_rel, events_rel = warehouse.scan("profiles", days=[day]), warehouse.scan("raw_events", upto=day)
+    _check_columns(con, catalog, live, day, profiles_rel, events_rel)
+    query = compiled.render(profiles=profiles_rel, events=events_rel, frozen=frozen_rel)
     con.execute(f"CREATE OR REPLACE TEMP TABLE seg_eval AS {query}", compiled.params)
     parts = []
     for seg_id, col in compiled.columns.items():
@@ -154,6 +152,28 @@ def compute_memberships(
     # Removals of segments no longer in the catalog still count in the changes dataset.
     _write_stats(con, warehouse, day, report.stats)
     return report
+
+
+def _check_columns(con, catalog: Catalog, live: list[str], day: dt.date, profiles_rel: str, events_rel: str) -> None:
+    """Refuse, with the fix, rules reading a column the day's data was written without: the model
+    declared an attribute, trait or property after those partitions were built (DuckDB's own
+    error would only say the column is not found)."""
+    fields, props = catalog.columns_read(live)
+    for table, rel, needed, fix in (
+        ("profiles", profiles_rel, fields, f"re-run profiles for {day} (and the days after it)"),
+        ("raw_events", events_rel, props, "re-run ingestion of the events since the model declared it, then profiles"
+                                          " and memberships for those days"),
+    ):
+        if not needed:
+            continue
+        have = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall()}
+        missing = [c for c in needed if c not in have]
+        if missing:
+            scope = f"the {table} partition of {day}" if table == "profiles" else f"no {table} partition up to {day}"
+            raise ValueError(
+                f"segment rules read {table} column(s) {missing}, which {scope} "
+                f"{'lacks' if table == 'profiles' else 'has'}: it was written before the data model declared them; {fix}"
+            )
 
 
 def _frozen_relation(warehouse: Warehouse, frozen: dict[str, dt.date]) -> str:

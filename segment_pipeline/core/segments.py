@@ -1,4 +1,4 @@
-"""Segment definitions as data: loading, validation and compilation to DuckDB SQL.
+"""Segment definitions as data: loading, validation against the data model, compilation to DuckDB SQL.
 
 A segments file (YAML) holds a list of segment definitions::
 
@@ -13,35 +13,59 @@ A segments file (YAML) holds a list of segment definitions::
         sync: {klaviyo: true, dotdigital: false}
         rule:
           all:
-            - {field: order_count, op: ">=", value: 3}
+            - {field: orders_total, op: ">=", value: 3}
 
-Rule nodes (see ``README.md`` for the full language):
+Rules name what the declared data model (:mod:`segment_pipeline.core.model`) declares, and
+nothing else; see ``README.md`` ("Segment rules") for the full language:
 
-* ``{field, op, value}`` compares a profile field: ``=, !=, <, <=, >, >=, in, not in, between,
-  contains`` (case-insensitive substring), ``is null, is not null``. Date/timestamp values may be
-  ``YYYY-MM-DD`` or ``{days_ago: N}`` relative to the as-of day.
+* ``{field, op, value}`` compares a profile field (``DataModel.profile_fields()``: identity links,
+  attributes, traits, and the built-ins ``email``, ``updated_at``, ``first_seen_at``,
+  ``last_seen_at``, ``random_bucket``). The operators depend on the field's type
+  (:data:`OPERATORS`): text ``= != < <= > >= in, not in, between, contains`` (case-insensitive
+  substring); numbers (integer, number, money) and dates/timestamps the comparisons, ``in``,
+  ``not in``, ``between``; booleans ``is true, is false, =, !=``; lists of strings ``contains``
+  (an element equals the value), ``contains any`` / ``contains all`` (a list of values); every
+  type ``is null, is not null`` (a list is null when it is NULL or empty). Date/timestamp values
+  may be ``YYYY-MM-DD`` or ``{days_ago: N}`` relative to the as-of day.
 * ``{all: [...]}``, ``{any: [...]}``, ``{not: node}``.
-* ``{event: {type, within_days, where: [{field, op, value}], measure: count|sum, sum_field, op, value}}``
-  compares the count (or sum of a numeric event field) of matching events.
-* ``{affinity: {dimension: brand|category, value, within_days, event_types, min_share,
-  min_interactions}}`` or with ``top: true``: the value is the identity's most frequent one.
-  Interactions are the events in the window (default 90 days; of ``event_types``, default all)
-  whose dimension is not null; ``min_interactions`` (default 1) counts all of them (the share's
-  denominator), ``min_share`` is the value's count divided by that total, and a ``top`` tie goes
-  to the value sorting last in byte (code point) order, as in the profiles' ``top_*_90d``.
+* ``{event: {name, within_days, where: [{property, op, value}], measure: count|sum, property,
+  op, value}}`` compares the count (or the sum of a numeric ``property``) of the identity's
+  events named ``name`` (one declared event name or a list; omitted: any event) in the window
+  whose declared properties pass every ``where`` filter (operators by the property's type, as
+  for ``field``).
+* ``{affinity: {property, value, within_days, event, min_share, min_interactions, top}}`` on a
+  declared ``string`` or ``list[string]`` property: interactions are the events in the window
+  (default 90 days; of the ``event`` names, default all) whose property is not null (for a list,
+  each non-null element is one interaction); ``min_interactions`` (default 1) counts all of them
+  (the share's denominator), ``min_share`` is the value's count divided by that total, and
+  ``top: true`` means the value is the identity's most frequent one (a tie goes to the value
+  sorting last in byte, i.e. code point, order).
 * ``{random_bucket: {from, to}}``: stable 0-9999 bucket per identity, inclusive range. The
   profile's ``random_bucket`` is ``md5_number(email) % 10000``: the MD5 digest of the UTF-8
   normalized email read as a little-endian unsigned 128-bit integer (DuckDB's ``md5_number``).
 * ``{segment: other_id}``: membership of another segment on the same day.
 
+Older spellings still load, as aliases of the canonical keys: ``type`` for the event's ``name``,
+``field`` for a ``where`` filter's ``property``, ``sum_field`` for the event's ``property``,
+``dimension`` for the affinity's ``property`` and ``event_types`` for its ``event``. Loaded rules
+are kept in the canonical spelling (:attr:`Segment.rule`).
+
+Every event name, property and field must be declared in the model: an unknown one (a typo, or
+an event a source keeps with ``undeclared_events: keep`` but the model does not list) is an
+error naming it and what is declared. Declaring an event takes one line (``Email Opened: {}``).
+
 Loading (:func:`load_catalog`) is bounded whatever the file holds: the YAML limits of
 :mod:`segment_pipeline.core.safe_yaml` (size, encoding, nesting, aliases, duplicate keys), then
 ``MAX_RULE_DEPTH``/``MAX_RULE_NODES`` per rule and ``MAX_EXPANDED_*``/``MAX_CATALOG_NODES`` with
-segment references expanded. Every error is a :class:`SegmentDefinitionError` naming the file,
-the segment when known and the problem, in at most ``safe_yaml.MAX_MESSAGE_CHARS`` characters.
+segment references expanded. Each segment and each rule node is validated by a pydantic model
+(:class:`SegmentEntry`, :class:`FieldRule`, :class:`EventRule`, :class:`AffinityRule`,
+:class:`RandomBucketRule`, :class:`SegmentRef`) with the data model in the validation context.
+Every error is a :class:`SegmentDefinitionError` naming the file, the segment when known, the
+rule path (``rule.all[1].event.where[0]``) and the problem, in at most
+``safe_yaml.MAX_MESSAGE_CHARS`` characters, user values abbreviated.
 
 Compilation never splices a user-supplied value into SQL text: every value becomes a bound
-parameter (``$p0``, ``$p1`` ...). Identifiers come only from the fixed field catalogs below.
+parameter (``$p0``, ``$p1`` ...); identifiers are names the model declares, always quoted.
 Every leaf is wrapped in ``coalesce(..., false)`` so rules use two-valued logic: a missing value
 never matches a comparison, and ``not`` of a non-match is a match.
 """
@@ -55,64 +79,23 @@ import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from segment_pipeline.core.model import NUMERIC_TYPES, DataModel, load_model
 from segment_pipeline.core.safe_yaml import YamlFileError, cap_message, load_yaml_file
 from segment_pipeline.core.sync.destinations import DESTINATIONS
 
-PROFILE_FIELDS: dict[str, str] = {
-    "email": "string",
-    "customer_id": "string",
-    "first_name": "string",
-    "last_name": "string",
-    "gender": "string",
-    "phone": "string",
-    "country": "string",
-    "city": "string",
-    "language": "string",
-    "time_zone": "string",
-    "loyalty_tier": "string",
-    "first_utm_source": "string",
-    "top_brand_90d": "string",
-    "top_category_90d": "string",
-    "order_count": "number",
-    "total_revenue": "number",
-    "days_since_last_order": "number",
-    "event_count_30d": "number",
-    "order_count_30d": "number",
-    "revenue_30d": "number",
-    "brand_interactions_90d": "number",
-    "category_interactions_90d": "number",
-    "top_brand_share_90d": "number",
-    "top_category_share_90d": "number",
-    "random_bucket": "number",
-    "dob": "date",
-    "created_at": "timestamp",
-    "updated_at": "timestamp",
-    "first_seen_at": "timestamp",
-    "last_seen_at": "timestamp",
-    "first_order_at": "timestamp",
-    "last_order_at": "timestamp",
-}
-
-EVENT_FIELDS: dict[str, str] = {
-    "product_id": "string",
-    "product_name": "string",
-    "brand": "string",
-    "category": "string",
-    "order_id": "string",
-    "utm_source": "string",
-    "utm_medium": "string",
-    "utm_campaign": "string",
-    "price": "number",
-    "quantity": "number",
-    "revenue": "number",
-}
-
-EVENT_TYPES = ("page_view", "product_view", "add_to_cart", "order")
-AFFINITY_DIMENSIONS = ("brand", "category")
 SEGMENT_TYPES = ("dynamic", "static")
 STATUSES = ("active", "inactive")
 INTEGRATIONS = tuple(DESTINATIONS)  # the sync toggles: one per registered destination
@@ -120,7 +103,24 @@ INTEGRATIONS = tuple(DESTINATIONS)  # the sync toggles: one per registered desti
 COMPARISON_OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 LIST_OPS = ("in", "not in")
 NULL_OPS = ("is null", "is not null")
-ALL_OPS = (*COMPARISON_OPS, *LIST_OPS, "between", "contains", *NULL_OPS)
+BOOLEAN_OPS = ("is true", "is false")
+ELEMENT_OPS = ("contains any", "contains all")
+ALL_OPS = (*COMPARISON_OPS, *LIST_OPS, "between", "contains", *ELEMENT_OPS, *BOOLEAN_OPS, *NULL_OPS)
+_ORDERED_OPS = (*COMPARISON_OPS, *LIST_OPS, "between", *NULL_OPS)
+#: The operators of a field or property, by its model type.
+OPERATORS: dict[str, tuple[str, ...]] = {
+    "string": (*_ORDERED_OPS, "contains"),
+    "integer": _ORDERED_OPS,
+    "number": _ORDERED_OPS,
+    "money": _ORDERED_OPS,
+    "date": _ORDERED_OPS,
+    "timestamp": _ORDERED_OPS,
+    "boolean": ("=", "==", "!=", "<>", *BOOLEAN_OPS, *NULL_OPS),
+    "list[string]": ("contains", *ELEMENT_OPS, *NULL_OPS),
+}
+#: Types an affinity's property may have.
+AFFINITY_TYPES = ("string", "list[string]")
+RULE_KINDS = ("all", "any", "not", "field", "event", "affinity", "random_bucket", "segment")
 
 SEGMENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
 #: Nesting of one segment's own rule (``all``/``any``/``not`` levels).
@@ -134,6 +134,8 @@ MAX_EXPANDED_NODES = 5_000
 MAX_CATALOG_NODES = 50_000
 #: ``{days_ago: N}`` range (about 100 years either way).
 MAX_DAYS_AGO = 36_500
+#: ``within_days`` range.
+MAX_WINDOW_DAYS = 3650
 
 
 class SegmentDefinitionError(ValueError):
@@ -162,11 +164,18 @@ def _keys(mapping: Mapping) -> str:
     return _brief(sorted(mapping, key=str))
 
 
+def _names(names, limit: int = 40) -> str:
+    """Declared names for a message: sorted, each abbreviated, at most ``limit`` of them."""
+    ordered = sorted(names)
+    shown = ", ".join(_brief(n) for n in ordered[:limit])
+    return f"[{shown}{', ...' if len(ordered) > limit else ''}]"
+
+
 @dataclass(frozen=True)
 class Segment:
     id: str
     name: str
-    rule: Mapping[str, Any]
+    rule: Mapping[str, Any]  # validated, in the canonical spelling
     description: str = ""
     type: str = "dynamic"
     status: str = "active"
@@ -185,11 +194,26 @@ class Segment:
     def referenced_segments(self) -> list[str]:
         return sorted(set(_walk_segment_refs(self.rule)))
 
+    def leaves(self) -> list[Mapping[str, Any]]:
+        """The leaf nodes of this segment's own rule (``field``, ``event``, ``affinity``,
+        ``random_bucket``, ``segment``), in rule order."""
+        out, stack = [], [self.rule]
+        while stack:
+            node = stack.pop()
+            if "not" in node:
+                stack.append(node["not"])
+            elif "all" in node or "any" in node:
+                stack.extend(reversed(node.get("all") or node.get("any")))
+            else:
+                out.append(node)
+        return out
+
 
 @dataclass(frozen=True)
 class Catalog:
     segments: tuple[Segment, ...]
     source: str = "<memory>"
+    model: DataModel | None = None  # the data model the rules were validated against
 
     def by_id(self) -> dict[str, Segment]:
         return {s.id: s for s in self.segments}
@@ -222,227 +246,74 @@ class Catalog:
             visit(seg)
         return ordered
 
+    def columns_read(self, segment_ids: list[str]) -> tuple[list[str], list[str]]:
+        """``(profile columns, raw_events property columns)`` the rules of ``segment_ids`` (and of
+        the segments they reference) read, each sorted."""
+        by_id, seen, stack = self.by_id(), set(), list(segment_ids)
+        fields: set[str] = set()
+        props: set[str] = set()
+        while stack:
+            seg = by_id[stack.pop()]
+            if seg.id in seen:
+                continue
+            seen.add(seg.id)
+            for leaf in seg.leaves():
+                if "field" in leaf:
+                    fields.add(leaf["field"])
+                elif "random_bucket" in leaf:
+                    fields.add("random_bucket")
+                elif "segment" in leaf:
+                    stack.append(leaf["segment"])
+                elif "event" in leaf:
+                    props.update(c["property"] for c in leaf["event"].get("where") or [])
+                    if leaf["event"].get("property"):
+                        props.add(leaf["event"]["property"])
+                elif "affinity" in leaf:
+                    props.add(leaf["affinity"]["property"])
+        return sorted(fields), sorted(props)
+
+    def preview_fields(self, segment_id: str, limit: int = 4) -> list[str]:
+        """Profile fields that show why identities are in a segment (for member previews), at
+        most ``limit``, in first-use order: the fields its rule compares; for an affinity on a
+        property, the model's ``top`` traits of that property (and their share); for an event
+        condition, the model's ``count``/``sum`` traits of those events without filters. Rules of
+        referenced segments count too (each segment once). ``email`` is never listed."""
+        model = self.model or _default_model()
+        by_id, out, seen, stack = self.by_id(), [], set(), [segment_id]
+
+        def add(name: str) -> None:
+            if name != "email" and name not in out:
+                out.append(name)
+
+        while stack and len(out) < limit:
+            seg = by_id[stack.pop(0)]  # breadth first: a segment's own fields before its references
+            if seg.id in seen:
+                continue
+            seen.add(seg.id)
+            for leaf in seg.leaves():
+                if "field" in leaf:
+                    add(leaf["field"])
+                elif "random_bucket" in leaf:
+                    add("random_bucket")
+                elif "segment" in leaf:
+                    stack.append(leaf["segment"])
+                elif "affinity" in leaf:
+                    for name, trait in model.traits.items():
+                        if trait.function == "top" and trait.aggregation.property == leaf["affinity"]["property"]:
+                            add(name)
+                            add(f"{name}_share")
+                elif "event" in leaf:
+                    names = set(_as_list(leaf["event"].get("name")) or ())
+                    for name, trait in model.traits.items():
+                        agg = trait.aggregation
+                        if trait.function in ("count", "sum") and not agg.where and names & set(agg.event_names()):
+                            add(name)
+        return out[:limit]
+
 
 # ---------------------------------------------------------------------------------------------
-# Loading and validation
+# Values and comparisons (shared by profile fields and event properties)
 # ---------------------------------------------------------------------------------------------
-
-
-def load_catalog(path: str | Path) -> Catalog:
-    """Read, parse and validate a segments file.
-
-    The file is read within the limits of :mod:`segment_pipeline.core.safe_yaml` (size, encoding,
-    nesting, alias expansion, duplicate keys) and then validated (:func:`parse_catalog`). Raises
-    :class:`SegmentDefinitionError` naming the file, the segment when known, and the problem.
-    """
-    path = Path(path)
-    try:
-        doc = load_yaml_file(path, "segments file")
-    except YamlFileError as exc:
-        label = _segment_in_trail(exc.trail)
-        if label and exc.problem:
-            raise SegmentDefinitionError(f"segments file {exc.file}: {label}: {exc.where}: {exc.problem}") from None
-        raise SegmentDefinitionError(str(exc)) from None
-    return parse_catalog(doc, source=str(path))
-
-
-def _segment_in_trail(trail: list) -> str | None:
-    """``"segment 'id'"`` (or ``"segment #N"``) holding the place a YAML trail leads to, if any."""
-    steps = list(trail)
-    if steps and isinstance(steps[0][0], MappingNode):  # {segments: [...]}
-        key = steps[0][1]
-        if not (isinstance(key, ScalarNode) and key.value == "segments"):
-            return None
-        steps = steps[1:]
-    if not steps or not isinstance(steps[0][0], SequenceNode) or not isinstance(steps[0][1], int):
-        return None
-    label = f"segment #{steps[0][1] + 1}"
-    if len(steps) > 1 and isinstance(steps[1][0], MappingNode):
-        for key, value in steps[1][0].value:  # the pairs composed before the problem
-            if isinstance(key, ScalarNode) and key.value == "id" and isinstance(value, ScalarNode):
-                label = f"segment {_brief(value.value)}"
-    return label
-
-
-def parse_catalog(doc: Any, source: str = "<memory>") -> Catalog:
-    items = doc.get("segments") if isinstance(doc, Mapping) else doc
-    if not isinstance(items, list):
-        raise SegmentDefinitionError(f"{source}: expected a list under 'segments', got {_brief(doc)}")
-    segments: list[Segment] = []
-    seen: dict[str, int] = {}
-    for index, raw in enumerate(items):
-        seg = _parse_segment(raw, index, source)
-        if seg.id in seen:
-            raise SegmentDefinitionError(
-                f"{source}: segment {seg.id!r}: duplicate id (also defined as segment #{seen[seg.id] + 1})"
-            )
-        seen[seg.id] = index
-        segments.append(seg)
-    catalog = Catalog(tuple(segments), source=source)
-    _check_references(catalog)
-    return catalog
-
-
-_SEGMENT_KEYS = {"id", "name", "description", "type", "status", "active_from", "active_until", "sync", "rule"}
-
-
-def _parse_segment(raw: Any, index: int, source: str) -> Segment:
-    if not isinstance(raw, Mapping):
-        raise SegmentDefinitionError(f"{source}: segment #{index + 1}: expected a mapping, got {type(raw).__name__}")
-    seg_id = raw.get("id")
-    label = f"segment {_brief(seg_id)}" if seg_id is not None else f"segment #{index + 1}"
-
-    def fail(problem: str) -> SegmentDefinitionError:
-        return SegmentDefinitionError(f"{source}: {label}: {problem}")
-
-    unknown = set(raw) - _SEGMENT_KEYS
-    if unknown:
-        raise fail(f"unknown key(s) {_keys(unknown)}; allowed: {sorted(_SEGMENT_KEYS)}")
-    if not isinstance(seg_id, str) or not SEGMENT_ID_RE.match(seg_id):
-        raise fail("'id' must be 1-64 characters of lowercase letters, digits and underscores, starting with a letter or digit")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise fail("'name' is required and must be a non-empty string")
-    description = raw.get("description", "") or ""
-    if not isinstance(description, str):
-        raise fail("'description' must be a string")
-    seg_type = raw.get("type", "dynamic")
-    if seg_type not in SEGMENT_TYPES:
-        raise fail(f"'type' must be one of {list(SEGMENT_TYPES)}, got {_brief(seg_type)}")
-    status = raw.get("status", "active")
-    if status not in STATUSES:
-        raise fail(f"'status' must be one of {list(STATUSES)}, got {_brief(status)}")
-    active_from = _parse_date_value(raw.get("active_from"), fail, "active_from")
-    active_until = _parse_date_value(raw.get("active_until"), fail, "active_until")
-    if active_from and active_until and active_until <= active_from:
-        raise fail("'active_until' must be after 'active_from'")
-    sync = raw.get("sync", {}) or {}
-    if not isinstance(sync, Mapping):
-        raise fail("'sync' must be a mapping like {klaviyo: true}")
-    for key, value in sync.items():
-        if key not in INTEGRATIONS:
-            raise fail(f"sync: unknown integration {_brief(key)}; known: {list(INTEGRATIONS)}")
-        if not isinstance(value, bool):
-            raise fail(f"sync.{key} must be true or false, got {_brief(value)}")
-    if "rule" not in raw:
-        raise fail("'rule' is required")
-    _validate_rule(raw["rule"], fail, "rule", 0, [0])
-    return Segment(
-        id=seg_id,
-        name=name,
-        description=description,
-        type=seg_type,
-        status=status,
-        active_from=active_from,
-        active_until=active_until,
-        sync=dict(sync),
-        rule=raw["rule"],
-    )
-
-
-def _parse_date_value(value: Any, fail, what: str) -> dt.date | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str):
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            pass
-    raise fail(f"'{what}' must be a date YYYY-MM-DD, got {_brief(value)}")
-
-
-def _validate_rule(node: Any, fail, where: str, depth: int, count: list[int]) -> None:
-    """Validate one rule node and its children; ``count[0]`` counts the nodes of the segment."""
-    if depth > MAX_RULE_DEPTH:
-        raise fail(f"{_short_path(where)}: rule nesting deeper than {MAX_RULE_DEPTH} levels")
-    count[0] += 1
-    if count[0] > MAX_RULE_NODES:
-        raise fail(f"{_short_path(where)}: rule has more than {MAX_RULE_NODES} conditions")
-    if not isinstance(node, Mapping):
-        raise fail(f"{where}: expected a rule mapping, got {_brief(node)}")
-    kinds = [k for k in ("all", "any", "not", "field", "event", "affinity", "random_bucket", "segment") if k in node]
-    if len(kinds) != 1:
-        raise fail(f"{where}: a rule node needs exactly one of all/any/not/field/event/affinity/random_bucket/segment, got keys {_keys(node)}")
-    kind = kinds[0]
-    if kind in ("all", "any"):
-        _only_keys(node, {kind}, fail, where)
-        children = node[kind]
-        if not isinstance(children, list) or not children:
-            raise fail(f"{where}.{kind}: expected a non-empty list of rules")
-        for i, child in enumerate(children):
-            _validate_rule(child, fail, f"{where}.{kind}[{i}]", depth + 1, count)
-    elif kind == "not":
-        _only_keys(node, {"not"}, fail, where)
-        _validate_rule(node["not"], fail, f"{where}.not", depth + 1, count)
-    elif kind == "field":
-        _validate_comparison(node, PROFILE_FIELDS, fail, where, "profile field")
-    elif kind == "event":
-        _validate_event(node["event"], fail, f"{where}.event")
-        _only_keys(node, {"event"}, fail, where)
-    elif kind == "affinity":
-        _only_keys(node, {"affinity"}, fail, where)
-        _validate_affinity(node["affinity"], fail, f"{where}.affinity")
-    elif kind == "random_bucket":
-        _only_keys(node, {"random_bucket"}, fail, where)
-        rb = node["random_bucket"]
-        if not isinstance(rb, Mapping) or set(rb) != {"from", "to"}:
-            raise fail(f"{where}.random_bucket: expected {{from: N, to: M}}")
-        lo, hi = rb["from"], rb["to"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 9999 for v in (lo, hi)) or lo > hi:
-            raise fail(f"{where}.random_bucket: from/to must be integers 0-9999 with from <= to, got {_brief(lo)}..{_brief(hi)}")
-    elif kind == "segment":
-        _only_keys(node, {"segment"}, fail, where)
-        if not isinstance(node["segment"], str):
-            raise fail(f"{where}.segment: expected a segment id, got {_brief(node['segment'])}")
-
-
-def _short_path(where: str, limit: int = 120) -> str:
-    """A rule path like ``rule.all[0].not...`` abbreviated in the middle when long."""
-    return where if len(where) <= limit else f"{where[:40]}...{where[-(limit - 43):]}"
-
-
-def _only_keys(node: Mapping, allowed: set[str], fail, where: str) -> None:
-    extra = set(node) - allowed
-    if extra:
-        raise fail(f"{where}: unexpected key(s) {_keys(extra)}")
-
-
-def _validate_comparison(node: Mapping, catalog: Mapping[str, str], fail, where: str, what: str) -> None:
-    _only_keys(node, {"field", "op", "value"}, fail, where)
-    name = node["field"]
-    if not isinstance(name, str) or name not in catalog:
-        raise fail(f"{where}: unknown {what} {_brief(name)}; known: {sorted(catalog)}")
-    op = node.get("op")
-    if not isinstance(op, str) or op not in ALL_OPS:
-        raise fail(f"{where}: field {name!r}: unknown operator {_brief(op)}; known: {list(ALL_OPS)}")
-    ftype = catalog[name]
-    if op in NULL_OPS:
-        if "value" in node:
-            raise fail(f"{where}: field {name!r}: operator {op!r} takes no value")
-        return
-    if "value" not in node:
-        raise fail(f"{where}: field {name!r}: operator {op!r} needs a value")
-    value = node["value"]
-    if op in LIST_OPS:
-        if not isinstance(value, list) or not value:
-            raise fail(f"{where}: field {name!r}: operator {op!r} needs a non-empty list")
-        for v in value:
-            _check_value_type(v, ftype, fail, where, name)
-    elif op == "between":
-        if not isinstance(value, list) or len(value) != 2:
-            raise fail(f"{where}: field {name!r}: 'between' needs a list of two values [low, high]")
-        for v in value:
-            _check_value_type(v, ftype, fail, where, name)
-    elif op == "contains":
-        if ftype != "string":
-            raise fail(f"{where}: field {name!r}: 'contains' applies to text fields, {name!r} is {ftype}")
-        _check_value_type(value, ftype, fail, where, name)
-    else:
-        _check_value_type(value, ftype, fail, where, name)
 
 
 def _is_number(value: Any) -> bool:
@@ -468,12 +339,15 @@ def _timestamp_value(value: Any) -> dt.datetime:
     return parsed
 
 
-def _check_value_type(value: Any, ftype: str, fail, where: str, name: str) -> None:
+def _check_value_type(value: Any, ftype: str, what: str) -> None:
+    """Refuse a rule value that does not fit the model type ``ftype`` of ``what`` (e.g. ``field 'x'``)."""
     ok = False
-    if ftype == "string":
+    if ftype in ("string", "list[string]"):
         ok = isinstance(value, str)
-    elif ftype == "number":
+    elif ftype in NUMERIC_TYPES:
         ok = _is_number(value)
+    elif ftype == "boolean":
+        ok = isinstance(value, bool)
     elif ftype in ("date", "timestamp"):
         if isinstance(value, Mapping):
             days = value.get("days_ago")
@@ -488,91 +362,507 @@ def _check_value_type(value: Any, ftype: str, fail, where: str, name: str) -> No
             except (ValueError, OverflowError):
                 ok = False
     if not ok:
+        finite = isinstance(value, int | float) and not isinstance(value, bool)
         expected = {
             "string": "text",
-            "number": "a finite number" if isinstance(value, int | float) and not isinstance(value, bool) else "a number",
+            "list[string]": "text (one element)",
+            "boolean": "true or false",
             "date": f"a date YYYY-MM-DD or {{days_ago: N}} (N from -{MAX_DAYS_AGO} to {MAX_DAYS_AGO})",
             "timestamp": f"a date/timestamp or {{days_ago: N}} (N from -{MAX_DAYS_AGO} to {MAX_DAYS_AGO})",
-        }[ftype]
-        raise fail(f"{where}: field {name!r} is {ftype}: value {_brief(value)} is not {expected}")
+        }.get(ftype, "a finite number" if finite else "a number")
+        raise ValueError(f"{what} is {ftype}: value {_brief(value)} is not {expected}")
 
 
-_EVENT_KEYS = {"type", "within_days", "where", "measure", "sum_field", "op", "value"}
-
-
-def _validate_event(ev: Any, fail, where: str) -> None:
-    if not isinstance(ev, Mapping):
-        raise fail(f"{where}: expected a mapping")
-    _only_keys(ev, _EVENT_KEYS, fail, where)
-    types = ev.get("type")
-    if types is not None:
-        if isinstance(types, list) and not types:
-            raise fail(f"{where}: type must be an event type or a non-empty list of them")
-        for t in types if isinstance(types, list) else [types]:
-            if t not in EVENT_TYPES:
-                raise fail(f"{where}: unknown event type {_brief(t)}; known: {list(EVENT_TYPES)}")
-    _check_window(ev.get("within_days"), fail, where)
-    conditions = ev.get("where", []) or []
-    if not isinstance(conditions, list):
-        raise fail(f"{where}.where: expected a list of {{field, op, value}}, got {_brief(conditions)}")
-    for i, cond in enumerate(conditions):
-        if not isinstance(cond, Mapping) or "field" not in cond:
-            raise fail(f"{where}.where[{i}]: expected {{field, op, value}}")
-        _validate_comparison(cond, EVENT_FIELDS, fail, f"{where}.where[{i}]", "event field")
-    measure = ev.get("measure", "count")
-    if measure not in ("count", "sum"):
-        raise fail(f"{where}: measure must be 'count' or 'sum', got {_brief(measure)}")
-    if measure == "sum":
-        sf = ev.get("sum_field")
-        if not isinstance(sf, str) or EVENT_FIELDS.get(sf) != "number":
-            numeric = sorted(k for k, v in EVENT_FIELDS.items() if v == "number")
-            raise fail(f"{where}: measure 'sum' needs sum_field, one of {numeric}; got {_brief(sf)}")
-    elif "sum_field" in ev:
-        raise fail(f"{where}: sum_field only applies to measure 'sum'")
-    op = ev.get("op", ">=")
-    if not isinstance(op, str) or op not in COMPARISON_OPS:
-        raise fail(f"{where}: op must be one of {list(COMPARISON_OPS)}, got {_brief(op)}")
-    value = ev.get("value", 1)
-    if not _is_number(value) or abs(value) > 1e15:
-        raise fail(f"{where}: value must be a finite number (at most 1e15 in size), got {_brief(value)}")
-
-
-def _check_window(days: Any, fail, where: str) -> None:
-    if days is None:
+def _check_comparison(what: str, ftype: str, op: Any, has_value: bool, value: Any) -> None:
+    """Refuse an operator that does not apply to ``ftype`` or a value that does not fit it."""
+    if not isinstance(op, str) or op not in ALL_OPS:
+        raise ValueError(f"{what}: unknown operator {_brief(op)}; known: {list(ALL_OPS)}")
+    if op not in OPERATORS[ftype]:
+        raise ValueError(f"{what} is {ftype}: operator {op!r} does not apply; {ftype} takes {list(OPERATORS[ftype])}")
+    if op in NULL_OPS or op in BOOLEAN_OPS:
+        if has_value:
+            raise ValueError(f"{what}: operator {op!r} takes no value")
         return
-    if not _is_int(days) or not 1 <= days <= 3650:
-        raise fail(f"{where}: within_days must be an integer from 1 to 3650, got {_brief(days)}")
+    if not has_value:
+        raise ValueError(f"{what}: operator {op!r} needs a value")
+    if op in (*LIST_OPS, *ELEMENT_OPS):
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{what}: operator {op!r} needs a non-empty list")
+        for v in value:
+            _check_value_type(v, ftype, what)
+    elif op == "between":
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValueError(f"{what}: 'between' needs a list of two values [low, high]")
+        for v in value:
+            _check_value_type(v, ftype, what)
+    else:
+        _check_value_type(value, ftype, what)
 
 
-_AFFINITY_KEYS = {"dimension", "value", "within_days", "event_types", "min_share", "min_interactions", "top"}
+def _check_window(days: Any) -> Any:
+    if days is not None and (not _is_int(days) or not 1 <= days <= MAX_WINDOW_DAYS):
+        raise ValueError(f"within_days must be an integer from 1 to {MAX_WINDOW_DAYS}, got {_brief(days)}")
+    return days
 
 
-def _validate_affinity(aff: Any, fail, where: str) -> None:
-    if not isinstance(aff, Mapping):
-        raise fail(f"{where}: expected a mapping")
-    _only_keys(aff, _AFFINITY_KEYS, fail, where)
-    if aff.get("dimension") not in AFFINITY_DIMENSIONS:
-        raise fail(f"{where}: dimension must be one of {list(AFFINITY_DIMENSIONS)}, got {_brief(aff.get('dimension'))}")
-    if not isinstance(aff.get("value"), str):
-        raise fail(f"{where}: value must be text (the brand or category)")
-    _check_window(aff.get("within_days"), fail, where)
-    event_types = aff.get("event_types", []) or []
-    if not isinstance(event_types, list):
-        raise fail(f"{where}: event_types must be a list of event types, got {_brief(event_types)}")
-    for t in event_types:
-        if t not in EVENT_TYPES:
-            raise fail(f"{where}: unknown event type {_brief(t)}; known: {list(EVENT_TYPES)}")
-    top = aff.get("top", False)
-    if not isinstance(top, bool):
-        raise fail(f"{where}: top must be true or false")
-    share = aff.get("min_share")
-    if share is not None and (not _is_number(share) or not 0 < share <= 1):
-        raise fail(f"{where}: min_share must be a number in (0, 1], got {_brief(share)}")
-    if not top and share is None:
-        raise fail(f"{where}: give min_share (e.g. 0.3) or top: true")
-    mi = aff.get("min_interactions", 1)
-    if not _is_int(mi) or not 1 <= mi <= 1_000_000_000:
-        raise fail(f"{where}: min_interactions must be an integer from 1 to 1000000000, got {_brief(mi)}")
+# ---------------------------------------------------------------------------------------------
+# The pydantic models of a segments file: one segment, and each kind of rule leaf
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_of(info: ValidationInfo) -> DataModel:
+    return info.context["model"]
+
+
+class _Node(BaseModel):
+    """A mapping with known keys: ``ALIASES`` (old spelling -> canonical) are renamed before
+    validation; an unknown key, or a key given in both spellings, is refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ALIASES: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical_keys(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"expected a mapping, got {_brief(raw)}")
+        for old, new in cls.ALIASES.items():
+            if old in raw and new in raw:
+                raise ValueError(f"give {new!r} or its older spelling {old!r}, not both")
+        out = {cls.ALIASES.get(k, k): v for k, v in raw.items()}  # the user's key order, canonical names
+        extra = set(out) - set(cls.model_fields)
+        if extra:
+            raise ValueError(f"unexpected key(s) {_keys(extra)}; allowed: {sorted(cls.model_fields)}")
+        return out
+
+    @classmethod
+    def canonical(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """A validated node's input in the canonical spelling, keys in the user's order (defaults
+        left out)."""
+        return {cls.ALIASES.get(k, k): v for k, v in raw.items()}
+
+
+class FieldRule(_Node):
+    """``{field, op, value}``: a profile field (``DataModel.profile_fields()``) compared by an
+    operator of its type (:data:`OPERATORS`)."""
+
+    field: Any
+    op: Any = None
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> FieldRule:
+        fields = info.context["fields"]
+        name = self.field
+        if not isinstance(name, str) or name not in fields:
+            raise ValueError(f"unknown profile field {_brief(name)}; known: {_names(fields)}")
+        _check_comparison(f"field {name!r}", fields[name], self.op, "value" in self.model_fields_set, self.value)
+        return self
+
+
+class Where(_Node):
+    """One filter of an event condition: ``{property, op, value}`` on a declared property."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"field": "property"}
+    property: Any
+    op: Any = None
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Where:
+        props = info.context["props"]
+        name = self.property
+        if not isinstance(name, str) or name not in props:
+            raise ValueError(f"unknown property {_brief(name)}; declared: {_names(props)}")
+        _check_comparison(f"property {name!r}", props[name], self.op, "value" in self.model_fields_set, self.value)
+        return self
+
+
+def _event_names(value: Any, key: str, info: ValidationInfo) -> Any:
+    """One declared event name or a non-empty list of them (``None``: any event)."""
+    if value is None:
+        return None
+    names = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and not value:
+        raise ValueError(f"{key} must be an event name or a non-empty list of them")
+    events = _model_of(info).events
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"{key} must be an event name or a non-empty list of them, got {_brief(name)}")
+        if name not in events:
+            raise ValueError(
+                f"unknown event {_brief(name)}; declared: {_names(events)} (declare it under 'events' in the"
+                " model file, e.g. with no properties: {}, to use it in rules)"
+            )
+    return value
+
+
+def _declared_on(model: DataModel, names: list[str] | None, prop: str) -> bool:
+    return names is None or any(prop in model.events[n].properties for n in names)
+
+
+def _as_list(value: Any) -> list[str] | None:
+    return None if value is None else ([value] if isinstance(value, str) else list(value))
+
+
+class EventRule(_Node):
+    """``{event: {name, within_days, where, measure, property, op, value}}``: the count (or the
+    sum of a numeric ``property``) of the identity's events named ``name`` (omitted: any)."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"type": "name", "sum_field": "property"}
+    name: Any = None
+    within_days: Any = None
+    where: list[Where] = Field(default_factory=list)
+    measure: Any = "count"
+    property: Any = None
+    op: Any = ">="
+    value: Any = 1
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _names(cls, value: Any, info: ValidationInfo) -> Any:
+        return _event_names(value, "name", info)
+
+    @field_validator("within_days", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        return _check_window(value)
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _where_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list of {{property, op, value}}, got {_brief(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> EventRule:
+        model, props = _model_of(info), info.context["props"]
+        names = _as_list(self.name)
+        for i, cond in enumerate(self.where):
+            if not _declared_on(model, names, cond.property):
+                raise ValueError(f"where[{i}]: property {cond.property!r} is not declared on event(s) {_brief(names)}")
+        if self.measure not in ("count", "sum"):
+            raise ValueError(f"measure must be 'count' or 'sum', got {_brief(self.measure)}")
+        numeric = sorted(p for p, t in props.items() if t in NUMERIC_TYPES and _declared_on(model, names, p))
+        if self.measure == "sum":
+            if not isinstance(self.property, str) or self.property not in numeric:
+                raise ValueError(f"measure 'sum' needs property (older spelling: sum_field), a numeric property of the"
+                                 f" event(s), one of {_names(numeric)}; got {_brief(self.property)}")
+        elif self.property is not None:
+            raise ValueError("property (sum_field) only applies to measure 'sum'")
+        if not isinstance(self.op, str) or self.op not in COMPARISON_OPS:
+            raise ValueError(f"op must be one of {list(COMPARISON_OPS)}, got {_brief(self.op)}")
+        if not _is_number(self.value) or abs(self.value) > 1e15:
+            raise ValueError(f"value must be a finite number (at most 1e15 in size), got {_brief(self.value)}")
+        return self
+
+    @classmethod
+    def canonical(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().canonical(raw)
+        if out.get("where"):
+            out["where"] = [Where.canonical(c) for c in out["where"]]
+        return out
+
+
+class AffinityRule(_Node):
+    """``{affinity: {property, value, within_days, event, min_share, min_interactions, top}}`` on a
+    declared string or list-of-strings property."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"dimension": "property", "event_types": "event"}
+    property: Any = None
+    value: Any = None
+    within_days: Any = None
+    event: Any = None
+    min_share: Any = None
+    min_interactions: Any = 1
+    top: Any = False
+
+    @field_validator("event", mode="before")
+    @classmethod
+    def _names(cls, value: Any, info: ValidationInfo) -> Any:
+        return _event_names(value, "event", info)
+
+    @field_validator("within_days", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        return _check_window(value)
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> AffinityRule:
+        model, props = _model_of(info), info.context["props"]
+        names = _as_list(self.event)
+        usable = sorted(p for p, t in props.items() if t in AFFINITY_TYPES and _declared_on(model, names, p))
+        if not isinstance(self.property, str) or self.property not in usable:
+            raise ValueError(f"property {_brief(self.property)} is not a declared string or list[string] property"
+                             f"{' of ' + _brief(names) if names else ''}; usable: {_names(usable)} (older spelling: dimension)")
+        if not isinstance(self.value, str):
+            raise ValueError(f"value must be text (a value of {self.property!r})")
+        if not isinstance(self.top, bool):
+            raise ValueError("top must be true or false")
+        share = self.min_share
+        if share is not None and (not _is_number(share) or not 0 < share <= 1):
+            raise ValueError(f"min_share must be a number in (0, 1], got {_brief(share)}")
+        if not self.top and share is None:
+            raise ValueError("give min_share (e.g. 0.3) or top: true")
+        mi = self.min_interactions
+        if not _is_int(mi) or not 1 <= mi <= 1_000_000_000:
+            raise ValueError(f"min_interactions must be an integer from 1 to 1000000000, got {_brief(mi)}")
+        return self
+
+
+class RandomBucketRule(_Node):
+    """``{random_bucket: {from, to}}``: 0 <= from <= to <= 9999, inclusive."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    lo: Any = Field(alias="from")
+    hi: Any = Field(alias="to")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical_keys(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping) or set(raw) != {"from", "to"}:
+            raise ValueError("expected {from: N, to: M}")
+        return dict(raw)
+
+    @model_validator(mode="after")
+    def _check(self) -> RandomBucketRule:
+        lo, hi = self.lo, self.hi
+        if not all(_is_int(v) and 0 <= v <= 9999 for v in (lo, hi)) or lo > hi:
+            raise ValueError(f"from/to must be integers 0-9999 with from <= to, got {_brief(lo)}..{_brief(hi)}")
+        return self
+
+
+#: The pydantic model validating each kind of leaf (the value under its kind key; ``field``'s is
+#: the node itself).
+LEAF_MODELS: dict[str, type[_Node]] = {
+    "field": FieldRule, "event": EventRule, "affinity": AffinityRule, "random_bucket": RandomBucketRule,
+}
+
+
+def _date_value(value: Any, what: str) -> dt.date | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError(f"'{what}' must be a date YYYY-MM-DD, got {_brief(value)}")
+
+
+class SegmentEntry(BaseModel):
+    """One entry of ``segments:`` (its ``rule`` is validated node by node by :func:`_rule`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    name: str
+    description: str = ""
+    type: str = "dynamic"
+    status: str = "active"
+    active_from: dt.date | None = None
+    active_until: dt.date | None = None
+    sync: dict[str, bool] = Field(default_factory=dict)
+    rule: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checked(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"expected a mapping, got {type(raw).__name__}")
+        unknown = set(raw) - set(cls.model_fields)
+        if unknown:
+            raise ValueError(f"unknown key(s) {_keys(unknown)}; allowed: {sorted(cls.model_fields)}")
+        # the checks in the order a reader fixes them: id, name, ..., rule
+        seg_id = raw.get("id")
+        if not isinstance(seg_id, str) or not SEGMENT_ID_RE.match(seg_id):
+            raise ValueError("'id' must be 1-64 characters of lowercase letters, digits and underscores,"
+                             " starting with a letter or digit")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("'name' is required and must be a non-empty string")
+        out = dict(raw)
+        out["description"] = raw.get("description") or ""
+        if not isinstance(out["description"], str):
+            raise ValueError("'description' must be a string")
+        if raw.get("type", "dynamic") not in SEGMENT_TYPES:
+            raise ValueError(f"'type' must be one of {list(SEGMENT_TYPES)}, got {_brief(raw.get('type'))}")
+        if raw.get("status", "active") not in STATUSES:
+            raise ValueError(f"'status' must be one of {list(STATUSES)}, got {_brief(raw.get('status'))}")
+        out["active_from"] = _date_value(raw.get("active_from"), "active_from")
+        out["active_until"] = _date_value(raw.get("active_until"), "active_until")
+        if out["active_from"] and out["active_until"] and out["active_until"] <= out["active_from"]:
+            raise ValueError("'active_until' must be after 'active_from'")
+        sync = raw.get("sync") or {}
+        if not isinstance(sync, Mapping):
+            raise ValueError("'sync' must be a mapping like {klaviyo: true}")
+        for key, value in sync.items():
+            if key not in INTEGRATIONS:
+                raise ValueError(f"sync: unknown integration {_brief(key)}; known: {list(INTEGRATIONS)}")
+            if not isinstance(value, bool):
+                raise ValueError(f"sync.{key} must be true or false, got {_brief(value)}")
+        out["sync"] = dict(sync)
+        if "rule" not in raw:
+            raise ValueError("'rule' is required")
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------
+
+
+def load_catalog(path: str | Path, model: DataModel | None = None) -> Catalog:
+    """Read, parse and validate a segments file against a data model.
+
+    ``model``: the declared data model rules are checked against (default: the settings' model
+    file, ``SEGMENT_PIPELINE_MODEL``). The file is read within the limits of
+    :mod:`segment_pipeline.core.safe_yaml` (size, encoding, nesting, alias expansion, duplicate
+    keys) and then validated (:func:`parse_catalog`). Raises :class:`SegmentDefinitionError`
+    naming the file, the segment when known, the rule path and the problem (a broken model file
+    raises :class:`segment_pipeline.core.model.ModelFileError`, naming that file).
+    """
+    path = Path(path)
+    try:
+        doc = load_yaml_file(path, "segments file")
+    except YamlFileError as exc:
+        label = _segment_in_trail(exc.trail)
+        if label and exc.problem:
+            raise SegmentDefinitionError(f"segments file {exc.file}: {label}: {exc.where}: {exc.problem}") from None
+        raise SegmentDefinitionError(str(exc)) from None
+    return parse_catalog(doc, source=str(path), model=model)
+
+
+def _segment_in_trail(trail: list) -> str | None:
+    """``"segment 'id'"`` (or ``"segment #N"``) holding the place a YAML trail leads to, if any."""
+    steps = list(trail)
+    if steps and isinstance(steps[0][0], MappingNode):  # {segments: [...]}
+        key = steps[0][1]
+        if not (isinstance(key, ScalarNode) and key.value == "segments"):
+            return None
+        steps = steps[1:]
+    if not steps or not isinstance(steps[0][0], SequenceNode) or not isinstance(steps[0][1], int):
+        return None
+    label = f"segment #{steps[0][1] + 1}"
+    if len(steps) > 1 and isinstance(steps[1][0], MappingNode):
+        for key, value in steps[1][0].value:  # the pairs composed before the problem
+            if isinstance(key, ScalarNode) and key.value == "id" and isinstance(value, ScalarNode):
+                label = f"segment {_brief(value.value)}"
+    return label
+
+
+def _default_model() -> DataModel:
+    from segment_pipeline import settings
+
+    return load_model(settings.model_file())
+
+
+def parse_catalog(doc: Any, source: str = "<memory>", model: DataModel | None = None) -> Catalog:
+    """Validate a parsed segments document against ``model`` (default: the settings' model)."""
+    model = model or _default_model()
+    items = doc.get("segments") if isinstance(doc, Mapping) else doc
+    if not isinstance(items, list):
+        raise SegmentDefinitionError(f"{source}: expected a list under 'segments', got {_brief(doc)}")
+    context = {"model": model, "fields": model.profile_fields(), "props": model.property_types()}
+    segments: list[Segment] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(items):
+        seg = _parse_segment(raw, index, source, context)
+        if seg.id in seen:
+            raise SegmentDefinitionError(
+                f"{source}: segment {seg.id!r}: duplicate id (also defined as segment #{seen[seg.id] + 1})"
+            )
+        seen[seg.id] = index
+        segments.append(seg)
+    catalog = Catalog(tuple(segments), source=source, model=model)
+    _check_references(catalog)
+    return catalog
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str]:
+    """``(location, message)`` of a validation error's first problem (``where[0].value`` style)."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    loc = ""
+    for part in err["loc"]:
+        loc += f"[{part}]" if isinstance(part, int) else f".{part}"
+    message = err["msg"].removeprefix("Value error, ")
+    inner = _INNER_PATH.match(message)  # a model check naming a part of the node: "where[0]: ..."
+    if inner:
+        loc, message = f"{loc}.{inner.group(1)}", message[inner.end():]
+    return loc, message
+
+
+_INNER_PATH = re.compile(r"^([a-z_]+(?:\[\d+\])+): ")
+
+
+def _parse_segment(raw: Any, index: int, source: str, context: dict) -> Segment:
+    seg_id = raw.get("id") if isinstance(raw, Mapping) else None
+    label = f"segment {_brief(seg_id)}" if seg_id is not None else f"segment #{index + 1}"
+    try:
+        entry = SegmentEntry.model_validate(raw, context=context)
+    except ValidationError as exc:
+        _, problem = _first_error(exc)
+        raise SegmentDefinitionError(f"{source}: {label}: {problem}") from None
+
+    def fail(where: str, problem: str) -> SegmentDefinitionError:
+        return SegmentDefinitionError(f"{source}: {label}: {where}: {problem}")
+
+    rule = _rule(entry.rule, fail, "rule", 0, [0], context)
+    return Segment(
+        id=entry.id, name=entry.name, description=entry.description, type=entry.type, status=entry.status,
+        active_from=entry.active_from, active_until=entry.active_until, sync=dict(entry.sync), rule=rule,
+    )
+
+
+def _rule(node: Any, fail, where: str, depth: int, count: list[int], context: dict) -> dict[str, Any]:
+    """Validate one rule node and its children; return it in the canonical spelling.
+
+    ``count[0]`` counts the nodes of the segment; depth and count are checked before anything is
+    walked, so a deep or shared (DAG) structure built in memory is refused in bounded time.
+    """
+    if depth > MAX_RULE_DEPTH:
+        raise fail(_short_path(where), f"rule nesting deeper than {MAX_RULE_DEPTH} levels")
+    count[0] += 1
+    if count[0] > MAX_RULE_NODES:
+        raise fail(_short_path(where), f"rule has more than {MAX_RULE_NODES} conditions")
+    if not isinstance(node, Mapping):
+        raise fail(where, f"expected a rule mapping, got {_brief(node)}")
+    kinds = [k for k in RULE_KINDS if k in node]
+    if len(kinds) != 1:
+        raise fail(where, f"a rule node needs exactly one of {'/'.join(RULE_KINDS)}, got keys {_keys(node)}")
+    kind = kinds[0]
+    if kind != "field" and len(node) != 1:
+        raise fail(where, f"unexpected key(s) {_keys(set(node) - {kind})}")
+    if kind in ("all", "any"):
+        children = node[kind]
+        if not isinstance(children, list) or not children:
+            raise fail(f"{where}.{kind}", "expected a non-empty list of rules")
+        return {kind: [_rule(c, fail, f"{where}.{kind}[{i}]", depth + 1, count, context) for i, c in enumerate(children)]}
+    if kind == "not":
+        return {"not": _rule(node["not"], fail, f"{where}.not", depth + 1, count, context)}
+    if kind == "segment":
+        if not isinstance(node["segment"], str):
+            raise fail(f"{where}.segment", f"expected a segment id, got {_brief(node['segment'])}")
+        return {"segment": node["segment"]}
+    value, path = (node, where) if kind == "field" else (node[kind], f"{where}.{kind}")
+    leaf_model = LEAF_MODELS[kind]
+    try:
+        leaf_model.model_validate(value, context=context)
+    except ValidationError as exc:
+        loc, problem = _first_error(exc)
+        raise fail(path + loc, problem) from None
+    return leaf_model.canonical(value) if kind == "field" else {kind: leaf_model.canonical(value)}
+
+
+def _short_path(where: str, limit: int = 120) -> str:
+    """A rule path like ``rule.all[0].not...`` abbreviated in the middle when long."""
+    return where if len(where) <= limit else f"{where[:40]}...{where[-(limit - 43):]}"
 
 
 def _walk_segment_refs(node: Any):
@@ -667,14 +957,20 @@ def _measure(node: Mapping[str, Any], measures: Mapping[str, tuple[int, int]]) -
 # ---------------------------------------------------------------------------------------------
 
 
+def _ident(name: str) -> str:
+    """A column name from the model as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 @dataclass
 class CompiledSegments:
     """One SQL query computing a boolean column per segment for every identity.
 
     ``sql`` selects ``identity_id, email`` and one column per entry of ``columns``
     (segment id -> column name). ``params`` are the bound values, named ``$p0``... Relations are
-    referenced through the placeholders ``{profiles}``, ``{events}`` and, for frozen segments,
-    ``{frozen}`` (columns segment_id, identity_id); ``render`` fills them in.
+    referenced through the placeholders ``{profiles}``, ``{events}`` (``raw_events`` in the
+    model's schema) and, for frozen segments, ``{frozen}`` (columns segment_id, identity_id);
+    ``render`` fills them in.
     """
 
     sql: str
@@ -690,16 +986,24 @@ class CompiledSegments:
         return sql
 
 
+#: Model type -> the SQL type a rule value is bound as.
+_BIND_TYPES = {"string": "VARCHAR", "list[string]": "VARCHAR", "integer": "DOUBLE", "number": "DOUBLE",
+               "money": "DOUBLE", "boolean": "BOOLEAN"}
+
+
 class _Compiler:
     def __init__(self, as_of: dt.date, frozen: set[str], inactive: set[str], catalog: Catalog):
         self.as_of = as_of
         self.frozen = frozen
         self.inactive = inactive
         self.by_id = catalog.by_id()
+        model = catalog.model or _default_model()
+        self.fields = model.profile_fields()
+        self.props = model.property_types()
         self.params: dict[str, Any] = {}
         self.features: dict[tuple, str] = {}  # feature spec -> column name
         self.feature_sql: list[str] = []
-        self.top_ctes: dict[tuple, str] = {}  # (dimension, window, types) -> cte name
+        self.top_ctes: dict[tuple, str] = {}  # (property, window, names) -> cte name
         self.top_sql: list[str] = []
         self.inline_cache: dict[str, str] = {}
 
@@ -724,16 +1028,30 @@ class _Compiler:
             if isinstance(value, Mapping):
                 return f"{self.bind(dt.datetime.combine(self.as_of - dt.timedelta(days=value['days_ago']), dt.time()))}::TIMESTAMP"
             return f"{self.bind(_timestamp_value(value))}::TIMESTAMP"
-        if ftype == "number":
+        if ftype in NUMERIC_TYPES:
             return f"{self.bind(float(value))}::DOUBLE"
-        return f"{self.bind(value)}::VARCHAR"
+        return f"{self.bind(value)}::{_BIND_TYPES[ftype]}"
 
     # comparisons -------------------------------------------------------------------------
     def comparison(self, column: str, ftype: str, op: str, value: Any = None) -> str:
+        """``column`` (SQL, of model type ``ftype``) compared by a validated operator."""
+        if ftype == "list[string]":
+            if op == "is null":
+                return f"({column} IS NULL OR len({column}) = 0)"
+            if op == "is not null":
+                return f"(len({column}) > 0)"
+            if op == "contains":
+                return f"list_contains({column}, {self.typed(value, ftype)})"
+            items = ", ".join(self.typed(v, ftype) for v in value)
+            return f"list_has_{'any' if op == 'contains any' else 'all'}({column}, [{items}])"
         if op == "is null":
             return f"({column} IS NULL)"
         if op == "is not null":
             return f"({column} IS NOT NULL)"
+        if op == "is true":
+            return f"({column} IS TRUE)"
+        if op == "is false":
+            return f"({column} IS FALSE)"
         if op in COMPARISON_OPS:
             return f"({column} {COMPARISON_OPS[op]} {self.typed(value, ftype)})"
         if op in LIST_OPS:
@@ -759,10 +1077,10 @@ class _Compiler:
             self.feature_sql.append(f"{aggregate} AS {name}")
         return f"coalesce(ev.{self.features[spec]}, 0)"
 
-    def event_filter(self, types: list[str] | None, days: int | None, extra: list[str]) -> str:
+    def event_filter(self, names: list[str] | None, days: int | None, extra: list[str]) -> str:
         conds = []
-        if types:
-            conds.append("event_type IN (" + ", ".join(self.bind(t) for t in types) + ")")
+        if names:
+            conds.append('"event" IN (' + ", ".join(self.bind(n) for n in names) + ")")
         start = self.window_start(days)
         if start:
             conds.append(f"occurred_at >= {start}")
@@ -779,7 +1097,7 @@ class _Compiler:
             return f"(NOT {self.compile(node['not'])})"
         if "field" in node:
             f = node["field"]
-            return f"coalesce({self.comparison('p.' + f, PROFILE_FIELDS[f], node['op'], node.get('value'))}, false)"
+            return f"coalesce({self.comparison('p.' + _ident(f), self.fields[f], node['op'], node.get('value'))}, false)"
         if "random_bucket" in node:
             rb = node["random_bucket"]
             return f"coalesce(p.random_bucket BETWEEN {self.bind(rb['from'])} AND {self.bind(rb['to'])}, false)"
@@ -792,60 +1110,72 @@ class _Compiler:
         raise AssertionError(node)
 
     def compile_event(self, ev: Mapping[str, Any]) -> str:
-        types = ev.get("type")
-        types = [types] if isinstance(types, str) else (list(types) if types else None)
+        names = _as_list(ev.get("name"))
+        where = ev.get("where") or []
         extra = [
-            f"coalesce({self.comparison(c['field'], EVENT_FIELDS[c['field']], c['op'], c.get('value'))}, false)"
-            for c in ev.get("where", []) or []
+            f"coalesce({self.comparison(_ident(c['property']), self.props[c['property']], c['op'], c.get('value'))}, false)"
+            for c in where
         ]
-        key_extra = tuple(repr(sorted(c.items())) for c in ev.get("where", []) or [])
+        key_extra = tuple(repr(sorted(c.items())) for c in where)
         measure = ev.get("measure", "count")
-        spec = ("event", tuple(types or ()), ev.get("within_days"), key_extra, measure, ev.get("sum_field"))
-        filt = self.event_filter(types, ev.get("within_days"), extra)
-        agg = f"count(*) FILTER (WHERE {filt})" if measure == "count" else f"sum({ev['sum_field']}) FILTER (WHERE {filt})"
+        spec = ("event", tuple(names or ()), ev.get("within_days"), key_extra, measure, ev.get("property"))
+        filt = self.event_filter(names, ev.get("within_days"), extra)
+        if measure == "count":
+            agg = f"count(*) FILTER (WHERE {filt})"
+        else:
+            agg = f"sum({_ident(ev['property'])}) FILTER (WHERE {filt})"
         col = self.feature(spec, agg)
         op = COMPARISON_OPS[ev.get("op", ">=")]
         return f"coalesce({col} {op} {self.bind(ev.get('value', 1))}, false)"
 
     def compile_affinity(self, aff: Mapping[str, Any]) -> str:
-        """Affinity: interactions = the identity's events in the window (of ``event_types``, if
-        given) whose ``dimension`` is not null; ``min_interactions`` applies to all of them (the
-        share's denominator), ``min_share`` to the chosen value's share of them, ``top`` to the
-        most frequent value among them (ties: the value that sorts last, see ``top_cte``)."""
-        dim = aff["dimension"]
+        """Affinity: interactions = the identity's events in the window (of the ``event`` names,
+        if given) whose ``property`` is not null (a list property: each non-null element);
+        ``min_interactions`` applies to all of them (the share's denominator), ``min_share`` to
+        the chosen value's share of them, ``top`` to the most frequent value among them (ties: the
+        value that sorts last, see ``top_cte``)."""
+        prop = aff["property"]
+        col = _ident(prop)
+        is_list = self.props[prop] == "list[string]"
         days = aff.get("within_days", 90)
-        types = tuple(aff.get("event_types") or ())
+        names = tuple(_as_list(aff.get("event")) or ())
         value_param = self.bind(aff["value"])
-        total = self.feature(
-            ("aff_total", dim, days, types),
-            f"count(*) FILTER (WHERE {self.event_filter(list(types), days, [f'{dim} IS NOT NULL'])})",
-        )
+        if is_list:
+            total_agg = f"sum(list_count({col})) FILTER (WHERE {self.event_filter(list(names), days, [])})"
+        else:
+            total_agg = f"count(*) FILTER (WHERE {self.event_filter(list(names), days, [f'{col} IS NOT NULL'])})"
+        total = self.feature(("aff_total", prop, days, names), total_agg)
         conds = [f"{total} >= {self.bind(aff.get('min_interactions', 1))}"]
         if aff.get("min_share") is not None:
-            hits = self.feature(
-                ("aff_hit", dim, days, types, aff["value"]),
-                f"count(*) FILTER (WHERE {self.event_filter(list(types), days, [f'{dim} = {value_param}'])})",
-            )
-            # a division, like top_<dim>_share_90d: 7 of 25 is a share of exactly 0.28 (0.28 * 25
+            if is_list:
+                hits_agg = (f"sum(list_count(list_filter({col}, lambda x: x = {value_param}))) "
+                            f"FILTER (WHERE {self.event_filter(list(names), days, [])})")
+            else:
+                hits_agg = f"count(*) FILTER (WHERE {self.event_filter(list(names), days, [f'{col} = {value_param}'])})"
+            hits = self.feature(("aff_hit", prop, days, names, aff["value"]), hits_agg)
+            # a division, like a top trait's share: 7 of 25 is a share of exactly 0.28 (0.28 * 25
             # would be 7.000000000000001 in floating point and exclude it)
             conds.append(f"{hits}::DOUBLE / nullif({total}, 0) >= {self.bind(float(aff['min_share']))}")
         if aff.get("top"):
-            cte = self.top_cte(dim, days, types)
+            cte = self.top_cte(prop, is_list, days, names)
             conds.append(f"{cte}.top_value = {value_param}")
         return "coalesce(" + " AND ".join(conds) + ", false)"
 
-    def top_cte(self, dim: str, days: int, types: tuple) -> str:
-        key = (dim, days, types)
+    def top_cte(self, prop: str, is_list: bool, days: int, names: tuple) -> str:
+        key = (prop, days, names)
         if key not in self.top_ctes:
             name = f"top{len(self.top_ctes)}"
             self.top_ctes[key] = name
-            filt = self.event_filter(list(types), days, [f"{dim} IS NOT NULL"])
+            col = _ident(prop)
+            filt = self.event_filter(list(names), days, [f"{col} IS NOT NULL"])
+            values = (f"(SELECT email, unnest({col}) AS v FROM scoped_events WHERE {filt})" if is_list
+                      else f"(SELECT email, {col} AS v FROM scoped_events WHERE {filt})")
             # ties on the count go to the value that sorts last (byte order of its UTF-8 text,
-            # i.e. code point order: "Nike" over "Adidas", "adidas" over "Zara"), like the
-            # profiles' top_brand_90d / top_category_90d, so the result is deterministic
+            # i.e. code point order: "Nova" over "Aura", "aura" over "Zen"), like a profile
+            # ``top`` trait, so the result is deterministic
             self.top_sql.append(
-                f"{name} AS (SELECT email, arg_max({dim}, (n, {dim})) AS top_value FROM "
-                f"(SELECT email, {dim}, count(*) AS n FROM scoped_events WHERE {filt} GROUP BY ALL) GROUP BY email)"
+                f"{name} AS (SELECT email, arg_max(v, (n, v)) AS top_value FROM "
+                f"(SELECT email, v, count(*) AS n FROM {values} WHERE v IS NOT NULL GROUP BY ALL) GROUP BY email)"
             )
         return self.top_ctes[key]
 

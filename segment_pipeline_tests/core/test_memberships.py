@@ -5,9 +5,11 @@ from __future__ import annotations
 import duckdb
 import pytest
 
+from segment_pipeline.core.memberships import compute_memberships
 from segment_pipeline.core.segments import parse_catalog
-from segment_pipeline.core.warehouse import Warehouse
-from segment_pipeline_tests.landing import event, members, profile, run_pipeline, write_ndjson
+from segment_pipeline.core.warehouse import Warehouse, connect
+from segment_pipeline_tests.landing import members
+from segment_pipeline_tests.partitions import write_rows
 
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
 
@@ -18,13 +20,29 @@ def catalog(*extra: dict):
 
 
 @pytest.fixture
-def landing(tmp_path):
-    """A new buyer each day: a on day 1, b on day 2, c on day 3, d on day 4 (alternating US/DE)."""
-    land = tmp_path / "landing"
+def landing():
+    """A new buyer each day: a on day 1, b on day 2, c on day 3, d on day 4 (alternating US/DE):
+    ``{day: (profiles rows as of that day, raw_events rows landed that day)}``."""
+    out, people = {}, []
     for i, (day, who) in enumerate(zip(DAYS, ["a", "b", "c", "d"], strict=True)):
-        write_ndjson(land, "profiles", day, [profile(f"{who}@example.com", f"{day}T08:00:00Z", country="DE" if i % 2 else "US")])
-        write_ndjson(land, "events", day, [event(f"e{i}", f"{who}@example.com", "order", f"{day}T09:00:00Z", revenue=10)])
-    return land
+        people.append({"email": f"{who}@example.com", "country": "DE" if i % 2 else "US", "order_count": 1,
+                       "total_revenue": 10, "updated_at": f"{day}T08:00:00"})
+        order = {"event_id": f"e{i}", "email": f"{who}@example.com", "event": "order",
+                 "occurred_at": f"{day}T09:00:00", "revenue": 10}
+        out[day] = (list(people), [order])
+    return out
+
+
+def run_pipeline(warehouse, landing: dict, catalog, days: list[str], refresh_static=()) -> dict:
+    """Write the days' profiles and raw_events partitions, then compute memberships (ascending)."""
+    con = connect(preserve_order=True)
+    reports = {}
+    for day in days:
+        profiles, events = landing[day]
+        write_rows(warehouse, "profiles", day, profiles)
+        write_rows(warehouse, "raw_events", day, events)
+        reports[day] = compute_memberships(con, warehouse, catalog, day, refresh_static=refresh_static)
+    return reports
 
 
 def test_dynamic_segment_refreshes_daily_and_changes_are_recorded(tmp_path, landing):
@@ -49,7 +67,7 @@ def test_dynamic_segment_refreshes_daily_and_changes_are_recorded(tmp_path, land
 def test_removals_when_a_rule_stops_matching(tmp_path, landing):
     wh = Warehouse(tmp_path / "wh")
     recent = {"id": "recent", "name": "Ordered in the last 2 days",
-              "rule": {"event": {"type": "order", "within_days": 2}}}
+              "rule": {"event": {"name": "order", "within_days": 2}}}
     reports = run_pipeline(wh, landing, catalog(recent), DAYS)
     assert members(wh, "2026-11-04", "recent") == {"c@example.com", "d@example.com"}
     day4 = reports["2026-11-04"].by_id()["recent"]
@@ -114,10 +132,9 @@ def test_range_in_one_go_equals_day_by_day(tmp_path, landing):
         run_pipeline(by_day, landing, cat, [day])
     run_pipeline(by_day, landing, cat, ["2026-11-02"])  # and a re-run replaces, never appends
     con = duckdb.connect()
-    for table in ("raw_profiles", "raw_events", "profiles", "memberships", "membership_changes", "segment_stats"):
-        cols = "* EXCLUDE (source_file)" if table.startswith("raw_") else "*"
-        a = con.execute(f"SELECT {cols} FROM {one_go.scan(table)} ORDER BY ALL").fetchall()
-        b = con.execute(f"SELECT {cols} FROM {by_day.scan(table)} ORDER BY ALL").fetchall()
+    for table in ("memberships", "membership_changes", "segment_stats"):
+        a = con.execute(f"SELECT * FROM {one_go.scan(table)} ORDER BY ALL").fetchall()
+        b = con.execute(f"SELECT * FROM {by_day.scan(table)} ORDER BY ALL").fetchall()
         assert a == b, table
         assert a, table
 
@@ -125,3 +142,28 @@ def test_range_in_one_go_equals_day_by_day(tmp_path, landing):
 def test_unknown_refresh_segment_is_rejected(tmp_path, landing):
     with pytest.raises(ValueError, match="ghost"):
         run_pipeline(Warehouse(tmp_path / "wh"), landing, catalog(), DAYS[:1], refresh_static=["ghost"])
+
+
+def test_rules_on_columns_the_days_data_lacks_name_the_column_and_the_fix(tmp_path):
+    """The model declared an attribute and a property after the day's partitions were written."""
+    from segment_pipeline.core.model import parse_model
+
+    before = parse_model({"events": {"Order Completed": {}}})
+    after = parse_model({"attributes": {"skin_type": "string"},
+                         "events": {"Order Completed": {"properties": {"revenue": "money"}}}})
+    write_rows(Warehouse(tmp_path / "wh", model=before), "profiles", DAYS[0], [{"email": "a@example.com"}])
+    write_rows(Warehouse(tmp_path / "wh", model=before), "raw_events", DAYS[0], [
+        {"event_id": "e1", "email": "a@example.com", "event": "Order Completed", "occurred_at": f"{DAYS[0]}T09:00:00"}])
+    wh = Warehouse(tmp_path / "wh", model=after)
+
+    def segments(rule):
+        return parse_catalog({"segments": [{"id": "s", "name": "S", "rule": rule}]}, source="test.yaml", model=after)
+
+    with pytest.raises(ValueError, match=r"profiles column\(s\) \['skin_type'\].*partition of 2026-11-01.*re-run profiles"):
+        compute_memberships(connect(), wh, segments({"field": "skin_type", "op": "=", "value": "oily"}), DAYS[0])
+    with pytest.raises(ValueError, match=r"raw_events column\(s\) \['revenue'\].*re-run ingestion"):
+        compute_memberships(connect(), wh, segments({"event": {"name": "Order Completed", "measure": "sum",
+                                                               "property": "revenue", "value": 10}}), DAYS[0])
+    # rules that read only what the data has still evaluate
+    compute_memberships(connect(), wh, segments({"event": {"name": "Order Completed"}}), DAYS[0])
+    assert members(wh, DAYS[0], "s") == {"a@example.com"}

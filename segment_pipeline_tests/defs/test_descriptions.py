@@ -43,13 +43,13 @@ def test_segment_description_reads_as_one_plain_paragraph(tmp_path):
     (seg,) = load_catalog(str(path)).segments
     assert segment_description(seg) == (
         "Nike fans (dynamic, active, from 2026-11-08). At least 40% of recent brand interactions are Nike. "
-        "Rule: {affinity: {dimension: brand, value: Nike, min_share: 0.4, within_days: 90}}"
-    )
+        "Rule: {affinity: {property: brand, value: Nike, min_share: 0.4, within_days: 90}}"
+    )  # the rule in its canonical spelling (the file used the older "dimension")
 
 
 def test_segment_assets_keep_the_rule_as_definition_metadata(specs):
     nike = next(s for s in specs if s.key == dg.AssetKey(["segment", "nike_fans"]))
-    assert nike.metadata["rule"].value == {"affinity": {"dimension": "brand", "value": "Nike", "min_share": 0.4,
+    assert nike.metadata["rule"].value == {"affinity": {"property": "brand", "value": "Nike", "min_share": 0.4,
                                                         "min_interactions": 1, "within_days": 90}}
 
 

@@ -106,7 +106,8 @@ def test_per_day_metadata_gives_member_count_trends(sample_run):
         f"SELECT email FROM {wh.scan('memberships', days=[LAST])} WHERE segment_id = 'nike_fans' "
         "ORDER BY email LIMIT 100").fetchall()]
     assert emails == first_100  # the first 100 by email, in that order (the table shows from its first row)
-    assert [c.name for c in nike["preview"].schema.columns] == ["email", "country", "orders", "revenue", "top_brand"]
+    # the fields that show why: the model's top trait of the affinity's property, and its share
+    assert [c.name for c in nike["preview"].schema.columns] == ["email", "top_brand_90d", "top_brand_90d_share"]
     keys = list(latest_by_partition(instance, segment_key("nike_fans"))[LAST])
     assert keys.index("preview_rows") == keys.index("preview") - 1  # the caption right above the table
     vip = latest_by_partition(instance, segment_key("vip_launch_list"))

@@ -2,13 +2,15 @@
 
 Every segment in the definitions file becomes an asset (``segment/<id>``) whose page shows its
 member-count trend, day-over-day changes and a preview of the first 100 members (by email, with a
-caption "first 100 of N members"); all of them are
+caption "first 100 of N members", and the profile fields the segment's rule reads, from the data
+model: ``Catalog.preview_fields``); all of them are
 computed together in one pass over profiles and events by the ``memberships`` multi-asset. An
 invalid definitions file stops the code location from loading, with a message naming the segment.
 Edit the YAML and reload the code location to add or change segments.
 """
 
 import datetime as dt
+from decimal import Decimal
 
 import dagster as dg
 import yaml
@@ -142,7 +144,7 @@ def build_memberships_asset(catalog: Catalog) -> dg.AssetsDefinition:
                 asset_key=CHANGES,
                 partition_key=key,
             )
-            previews = _previews(con, wh, day, [s for s in stats if segment_key(s) in known_specs])
+            previews = _previews(con, wh, runtime_catalog, day, [s for s in stats if segment_key(s) in known_specs])
             for seg_id, seg_stats in stats.items():
                 spec_key = segment_key(seg_id)
                 if spec_key not in known_specs:
@@ -158,7 +160,7 @@ def build_memberships_asset(catalog: Catalog) -> dg.AssetsDefinition:
                         # a table inline from its first row (a long Markdown value opens in a dialog
                         # that scrolls to its end)
                         "preview_rows": preview_caption(seg_stats.member_count),
-                        "preview": previews.get(seg_id, _preview_table([])),
+                        "preview": previews.get(seg_id) or _preview_table([("email", "string")], []),
                     },
                     asset_key=spec_key,
                     partition_key=key,
@@ -196,9 +198,11 @@ def _summary_table(stats) -> dg.TableMetadataValue:
     )
 
 
-#: Few, narrow columns: the table is shown inline in the asset page's metadata column.
-PREVIEW_COLUMNS = (("email", "string"), ("country", "string"), ("orders", "int"), ("revenue", "string"),
-                   ("top_brand", "string"))
+#: Columns after ``email`` in a member preview (a table shown inline in the asset page's metadata
+#: column, so few): the profile fields the segment's rule reads (``Catalog.preview_fields``).
+PREVIEW_FIELDS = 4
+#: Model type -> Dagster table column type of a preview column.
+_PREVIEW_TYPES = {"integer": "int", "number": "float", "boolean": "bool"}
 
 
 def preview_caption(member_count: int) -> str:
@@ -210,34 +214,60 @@ def preview_caption(member_count: int) -> str:
     return f"first {PREVIEW_ROWS} of {member_count:,} members, by email"
 
 
-def _preview_table(records: list[dg.TableRecord]) -> dg.TableMetadataValue:
+def _preview_table(columns: list[tuple[str, str]], records: list[dg.TableRecord]) -> dg.TableMetadataValue:
     return dg.MetadataValue.table(
         records=records,
-        schema=dg.TableSchema(columns=[dg.TableColumn(name, type_) for name, type_ in PREVIEW_COLUMNS]),
+        schema=dg.TableSchema(columns=[dg.TableColumn(name, type_) for name, type_ in columns]),
     )
 
 
-def _previews(con, wh: Warehouse, day: dt.date, segment_ids: list[str]) -> dict[str, dg.TableMetadataValue]:
-    """Tables of the first 100 members (by email, ascending) of each segment, with a few profile
-    fields; money as text with 2 decimals."""
+def _preview_value(value):
+    """A profile value as a table cell: numbers and booleans as they are, money with 2 decimals,
+    dates and timestamps in ISO 8601, a list as comma-separated text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal):
+        return f"{value:.2f}"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _preview_columns(catalog: Catalog, segment_id: str) -> list[tuple[str, str]]:
+    """``email`` and the fields that show why an identity is a member (from the rule and the model)."""
+    types = catalog.model.profile_fields()
+    fields = catalog.preview_fields(segment_id, PREVIEW_FIELDS)
+    return [("email", "string"), *((f, _PREVIEW_TYPES.get(types[f], "string")) for f in fields)]
+
+
+def _previews(con, wh: Warehouse, catalog: Catalog, day: dt.date, segment_ids: list[str]) -> dict[str, dg.TableMetadataValue]:
+    """Tables of the first 100 members (by email, ascending) of each segment, with the profile
+    fields its rule reads (:func:`_preview_columns`)."""
     if not segment_ids:
         return {}
-    rows = con.execute(
+    columns = {seg: _preview_columns(catalog, seg) for seg in segment_ids if seg in catalog.by_id()}
+    fields = sorted({name for cols in columns.values() for name, _ in cols[1:]})
+    select = "".join(f', p."{name}"' for name in fields)
+    cur = con.execute(
         f"""
-        SELECT m.segment_id, m.email, p.country, p.order_count, p.total_revenue, p.top_brand_90d
+        SELECT m.segment_id, m.email{select}
         FROM (SELECT * FROM {wh.scan('memberships', days=[day])}
               QUALIFY row_number() OVER (PARTITION BY segment_id ORDER BY email) <= {PREVIEW_ROWS}) m
         LEFT JOIN {wh.scan('profiles', days=[day])} p USING (identity_id)
         ORDER BY m.segment_id, m.email
         """
-    ).fetchall()
+    )
     records: dict[str, list[dg.TableRecord]] = {}
-    for seg_id, email, country, orders, revenue, brand in rows:
-        records.setdefault(seg_id, []).append(dg.TableRecord({
-            "email": email, "country": country, "orders": orders,
-            "revenue": f"{revenue:.2f}" if revenue is not None else None, "top_brand": brand,
-        }))
-    return {seg: _preview_table(recs) for seg, recs in records.items()}
+    for seg_id, email, *values in cur.fetchall():
+        if seg_id not in columns:
+            continue
+        row = dict(zip(fields, values, strict=True))
+        records.setdefault(seg_id, []).append(dg.TableRecord(
+            {"email": email, **{name: _preview_value(row[name]) for name, _ in columns[seg_id][1:]}}
+        ))
+    return {seg: _preview_table(columns[seg], records.get(seg, [])) for seg in columns}
 
 
 def _integrity_problems(con, wh: Warehouse, catalog: Catalog, day: dt.date) -> list[str]:
