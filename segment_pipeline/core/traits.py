@@ -223,7 +223,7 @@ def compile_traits(model: DataModel, day: dt.date, events_cte: str = "ev", agg_c
         alias = q(name)
         target = q(f"{agg_cte}") + "." + alias
 
-        def filt(extra: list[str]) -> str:
+        def filt(extra: list[str], conds: list[str] = conds) -> str:
             all_conds = [*conds, *extra]
             return f" FILTER (WHERE {' AND '.join(all_conds)})" if all_conds else ""
 
