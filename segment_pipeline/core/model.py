@@ -15,7 +15,9 @@ exports) is derived from it, so nothing in ``core/`` knows a shop's words. Examp
 
     events:                          # an open vocabulary: names are the user's own
       Order Completed:
+        purchase: {product: product_id}   # exports list these under purchases, by product_id
         properties:
+          product_id: string
           revenue: money
           brands: {type: "list[string]", path: "products[*].brand"}
       Email Opened: {}
@@ -152,9 +154,21 @@ def _shorthand(value: Any) -> Any:
     return {"type": value} if isinstance(value, str) else value
 
 
+class Purchase(_Strict):
+    """Marks an event as a purchase (for exports' ``purchases``): ``product`` names the event's
+    property identifying the product bought (one item per distinct value)."""
+
+    product: str
+
+
 class Event(_Strict):
+    """An event name's declaration: typed ``properties``; ``purchase: {product: <property>}`` when
+    the event is a purchase (the per-segment export lists those under ``purchases``, grouped by
+    that property, and every other event under ``custom_events``)."""
+
     description: str = ""
     properties: dict[str, Annotated[Property, Field()]] = Field(default_factory=dict)
+    purchase: Purchase | None = None
 
     @field_validator("properties", mode="before")
     @classmethod
@@ -280,6 +294,9 @@ class DataModel(_Strict):
                 claim(f"{name}_share", f"traits.{name} (its share column)")
         prop_types: dict[str, tuple[str, str]] = {}
         for event, spec in self.events.items():
+            if spec.purchase is not None and spec.purchase.product not in spec.properties:
+                problems.append(f"events.{event}.purchase.product: {spec.purchase.product!r} is not a property of "
+                                f"{event!r}; declared: {sorted(spec.properties)}")
             if not event or len(event) > EVENT_NAME_MAX or any(ord(c) < 32 or ord(c) == 127 for c in event):
                 problems.append(f"events.{event!r}: an event name is 1-{EVENT_NAME_MAX} characters without control characters")
             for prop, field in spec.properties.items():
@@ -328,6 +345,10 @@ class DataModel(_Strict):
         return self
 
     # -- derived shapes --------------------------------------------------------------------
+    def purchase_events(self) -> dict[str, str]:
+        """Event names marked as purchases -> the property identifying the product."""
+        return {name: spec.purchase.product for name, spec in self.events.items() if spec.purchase is not None}
+
     @property
     def links(self) -> tuple[str, ...]:
         """The identity-link columns (external ids), in declaration order."""

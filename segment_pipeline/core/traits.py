@@ -194,7 +194,6 @@ def compile_traits(model: DataModel, day: dt.date, events_cte: str = "ev", agg_c
     """
     params = Params()
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
-    params.values["t_day"] = day
     props = model.property_types()
     windows: dict[int, str] = {}
     needed: set[str] = set()
@@ -273,6 +272,7 @@ def compile_traits(model: DataModel, day: dt.date, events_cte: str = "ev", agg_c
             raise TraitError(f"traits.{name}: unknown function {fn!r}")
         aggs.append(f"{expr} AS {alias}")
         if fn == "days_since":
+            params.values["t_day"] = day
             select.append(f"($t_day::DATE - {target}::DATE)::INTEGER AS {alias}")
         elif default is not None:
             select.append(f"coalesce({target}, {default}) AS {alias}")

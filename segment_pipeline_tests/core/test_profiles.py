@@ -11,7 +11,7 @@ import os
 import duckdb
 import pytest
 
-from segment_pipeline.core.model import load_model
+from segment_pipeline.core.model import load_model, parse_model
 from segment_pipeline.core.profiles import build_profiles
 from segment_pipeline.core.warehouse import Warehouse, connect
 from segment_pipeline_tests.raw_tables import event_row, profile_row, write_raw
@@ -182,3 +182,15 @@ def test_rebuilding_a_day_gives_the_same_bytes(wh):
     first = wh.partition_path("profiles", "2026-11-01").read_bytes()
     build_profiles(con, wh, "2026-11-01")
     assert wh.partition_path("profiles", "2026-11-01").read_bytes() == first
+
+
+def test_a_model_with_nothing_declared_still_gives_identities_and_custom_attributes(tmp_path):
+    wh = Warehouse(tmp_path / "wh", parse_model({}))
+    write_raw(wh, "raw_profiles", "2026-11-01", [profile_row("a@example.com", "2026-11-01T08:00:00",
+                                                             custom_attributes={"plan": "pro"})])
+    write_raw(wh, "raw_events", "2026-11-01", [event_row("1", "b@example.com", "Signed Up", "2026-11-01T09:00:00")])
+    out = run(wh, "2026-11-01")["2026-11-01"]
+    assert list(out["a@example.com"]) == ["identity_id", "email", "custom_attributes", "updated_at", "first_seen_at",
+                                          "last_seen_at", "random_bucket", "date"]
+    assert (out["a@example.com"]["custom_attributes"], out["b@example.com"]["first_seen_at"]) == (
+        '{"plan":"pro"}', dt.datetime(2026, 11, 1, 9))
