@@ -31,16 +31,20 @@ times are the export's start time); under another prefix the decompressed conten
 Readers should still treat line order as not significant.
 
 Values follow the reference promise "the least data possible": a field the user has no value for
-is left out of the object (read a missing field as null / empty). Field meanings:
+is left out of the object (read a missing field as null / empty). Fields come from the declared
+data model (:func:`field_columns`, docs/exports.md "Fields"):
 
-* ``braze_id`` (alias ``identity_id``): our identity id; ``external_id``: ``customer_id``;
-  ``home_city``: ``city``; ``dob``: ``YYYY-MM-DD``; ``created_at``: ISO 8601 UTC (``...Z``);
-  ``custom_attributes``: ``{"loyalty_tier": ...}``.
-* ``purchases``: order events grouped by ``product_id`` (``name``); ``custom_events``: every other
-  event grouped by ``event_type``. Each item is ``{"name", "first", "last", "count"}`` where
-  ``first``, ``last`` and ``count`` (number of events) cover *all* events that occurred up to the
-  end of the export day, and only items whose ``last`` falls in the 90 days ending with the
-  export day (``last >= export_day - 89 days``, 00:00 UTC) are listed, sorted by name.
+* ``braze_id`` (alias ``identity_id``): our identity id; ``external_id``: the model's first identity
+  link; standard fields (``first_name``, ``home_city``, ``dob``, ...): the model's attribute of that
+  name (:data:`STANDARD_ATTRIBUTES`); ``dob``: ``YYYY-MM-DD``; ``created_at``: ISO 8601 UTC
+  (``...Z``); ``custom_attributes``: the model's other attributes over the sources' unmapped
+  columns (:func:`field_sql`). A field the model cannot fill is refused (:func:`check_fields`).
+* ``purchases``: events the model marks ``purchase: {product: <property>}``, grouped by that
+  property (``name``); ``custom_events``: every other event grouped by event name. Each item is
+  ``{"name", "first", "last", "count"}`` where ``first``, ``last`` and ``count`` (number of events)
+  cover *all* events that occurred up to the end of the export day, and only items whose ``last``
+  falls in the 90 days ending with the export day (``last >= export_day - 89 days``, 00:00 UTC)
+  are listed, sorted by name.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ MANIFEST_SUFFIX = ".manifest.json"
 _TS = "'%Y-%m-%dT%H:%M:%SZ'"
 
 #: The export's fields (the names of Braze's ``/users/export/segment``,
-#: braze.com/docs/api/endpoints/export/users/post_users_segment) -> what fills them from the data
+#: braze.com/docs/api/endpoints/export/user_data/post_users_segment) -> what fills them from the data
 #: model (:func:`field_columns`). Standard user fields read the model's attribute of that name (the
 #: first one declared of :data:`STANDARD_ATTRIBUTES`); a field the model cannot fill is refused at
 #: request time (:meth:`SegmentExportRequest.parse` with the model, and again when the export runs).
