@@ -391,7 +391,7 @@ def member_lines_sql(
         # memberships.email is the profile's (normalized) email of that identity
         ctes.append(
             f"""items AS (
-                SELECT e.email, {is_purchase} AS is_order, {item_name} AS name,
+                SELECT e.email, {is_purchase} AS is_purchase, {item_name} AS name,
                 min(e.occurred_at) AS first, max(e.occurred_at) AS last, count(*) AS count
                 FROM {events} e
                 WHERE e.occurred_at < DATE '{day_end}' AND e.email IN (SELECT email FROM {members})
@@ -403,8 +403,8 @@ def member_lines_sql(
         ctes.append(
             f"""ev AS (
                 SELECT email,
-                       list({item} ORDER BY name) FILTER (WHERE is_order) AS purchases,
-                       list({item} ORDER BY name) FILTER (WHERE NOT is_order) AS custom_events
+                       list({item} ORDER BY name) FILTER (WHERE is_purchase) AS purchases,
+                       list({item} ORDER BY name) FILTER (WHERE NOT is_purchase) AS custom_events
                 FROM items GROUP BY email)"""
         )
         event_join = "LEFT JOIN ev ON ev.email = p.email"
