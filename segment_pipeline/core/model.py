@@ -44,6 +44,7 @@ Errors are :class:`ModelFileError` naming the file and the entry:
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -91,6 +92,40 @@ TRAIT_FUNCTIONS: dict[str, str | None] = {
 PROPERTY_FUNCTIONS = {"sum", "min", "max", "avg", "first", "last", "distinct_count", "top"}
 #: Filter operators of a trait's ``where`` (the segment rules' comparison operators).
 WHERE_OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "is not null", "contains")
+
+
+def where_value_problem(ptype: str, op: str, value: Any) -> str | None:
+    """Why a trait filter ``{op, value}`` does not fit a property of model type ``ptype`` (None: it fits).
+
+    ``is null``/``is not null`` take no value; ``in``/``not in`` a non-empty list; every value must
+    be of the property's type (numbers for integer/number/money, true/false for booleans, text for
+    strings and list elements, ISO text or a YAML date for dates and timestamps); ``contains``
+    applies to strings and lists; booleans take ``=``/``!=``; lists take no ``<``/``>`` comparisons.
+    """
+    if op in ("is null", "is not null"):
+        return f"'{op}' takes no value" if value is not None else None
+    if op in ("in", "not in") and (not isinstance(value, list) or not value):
+        return f"'{op}' needs a non-empty list of values"
+    for v in value if op in ("in", "not in") else [value]:
+        if v is None:
+            return f"'{op}' needs a value"
+        if ptype == "integer" and (isinstance(v, bool) or not isinstance(v, int)):
+            return f"{v!r} is not an integer"
+        if ptype in ("number", "money") and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"{v!r} is not a number"
+        if ptype == "boolean" and not isinstance(v, bool):
+            return f"{v!r} is not true/false"
+        if ptype in ("string", "list[string]") and not isinstance(v, str):
+            return f"{v!r} is not a string (quote it in YAML)"
+        if ptype in ("date", "timestamp") and not isinstance(v, (str, dt.date)):
+            return f"{v!r} is not a {ptype}"
+    if op == "contains" and ptype not in ("string", "list[string]"):
+        return f"'contains' applies to string and list properties, not {ptype}"
+    if ptype == "boolean" and op not in ("=", "!="):
+        return f"a boolean property takes '=' or '!=', not {op!r}"
+    if ptype == "list[string]" and op in ("<", "<=", ">", ">="):
+        return f"a list property takes =, !=, contains, in, not in, is null, is not null; not {op!r}"
+    return None
 
 
 class ModelFileError(ValueError):
@@ -340,6 +375,10 @@ class DataModel(_Strict):
             for i, cond in enumerate(agg.where):
                 if cond.property not in props:
                     problems.append(f"traits.{name}.{fn}.where[{i}].property: unknown property {cond.property!r}")
+                    continue
+                problem = where_value_problem(props[cond.property], cond.op, cond.value)
+                if problem:
+                    problems.append(f"traits.{name}.{fn}.where[{i}]: {problem}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

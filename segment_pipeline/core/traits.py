@@ -48,7 +48,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from segment_pipeline.core.model import TYPES, DataModel, Trait
+from segment_pipeline.core.model import TYPES, DataModel, Trait, where_value_problem
 
 #: Identity, event name and time columns every compiled query reads from the events relation.
 BASE_COLUMNS = ("email", "event", "occurred_at")
@@ -82,38 +82,6 @@ class Params:
         return f"${name}"
 
 
-def _check_value(trait: str, where: str, ptype: str, value: Any, op: str) -> None:
-    def bad(msg: str) -> TraitError:
-        return TraitError(f"traits.{trait}.{where}: {msg}")
-
-    if op in ("is null", "is not null"):
-        if value is not None:
-            raise bad(f"'{op}' takes no value")
-        return
-    values = value if op in ("in", "not in") else [value]
-    if op in ("in", "not in") and (not isinstance(value, list) or not value):
-        raise bad(f"'{op}' needs a non-empty list of values")
-    for v in values:
-        if v is None:
-            raise bad(f"'{op}' needs a value")
-        if ptype in ("integer",) and (isinstance(v, bool) or not isinstance(v, int)):
-            raise bad(f"{v!r} is not an integer")
-        if ptype in ("number", "money") and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise bad(f"{v!r} is not a number")
-        if ptype == "boolean" and not isinstance(v, bool):
-            raise bad(f"{v!r} is not true/false")
-        if ptype in ("string", "list[string]") and not isinstance(v, str):
-            raise bad(f"{v!r} is not a string (quote it in YAML)")
-        if ptype in ("date", "timestamp") and not isinstance(v, (str, dt.date)):
-            raise bad(f"{v!r} is not a {ptype}")
-    if op == "contains" and ptype not in ("string", "list[string]"):
-        raise bad(f"'contains' applies to string and list properties, not {ptype}")
-    if ptype == "boolean" and op not in ("=", "!="):
-        raise bad(f"a boolean property takes '=' or '!=', not {op!r}")
-    if ptype == "list[string]" and op in ("<", "<=", ">", ">="):
-        raise bad(f"a list property takes =, !=, contains, in, not in, is null, is not null; not {op!r}")
-
-
 def where_sql(model: DataModel, trait_name: str, trait: Trait, params: Params) -> list[str]:
     """SQL conditions of a trait's ``where`` filters (all must hold).
 
@@ -128,7 +96,9 @@ def where_sql(model: DataModel, trait_name: str, trait: Trait, params: Params) -
     for i, cond in enumerate(trait.aggregation.where):
         ptype = props[cond.property]
         entry = f"{trait.function}.where[{i}]"
-        _check_value(trait_name, entry, ptype, cond.value, cond.op)
+        problem = where_value_problem(ptype, cond.op, cond.value)
+        if problem:  # the model file's validation reports it first; a model built in code may not
+            raise TraitError(f"traits.{trait_name}.{entry}: {problem}")
         col = q(cond.property)
         op = cond.op
         if op == "is null":

@@ -10,7 +10,7 @@ import json
 import duckdb
 import pytest
 
-from segment_pipeline.core.model import load_model, parse_model
+from segment_pipeline.core.model import ModelFileError, Trait, load_model, parse_model
 from segment_pipeline.core.profiles import build_profiles
 from segment_pipeline.core.traits import TraitError, compile_traits
 from segment_pipeline.core.warehouse import Warehouse, as_date, connect
@@ -329,16 +329,16 @@ def test_compiled_traits_bind_values_as_parameters_and_quote_identifiers():
     ({"property": "revenue", "op": ">=", "value": "lots"}, "traits.bad.count.where[0]: 'lots' is not a number"),
     ({"property": "coupon", "op": "in", "value": "SAVE10"}, "traits.bad.count.where[0]: 'in' needs a non-empty list"),
     ({"property": "brands", "op": "<", "value": "A"}, "traits.bad.count.where[0]: a list property takes"),
-    ({"property": "items", "op": "contains", "value": "1"}, "traits.bad.count.where[0]:"),
+    ({"property": "items", "op": "contains", "value": 1}, "traits.bad.count.where[0]: 'contains' applies to string"),
     ({"property": "coupon", "op": "is null", "value": "x"}, "traits.bad.count.where[0]: 'is null' takes no value"),
 ])
-def test_a_filter_value_that_does_not_fit_names_the_trait_and_the_filter(where, message):
-    doc = BEAUTY.model_dump(mode="python")
-    model = parse_model({
-        "events": {name: {"properties": {p: f["type"] for p, f in e["properties"].items()}}
-                   for name, e in doc["events"].items()},
-        "traits": {"bad": {"count": {"where": [where]}}},
-    })
-    with pytest.raises(TraitError) as exc:
-        compile_traits(model, as_date("2026-11-01"))
-    assert str(exc.value).startswith(message)
+def test_a_filter_value_that_does_not_fit_names_the_file_the_trait_and_the_filter(where, message):
+    events = {name: {"properties": {p: f.type for p, f in e.properties.items()}} for name, e in BEAUTY.events.items()}
+    with pytest.raises(ModelFileError) as exc:
+        parse_model({"events": events, "traits": {"bad": {"count": {"where": [where]}}}}, source="beauty.yaml")
+    assert f"beauty.yaml: {message}" in str(exc.value)
+    # a model built without the file's validation is refused when compiled, with the same words
+    model = parse_model({"events": events})
+    trait = Trait.model_validate({"count": {"where": [where]}})
+    with pytest.raises(TraitError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        compile_traits(model.model_copy(update={"traits": {"bad": trait}}), as_date("2026-11-01"))
