@@ -6,17 +6,26 @@ former hard-coded profiles SQL (frozen in segment_pipeline_tests/core/test_trait
 Generates raw_profiles/raw_events partitions for five landing days in the apparel model's schema
 (the generator of the equivalence test, scaled up; not timed), then builds the last day's
 profiles partition both ways through ``Warehouse.write_partition`` (same sort, casts and Parquet
-writing), alternating, and prints the wall time of each run, the medians and their ratio. The
+writing), alternating, and prints the wall and CPU time of each run, the medians and their ratios
+(CPU time is the steadier figure on a shared machine). The
 two partitions are also compared (they must be equal row for row, shares under their new names).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (DuckDB's threads included): steadier than wall time
+    on a machine other work shares."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -53,20 +62,24 @@ def main() -> None:
         ref_sql = f"SELECT * RENAME (top_brand_share_90d AS top_brand_90d_share, " \
                   f"top_category_share_90d AS top_category_90d_share), {fill} FROM ({sql})"
         times: dict[str, list[float]] = {"model": [], "main": []}
+        cpu: dict[str, list[float]] = {"model": [], "main": []}
         for _ in range(args.repeat):
-            t = time.perf_counter()
-            build_profiles(con, wh, day)
-            times["model"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            ref.write_partition(con, "profiles", day, ref_sql, params)
-            times["main"].append(time.perf_counter() - t)
-            print(f"model {times['model'][-1]:6.2f}s   main's SQL {times['main'][-1]:6.2f}s", flush=True)
+            for name, build in (("model", lambda: build_profiles(con, wh, day)),
+                                ("main", lambda: ref.write_partition(con, "profiles", day, ref_sql, params))):
+                t, c = time.perf_counter(), cpu_seconds()
+                build()
+                times[name].append(time.perf_counter() - t)
+                cpu[name].append(cpu_seconds() - c)
+            print(f"model {times['model'][-1]:6.2f}s wall {cpu['model'][-1]:6.2f}s cpu   "
+                  f"main's SQL {times['main'][-1]:6.2f}s wall {cpu['main'][-1]:6.2f}s cpu", flush=True)
         common = ", ".join(sorted(cols))
         new, old = wh.scan("profiles", days=[day]), ref.scan("profiles", days=[day])
         diff = con.execute(f"SELECT count(*) FROM ((SELECT {common} FROM {new} EXCEPT ALL SELECT {common} FROM {old}) "
                            f"UNION ALL (SELECT {common} FROM {old} EXCEPT ALL SELECT {common} FROM {new}))").fetchall()[0][0]
         m, r = statistics.median(times["model"]), statistics.median(times["main"])
-        print(f"median: model {m:.2f}s, main's SQL {r:.2f}s, ratio {m / r:.2f}x; rows differing: {diff}")
+        mc, rc = statistics.median(cpu["model"]), statistics.median(cpu["main"])
+        print(f"median wall: model {m:.2f}s, main's SQL {r:.2f}s, ratio {m / r:.2f}x; "
+              f"median cpu: model {mc:.2f}s, main's SQL {rc:.2f}s, ratio {mc / rc:.2f}x; rows differing: {diff}")
 
 
 if __name__ == "__main__":
