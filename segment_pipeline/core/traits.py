@@ -85,10 +85,11 @@ class Params:
 def where_sql(model: DataModel, trait_name: str, trait: Trait, params: Params) -> list[str]:
     """SQL conditions of a trait's ``where`` filters (all must hold).
 
-    Scalar properties compare as SQL does (a NULL property matches only ``is null``); ``in`` /
-    ``not in`` take a list; ``contains`` on a string is a case-insensitive substring. On a
-    ``list[string]`` property, ``=`` and ``contains`` mean "has this element", ``!=`` "does not
-    have it", ``in`` "has any of these", ``not in`` "has none of these" (a NULL list has none).
+    Properties compare as SQL does: an event without the property (NULL) matches only ``is null``,
+    whatever the operator. ``in`` / ``not in`` take a list; ``contains`` on a string is a
+    case-insensitive substring. On a ``list[string]`` property, ``=`` and ``contains`` mean "has
+    this element", ``!=`` "does not have it", ``in`` "has any of these", ``not in`` "has none of
+    these".
     Raises :class:`TraitError` naming the trait and the filter when a value does not fit.
     """
     props = model.property_types()
@@ -111,11 +112,11 @@ def where_sql(model: DataModel, trait_name: str, trait: Trait, params: Params) -
             if op in ("=", "contains"):
                 out.append(f"list_contains({col}, {params.add(cond.value)}::VARCHAR)")
             elif op == "!=":
-                out.append(f"NOT list_contains(coalesce({col}, []), {params.add(cond.value)}::VARCHAR)")
+                out.append(f"NOT list_contains({col}, {params.add(cond.value)}::VARCHAR)")
             elif op == "in":
                 out.append(f"list_has_any({col}, {params.add(cond.value)}::VARCHAR[])")
             else:  # not in
-                out.append(f"NOT list_has_any(coalesce({col}, []), {params.add(cond.value)}::VARCHAR[])")
+                out.append(f"NOT list_has_any({col}, {params.add(cond.value)}::VARCHAR[])")
             continue
         sql_type = TYPES[ptype]
         if op == "contains":

@@ -249,6 +249,8 @@ BEAUTY = parse_model({
         "glow_events": {"count": {"where": [{"property": "brands", "op": "contains", "value": "Glow"}]}},
         "glow_or_dew": {"count": {"where": [{"property": "brands", "op": "in", "value": ["Glow", "Dew"]}]}},
         "not_glow": {"count": {"event": "Order Completed", "where": [{"property": "brands", "op": "!=", "value": "Glow"}]}},
+        "not_glow_any": {"count": {"where": [{"property": "brands", "op": "!=", "value": "Glow"}]}},
+        "not_saved": {"count": {"where": [{"property": "coupon", "op": "not in", "value": ["SAVE10"]}]}},
         "coupon_orders": {"count": {"where": [{"property": "coupon", "op": "in", "value": ["SAVE10", "SAVE20"]}]}},
         "no_coupon": {"count": {"event": "Order Completed", "where": [{"property": "coupon", "op": "is null"}]}},
         "spring_opens": {"count": {"where": [{"property": "campaign", "op": "contains", "value": "SPRING"}]}},
@@ -294,6 +296,7 @@ def test_every_trait_function_filter_and_window_on_a_beauty_model(tmp_path):
         "days_since_open": 6, "distinct_brands": 3, "distinct_campaigns": 2, "opened_7d": True,
         "top_brand": "Glow",  # Glow 2, Dew 2, Pure 1: the tie goes to the value sorting last
         "engaged_7d": 2, "any_events": 6, "big_orders": 1, "glow_events": 2, "glow_or_dew": 3, "not_glow": 1,
+        "not_glow_any": 1, "not_saved": 1,  # events without the property (NULL) match no operator but is null
         "coupon_orders": 2, "no_coupon": 1, "spring_opens": 1,
     }
     assert ann["avg_order"] == pytest.approx((120 + 30.5 + 50) / 3)
