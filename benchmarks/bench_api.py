@@ -41,7 +41,7 @@ DAY = dt.date(2026, 11, 3)
 def generate(workdir: Path, identities: int) -> Path:
     from segment_pipeline.core.exports.daily_feed import write_daily_feed
     from segment_pipeline.core.exports.storage import LocalExportStorage
-    from segment_pipeline.core.warehouse import SCHEMAS, Warehouse, connect
+    from segment_pipeline.core.warehouse import Warehouse, connect
 
     wh = Warehouse(workdir / "warehouse")
     storage = LocalExportStorage(workdir / "exports")
@@ -51,7 +51,8 @@ def generate(workdir: Path, identities: int) -> Path:
         con = connect(memory_limit="2GB")
         email = "'customer.' || i || '@example.com'"
         given = {"identity_id": f"substr(md5({email}), 1, 16)", "email": email, "random_bucket": "i % 10000"}
-        cols = ", ".join(f"{given.get(c, f'NULL::{t}')} AS {c}" for c, t in SCHEMAS["profiles"].items())
+        # every other column of the model's profiles is NULL
+        cols = ", ".join(f"{given.get(c, f'NULL::{t}')} AS \"{c}\"" for c, t in wh.schema("profiles").items())
         wh.write_partition(con, "profiles", DAY, f"SELECT {cols} FROM range({identities}) t(i)")
         segs = [("loyal", "Loyal customers", 3), ("nike", "Nike fans", 5), ("de", "geo-area Germany", 7),
                 ("first", "First Time Buyer", 2), ("ig", "UTM-tag Instagram", 11)]

@@ -55,24 +55,21 @@ def generate(workdir: Path, profiles: int, members: int) -> None:
     con.execute("SET enable_progress_bar = false").fetchall()
     t = time.perf_counter()
     email = "'user' || i || '@example.com'"
-    wh.write_partition(
-        con, "profiles", DAY,
-        f"""SELECT substr(md5({email}), 1, 16) AS identity_id, {email} AS email, 'cust-' || i AS customer_id,
-               'First' || (i % 5000) AS first_name, 'Last' || (i % 7919) AS last_name,
-               CASE WHEN i % 2 = 0 THEN 'F' ELSE 'M' END AS gender, DATE '1960-01-01' + (i % 15000)::INT AS dob,
-               CASE WHEN i % 3 = 0 THEN '+35840' || (i % 1000000) END AS phone,
-               ['FI', 'SE', 'DE', 'US', 'FR'][1 + i % 5] AS country, 'City ' || (i % 300) AS city,
-               ['fi', 'sv', 'de', 'en', 'fr'][1 + i % 5] AS language, 'Europe/Helsinki' AS time_zone,
-               ['bronze', 'silver', 'gold'][1 + i % 3] AS loyalty_tier,
-               TIMESTAMP '2024-01-01' + to_seconds(i % 60000000) AS created_at, NULL::TIMESTAMP AS updated_at,
-               NULL::TIMESTAMP AS first_seen_at, NULL::TIMESTAMP AS last_seen_at, i % 7 AS order_count,
-               (i % 1000) * 1.25 AS total_revenue, NULL::TIMESTAMP AS first_order_at, NULL::TIMESTAMP AS last_order_at,
-               NULL::INT AS days_since_last_order, i % 40 AS event_count_30d, i % 3 AS order_count_30d,
-               0.0 AS revenue_30d, 0 AS brand_interactions_90d, 0 AS category_interactions_90d,
-               NULL AS top_brand_90d, NULL::DOUBLE AS top_brand_share_90d, NULL AS top_category_90d,
-               NULL::DOUBLE AS top_category_share_90d, NULL AS first_utm_source, (i % 10000)::INT AS random_bucket
-        FROM range({profiles}) t(i)""",
-    )
+    given = {
+        "identity_id": f"substr(md5({email}), 1, 16)", "email": email, "customer_id": "'cust-' || i",
+        "first_name": "'First' || (i % 5000)", "last_name": "'Last' || (i % 7919)",
+        "gender": "CASE WHEN i % 2 = 0 THEN 'F' ELSE 'M' END", "dob": "DATE '1960-01-01' + (i % 15000)::INT",
+        "phone": "CASE WHEN i % 3 = 0 THEN '+35840' || (i % 1000000) END",
+        "country": "['FI', 'SE', 'DE', 'US', 'FR'][1 + i % 5]", "city": "'City ' || (i % 300)",
+        "language": "['fi', 'sv', 'de', 'en', 'fr'][1 + i % 5]", "time_zone": "'Europe/Helsinki'",
+        "loyalty_tier": "['bronze', 'silver', 'gold'][1 + i % 3]",
+        "created_at": "TIMESTAMP '2024-01-01' + to_seconds(i % 60000000)", "order_count": "i % 7",
+        "total_revenue": "(i % 1000) * 1.25", "event_count_30d": "i % 40", "order_count_30d": "i % 3",
+        "random_bucket": "(i % 10000)::INT",
+    }
+    # the profiles columns of the model (data/model.yaml); those not given are NULL
+    cols = ", ".join(f"{given.get(c, f'NULL::{t}')} AS \"{c}\"" for c, t in wh.schema("profiles").items())
+    wh.write_partition(con, "profiles", DAY, f"SELECT {cols} FROM range({profiles}) t(i)")
     # the big segment: every (profiles/members)-th profile; four others of 10% each
     step = max(1, profiles // members)
     wh.write_partition(

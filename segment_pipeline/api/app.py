@@ -57,9 +57,9 @@ from segment_pipeline.core.exports.daily_feed import daily_key, read_latest
 from segment_pipeline.core.exports.keys import UnsafeKeyError, check_key
 from segment_pipeline.core.exports.segment_export import (
     EXPORT_PREFIX,
-    SUPPORTED_FIELDS,
     SegmentExportRequest,
     SegmentExportRequestError,
+    model_fields,
     parse_object_prefix,
 )
 from segment_pipeline.core.exports.storage import ExportStorage, LocalExportStorage
@@ -356,9 +356,10 @@ async def request_segment_export(request: Request) -> Response:
         raise ApiError(415, "send the request body as application/json")
     body = parse_json_object(await _read_body(request, svc.settings.max_body_bytes), svc.settings.max_body_bytes)
     try:
-        export_request = SegmentExportRequest.parse(body)
+        model = svc.warehouse.model
+        export_request = SegmentExportRequest.parse(body, model=model)
     except SegmentExportRequestError as exc:
-        extra = {"valid_fields": list(SUPPORTED_FIELDS)} if "fields_to_export" in str(exc) else {}
+        extra = {"valid_fields": model_fields(model)} if "fields_to_export" in str(exc) else {}
         raise ApiError(400, str(exc), **extra) from None
     status_url = _status_url(request)
     record = await run_in_threadpool(

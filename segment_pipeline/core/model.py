@@ -15,7 +15,9 @@ exports) is derived from it, so nothing in ``core/`` knows a shop's words. Examp
 
     events:                          # an open vocabulary: names are the user's own
       Order Completed:
+        purchase: {product: product_id}   # exports list these under purchases, by product_id
         properties:
+          product_id: string
           revenue: money
           brands: {type: "list[string]", path: "products[*].brand"}
       Email Opened: {}
@@ -42,6 +44,7 @@ Errors are :class:`ModelFileError` naming the file and the entry:
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -89,6 +92,40 @@ TRAIT_FUNCTIONS: dict[str, str | None] = {
 PROPERTY_FUNCTIONS = {"sum", "min", "max", "avg", "first", "last", "distinct_count", "top"}
 #: Filter operators of a trait's ``where`` (the segment rules' comparison operators).
 WHERE_OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "is not null", "contains")
+
+
+def where_value_problem(ptype: str, op: str, value: Any) -> str | None:
+    """Why a trait filter ``{op, value}`` does not fit a property of model type ``ptype`` (None: it fits).
+
+    ``is null``/``is not null`` take no value; ``in``/``not in`` a non-empty list; every value must
+    be of the property's type (numbers for integer/number/money, true/false for booleans, text for
+    strings and list elements, ISO text or a YAML date for dates and timestamps); ``contains``
+    applies to strings and lists; booleans take ``=``/``!=``; lists take no ``<``/``>`` comparisons.
+    """
+    if op in ("is null", "is not null"):
+        return f"'{op}' takes no value" if value is not None else None
+    if op in ("in", "not in") and (not isinstance(value, list) or not value):
+        return f"'{op}' needs a non-empty list of values"
+    for v in value if op in ("in", "not in") else [value]:
+        if v is None:
+            return f"'{op}' needs a value"
+        if ptype == "integer" and (isinstance(v, bool) or not isinstance(v, int)):
+            return f"{v!r} is not an integer"
+        if ptype in ("number", "money") and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"{v!r} is not a number"
+        if ptype == "boolean" and not isinstance(v, bool):
+            return f"{v!r} is not true/false"
+        if ptype in ("string", "list[string]") and not isinstance(v, str):
+            return f"{v!r} is not a string (quote it in YAML)"
+        if ptype in ("date", "timestamp") and not isinstance(v, (str, dt.date)):
+            return f"{v!r} is not a {ptype}"
+    if op == "contains" and ptype not in ("string", "list[string]"):
+        return f"'contains' applies to string and list properties, not {ptype}"
+    if ptype == "boolean" and op not in ("=", "!="):
+        return f"a boolean property takes '=' or '!=', not {op!r}"
+    if ptype == "list[string]" and op in ("<", "<=", ">", ">="):
+        return f"a list property takes =, !=, contains, in, not in, is null, is not null; not {op!r}"
+    return None
 
 
 class ModelFileError(ValueError):
@@ -152,9 +189,21 @@ def _shorthand(value: Any) -> Any:
     return {"type": value} if isinstance(value, str) else value
 
 
+class Purchase(_Strict):
+    """Marks an event as a purchase (for exports' ``purchases``): ``product`` names the event's
+    property identifying the product bought (one item per distinct value)."""
+
+    product: str
+
+
 class Event(_Strict):
+    """An event name's declaration: typed ``properties``; ``purchase: {product: <property>}`` when
+    the event is a purchase (the per-segment export lists those under ``purchases``, grouped by
+    that property, and every other event under ``custom_events``)."""
+
     description: str = ""
     properties: dict[str, Annotated[Property, Field()]] = Field(default_factory=dict)
+    purchase: Purchase | None = None
 
     @field_validator("properties", mode="before")
     @classmethod
@@ -280,6 +329,9 @@ class DataModel(_Strict):
                 claim(f"{name}_share", f"traits.{name} (its share column)")
         prop_types: dict[str, tuple[str, str]] = {}
         for event, spec in self.events.items():
+            if spec.purchase is not None and spec.purchase.product not in spec.properties:
+                problems.append(f"events.{event}.purchase.product: {spec.purchase.product!r} is not a property of "
+                                f"{event!r}; declared: {sorted(spec.properties)}")
             if not event or len(event) > EVENT_NAME_MAX or any(ord(c) < 32 or ord(c) == 127 for c in event):
                 problems.append(f"events.{event!r}: an event name is 1-{EVENT_NAME_MAX} characters without control characters")
             for prop, field in spec.properties.items():
@@ -323,11 +375,19 @@ class DataModel(_Strict):
             for i, cond in enumerate(agg.where):
                 if cond.property not in props:
                     problems.append(f"traits.{name}.{fn}.where[{i}].property: unknown property {cond.property!r}")
+                    continue
+                problem = where_value_problem(props[cond.property], cond.op, cond.value)
+                if problem:
+                    problems.append(f"traits.{name}.{fn}.where[{i}]: {problem}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
     # -- derived shapes --------------------------------------------------------------------
+    def purchase_events(self) -> dict[str, str]:
+        """Event names marked as purchases -> the property identifying the product."""
+        return {name: spec.purchase.product for name, spec in self.events.items() if spec.purchase is not None}
+
     @property
     def links(self) -> tuple[str, ...]:
         """The identity-link columns (external ids), in declaration order."""

@@ -1,17 +1,35 @@
-"""Profiles as of the end of a day: identity resolution and behavioural aggregates.
+"""Profiles as of the end of a day: identity resolution, latest-wins attributes, computed traits.
+
+Everything here follows the declared data model (:mod:`segment_pipeline.core.model`): the
+identity links, the attributes and the traits are the model's; nothing is hard-coded.
 
 Identity is the normalized email (``core/identity.py``: white space and invisible characters
-stripped, lowercased; ingestion already normalized it), so ``Anna@Example.com `` and
-``anna@example.com`` are one customer. For every attribute (``ATTRIBUTES``, ``created_at``
-included) the latest *given* value wins, ordered by ``updated_at`` and then by delivery (landing
-day, file name, line), so ties resolve the same way every time. A record gives an attribute when it has
-a value for it, or when it clears it (``raw_profiles.cleared``: an explicit JSON null or ``""``; an
-empty CSV cell or Parquet null when the source's ``csv_empty_cell`` is ``clear``): a clear is a
-NULL value that wins when it is the latest. A record that leaves the attribute out (partial update)
-keeps the older value. An attribute never given is NULL (``created_at`` is never guessed from
-other columns: ``first_seen_at`` is the earliest sign of the customer). Events join the identity by
-the same normalized email. An email seen only in events (a guest checkout) is an identity too,
-with empty attributes.
+stripped, lowercased; ingestion already normalized it and resolved records that carried only an
+identity link), so ``Anna@Example.com `` and ``anna@example.com`` are one customer. One profile
+row per identity (``profiles`` columns: :meth:`DataModel.schemas`).
+
+**Latest given value wins.** For every identity link and every attribute the latest *given* value
+wins, ordered by ``updated_at`` and then by delivery (landing day, file name, line), so ties
+resolve the same way every time. A record gives a field when it has a value for it, or when it
+clears it (``raw_profiles.cleared`` lists the field: an explicit JSON null or ``""``; an empty
+CSV cell or Parquet null when the source's ``csv_empty_cell`` is ``clear``): a clear is a NULL
+value that wins when it is the latest. A record that leaves the field out (partial update) keeps
+the older value. A field never given is NULL; nothing is guessed from other columns.
+
+**custom_attributes** (the sources' unmapped columns, a JSON object per record) merge per key:
+each key takes the value of the latest record (same order) that has the key; a key whose latest
+value is JSON ``null`` is dropped (a clear). The profile's ``custom_attributes`` is a JSON object
+with keys in sorted order, values as landed (JSON types kept), NULL when no key is left.
+
+**Seen times.** ``updated_at`` is the latest profile record's time; ``first_seen_at`` the earliest
+sign of the customer: its first profile record, its first event, and, when the model declares a
+``timestamp`` attribute ``created_at`` (the Segment spec's reserved ``createdAt`` trait: "Date the
+user's account was first created", segment.com/docs/connections/spec/identify/#traits), its
+earliest given value; ``last_seen_at`` the later of ``updated_at`` and the last event.
+
+**Traits** are compiled by :mod:`segment_pipeline.core.traits` over the events that occurred
+before the end of the day. An email seen only in events (a guest checkout) is an identity too,
+with empty attributes. ``random_bucket`` is ``md5(email) mod 10000`` (stable per identity).
 
 A day's profiles are a pure function of all validated data landed up to and including that day,
 so re-running any day (or a range, in any order) gives the same snapshot.
@@ -23,13 +41,10 @@ import datetime as dt
 
 import duckdb
 
+from segment_pipeline.core.model import DataModel
+from segment_pipeline.core.traits import compile_traits, q
 from segment_pipeline.core.warehouse import Warehouse, as_date
 
-#: Attributes resolved with "latest given value wins" (a clear gives NULL; see the module doc).
-ATTRIBUTES = (
-    "customer_id", "first_name", "last_name", "gender", "dob", "phone", "country", "city",
-    "language", "time_zone", "loyalty_tier", "created_at",
-)
 #: "Latest" order of profile records, packed into one HUGEINT (a struct-valued arg_max key is
 #: ~12x slower): updated_at (microseconds), then landing day, then file (``file_no``: its rank by
 #: path among that day's files, 16 bits), then line (40 bits).
@@ -39,26 +54,34 @@ ORDER_KEY = (
     " + (least(file_no, 65535)::HUGEINT << 40)"
     " + source_line)"
 )
-SHORT_WINDOW_DAYS = 30
-AFFINITY_WINDOW_DAYS = 90
+#: A ``timestamp`` attribute of this name counts toward ``first_seen_at`` (see the module doc).
+CREATED_AT = "created_at"
+
+
+def latest_fields(model: DataModel) -> tuple[str, ...]:
+    """The profile fields resolved with "latest given value wins": identity links, then attributes."""
+    return (*model.links, *model.attributes)
 
 
 def profiles_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[str, dict[str, object]]:
     """The SELECT producing the ``profiles`` partition for ``day`` and its parameters."""
     day = as_date(day)
+    model = warehouse.model
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
-    params = {
-        "day": day,
-        "end_ts": end,
-        "since_short": end - dt.timedelta(days=SHORT_WINDOW_DAYS),
-        "since_affinity": end - dt.timedelta(days=AFFINITY_WINDOW_DAYS),
-    }
-    # arg_max_null: the latest given record's value, NULL when that record cleared it
-    latest = ",\n            ".join(
-        f"arg_max_null({a}, ord) FILTER (WHERE {a} IS NOT NULL OR list_contains(cleared, '{a}')) AS {a}"
-        for a in ATTRIBUTES
-    )
+    traits = compile_traits(model, day, events_cte="ev", agg_cte="activity")
+    params: dict[str, object] = {"end_ts": end, **traits.params}
+    fields = latest_fields(model)
+    latest = []
+    for i, name in enumerate(fields):
+        params[f"clear_{i}"] = name
+        col = q(name)
+        # arg_max_null: the latest given record's value, NULL when that record cleared it
+        latest.append(f"arg_max_null({col}, ord) FILTER (WHERE {col} IS NOT NULL OR list_contains(cleared, $clear_{i})) AS {col}")
+    created = model.attributes.get(CREATED_AT)
+    has_created = created is not None and created.type == "timestamp"
+    first_created = f"min({q(CREATED_AT)})" if has_created else "NULL::TIMESTAMP"
     raw = warehouse.scan("raw_profiles", upto=day)
+    ev_cols = ", ".join(q(c) for c in traits.columns)
     sql = f"""
     WITH files AS (  -- each landing day's files in name order (a later file wins a same-time tie)
         SELECT date, source_file, row_number() OVER (PARTITION BY date ORDER BY source_file) - 1 AS file_no
@@ -66,74 +89,44 @@ def profiles_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[str, dict[st
     ),
     rp AS (SELECT r.*, {ORDER_KEY} AS ord FROM {raw} r JOIN files USING (date, source_file)),
     ev AS (
-        SELECT email, event_type, occurred_at, brand, category, revenue, utm_source
+        SELECT {ev_cols}
         FROM {warehouse.scan('raw_events', upto=day)}
-        WHERE occurred_at < $end_ts
+        WHERE occurred_at < $end_ts AND email IS NOT NULL
     ),
     attrs AS (
         SELECT email,
-            {latest},
-            min(created_at) AS first_created_at,
+            {(',' + chr(10) + '            ').join([*latest, ''])}{first_created} AS first_created_at,
             max(updated_at) AS updated_at,
             min(updated_at) AS first_profile_at
         FROM rp GROUP BY email
     ),
-    activity AS (
-        SELECT email,
-            min(occurred_at) AS first_event_at,
-            max(occurred_at) AS last_event_at,
-            count(*) FILTER (WHERE event_type = 'order') AS order_count,
-            coalesce(sum(revenue) FILTER (WHERE event_type = 'order'), 0) AS total_revenue,
-            min(occurred_at) FILTER (WHERE event_type = 'order') AS first_order_at,
-            max(occurred_at) FILTER (WHERE event_type = 'order') AS last_order_at,
-            count(*) FILTER (WHERE occurred_at >= $since_short) AS event_count_30d,
-            count(*) FILTER (WHERE event_type = 'order' AND occurred_at >= $since_short) AS order_count_30d,
-            coalesce(sum(revenue) FILTER (WHERE event_type = 'order' AND occurred_at >= $since_short), 0) AS revenue_30d,
-            count(*) FILTER (WHERE brand IS NOT NULL AND occurred_at >= $since_affinity) AS brand_interactions_90d,
-            count(*) FILTER (WHERE category IS NOT NULL AND occurred_at >= $since_affinity) AS category_interactions_90d,
-            arg_min(utm_source, occurred_at) FILTER (WHERE utm_source IS NOT NULL) AS first_utm_source
-        FROM ev GROUP BY email
+    custom_kv AS (  -- latest given value per custom attribute key
+        SELECT email, key, arg_max_null(value, ord) AS value
+        FROM (SELECT email, ord, unnest(map_keys(m)) AS key, unnest(map_values(m)) AS value
+              FROM (SELECT email, ord, custom_attributes::JSON::MAP(VARCHAR, JSON) AS m
+                    FROM rp WHERE custom_attributes IS NOT NULL))
+        GROUP BY email, key
     ),
-    top_brand AS (
-        SELECT email, arg_max(brand, (n, brand)) AS top_brand_90d, max(n) AS top_brand_n
-        FROM (SELECT email, brand, count(*) AS n FROM ev
-              WHERE brand IS NOT NULL AND occurred_at >= $since_affinity GROUP BY ALL)
-        GROUP BY email
+    custom AS (
+        SELECT email, '{{' || string_agg(to_json(key)::VARCHAR || ':' || value::VARCHAR, ',' ORDER BY key) || '}}'
+            AS custom_attributes
+        FROM custom_kv WHERE value IS NOT NULL AND value::VARCHAR <> 'null' GROUP BY email
     ),
-    top_category AS (
-        SELECT email, arg_max(category, (n, category)) AS top_category_90d, max(n) AS top_category_n
-        FROM (SELECT email, category, count(*) AS n FROM ev
-              WHERE category IS NOT NULL AND occurred_at >= $since_affinity GROUP BY ALL)
-        GROUP BY email
-    )
+    {(',' + chr(10) + '    ').join(traits.ctes)}
     SELECT
         md5(i.email)[1:16] AS identity_id,
         i.email,
-        {', '.join(f'a.{x}' for x in ATTRIBUTES)},
+        {''.join(f'a.{q(x)}, ' for x in fields)}
+        c.custom_attributes,
         a.updated_at,
-        least(a.first_profile_at, a.first_created_at, ac.first_event_at) AS first_seen_at,
-        greatest(a.updated_at, ac.last_event_at) AS last_seen_at,
-        coalesce(ac.order_count, 0) AS order_count,
-        coalesce(ac.total_revenue, 0) AS total_revenue,
-        ac.first_order_at,
-        ac.last_order_at,
-        ($day::DATE - ac.last_order_at::DATE)::INTEGER AS days_since_last_order,
-        coalesce(ac.event_count_30d, 0) AS event_count_30d,
-        coalesce(ac.order_count_30d, 0) AS order_count_30d,
-        coalesce(ac.revenue_30d, 0) AS revenue_30d,
-        coalesce(ac.brand_interactions_90d, 0) AS brand_interactions_90d,
-        coalesce(ac.category_interactions_90d, 0) AS category_interactions_90d,
-        tb.top_brand_90d,
-        tb.top_brand_n / nullif(ac.brand_interactions_90d, 0) AS top_brand_share_90d,
-        tc.top_category_90d,
-        tc.top_category_n / nullif(ac.category_interactions_90d, 0) AS top_category_share_90d,
-        ac.first_utm_source,
+        least(a.first_profile_at, a.first_created_at, activity.first_event_at) AS first_seen_at,
+        greatest(a.updated_at, activity.last_event_at) AS last_seen_at,
+        {''.join(f'{s}, ' for s in traits.select)}
         (md5_number(i.email) % 10000)::INTEGER AS random_bucket
     FROM (SELECT email FROM attrs UNION SELECT email FROM activity) i
     LEFT JOIN attrs a USING (email)
-    LEFT JOIN activity ac USING (email)
-    LEFT JOIN top_brand tb USING (email)
-    LEFT JOIN top_category tc USING (email)
+    LEFT JOIN custom c USING (email)
+    {' '.join(f'LEFT JOIN {j} USING (email)' for j in traits.joins)}
     """
     return sql, params
 

@@ -24,10 +24,13 @@ from segment_pipeline.core.exports.segment_export import (
     SegmentExportRequest,
     SegmentExportRequestError,
     export_segment,
+    model_fields,
     run_segment_export,
     verify_segment_export,
 )
 from segment_pipeline.core.exports.storage import LocalExportStorage, S3ExportStorage
+from segment_pipeline.core.model import parse_model
+from segment_pipeline.core.profiles import build_profiles
 from segment_pipeline.core.warehouse import Warehouse, connect
 from segment_pipeline_tests.core.test_exports_warehouse_fixtures import (
     DAY,
@@ -39,6 +42,7 @@ from segment_pipeline_tests.core.test_exports_warehouse_fixtures import (
 )
 from segment_pipeline_tests.fakes.callback import callback_server
 from segment_pipeline_tests.fakes.s3 import moto_s3_server
+from segment_pipeline_tests.raw_tables import event_row, profile_row, write_raw
 from segment_pipeline_tests.waiting import child_env
 
 
@@ -169,7 +173,7 @@ def test_empty_segment_gives_zero_files_and_unknown_segment_is_an_error(small, t
 def test_purchases_and_custom_events_semantics(small, tmp_path):
     def ev(kind, days_ago, product=None, email="jane@x.io"):
         when = dt.datetime.combine(DAY, dt.time(12)) - dt.timedelta(days=days_ago)
-        return {"event_id": f"{kind}-{days_ago}-{product}", "email": email, "event_type": kind, "occurred_at": when,
+        return {"event_id": f"{kind}-{days_ago}-{product}", "email": email, "event": kind, "occurred_at": when,
                 "product_id": product}
 
     write_rows(small, "raw_events", DAY - dt.timedelta(days=120),
@@ -186,6 +190,75 @@ def test_purchases_and_custom_events_semantics(small, tmp_path):
         {"name": "page_view", "first": "2026-04-17T12:00:00Z", "last": "2026-08-06T12:00:00Z", "count": 2}
     ]
     assert users["joe@x.io"] == {"email": "joe@x.io"}
+
+
+# -- a non-apparel model ---------------------------------------------------------------------------
+BEAUTY = parse_model({
+    "identity": {"links": ["shopify_id", "user_id"]},
+    "attributes": {"first_name": "string", "skin_type": "string", "loyalty_points": "integer",
+                   "tags": "list[string]", "accepts_marketing": "boolean", "birthday": "date"},
+    "events": {
+        "Order Completed": {"purchase": {"product": "sku"}, "properties": {"sku": "string", "revenue": "money"}},
+        "Email Opened": {"properties": {"campaign": "string"}},
+    },
+    "traits": {"orders": {"count": {"event": "Order Completed"}}},
+}, source="beauty.yaml")
+
+
+def test_a_beauty_models_own_attributes_and_events_fill_custom_attributes_purchases_and_custom_events(tmp_path):
+    wh = Warehouse(tmp_path / "warehouse", BEAUTY)
+    write_raw(wh, "raw_profiles", DAY, [
+        profile_row("ann@x.io", "2026-11-01T08:00:00", first_name="Ann", skin_type="oily", loyalty_points=650,
+                    tags=["VIP", "wholesale"], accepts_marketing=True, birthday="1990-05-17", shopify_id="S-1",
+                    custom_attributes={"favourite_scent": "rose", "skin_type": "unmapped loses", "n": 3}),
+        profile_row("bo@x.io", "2026-11-01T08:00:00", user_id="U-2"),
+    ])
+    at = dt.datetime.combine(DAY, dt.time(9))
+    write_raw(wh, "raw_events", DAY, [
+        event_row("1", "ann@x.io", "Order Completed", at, sku="SERUM-1", revenue=20),
+        event_row("2", "ann@x.io", "Order Completed", at + dt.timedelta(hours=1), sku="SERUM-1", revenue=20),
+        event_row("3", "ann@x.io", "Email Opened", at, campaign="spring"),
+        event_row("4", "ann@x.io", "Subscription Started", at, properties={"plan": "monthly"}),  # undeclared, kept
+    ])
+    con = connect()
+    build_profiles(con, wh, DAY)
+    write_rows(wh, "memberships", DAY, [{"segment_id": "oily", "identity_id": identity(e), "email": e}
+                                        for e in ("ann@x.io", "bo@x.io")])
+    write_rows(wh, "segment_stats", DAY, [{"segment_id": "oily", "segment_name": "Oily", "segment_type": "rule",
+                                           "status": "refreshed", "member_count": 2}])
+    fields = model_fields(BEAUTY)
+    assert fields == ["braze_id", "identity_id", "external_id", "email", "first_name", "random_bucket",
+                      "custom_attributes", "purchases", "custom_events"]
+    storage = LocalExportStorage(tmp_path / "exports")
+    result = export_segment(con, wh, storage, SegmentExportRequest.parse(
+        {"segment_id": "oily", "fields_to_export": ["external_id", "email", "first_name", "custom_attributes",
+                                                    "purchases", "custom_events"]}, model=BEAUTY))
+    users = {u["email"]: u for u in read_export(storage, result)}
+    nine, ten = "2026-11-03T09:00:00Z", "2026-11-03T10:00:00Z"
+    assert users["ann@x.io"] == {
+        "external_id": "S-1", "email": "ann@x.io", "first_name": "Ann",
+        "custom_attributes": {"skin_type": "oily", "loyalty_points": 650, "tags": ["VIP", "wholesale"],
+                              "accepts_marketing": True, "birthday": "1990-05-17", "favourite_scent": "rose", "n": 3},
+        "purchases": [{"name": "SERUM-1", "first": nine, "last": ten, "count": 2}],
+        "custom_events": [{"name": "Email Opened", "first": nine, "last": nine, "count": 1},
+                          {"name": "Subscription Started", "first": nine, "last": nine, "count": 1}],
+    }
+    assert users["bo@x.io"] == {"email": "bo@x.io"}  # external_id is the first link only; nothing else given
+
+
+@pytest.mark.parametrize("field", ["last_name", "home_city", "total_revenue", "created_at"])
+def test_a_field_the_model_cannot_fill_is_refused_with_the_fields_it_can(tmp_path, field):
+    body = {"segment_id": "oily", "fields_to_export": ["email", field]}
+    with pytest.raises(SegmentExportRequestError) as err:
+        SegmentExportRequest.parse(body, model=BEAUTY)
+    assert f"cannot fill ['{field}']" in str(err.value) and "custom_attributes, purchases, custom_events" in str(err.value)
+    no_links = parse_model({"attributes": {"first_name": "string"}})
+    with pytest.raises(SegmentExportRequestError, match=r"cannot fill \['external_id', 'purchases'\]"):
+        SegmentExportRequest.parse({"segment_id": "s", "fields_to_export": ["external_id", "purchases"]}, model=no_links)
+    # the export itself checks too (a request parsed without the model)
+    with pytest.raises(SegmentExportRequestError, match=field):
+        export_segment(connect(), Warehouse(tmp_path / "wh", BEAUTY), LocalExportStorage(tmp_path / "out"),
+                       SegmentExportRequest.parse(body))
 
 
 @pytest.mark.parametrize("segment_id", ["../x", "a/b", "two words", "ünï 🎯"])

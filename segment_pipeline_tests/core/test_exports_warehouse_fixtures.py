@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-from segment_pipeline.core.warehouse import SCHEMAS, Warehouse, connect
+from segment_pipeline.core.warehouse import Warehouse, connect
 
 DAY = dt.date(2026, 11, 3)
 
@@ -19,13 +19,13 @@ def identity(email: str) -> str:
 
 def write_rows(wh: Warehouse, table: str, day, rows: list[dict]) -> int:
     con = connect()
-    con.execute(f"CREATE TEMP TABLE t AS SELECT * EXCLUDE (date) FROM {Warehouse.empty_relation(table)}")
-    cols = list(SCHEMAS[table])
+    con.execute(f"CREATE TEMP TABLE t AS SELECT * EXCLUDE (date) FROM {wh.empty_relation(table)}")
+    cols = list(wh.schema(table))
     if rows:
         unknown = set().union(*rows) - set(cols)
         assert not unknown, unknown
         con.executemany(
-            f"INSERT INTO t ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+            f"INSERT INTO t ({', '.join(_q(c) for c in cols)}) VALUES ({', '.join('?' for _ in cols)})",
             [[r.get(c) for c in cols] for r in rows],
         )
     return wh.write_partition(con, table, day, "SELECT * FROM t")
@@ -65,18 +65,18 @@ def write_day(
 def write_synthetic_segment(wh: Warehouse, day, segment_id: str, n_members: int, n_profiles: int) -> None:
     """``n_profiles`` generated profiles, the first ``n_members`` of them in ``segment_id``."""
     con = connect()
-    profiles = f"""
-        SELECT substr(md5('u' || i || '@example.com'), 1, 16) AS identity_id, 'u' || i || '@example.com' AS email,
-               'c' || i AS customer_id, 'First' || i AS first_name, 'Last' || i AS last_name,
-               CASE WHEN i % 2 = 0 THEN 'F' ELSE 'M' END AS gender, DATE '1990-01-01' + (i % 9000)::INT AS dob,
-               NULL AS phone, 'FI' AS country, 'Helsinki' AS city, 'fi' AS language, 'Europe/Helsinki' AS time_zone,
-               'gold' AS loyalty_tier, TIMESTAMP '2026-01-01 00:00:00' AS created_at, NULL AS updated_at,
-               NULL AS first_seen_at, NULL AS last_seen_at, 0 AS order_count, i * 1.5 AS total_revenue,
-               NULL AS first_order_at, NULL AS last_order_at, NULL AS days_since_last_order, 0 AS event_count_30d,
-               0 AS order_count_30d, 0.0 AS revenue_30d, 0 AS brand_interactions_90d, 0 AS category_interactions_90d,
-               NULL AS top_brand_90d, NULL AS top_brand_share_90d, NULL AS top_category_90d,
-               NULL AS top_category_share_90d, NULL AS first_utm_source, i % 10000 AS random_bucket
-        FROM range({n_profiles}) t(i)"""
+    values = {
+        "identity_id": "substr(md5('u' || i || '@example.com'), 1, 16)", "email": "'u' || i || '@example.com'",
+        "first_name": "'First' || i", "last_name": "'Last' || i", "gender": "CASE WHEN i % 2 = 0 THEN 'F' ELSE 'M' END",
+        "dob": "DATE '1990-01-01' + (i % 9000)::INT", "country": "'FI'", "city": "'Helsinki'", "language": "'fi'",
+        "time_zone": "'Europe/Helsinki'", "loyalty_tier": "'gold'", "created_at": "TIMESTAMP '2026-01-01 00:00:00'",
+        "total_revenue": "i * 1.5", "random_bucket": "i % 10000",
+    }
+    if wh.model.links:
+        values[wh.model.links[0]] = "'c' || i"
+    # every other column of the model's profiles: its default (counts 0, the rest NULL)
+    columns = ", ".join(f"{values.get(c, '0' if t == 'BIGINT' else 'NULL')} AS {_q(c)}" for c, t in wh.schema("profiles").items())
+    profiles = f"SELECT {columns} FROM range({n_profiles}) t(i)"
     wh.write_partition(con, "profiles", day, profiles)
     wh.write_partition(
         con, "memberships", day,
@@ -88,6 +88,10 @@ def write_synthetic_segment(wh: Warehouse, day, segment_id: str, n_members: int,
         f"SELECT {_lit(segment_id)} AS segment_id, 'Big segment' AS segment_name, 'rule' AS segment_type, "
         f"'refreshed' AS status, NULL AS frozen_on, {n_members} AS member_count, 0 AS added, 0 AS removed",
     )
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _lit(value: str) -> str:

@@ -31,16 +31,20 @@ times are the export's start time); under another prefix the decompressed conten
 Readers should still treat line order as not significant.
 
 Values follow the reference promise "the least data possible": a field the user has no value for
-is left out of the object (read a missing field as null / empty). Field meanings:
+is left out of the object (read a missing field as null / empty). Fields come from the declared
+data model (:func:`field_columns`, docs/exports.md "Fields"):
 
-* ``braze_id`` (alias ``identity_id``): our identity id; ``external_id``: ``customer_id``;
-  ``home_city``: ``city``; ``dob``: ``YYYY-MM-DD``; ``created_at``: ISO 8601 UTC (``...Z``);
-  ``custom_attributes``: ``{"loyalty_tier": ...}``.
-* ``purchases``: order events grouped by ``product_id`` (``name``); ``custom_events``: every other
-  event grouped by ``event_type``. Each item is ``{"name", "first", "last", "count"}`` where
-  ``first``, ``last`` and ``count`` (number of events) cover *all* events that occurred up to the
-  end of the export day, and only items whose ``last`` falls in the 90 days ending with the
-  export day (``last >= export_day - 89 days``, 00:00 UTC) are listed, sorted by name.
+* ``braze_id`` (alias ``identity_id``): our identity id; ``external_id``: the model's first identity
+  link; standard fields (``first_name``, ``home_city``, ``dob``, ...): the model's attribute of that
+  name (:data:`STANDARD_ATTRIBUTES`); ``dob``: ``YYYY-MM-DD``; ``created_at``: ISO 8601 UTC
+  (``...Z``); ``custom_attributes``: the model's other attributes over the sources' unmapped
+  columns (:func:`field_sql`). A field the model cannot fill is refused (:func:`check_fields`).
+* ``purchases``: events the model marks ``purchase: {product: <property>}``, grouped by that
+  property (``name``); ``custom_events``: every other event grouped by event name. Each item is
+  ``{"name", "first", "last", "count"}`` where ``first``, ``last`` and ``count`` (number of events)
+  cover *all* events that occurred up to the end of the export day, and only items whose ``last``
+  falls in the 90 days ending with the export day (``last >= export_day - 89 days``, 00:00 UTC)
+  are listed, sorted by name.
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ from segment_pipeline.core.exports.daily_feed import ExportInputError, _local_co
 from segment_pipeline.core.exports.keys import encode_segment, join_key
 from segment_pipeline.core.exports.locks import LockState, global_slot, segment_lock
 from segment_pipeline.core.exports.storage import ExportStorage, LocalExportStorage
-from segment_pipeline.core.warehouse import SCHEMAS, Warehouse, as_date
+from segment_pipeline.core.model import DataModel
+from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
 
 EXPORT_PREFIX = "segment-export"
 LOCK_KIND = "segment-export"
@@ -87,31 +92,125 @@ MANIFEST_SUFFIX = ".manifest.json"
 
 _TS = "'%Y-%m-%dT%H:%M:%SZ'"
 
-#: field name -> SQL for its JSON value over ``p`` (the member's profile row; for a member without a
-#: profile, ``identity_id`` and ``email`` from ``memberships`` and NULL elsewhere) and ``ev``
-#: (events); NULL leaves the field out of the object.
+#: The export's fields (the names of Braze's ``/users/export/segment``,
+#: braze.com/docs/api/endpoints/export/user_data/post_users_segment) -> what fills them from the data
+#: model (:func:`field_columns`). Standard user fields read the model's attribute of that name (the
+#: first one declared of :data:`STANDARD_ATTRIBUTES`); a field the model cannot fill is refused at
+#: request time (:meth:`SegmentExportRequest.parse` with the model, and again when the export runs).
 SUPPORTED_FIELDS: dict[str, str] = {
-    "braze_id": "to_json(p.identity_id)",
-    "identity_id": "to_json(p.identity_id)",
-    "external_id": "to_json(p.customer_id)",
-    "email": "to_json(p.email)",
-    "first_name": "to_json(p.first_name)",
-    "last_name": "to_json(p.last_name)",
-    "country": "to_json(p.country)",
-    "home_city": "to_json(p.city)",
-    "language": "to_json(p.language)",
-    "time_zone": "to_json(p.time_zone)",
-    "dob": "to_json(strftime(p.dob, '%Y-%m-%d'))",
-    "gender": "to_json(p.gender)",
-    "phone": "to_json(p.phone)",
-    "random_bucket": "to_json(p.random_bucket)",
-    "total_revenue": "to_json(p.total_revenue)",
-    "created_at": f"to_json(strftime(p.created_at, {_TS}))",
-    "custom_attributes": "CASE WHEN p.loyalty_tier IS NOT NULL THEN json_object('loyalty_tier', p.loyalty_tier)::VARCHAR END",
-    "purchases": "to_json(ev.purchases)",
-    "custom_events": "to_json(ev.custom_events)",
+    "braze_id": "the identity id (identity_id)",
+    "identity_id": "the identity id",
+    "external_id": "the model's first identity link (identity.links[0])",
+    "email": "the normalized email",
+    "first_name": "attribute first_name",
+    "last_name": "attribute last_name",
+    "country": "attribute country",
+    "home_city": "attribute home_city, else city",
+    "language": "attribute language",
+    "time_zone": "attribute time_zone",
+    "dob": "attribute dob, else date_of_birth (YYYY-MM-DD)",
+    "gender": "attribute gender",
+    "phone": "attribute phone",
+    "random_bucket": "the identity's random bucket (0-9999)",
+    "total_revenue": "trait or attribute total_revenue",
+    "created_at": "attribute created_at (ISO 8601 UTC)",
+    "custom_attributes": "the model's attributes not exported as standard fields, plus the sources' unmapped columns",
+    "purchases": "events the model marks as purchases, by product",
+    "custom_events": "every other event, by event name",
+}
+#: Standard fields read from the first of these profile columns the model declares (attribute,
+#: identity link or trait; see :func:`field_columns`).
+STANDARD_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "first_name": ("first_name",), "last_name": ("last_name",), "country": ("country",),
+    "home_city": ("home_city", "city"), "language": ("language",), "time_zone": ("time_zone",),
+    "dob": ("dob", "date_of_birth"), "gender": ("gender",), "phone": ("phone",),
+    "total_revenue": ("total_revenue",), "created_at": ("created_at",),
 }
 _EVENT_FIELDS = {"purchases", "custom_events"}
+
+
+def field_columns(model: DataModel) -> dict[str, str | None]:
+    """Each export field -> the ``profiles`` column it reads (``""``: built from several columns or
+    from events), or None when the model cannot fill it (e.g. ``external_id`` without identity
+    links, ``purchases`` without an event marked ``purchase``, ``first_name`` without that attribute)."""
+    columns = model.schemas()["profiles"]
+    out: dict[str, str | None] = {
+        "braze_id": "identity_id", "identity_id": "identity_id", "email": "email", "random_bucket": "random_bucket",
+        "external_id": model.links[0] if model.links else None,
+        "custom_attributes": "", "custom_events": "",
+        "purchases": "" if model.purchase_events() else None,
+    }
+    for name, candidates in STANDARD_ATTRIBUTES.items():
+        out[name] = next((c for c in candidates if c in columns and c not in ("email", "identity_id")), None)
+    return {name: out[name] for name in SUPPORTED_FIELDS}
+
+
+def model_fields(model: DataModel) -> list[str]:
+    """The export fields this model can fill, in :data:`SUPPORTED_FIELDS` order."""
+    return [name for name, column in field_columns(model).items() if column is not None]
+
+
+def check_fields(model: DataModel, fields: Sequence[str]) -> None:
+    """Raise :class:`SegmentExportRequestError` naming the fields ``model`` cannot fill."""
+    columns = field_columns(model)
+    missing = [f for f in fields if columns.get(f) is None]
+    if missing:
+        reasons = "; ".join(f"{f}: needs {SUPPORTED_FIELDS[f]}" for f in missing)
+        raise SegmentExportRequestError(
+            f"fields_to_export: the data model cannot fill {missing} ({reasons}); "
+            f"fields this model supports: {', '.join(model_fields(model))}"
+        )
+
+
+def _json_of(column: str, sql_type: str) -> str:
+    """The JSON value of a profile column: dates ``YYYY-MM-DD``, timestamps ISO 8601 UTC, lists
+    as arrays, money as a number with its cents."""
+    col = f"p.{_q(column)}"
+    if sql_type == "DATE":
+        return f"to_json(strftime({col}, '%Y-%m-%d'))"
+    if sql_type == "TIMESTAMP":
+        return f"to_json(strftime({col}, {_TS}))"
+    return f"to_json({col})"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def custom_attribute_columns(model: DataModel) -> list[str]:
+    """The model's attributes that go into ``custom_attributes``: those no standard field reads."""
+    standard = {c for f, c in field_columns(model).items() if f in STANDARD_ATTRIBUTES and c}
+    return [a for a in model.attributes if a not in standard]
+
+
+def field_sql(model: DataModel, name: str) -> str:
+    """SQL for the JSON value of export field ``name`` over ``p`` (the member's profile row) and
+    ``ev`` (its event items); NULL leaves the field out of the user object.
+
+    ``custom_attributes`` is one JSON object: the profile's ``custom_attributes`` (the sources'
+    unmapped columns) overlaid with the model's attributes that no standard field exports
+    (:func:`custom_attribute_columns`; a declared attribute wins over an unmapped column of the same
+    name); keys without a value are left out, and an empty object leaves the field out.
+    """
+    columns = field_columns(model)
+    types = model.schemas()["profiles"]
+    if name == "purchases":
+        return "to_json(ev.purchases)"
+    if name == "custom_events":
+        return "to_json(ev.custom_events)"
+    if name == "custom_attributes":
+        declared = custom_attribute_columns(model)
+        base = "coalesce(p.custom_attributes, '{}')::JSON"
+        if declared:
+            pairs = ", ".join(f"{sql_string(a)}, {_json_of(a, types[a])}" for a in declared)
+            merged = f"json_merge_patch({base}, json_object({pairs}))::VARCHAR"
+        else:
+            merged = f"{base}::VARCHAR"
+        return f"nullif({merged}, '{{}}')"
+    column = columns[name]
+    if column is None:
+        raise SegmentExportRequestError(f"fields_to_export: the data model cannot fill {name!r} ({SUPPORTED_FIELDS[name]})")
+    return _json_of(column, types[column])
 
 
 class SegmentExportRequestError(ValueError):
@@ -126,7 +225,9 @@ class SegmentExportRequest:
     callback_endpoint: str | None = None
 
     @classmethod
-    def parse(cls, body: Mapping[str, object]) -> SegmentExportRequest:
+    def parse(cls, body: Mapping[str, object], model: DataModel | None = None) -> SegmentExportRequest:
+        """Validate a request body; with ``model``, also refuse fields the data model cannot fill
+        (:func:`check_fields`). Raises :class:`SegmentExportRequestError` naming the field."""
         unknown_keys = sorted(set(body) - {"segment_id", "fields_to_export", "output_format", "callback_endpoint"})
         if unknown_keys:
             raise SegmentExportRequestError(f"unknown request field(s) {unknown_keys}")
@@ -161,6 +262,8 @@ class SegmentExportRequest:
                 validate_endpoint(str(callback))
             except ValueError as exc:
                 raise SegmentExportRequestError(str(exc)) from exc
+        if model is not None:
+            check_fields(model, fields)
         return cls(segment_id, tuple(dict.fromkeys(fields)), str(output_format), callback)
 
 
@@ -259,7 +362,8 @@ def member_lines_sql(
     members = f"(SELECT identity_id, email FROM {memberships} WHERE segment_id = $segment_id AND {in_part('identity_id')})"
     if without_profile:
         nulls = ", ".join(
-            f"NULL::{typ} AS {name}" for name, typ in SCHEMAS["profiles"].items() if name not in ("identity_id", "email")
+            f"NULL::{typ} AS {_q(name)}" for name, typ in warehouse.schema("profiles").items()
+            if name not in ("identity_id", "email")
         )
         source = f"""(SELECT m.identity_id, any_value(m.email) AS email, {nulls}
                       FROM {members} m LEFT JOIN (SELECT identity_id FROM {profiles} WHERE {in_part('identity_id')}) q
@@ -268,19 +372,27 @@ def member_lines_sql(
     else:
         source = f"""(SELECT * FROM {profiles}
                       WHERE {in_part('identity_id')} AND identity_id IN (SELECT identity_id FROM {members}))"""
-    parts_sql = ", ".join(f"'\"{name}\":' || ({SUPPORTED_FIELDS[name]})" for name in fields)
+    model = warehouse.model
+    check_fields(model, fields)
+    parts_sql = ", ".join(f"'\"{name}\":' || ({field_sql(model, name)})" for name in fields)
     ctes = []
     event_join = ""
     if _EVENT_FIELDS & set(fields):
         events = warehouse.scan("raw_events", upto=as_of)
         window_start = as_of - dt.timedelta(days=EVENT_WINDOW_DAYS - 1)
+        purchases = model.purchase_events()
+        if purchases:
+            is_purchase = f"e.event IN ({', '.join(sql_string(n) for n in purchases)})"
+            whens = " ".join(f"WHEN e.event = {sql_string(n)} THEN CAST(e.{_q(prop)} AS VARCHAR)" for n, prop in purchases.items())
+            item_name = f"CASE {whens} ELSE e.event END"
+        else:
+            is_purchase, item_name = "false", "e.event"
         day_end = as_of + dt.timedelta(days=1)
         # memberships.email is the profile's (normalized) email of that identity
         ctes.append(
             f"""items AS (
-                SELECT e.email, e.event_type = 'order' AS is_order,
-                       CASE WHEN e.event_type = 'order' THEN e.product_id ELSE e.event_type END AS name,
-                       min(e.occurred_at) AS first, max(e.occurred_at) AS last, count(*) AS count
+                SELECT e.email, {is_purchase} AS is_purchase, {item_name} AS name,
+                min(e.occurred_at) AS first, max(e.occurred_at) AS last, count(*) AS count
                 FROM {events} e
                 WHERE e.occurred_at < DATE '{day_end}' AND e.email IN (SELECT email FROM {members})
                 GROUP BY 1, 2, 3  -- not GROUP BY ALL: with the HAVING on max(occurred_at), DuckDB
@@ -291,8 +403,8 @@ def member_lines_sql(
         ctes.append(
             f"""ev AS (
                 SELECT email,
-                       list({item} ORDER BY name) FILTER (WHERE is_order) AS purchases,
-                       list({item} ORDER BY name) FILTER (WHERE NOT is_order) AS custom_events
+                       list({item} ORDER BY name) FILTER (WHERE is_purchase) AS purchases,
+                       list({item} ORDER BY name) FILTER (WHERE NOT is_purchase) AS custom_events
                 FROM items GROUP BY email)"""
         )
         event_join = "LEFT JOIN ev ON ev.email = p.email"
@@ -469,6 +581,7 @@ def export_segment(
     ``batch_rows`` and are cut into chunks that ``writer_threads`` threads compress and publish
     while the next lines are produced (at most ``2 * writer_threads`` chunks in flight).
     """
+    check_fields(warehouse.model, request.fields_to_export)
     if object_prefix is not None:
         started_at = parse_object_prefix(object_prefix)
     day = as_date(as_of) if as_of is not None else latest_membership_day(warehouse)

@@ -133,7 +133,8 @@ def segment_export(
     segment-export/SEGMENT_ID/YYYY-MM-dd/RANDOM_UUID-TIMESTAMP/, then a POST to the callback
     endpoint. At most one export per segment runs at a time."""
     request = chunked.SegmentExportRequest.parse(
-        config.model_dump(exclude={"as_of", "object_prefix", "download_url"}, exclude_none=True)
+        config.model_dump(exclude={"as_of", "object_prefix", "download_url"}, exclude_none=True),
+        model=warehouse.get().model,
     )
     tagged = context.run.tags.get(SEGMENT_TAG)
     if tagged is not None and tagged != tag_value(request.segment_id):

@@ -22,9 +22,9 @@ from segment_pipeline.defs.resources import WarehouseResource
     ],
 )
 def profiles(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
-    """Identity-resolved profiles (normalized email, latest attributes win) with behavioural
-    aggregates (orders, revenue, recency, brand/category affinity, first-touch UTM, random_bucket)
-    computed from everything landed up to the end of the day."""
+    """Identity-resolved profiles (normalized email; identity links and attributes: latest given
+    value wins; custom attributes merged per key) with the computed traits the data model declares
+    (core/traits.py), from everything landed up to the end of the day."""
     wh = warehouse.get()
     con = connect()
     duplicates_total = 0
@@ -35,15 +35,17 @@ def profiles(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
             f"SELECT count(*) - count(DISTINCT email) FROM {wh.scan('profiles', days=[day])}"
         ).fetchall()[0][0]
         duplicates_total += duplicates
-        buyers, revenue = con.execute(
-            f"SELECT count(*) FILTER (WHERE order_count > 0), coalesce(sum(total_revenue), 0) "
-            f"FROM {wh.scan('profiles', days=[day])}"
+        with_records, events_only, with_custom = con.execute(
+            f"SELECT count(*) FILTER (WHERE updated_at IS NOT NULL), count(*) FILTER (WHERE updated_at IS NULL), "
+            f"count(*) FILTER (WHERE custom_attributes IS NOT NULL) FROM {wh.scan('profiles', days=[day])}"
         ).fetchall()[0]
         context.add_asset_metadata(
             {
                 "identities": n,
-                "buyers": buyers,
-                "total_revenue": float(revenue),
+                "with_profile_records": with_records,
+                "events_only": events_only,
+                "with_custom_attributes": with_custom,
+                "traits": len(wh.model.traits),
                 "dagster/row_count": n,
                 "path": dg.MetadataValue.path(str(path)),
             },
