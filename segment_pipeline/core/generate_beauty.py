@@ -246,9 +246,10 @@ class _Beauty:
         rows = f"""
             SELECT c.*, 0 AS rk,
                    base_points + points_rate * ({d} - s) AS points,
-                   (SELECT count(*) FROM orders o WHERE o.p = c.p AND o.od <= {d}) AS total_orders,
-                   (SELECT coalesce(sum(revenue), 0) FROM orders o WHERE o.p = c.p AND o.od <= {d}) AS total_spent
+                   coalesce(o.n, 0) AS total_orders, coalesce(o.spent, 0) AS total_spent
             FROM cust c
+            LEFT JOIN (SELECT p AS op, count(*) AS n, sum(revenue) AS spent FROM orders WHERE od <= {d} GROUP BY p) o
+                   ON o.op = c.p
             WHERE s = {d} OR (s < {d} AND {s.u(_B.UPD, 'p', d)} < {UPDATE_RATE})"""
         cells = f"""
             SELECT p, rk, customer_id, first_name, last_name, email,
@@ -304,27 +305,27 @@ class _Beauty:
         # product views: a Poisson-like count per (customer, day); more on the signup day
         mu = f"budget * {epp / 2!r} * CASE WHEN s = {d} THEN 1.5 ELSE {1 / max(self.sql.days, 1)!r} * 2 END"
         views = f"""
-            SELECT p, 'view' AS kind, j, CASE WHEN s = {d} THEN cs + 1 ELSE 0 END AS lo
+            SELECT p, 'view' AS kind, j, CASE WHEN s = {d} THEN cs ELSE 0 END AS lo
             FROM (SELECT *, unnest(range(floor({mu})::BIGINT + ({s.u(_B.VIEWS, 'p', d)} < {mu} - floor({mu}))::BIGINT)) AS j
                   FROM cust WHERE has_user AND s <= {d})"""
         views = f"SELECT p, kind, j, lo + {s.i(_B.VTIME, '86400 - lo', 'p', d, 'j')} AS sec FROM ({views})"
         orders = f"SELECT p, 'order' AS kind, j, osec AS sec FROM orders JOIN cust USING (p) WHERE od = {d} AND has_user"
         subs = f"""
-            SELECT p, 'sub' AS kind, 0 AS j, CASE WHEN sub_day = s THEN cs + 120 ELSE 0 END
-                   + {s.i(_B.STIME, 80000, 'p')} AS sec FROM cust WHERE has_user AND subscriber AND sub_day = {d}
+            SELECT p, 'sub' AS kind, 0 AS j, least(CASE WHEN sub_day = s THEN cs + 120 ELSE 0 END
+                   + {s.i(_B.STIME, 80000, 'p')}, 86399) AS sec FROM cust WHERE has_user AND subscriber AND sub_day = {d}
             UNION ALL
             SELECT p, 'cancel', 0, {s.i(_B.STIME, 86000, 'p', 1)} FROM cust
             WHERE has_user AND subscriber AND cancels AND cancel_day = {d}"""
         opens = f"""
-            SELECT p, 'open' AS kind, j, CASE WHEN s = {d} THEN cs + 1 ELSE 0 END
-                   + {s.i(_B.OTIME2, '86400 - CASE WHEN s = ' + str(d) + ' THEN cs + 1 ELSE 0 END', 'p', d, 'j')} AS sec
+            SELECT p, 'open' AS kind, j, CASE WHEN s = {d} THEN cs ELSE 0 END
+                   + {s.i(_B.OTIME2, '86400 - CASE WHEN s = ' + str(d) + ' THEN cs ELSE 0 END', 'p', d, 'j')} AS sec
             FROM (SELECT *, unnest(range(CASE WHEN {s.u(_B.OPEN, 'p', d)} < CASE WHEN engaged THEN 0.75 ELSE 0.08 END
                                               THEN 1 + ({s.u(_B.OPEN, 'p', d, 1)} < 0.3)::INTEGER ELSE 0 END)) AS j
                   FROM cust WHERE has_user AND accepts_email AND s <= {d}
                         AND NOT (unsubscribes AND unsub_day <= {d}))"""
         wish = f"""
-            SELECT p, 'wish' AS kind, 0 AS j, CASE WHEN s = {d} THEN cs + 1 ELSE 0 END
-                   + {s.i(_B.WTIME, '86400 - CASE WHEN s = ' + str(d) + ' THEN cs + 1 ELSE 0 END', 'p', d)} AS sec
+            SELECT p, 'wish' AS kind, 0 AS j, CASE WHEN s = {d} THEN cs ELSE 0 END
+                   + {s.i(_B.WTIME, '86400 - CASE WHEN s = ' + str(d) + ' THEN cs ELSE 0 END', 'p', d)} AS sec
             FROM cust WHERE has_user AND s <= {d} AND {s.u(_B.WISH, 'p', d)} < 0.04"""
         msgs = " UNION ALL ".join(f"({q})" for q in (identify, views, orders, subs, opens, wish))
         base = f"""
