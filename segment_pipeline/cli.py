@@ -50,7 +50,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--example", choices=["apparel", "beauty_shop"], default="apparel",
                    help="which example's schema: apparel (data/, folders profiles + events) or beauty_shop "
                         "(examples/beauty_shop: a Shopify customer CSV export in shopify_customers/ and a "
-                        "Segment-spec NDJSON stream in segment_stream/)")
+                        "Segment-spec NDJSON stream in segment_stream/) (default: %(default)s)")
     p.add_argument("--malformed-rate", type=float, default=0.002, help="share of rows broken on purpose")
     p.add_argument("--overwrite", action="store_true",
                    help="replace landing files already present for the generated days")
@@ -97,7 +97,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verbose", action="store_true", help="also print Dagster's own run log (every event)")
     p.add_argument("--example", choices=["apparel", "beauty_shop"], default="apparel",
                    help="apparel: the default demo in data/; beauty_shop: examples/beauty_shop (its own model, "
-                        "sources, segments, landing files; warehouse and exports inside that folder)")
+                        "sources, segments, landing files; warehouse and exports inside that folder) "
+                        "(default: %(default)s)")
 
     def run(args: argparse.Namespace) -> int:
         from segment_pipeline.demo import run_demo, use_example
