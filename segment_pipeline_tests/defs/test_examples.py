@@ -34,6 +34,10 @@ APPAREL_DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 SYNC_ENV = ("KLAVIYO_API_KEY", "DOTDIGITAL_API_USER", "DOTDIGITAL_API_PASSWORD")
 
 
+# SEGMENT_PIPELINE_END_DATE is left as it is: the daily partitions are defined once per process
+# (defs/partitions.py, at import), and by default they run through yesterday, past both samples.
+
+
 def range_tags(start: str, end: str) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
 
@@ -115,7 +119,7 @@ def apparel(tmp_path_factory):
     root = tmp_path_factory.mktemp("apparel")
     copy_sample_days(root / "landing", APPAREL_DAYS)
     env = {"SEGMENT_PIPELINE_LANDING": str(root / "landing"), "SEGMENT_PIPELINE_WAREHOUSE": str(root / "warehouse"),
-           "SEGMENT_PIPELINE_EXPORT_DIR": str(root / "exports"), "SEGMENT_PIPELINE_END_DATE": APPAREL_DAYS[-1]}
+           "SEGMENT_PIPELINE_EXPORT_DIR": str(root / "exports")}
     with environment(env):
         for var in ("SEGMENT_PIPELINE_MODEL", "SEGMENT_PIPELINE_SOURCES", "SEGMENT_PIPELINE_SEGMENTS"):
             os.environ.pop(var, None)  # the defaults: data/model.yaml, data/sources.yaml, data/segments.yaml
@@ -240,7 +244,6 @@ def beauty(tmp_path_factory):
         "SEGMENT_PIPELINE_LANDING": str(root / "landing"),
         "SEGMENT_PIPELINE_WAREHOUSE": str(root / "warehouse"),
         "SEGMENT_PIPELINE_EXPORT_DIR": str(root / "exports"),
-        "SEGMENT_PIPELINE_END_DATE": BEAUTY_DAYS[-1],
     }
     with environment(env):
         instance = dg.DagsterInstance.ephemeral()
@@ -352,7 +355,6 @@ def test_a_late_identify_attributes_an_unresolved_event_when_its_day_is_rerun(tm
         "SEGMENT_PIPELINE_MODEL": str(BEAUTY / "model.yaml"), "SEGMENT_PIPELINE_SOURCES": str(BEAUTY / "sources.yaml"),
         "SEGMENT_PIPELINE_SEGMENTS": str(BEAUTY / "segments.yaml"), "SEGMENT_PIPELINE_LANDING": str(landing),
         "SEGMENT_PIPELINE_WAREHOUSE": str(tmp_path / "warehouse"), "SEGMENT_PIPELINE_EXPORT_DIR": str(tmp_path / "x"),
-        "SEGMENT_PIPELINE_END_DATE": day,
     }
     with environment(env):
         from segment_pipeline.definitions import defs as load_defs
@@ -380,3 +382,19 @@ def test_a_late_identify_attributes_an_unresolved_event_when_its_day_is_rerun(tm
         views = con.execute(f"SELECT views_30d FROM {wh.scan('profiles', days=[day])} "
                             "WHERE email = 'late.comer@example.com'").fetchone()
         assert views == (1,)
+
+
+def test_demo_example_option_points_every_setting_at_the_example_and_keeps_what_is_set(monkeypatch):
+    from segment_pipeline.demo import use_example
+
+    for var in ("MODEL", "SOURCES", "SEGMENTS", "LANDING", "WAREHOUSE", "EXPORT_DIR", "END_DATE"):
+        monkeypatch.delenv(f"SEGMENT_PIPELINE_{var}", raising=False)
+    monkeypatch.setenv("SEGMENT_PIPELINE_WAREHOUSE", "elsewhere")
+    lines = use_example("beauty_shop")
+    assert os.environ["SEGMENT_PIPELINE_MODEL"] == str(BEAUTY / "model.yaml")
+    assert os.environ["SEGMENT_PIPELINE_SOURCES"] == str(BEAUTY / "sources.yaml")
+    assert os.environ["SEGMENT_PIPELINE_LANDING"] == str(BEAUTY / "landing")
+    assert os.environ["SEGMENT_PIPELINE_EXPORT_DIR"] == str(BEAUTY / "exports")
+    assert os.environ["SEGMENT_PIPELINE_WAREHOUSE"] == "elsewhere"  # already set: kept
+    assert os.environ["SEGMENT_PIPELINE_END_DATE"] == BEAUTY_DAYS[-1]  # this process only: no .env written
+    assert len(lines) == 7
