@@ -319,10 +319,16 @@ def test_beauty_shop_keeps_unmapped_columns_and_counts_them(beauty):
                       "WHERE custom_attributes LIKE '%Prefers fragrance-free%' LIMIT 1").fetchone()
     assert row is not None, "the Note column's text is kept in custom_attributes"
     assert "Note" in json.loads(row[0])
-    for day, meta in latest_metadata(instance, "raw_profiles").items():
+    days = latest_metadata(instance, "raw_profiles")
+    assert sorted(days) == BEAUTY_DAYS
+    for day, meta in days.items():
         text = json.dumps(meta, default=str)
         for column in unmapped:
-            assert column in text, (day, column)  # each run's metadata lists the unmapped columns
+            assert column in text, (day, column)  # each run's metadata lists the unmapped columns ...
+        (counts,) = [v["shopify_customers"] for v in meta.values()
+                     if isinstance(v, dict) and "Tax Exempt" in (v.get("shopify_customers") or {})]
+        for column in ("Default Address Zip", "Total Spent", "Total Orders", "Tax Exempt"):  # never empty
+            assert 0 < counts[column] <= meta["rows_read"], (day, column)  # ... with their counts
 
 
 def test_beauty_shop_feed_lists_each_identity_with_its_segment_names(beauty):
