@@ -66,6 +66,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         except ValueError:
             print(f"--start {args.start!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
             return 2
+        if args.example == "beauty_shop" and args.format != "ndjson":
+            print("--format applies to the apparel schema; --example beauty_shop writes its own formats "
+                  "(a Shopify CSV export and a Segment NDJSON stream)", file=sys.stderr)
+            return 2
         days = [(first + dt.timedelta(days=i)).isoformat() for i in range(max(args.days, 0))]
         out = Path(args.out)
         kinds = ("shopify_customers", "segment_stream") if args.example == "beauty_shop" else ("profiles", "events")

@@ -8,9 +8,11 @@ Layout written under ``out``::
 
 ``shopify_customers``: the customers a shop's admin exports each day (Customers > Export, "customers
 updated since yesterday"): the header is Shopify's own (``Customer ID``, ``First Name``, ``Last
-Name``, ``Email``, ``Accepts Email Marketing``, ``Default Address Company`` ... ``Tags``; checked
-against real exports, e.g. the header quoted in public Shopify-import code) plus two metafield
-columns named the way Shopify names them (``Skin Type (customer.metafields.custom.skin_type)``,
+Name``, ``Email``, ``Accepts Email Marketing``, ``Default Address Company`` ... ``Tags``: Shopify
+help center, "Exporting customers"; the exact order checked against real export headers quoted in
+public code of Shopify-import tools) plus two metafield columns named the way those exports name
+metafields, ``<Name> (customer.metafields.<namespace>.<key>)``
+(``Skin Type (customer.metafields.custom.skin_type)``,
 ``Loyalty Points (customer.metafields.loyalty.points)``). Each row is the customer's full current
 record (a snapshot, no timestamp): ``yes``/``no`` consent words, tags joined by ``", "``
 (``"VIP, wholesale"``), money as ``12.50``.
