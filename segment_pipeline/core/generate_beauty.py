@@ -365,7 +365,7 @@ class _Beauty:
         cats = [c for c, _ in CATEGORIES]
         vprice = (f"({_lit([pr for _, pr in CATEGORIES])}[vm % {len(cats)} + 1] "
                   f"+ (({s.h(_B.IPROD, 'vb * 1000 + vm')}) % 3) * 4 - 0.01)::DECIMAL(10, 2)")
-        view_json = (f"to_json(struct_pack({common.replace('anonymousId', 'anonymousId', 1)}, context := {ctx_web}, "
+        view_json = (f"to_json(struct_pack({common}, context := {ctx_web}, "
                      f"event := CASE kind WHEN 'wish' THEN 'Product Added to Wishlist' ELSE 'Product Viewed' END, "
                      f"integrations := json('{{}}'), "
                      f"properties := struct_pack(product_id := {pc['product_id']}, sku := {pc['sku']}, "
