@@ -45,7 +45,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--events-per-profile", type=float, default=3.0, help="average events per profile")
     p.add_argument("--seed", type=int, default=42, help="random seed (same seed and arguments, same bytes)")
     p.add_argument("--start", default="2026-11-01", help="first day (YYYY-MM-DD)")
-    p.add_argument("--format", choices=["ndjson", "csv", "parquet"], default="ndjson", help="file format")
+    p.add_argument("--format", choices=["ndjson", "csv", "parquet"], default="ndjson",
+                   help="file format (apparel schema; the beauty_shop schema writes CSV + NDJSON)")
+    p.add_argument("--example", choices=["apparel", "beauty_shop"], default="apparel",
+                   help="which example's schema: apparel (data/, folders profiles + events) or beauty_shop "
+                        "(examples/beauty_shop: a Shopify customer CSV export in shopify_customers/ and a "
+                        "Segment-spec NDJSON stream in segment_stream/) (default: %(default)s)")
     p.add_argument("--malformed-rate", type=float, default=0.002, help="share of rows broken on purpose")
     p.add_argument("--overwrite", action="store_true",
                    help="replace landing files already present for the generated days")
@@ -61,9 +66,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         except ValueError:
             print(f"--start {args.start!r} is not a date (YYYY-MM-DD)", file=sys.stderr)
             return 2
+        if args.example == "beauty_shop" and args.format != "ndjson":
+            print("--format applies to the apparel schema; --example beauty_shop writes its own formats "
+                  "(a Shopify CSV export and a Segment NDJSON stream)", file=sys.stderr)
+            return 2
         days = [(first + dt.timedelta(days=i)).isoformat() for i in range(max(args.days, 0))]
         out = Path(args.out)
-        taken = sorted({d for d in days for kind in ("profiles", "events")
+        kinds = ("shopify_customers", "segment_stream") if args.example == "beauty_shop" else ("profiles", "events")
+        taken = sorted({d for d in days for kind in kinds
                         if any((out / kind / f"date={d}").glob("*"))})
         if taken and not args.overwrite:
             span = taken[0] if len(taken) == 1 else f"{taken[0]}..{taken[-1]}"
@@ -89,10 +99,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", default=None, help="first day (default: the sample's first day)")
     p.add_argument("--end", default=None, help="last day (default: the sample's last day)")
     p.add_argument("--verbose", action="store_true", help="also print Dagster's own run log (every event)")
+    p.add_argument("--example", choices=["apparel", "beauty_shop"], default="apparel",
+                   help="apparel: the default demo in data/; beauty_shop: examples/beauty_shop (its own model, "
+                        "sources, segments, landing files; warehouse and exports inside that folder) "
+                        "(default: %(default)s)")
 
     def run(args: argparse.Namespace) -> int:
-        from segment_pipeline.demo import run_demo
+        from segment_pipeline.demo import run_demo, use_example
 
+        if args.example != "apparel":
+            print(f"example {args.example}: " + " ".join(use_example(args.example)))
         return run_demo(args.start, args.end, verbose=args.verbose, export_location=_export_location)
 
     p.set_defaults(func=run)

@@ -54,10 +54,38 @@ END_DATE_ENV = "SEGMENT_PIPELINE_END_DATE"
 ENV_FILE_NOTE = "# written by `segment-pipeline demo`: partitions end at the sample's last day; delete for live data"
 
 
+#: The shipped examples besides the default (data/): name -> folder under the project.
+EXAMPLES = {"beauty_shop": "examples/beauty_shop"}
+
+
+def use_example(name: str) -> list[str]:
+    """Point this process at the shipped example ``name`` (``examples/<name>/``): its model, sources,
+    segments and landing files, and a warehouse and export folder of its own inside that folder
+    (gitignored). A variable already set in the environment is kept. The partitions end at the
+    sample's last day for this process only (the project's ``.env`` is left to the default demo).
+    Returns ``NAME=value`` lines of what was set, for the user to reuse with ``dg dev``."""
+    folder = settings.base_dir() / EXAMPLES[name]
+    wanted = {
+        "SEGMENT_PIPELINE_MODEL": folder / "model.yaml",
+        "SEGMENT_PIPELINE_SOURCES": folder / "sources.yaml",
+        "SEGMENT_PIPELINE_SEGMENTS": folder / "segments.yaml",
+        "SEGMENT_PIPELINE_LANDING": folder / "landing",
+        "SEGMENT_PIPELINE_WAREHOUSE": folder / "warehouse",
+        "SEGMENT_PIPELINE_EXPORT_DIR": folder / "exports",
+    }
+    for var, value in wanted.items():
+        os.environ.setdefault(var, str(value))
+    days = sample_days(os.environ["SEGMENT_PIPELINE_LANDING"])
+    if days:
+        os.environ.setdefault(END_DATE_ENV, days[-1])
+    return [f"{var}={_rel(os.environ[var])}" for var in [*wanted, END_DATE_ENV] if var in os.environ]
+
+
 def sample_days(landing_root: str | Path) -> list[str]:
-    """The days of the landing zone (``YYYY-MM-DD``), from its ``events``/``profiles`` day folders."""
+    """The days of the landing zone (``YYYY-MM-DD``), from the day folders of its sources
+    (``<landing>/<source>/date=YYYY-MM-DD``)."""
     days = set()
-    for kind in ("profiles", "events"):
+    for kind in sorted(p.name for p in Path(landing_root).glob("*") if p.is_dir()):
         for path in (Path(landing_root) / kind).glob("date=*"):
             try:
                 days.add(dt.date.fromisoformat(path.name[5:]).isoformat())

@@ -5,7 +5,10 @@ Layout written under ``out``::
     profiles/date=YYYY-MM-DD/profiles-YYYY-MM-DD.<ext>
     events/date=YYYY-MM-DD/events-YYYY-MM-DD.<ext>
 
-with ``<ext>`` one of ``ndjson``, ``csv`` or ``parquet`` and one file per kind per day.
+with ``<ext>`` one of ``ndjson``, ``csv`` or ``parquet`` and one file per kind per day. That is the
+apparel demo's schema (``data/``); ``--example beauty_shop`` writes the second example's schema
+instead (a Shopify customer CSV export and a Segment-spec stream, see
+:mod:`segment_pipeline.core.generate_beauty`), with the same primitives.
 
 How it works
 ------------
@@ -784,6 +787,24 @@ def generate(
 
 
 def generate_from_args(args: argparse.Namespace) -> int:
+    if getattr(args, "example", "apparel") == "beauty_shop":
+        from segment_pipeline.core.generate_beauty import generate_beauty
+
+        summary = generate_beauty(
+            args.out,
+            profiles=args.profiles,
+            days=args.days,
+            seed=args.seed,
+            start=args.start,
+            events_per_profile=args.events_per_profile,
+            dirt=args.malformed_rate > 0,
+        )
+        print(
+            f"wrote {summary['files']} files to {summary['out_dir']} (Shopify CSV + Segment NDJSON, "
+            f"{summary['bytes']:,} bytes): {summary['profile_rows']:,} customer rows, "
+            f"{summary['event_rows']:,} Segment messages in {summary['seconds']:.1f}s"
+        )
+        return 0
     summary = generate(
         args.out,
         profiles=args.profiles,

@@ -501,3 +501,51 @@ def test_committed_sample_matches_generator(sample):
     assert committed == fresh
     for rel in sorted(fresh):
         assert (SAMPLE_DIR / rel).read_bytes() == (root / rel).read_bytes(), f"{rel} drifted: regenerate the sample"
+
+
+# --------------------------------------------------------------------------------------------
+# the second example's schema (examples/beauty_shop): Shopify customer CSV + Segment-spec NDJSON
+
+BEAUTY_SAMPLE = REPO_ROOT / "examples" / "beauty_shop" / "landing"
+# The committed sample is exactly the output of the command in examples/beauty_shop/README.md:
+#   segment-pipeline generate --example beauty_shop --profiles 300 --days 4 --seed 11 \
+#       --start 2026-11-01 --out examples/beauty_shop/landing
+BEAUTY_ARGS = ["--example", "beauty_shop", "--profiles", "300", "--days", "4", "--seed", "11", "--start", "2026-11-01"]
+
+
+def test_beauty_sample_is_the_generators_output(tmp_path):
+    assert cli.main(["generate", *BEAUTY_ARGS, "--out", str(tmp_path / "a")]) == 0
+    assert tree_hash(tmp_path / "a") == tree_hash(BEAUTY_SAMPLE)
+
+
+def test_beauty_files_look_like_a_shopify_export_and_a_segment_stream(tmp_path):
+    from segment_pipeline.core.generate_beauty import SHOPIFY_HEADER, generate_beauty
+
+    summary = generate_beauty(tmp_path, profiles=120, days=3, seed=5, start="2026-11-01")
+    assert summary["files"] == 6
+    rows = []
+    for day in ("2026-11-01", "2026-11-02", "2026-11-03"):
+        with (tmp_path / "shopify_customers" / f"date={day}" / "customers_export.csv").open(newline="") as fh:
+            reader = csv.reader(fh)
+            assert next(reader) == SHOPIFY_HEADER
+            rows += [dict(zip(SHOPIFY_HEADER, r, strict=True)) for r in reader]
+    assert {r["Accepts Email Marketing"] for r in rows} == {"yes", "no"}
+    assert any(r["Tags"] == "VIP, wholesale" for r in rows)
+    assert any(r["Email"] == "" for r in rows)  # a phone-only customer
+    msgs = [json.loads(line) for p in sorted((tmp_path / "segment_stream").rglob("*.ndjson"))
+            for line in p.read_text().splitlines()]
+    assert {m["type"] for m in msgs} == {"identify", "track"}
+    for m in msgs:
+        assert {"messageId", "anonymousId", "timestamp", "receivedAt", "sentAt", "originalTimestamp", "userId"} <= set(m)
+        assert ("traits" in m) == (m["type"] == "identify") and ("event" in m) == (m["type"] == "track")
+    events = collections.Counter(m.get("event") for m in msgs)
+    assert {"Order Completed", "Product Viewed", "Email Opened", "Subscription Started",
+            "Product Added to Wishlist"} <= set(events)
+    ids = collections.Counter(m["messageId"] for m in msgs)
+    assert sorted(ids.values())[-3:] == [2, 2, 2] and list(ids.values()).count(2) == 3  # one retry per day
+    order = next(m for m in msgs if m.get("event") == "Order Completed")
+    assert order["properties"]["products"] and all("brand" in p for p in order["properties"]["products"])
+    # same arguments, same bytes
+    generate_beauty(tmp_path / "again", profiles=120, days=3, seed=5, start="2026-11-01")
+    for source in ("shopify_customers", "segment_stream"):
+        assert tree_hash(tmp_path / "again" / source) == tree_hash(tmp_path / source)
