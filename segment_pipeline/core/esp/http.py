@@ -8,7 +8,8 @@
   when the answer came back: the server's processing of the body after counting would otherwise
   be charged to every window. Small requests and the per-minute windows go by the answer time,
   which is certainly after the server counted the request.
-* Server push-back: a 429 pauses the whole family for ``Retry-After`` seconds (plus jitter) and
+* Server push-back: a 429 pauses the whole family for ``Retry-After`` seconds, or without that
+  header until ``X-RateLimit-Reset`` (UTC epoch seconds, as Braze sends it), plus jitter, and
   doubles the family's allowance for the server's receipt delay (a slot is never stamped later
   than the answer, which certainly came after the server counted the request).
 * Faults: 5xx, timeouts and dropped connections are retried with capped exponential backoff and
@@ -224,6 +225,23 @@ class RetryPolicy:
     read_timeout: float = 60.0
 
 
+def rate_limit_wait(headers: Mapping[str, str], default: float) -> float:
+    """Seconds to wait before the next request of a family the server refused (429) or reported
+    exhausted: ``Retry-After`` if given, else until ``X-RateLimit-Reset`` (UTC epoch seconds, the
+    header Braze documents with ``X-RateLimit-Limit``/``-Remaining``:
+    https://www.braze.com/docs/api/api_limits/#monitoring-your-rate-limits), else ``default``."""
+    retry_after = headers.get("Retry-After")
+    if retry_after:
+        return retry_after_seconds(retry_after, default)
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            return max(0.0, float(reset) - time.time())
+        except ValueError:
+            pass
+    return default
+
+
 def retry_after_seconds(value: str | None, default: float) -> float:
     """Parse ``Retry-After`` (delta seconds or an HTTP date)."""
     if not value:
@@ -362,6 +380,9 @@ class HttpSession:
                     raise EspAmbiguous(f"{what}: timed out; the server may have acted on it") from None
             else:
                 if resp.status_code in expect:
+                    if limiter is not None and resp.headers.get("X-RateLimit-Remaining") == "0":
+                        # the server says this window is used up: nothing more until it resets
+                        limiter.pause_until(time.monotonic() + min(rate_limit_wait(resp.headers, 0.0), 3600.0))
                     return resp
                 status = resp.status_code
                 last = f"HTTP {status}{_error_title(resp)}"
@@ -370,7 +391,7 @@ class HttpSession:
                 if status == 429:
                     throttled = True
                     self.stats.add(throttled=1)
-                    wait = retry_after_seconds(resp.headers.get("Retry-After"), self._backoff(attempt))
+                    wait = min(rate_limit_wait(resp.headers, self._backoff(attempt)), 3600.0)
                     wait += self._rng.uniform(0, min(1.0, 0.1 + wait * 0.1))
                     if limiter is not None:
                         limiter.pause_until(time.monotonic() + wait)
