@@ -182,8 +182,9 @@ class Destination(abc.ABC):
     # -- requests ------------------------------------------------------------------------------
     @abc.abstractmethod
     def record_sql(self, action: str) -> str:
-        """DuckDB expression rendering one plan row (``email``, ``segments`` JSON, ``member``) as
-        its record in a request body, *with its own trailing separator*."""
+        """DuckDB expression rendering one plan row (``email``, ``segments`` JSON, ``member``,
+        ``held``: the JSON list the profile is confirmed to carry, NULL if unknown) as its record
+        in a request body, *with its own trailing separator*."""
 
     @abc.abstractmethod
     def build_request(self, action: str, payload: bytes) -> bytes:
@@ -307,7 +308,8 @@ class _Run:
         if counts.truncated:
             value = self.limits.value
             most = ", ".join(f"{name!r} ({n})" for name, n in counts.dropped_names)
-            r.notes.append(f"{counts.truncated} values over the {value.max_chars if value else '?'}-character limit "
+            r.notes.append(f"{counts.truncated} values over the {value.max_chars if value else '?'}-"
+                           f"{value.unit if value else 'character'} limit "
                            f"kept whole segment names up to it ({counts.dropped_all} had none fit); "
                            f"dropped most: {most}")
             self.log(f"{d.name}: {r.notes[-1]}; see the 'truncated' table in {self.state_dir / 'state.duckdb'}")
