@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +20,7 @@ from segment_pipeline.defs.resources import SegmentCatalogResource, WarehouseRes
 from segment_pipeline.defs.syncs.assets import sync_asset
 from segment_pipeline.defs.syncs.resources import RESOURCES
 from segment_pipeline_tests.fakes.braze import BRAZE_KEY, FAMILY, FakeBraze, braze_client
-from segment_pipeline_tests.fakes.helpers import write_memberships
+from segment_pipeline_tests.fakes.helpers import kill_when, start_sync_child, write_memberships
 
 D1, D2 = "2026-11-01", "2026-11-02"
 SYNCED = {"loyal": "Loyal Customers", "nike": "Affinity: Nike"}
@@ -208,6 +209,23 @@ def test_faults_are_retried_and_a_lost_answer_does_not_double_anything(fake, wh,
     assert sorted(fake.attribute_of("u1@shop.com", ATTR)) == ["Affinity: Nike", "Loyal Customers"]
     assert fake.attribute_of("u0@shop.com", ATTR) == ["Loyal Customers"]
     assert all(fake.users_with_email(f"u{i}@shop.com") == 1 for i in range(40))
+
+
+def test_sigkill_mid_run_then_rerun_converges_without_duplicates(fake, wh, tmp_path):
+    n = 1500
+    write_memberships(wh, D1, [("loyal", f"u{i}@shop.com") for i in range(n)] + [("nike", "u7@shop.com")])
+    fake.set_limits(FAMILY, [(10, 1.0)])  # slow enough to be killed mid-run
+    state = tmp_path / "state"
+    proc = start_sync_child("braze", fake.url, wh.root, state, D1, SYNCED)
+    kill_when(fake, proc, lambda: fake.count(family=FAMILY, status=201) >= 6, "the child's requests")
+    assert proc.returncode == -signal.SIGKILL
+    fake.set_limits(FAMILY, [(3000, 3.0)])
+    report = _sync(wh, tmp_path, D1, braze_client(fake.url), objects_per_request=75)
+    assert report.status == "ok" and 0 < report.planned_upserts <= n
+    assert all(fake.users_with_email(f"u{i}@shop.com") == 1 for i in range(n))
+    assert fake.attribute_of("u7@shop.com", ATTR) == ["Affinity: Nike", "Loyal Customers"]
+    assert all(fake.attribute_of(f"u{i}@shop.com", ATTR) == ["Loyal Customers"] for i in range(0, n, 7) if i != 7)
+    assert _sync(wh, tmp_path, D1, braze_client(fake.url)).planned_upserts == 0
 
 
 def test_wrong_key_fails_without_leaking_it(fake, wh, tmp_path):

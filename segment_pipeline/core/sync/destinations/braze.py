@@ -71,6 +71,9 @@ class BrazeSettings:
     #: the round trip (3,000 requests per 3 s at ~30 ms each is ~30 at once).
     max_in_flight: int = 32
     requests_per_3s: int = bz.DEFAULT_REQUESTS_PER_WINDOW
+    #: Answered requests are recorded in the mirror together, this many rows (or 1 s) at a time:
+    #: one state transaction per 75-row request would cost more than the request.
+    confirm_rows: int = 7_500
 
     def __post_init__(self) -> None:
         if not 1 <= self.objects_per_request <= bz.MAX_OBJECTS_PER_REQUEST:
@@ -137,7 +140,7 @@ class BrazeDestination(Destination):
                       request_overhead=bz.REQUEST_OVERHEAD_BYTES,
                       value=ValueFit(s.max_array_length, _one_char_per_name, "json_array_length(segments)", "name"),
                       rate_limits={bz.FAMILY: [(s.requests_per_3s, bz.WINDOW_SECONDS)]},
-                      concurrent_jobs=None, in_flight=s.max_in_flight)
+                      concurrent_jobs=None, in_flight=s.max_in_flight, confirm_rows=s.confirm_rows)
 
     def connect(self) -> Target:
         assert self.client is not None
