@@ -280,3 +280,27 @@ def test_rate_limit_wait_reads_retry_after_then_x_ratelimit_reset():
     assert rate_limit_wait({"X-RateLimit-Reset": "1"}, 9.0) == 0.0  # in the past
     assert rate_limit_wait({"X-RateLimit-Reset": "soon"}, 9.0) == 9.0
     assert rate_limit_wait({}, 9.0) == 9.0
+
+
+def test_the_fake_enforces_braze_shapes_limits_and_headers(fake):
+    import requests
+
+    fake.set_limits(FAMILY, [(4, 60.0)])
+    url, auth = f"{fake.url}/users/track", {"Authorization": f"Bearer {BRAZE_KEY}"}
+    with requests.Session() as s:
+        ok = s.post(url, json={"attributes": [{"email": "a@x.io", ATTR: ["A"]}, {ATTR: ["B"]},
+                                              {"email": "b@x.io", ATTR: {"push": ["C"]}}]}, headers=auth)
+        assert ok.status_code == 201 and ok.json()["attributes_processed"] == 1
+        assert [(e["index"], e["input_array"]) for e in ok.json()["errors"]] == [(1, "attributes"), (2, "attributes")]
+        assert "is required" in ok.json()["errors"][0]["type"]
+        assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(ok.headers)
+        too_many = s.post(url, json={"attributes": [{"email": f"u{i}@x.io"} for i in range(76)]}, headers=auth)
+        assert too_many.status_code == 400 and too_many.json()["message"] == "Max Input Length Exceeded"
+        assert s.post(url, json={"attributes": []}, headers={"Authorization": "Bearer nope"}).status_code == 401
+        s.post(url, json={"attributes": [{"email": "c@x.io", "email_subscribe": "opted_in"}]}, headers=auth)
+        s.post(url, json={"attributes": [{"email": "d@x.io"}]}, headers=auth)
+        over = s.post(url, json={"attributes": [{"email": "e@x.io"}]}, headers=auth)
+        assert over.status_code == 429 and "Retry-After" not in over.headers
+        assert over.headers["X-RateLimit-Remaining"] == "0" and float(over.headers["X-RateLimit-Reset"]) % 60 == 0
+    assert fake.consent_attempts and fake.spec_violations  # the consent key; 76 objects
+    assert fake.attribute_of("a@x.io", ATTR) == ["A"] and fake.user_for("b@x.io") is None
