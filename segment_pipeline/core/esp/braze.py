@@ -131,6 +131,7 @@ class BrazeClient(EspClient):
             rest_endpoint, service="braze",
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
             families={**DEFAULT_LIMITS, **(limits or {})}, policy=policy, pool_size=pool_size,
+            epoch_reset_headers=True,
         )
         self.base_url = rest_endpoint.rstrip("/")
 
