@@ -201,11 +201,15 @@ def test_faults_are_retried_and_a_lost_answer_does_not_double_anything(fake, wh,
     _day1(wh, n=40)
     client = braze_client(fake.url)
     _sync(wh, tmp_path, D1, client)
-    write_memberships(wh, D2, [("loyal", f"u{i}@shop.com") for i in range(40)] + [("nike", "u1@shop.com")])
+    write_memberships(wh, D2, [("loyal", f"u{i}@shop.com") for i in range(40)]
+                      + [("nike", "u1@shop.com"), ("nike", "new@shop.com")])
     fake.inject("503", times=2, match="POST /users/track")
     fake.inject("drop_after", times=1, match="POST /users/track")  # applied, but the answer is lost
-    report = _sync(wh, tmp_path, D2, client)
-    assert report.status == "ok" and report.retries >= 3
+    # one request at a time: the first (new@ sorts first) takes both 503s and the lost answer
+    report = _sync(wh, tmp_path, D2, client, max_in_flight=1)
+    assert report.status == "ok" and report.retries == 3 and report.upserted == 22  # 20 left nike, u1, new@
+    # the lost answer's request had created new@; its retry found that profile instead of another
+    assert fake.users_with_email("new@shop.com") == 1 and fake.attribute_of("new@shop.com", ATTR) == ["Affinity: Nike"]
     assert sorted(fake.attribute_of("u1@shop.com", ATTR)) == ["Affinity: Nike", "Loyal Customers"]
     assert fake.attribute_of("u0@shop.com", ATTR) == ["Loyal Customers"]
     assert all(fake.users_with_email(f"u{i}@shop.com") == 1 for i in range(40))
