@@ -1,7 +1,7 @@
 """Benchmark the ESP syncs against the fakes: a first full sync and a ~1% daily change sync.
 
-    python benchmarks/bench_sync.py --profiles 1000000 [--integration klaviyo|dotdigital|both] [--repeat 3]
-                                    [--dd-window-scale 0.1]
+    python benchmarks/bench_sync.py --profiles 1000000 [--integration klaviyo|dotdigital|braze|both] [--repeat 3]
+                                    [--window-scale 0.1]
 
 The fake runs in its own process (a real HTTP server on loopback that does not share our GIL),
 started fresh for every repetition, with realistic limits:
@@ -16,6 +16,10 @@ started fresh for every repetition, with realistic limits:
   shrinks the windows to 6 s for a 10x shorter run (the ceilings use the same scaling); that run
   is harsher than the real one, since imports and polls take as long as ever in a window 10x
   shorter.
+* Braze: ``/users/track`` 3,000 requests per 3 s, 75 attributes objects per request, answered at
+  once. ``--window-scale 10`` stretches the window to 30 s (100 requests/s): unscaled, 1,000
+  requests/s is more than a Python client and fake sharing two cores can send and answer, so the
+  limit would never bind.
 
 The fake counts a request against its limits when the request's headers arrive, as an API
 gateway does (before the body is read), and runs with a 1 ms GIL switch interval so that stamp
@@ -65,13 +69,16 @@ sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
 
+from segment_pipeline.core.esp.braze import BrazeClient  # noqa: E402
 from segment_pipeline.core.esp.dotdigital import DotdigitalClient  # noqa: E402
 from segment_pipeline.core.esp.klaviyo import KlaviyoClient  # noqa: E402
 from segment_pipeline.core.sync.desired import desired_sql  # noqa: E402
+from segment_pipeline.core.sync.destinations.braze import BrazeSettings  # noqa: E402
 from segment_pipeline.core.sync.runner import DotdigitalSettings, KlaviyoSettings, sync  # noqa: E402
 from segment_pipeline.core.warehouse import Warehouse  # noqa: E402
 
 SEGMENTS = {f"s{i}": f"Segment {i}" for i in range(8)}
+BRAZE_KEY = "braze-test-rest-key"
 DD_SCALE = 1.0  # dotdigital's per-minute windows as documented; --dd-window-scale 0.1 makes them 6 s
 
 
@@ -101,6 +108,16 @@ def _dotdigital_fake(_full_validation: bool, scale: float) -> Any:
 
     return FakeDotdigital(limits=dd_limits(scale), max_active_imports=DD_ACTIVE_IMPORTS, advance_on_poll=False,
                           seconds_per_contact=DD_SECONDS_PER_CONTACT)
+
+
+def _braze_fake(_full_validation: bool, scale: float) -> Any:
+    from segment_pipeline_tests.fakes.braze import FakeBraze
+
+    return FakeBraze(limits={"users_track": braze_limits(scale)}, record_objects=False)
+
+
+def braze_limits(scale: float) -> list[tuple[int, float]]:
+    return [(3_000, 3.0 * scale)]  # /users/track: 3,000 requests per 3 s; --window-scale 10 makes it 30 s
 
 
 @dataclass(frozen=True)
@@ -133,6 +150,10 @@ PROFILES: dict[str, Profile] = {
         lambda: DotdigitalSettings(contacts_per_import=20_000, max_active_imports=DD_ACTIVE_IMPORTS),
         lambda s: s.contacts_per_import, "import", lambda scale: dd_limits(scale)["import"],
         lambda size: DD_SECONDS_PER_CONTACT * size, DD_ACTIVE_IMPORTS, True),
+    "braze": Profile(
+        _braze_fake, lambda url, scale: BrazeClient(BRAZE_KEY, url, limits={"users_track": braze_limits(scale)}, pool_size=40),
+        lambda: BrazeSettings(max_in_flight=32), lambda s: s.objects_per_request, "users_track", braze_limits,
+        lambda _size: 0.0, None, True),
 }
 
 
@@ -339,8 +360,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="repetitions (fresh fake and state each time)")
     ap.add_argument("--full-validation", action="store_true",
                     help="Klaviyo fake checks the shape of every imported profile against the spec")
-    ap.add_argument("--dd-window-scale", type=float, default=DD_SCALE,
-                    help="scale dotdigital's per-minute rate windows (0.1: 6 s windows, a 10x shorter run)")
+    ap.add_argument("--window-scale", "--dd-window-scale", dest="dd_window_scale", type=float, default=DD_SCALE,
+                    help="scale the rate windows of dotdigital (0.1: 6 s windows, a 10x shorter run) and Braze "
+                         "(10: 3,000 requests per 30 s, a limit this machine can reach)")
     ap.add_argument("--verbose", action="store_true", help="print when each record-carrying request was accepted")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))

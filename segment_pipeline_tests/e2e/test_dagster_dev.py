@@ -11,6 +11,7 @@ import duckdb
 import pytest
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
+from segment_pipeline.core.sync.destinations import DESTINATIONS
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline_tests.e2e.conftest import (
     LANDED_DAYS,
@@ -69,7 +70,7 @@ def test_code_location_sensors_and_schedules_are_running(dev_server):
     schedules = {s["name"]: s["scheduleState"]["status"] for s in repo["schedules"]}
     assert {k: sensors.get(k) for k in ("landing_zone_sensor", "daily_pipeline_automation", "run_failure_alert")} == {
         "landing_zone_sensor": "RUNNING", "daily_pipeline_automation": "RUNNING", "run_failure_alert": "RUNNING"}
-    assert schedules == {"klaviyo_sync_schedule": "RUNNING", "dotdigital_sync_schedule": "RUNNING"}
+    assert schedules == {f"{name}_sync_schedule": "RUNNING" for name in DESTINATIONS}
 
 
 def test_landing_sensor_runs_the_landed_days_and_a_dropped_file(dev_server, first_sensor_run):

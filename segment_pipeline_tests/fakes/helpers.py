@@ -25,6 +25,7 @@ from segment_pipeline.core.sync.runner import (
 )
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline_tests.fakes.base import FakeService
+from segment_pipeline_tests.fakes.braze import CHILD_RUN as BRAZE_CHILD_RUN
 from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env
 
 KLAVIYO_KEY = "pk_test_fake"
@@ -65,9 +66,11 @@ CHILD_RUNS = {
                 sync_klaviyo),
     "dotdigital": (dotdigital_client, lambda batch, n: DotdigitalSettings(contacts_per_import=batch, max_in_flight=n,
                                                                           max_active_imports=n), sync_dotdigital),
+    "braze": BRAZE_CHILD_RUN,
 }
 FAKE_CLASSES = {"klaviyo": "segment_pipeline_tests.fakes.klaviyo:FakeKlaviyo",
-                "dotdigital": "segment_pipeline_tests.fakes.dotdigital:FakeDotdigital"}
+                "dotdigital": "segment_pipeline_tests.fakes.dotdigital:FakeDotdigital",
+                "braze": "segment_pipeline_tests.fakes.braze:FakeBraze"}
 
 
 def run(integration: str, url: str, wh_root: str, state: str, day: str, synced: dict[str, str],

@@ -8,8 +8,9 @@
   when the answer came back: the server's processing of the body after counting would otherwise
   be charged to every window. Small requests and the per-minute windows go by the answer time,
   which is certainly after the server counted the request.
-* Server push-back: a 429 pauses the whole family for ``Retry-After`` seconds (plus jitter) and
-  doubles the family's allowance for the server's receipt delay (a slot is never stamped later
+* Server push-back: a 429 pauses the whole family for ``Retry-After`` seconds, or without that
+  header (with ``epoch_reset_headers``, Braze) until ``X-RateLimit-Reset`` (UTC epoch seconds),
+  plus jitter, and doubles the family's allowance for the server's receipt delay (a slot is never stamped later
   than the answer, which certainly came after the server counted the request).
 * Faults: 5xx, timeouts and dropped connections are retried with capped exponential backoff and
   full jitter, for at most ``max_elapsed`` seconds per call; then :class:`EspGiveUp` is raised.
@@ -224,6 +225,23 @@ class RetryPolicy:
     read_timeout: float = 60.0
 
 
+def rate_limit_wait(headers: Mapping[str, str], default: float) -> float:
+    """Seconds to wait before the next request of a family the server refused (429) or reported
+    exhausted: ``Retry-After`` if given, else until ``X-RateLimit-Reset`` (UTC epoch seconds, the
+    header Braze documents with ``X-RateLimit-Limit``/``-Remaining``:
+    https://www.braze.com/docs/api/api_limits/#monitoring-your-rate-limits), else ``default``."""
+    retry_after = headers.get("Retry-After")
+    if retry_after:
+        return retry_after_seconds(retry_after, default)
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            return max(0.0, float(reset) - time.time())
+        except ValueError:
+            pass
+    return default
+
+
 def retry_after_seconds(value: str | None, default: float) -> float:
     """Parse ``Retry-After`` (delta seconds or an HTTP date)."""
     if not value:
@@ -267,6 +285,7 @@ class HttpSession:
         spacing: float = 0.4,
         receipt_allowance: float = 0.05,
         max_receipt_allowance: float = 2.0,
+        epoch_reset_headers: bool = False,
     ):
         self.base_url = base_url.rstrip("/")
         self.service = service
@@ -277,6 +296,9 @@ class HttpSession:
                           for name, limits in (families or {}).items()}
         self.receipt_allowance = receipt_allowance
         self.max_receipt_allowance = max_receipt_allowance
+        #: The service sends ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` (UTC epoch seconds), as
+        #: Braze documents: honour them. Off by default: other services use these names differently.
+        self.epoch_reset_headers = epoch_reset_headers
         #: Per family: seconds between our last byte and the server counting the request, as
         #: assumed when stamping its slots (grows with every 429 the family draws).
         self.allowance: dict[str, float] = {}
@@ -362,6 +384,10 @@ class HttpSession:
                     raise EspAmbiguous(f"{what}: timed out; the server may have acted on it") from None
             else:
                 if resp.status_code in expect:
+                    if self.epoch_reset_headers and limiter is not None \
+                            and resp.headers.get("X-RateLimit-Remaining") == "0":
+                        # the server says this window is used up: nothing more until it resets
+                        limiter.pause_until(time.monotonic() + min(rate_limit_wait(resp.headers, 0.0), 3600.0))
                     return resp
                 status = resp.status_code
                 last = f"HTTP {status}{_error_title(resp)}"
@@ -370,7 +396,9 @@ class HttpSession:
                 if status == 429:
                     throttled = True
                     self.stats.add(throttled=1)
-                    wait = retry_after_seconds(resp.headers.get("Retry-After"), self._backoff(attempt))
+                    backoff = self._backoff(attempt)
+                    wait = min(rate_limit_wait(resp.headers, backoff), 3600.0) if self.epoch_reset_headers \
+                        else retry_after_seconds(resp.headers.get("Retry-After"), backoff)
                     wait += self._rng.uniform(0, min(1.0, 0.1 + wait * 0.1))
                     if limiter is not None:
                         limiter.pause_until(time.monotonic() + wait)

@@ -97,7 +97,7 @@ def plan_batches(plan_path: Path, action: str, record_sql: str, max_rows: int, m
                  params: Mapping[str, object] | None = None, read_rows: int = 65_536) -> Iterator[Batch]:
     """Batches of one action's plan rows (ordered by email), each at most ``max_rows`` rows and
     ``max_bytes`` payload bytes; ``record_sql`` is the DuckDB expression rendering one row's
-    record (over the plan columns ``email``, ``segments``, ``member``). A single record over
+    record (over the plan columns ``email``, ``segments``, ``member``, ``held``). A single record over
     ``max_bytes`` raises ``ValueError``.
     """
     con = duckdb.connect(config={"temp_directory": str(spill_dir())})  # spills stay private (0700)

@@ -41,6 +41,8 @@ class ValueFit:
     ``max_chars``: the most characters the property/field holds (None: no documented limit).
     ``render``: the stored text of a list of names (e.g. ``"|".join``); ``length_sql``: a DuckDB
     expression over the plan's JSON ``segments`` giving the same text's length in characters.
+    ``unit``: what ``max_chars`` counts, for messages ("character"; Braze's arrays: "name", with
+    ``render`` giving one character per name).
 
     Policy (documented in docs/syncs.md): a value over the limit keeps whole segment names, in the
     desired (sorted) order, each name that still fits in ``max_chars`` once rendered; the others are
@@ -52,6 +54,7 @@ class ValueFit:
     max_chars: int | None
     render: Callable[[Sequence[str]], str]
     length_sql: str
+    unit: str = "character"
 
     def fit(self, names: Sequence[str]) -> tuple[list[str], list[str]]:
         """``(kept, dropped)`` for one sorted list of names."""
@@ -70,7 +73,7 @@ class ValueFit:
 def write_plan(store: StateStore, target: Target, desired_sql: str, params: list[object], plan_path: Path,
                track_membership: bool, removes: bool, fit: ValueFit | None = None, run_id: str | None = None,
                ) -> PlanCounts:
-    """Write ``action, email, segments, member`` rows to ``plan_path``; return the counts.
+    """Write ``action, email, segments, member, held`` rows to ``plan_path``; return the counts.
 
     * ``upsert``: email is desired with segments different from what its profile is confirmed to
       carry in ``target.holder`` (or, with ``track_membership``, not yet confirmed as a member of
@@ -78,7 +81,9 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
     * ``clear``: email is no longer desired but its profile still carries a non-empty list.
     * ``remove`` (``removes`` only): email is no longer desired but still a member of the list.
 
-    ``member`` is whether the email is a confirmed member of the target's list (for "added" counts).
+    ``member`` is whether the email is a confirmed member of the target's list (for "added" counts);
+    ``held`` is the JSON list its profile is confirmed to carry (NULL: nothing known), for
+    destinations that send changes as deltas (Braze's array ``add``/``remove``).
     With ``run_id`` (a real run) the fitted profiles replace the holder's rows in ``truncated``.
     """
     private_mkdir(plan_path.parent)
@@ -128,12 +133,12 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
             k AS (
                 SELECT coalesce(j.email, mb.email) AS email, j.want, j.have, mb.email IS NOT NULL AS member
                 FROM j FULL OUTER JOIN mb ON j.email = mb.email)
-            SELECT '{UPSERT}' AS action, email, want AS segments, member FROM k
+            SELECT '{UPSERT}' AS action, email, want AS segments, member, have AS held FROM k
                 WHERE want IS NOT NULL AND (have IS DISTINCT FROM want OR ({track} AND NOT member))
             UNION ALL
-            SELECT '{CLEAR}', email, '[]', member FROM k WHERE want IS NULL AND have <> '[]'
+            SELECT '{CLEAR}', email, '[]', member, have FROM k WHERE want IS NULL AND have <> '[]'
             UNION ALL
-            SELECT '{REMOVE}', email, '[]', member FROM k WHERE want IS NULL AND {remove} AND member
+            SELECT '{REMOVE}', email, '[]', member, have FROM k WHERE want IS NULL AND {remove} AND member
         """
         con.execute(
             f"COPY ({sql} ORDER BY action, email) TO {sql_string(str(plan_path))} (FORMAT parquet, COMPRESSION zstd)",

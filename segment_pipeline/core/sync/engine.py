@@ -81,6 +81,11 @@ class Limits:
     the client paces every request by them. ``concurrent_jobs``: asynchronous jobs/imports the
     account may have running at once (None: no limit). ``in_flight``: batches being sent, processed
     or confirmed at once. ``removals_per_request``: profiles per list-removal call.
+    ``confirm_rows`` / ``confirm_seconds``: for destinations with small synchronous requests (Braze:
+    75 rows each), finished batches are recorded in the mirror together, once this many rows or
+    seconds have gathered (0: every batch on its own, the default). Recording a batch costs a
+    state transaction (milliseconds) whatever its size; gathered, a crash loses at most these
+    rows' confirmations too, and the next run sends them again.
     """
 
     records_per_request: int
@@ -91,6 +96,8 @@ class Limits:
     concurrent_jobs: int | None = None
     in_flight: int = 4
     removals_per_request: int = 1000
+    confirm_rows: int = 0
+    confirm_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -182,8 +189,9 @@ class Destination(abc.ABC):
     # -- requests ------------------------------------------------------------------------------
     @abc.abstractmethod
     def record_sql(self, action: str) -> str:
-        """DuckDB expression rendering one plan row (``email``, ``segments`` JSON, ``member``) as
-        its record in a request body, *with its own trailing separator*."""
+        """DuckDB expression rendering one plan row (``email``, ``segments`` JSON, ``member``,
+        ``held``: the JSON list the profile is confirmed to carry, NULL if unknown) as its record
+        in a request body, *with its own trailing separator*."""
 
     @abc.abstractmethod
     def build_request(self, action: str, payload: bytes) -> bytes:
@@ -248,6 +256,8 @@ class _Run:
         self.plan_path: Path | None = None
         self.target: Target | None = None
         self.limits = d.limits()
+        #: finished batches not yet recorded (``Limits.confirm_rows``): action -> gathered rows
+        self._gathered: dict[str, _Gathered] = {}
 
     @staticmethod
     def _snap(stats: HttpStats) -> tuple[int, ...]:
@@ -307,7 +317,8 @@ class _Run:
         if counts.truncated:
             value = self.limits.value
             most = ", ".join(f"{name!r} ({n})" for name, n in counts.dropped_names)
-            r.notes.append(f"{counts.truncated} values over the {value.max_chars if value else '?'}-character limit "
+            r.notes.append(f"{counts.truncated} values over the {value.max_chars if value else '?'}-"
+                           f"{value.unit if value else 'character'} limit "
                            f"kept whole segment names up to it ({counts.dropped_all} had none fit); "
                            f"dropped most: {most}")
             self.log(f"{d.name}: {r.notes[-1]}; see the 'truncated' table in {self.state_dir / 'state.duckdb'}")
@@ -342,7 +353,10 @@ class _Run:
             def done(batch: Batch, outcome: Outcome, action: str = action) -> None:
                 self.confirm(batch, action, outcome)
 
-            InFlight(work, done, lim.in_flight).run(batches)
+            try:
+                InFlight(work, done, lim.in_flight).run(batches)
+            finally:
+                self.record(action)  # what finished is recorded, also when a later batch failed
 
         if d.capabilities.list_remove:
             self.removals(writer)
@@ -375,9 +389,9 @@ class _Run:
     def confirm(self, batch: Batch, action: str, outcome: Outcome) -> None:
         """Record a finished batch: accepted rows into the mirror (upserts also as list members
         when the destination adds them; clears leave membership as it was), refused rows into
-        ``rejects`` with the destination's reason. See the module docstring for the per-row rule."""
-        r, target = self.report, self.target
-        assert target is not None
+        ``rejects`` with the destination's reason. See the module docstring for the per-row rule.
+        With ``Limits.confirm_rows`` the batch is gathered with others and written by :meth:`record`."""
+        r = self.report
         bad = dict(outcome.rejected)
         if outcome.unattributed:
             self.log(f"{self.d.name} {outcome.ref}: {outcome.unattributed} refusals name no row; "
@@ -389,11 +403,39 @@ class _Run:
             self.log(f"{self.d.name} {outcome.ref}: counters report {outcome.counted} rows not applied, the rows "
                      f"name {len(bad)}; confirming per row")
         ok, rejected = _split(batch, bad)
+        g = self._gathered.setdefault(action, _Gathered(time.monotonic()))
+        g.ok.append(ok)
+        g.rejected.extend((e, action, bad[e]) for e in rejected)
+        g.rows += batch.table.num_rows
+        g.batches += 1
+        lim = self.limits
+        if lim.confirm_rows <= 0 or g.rows >= lim.confirm_rows or time.monotonic() - g.since >= lim.confirm_seconds:
+            self.record(action)
+
+    def record(self, action: str) -> None:
+        """Write the gathered finished batches of ``action`` to the state in one go."""
+        g = self._gathered.pop(action, None)
+        if g is None:
+            return
+        r, target = self.report, self.target
+        assert target is not None
+        ok = g.ok[0] if len(g.ok) == 1 else pa.concat_tables(g.ok)
         member = True if action == UPSERT and self.d.capabilities.list_add else None
         self.store.confirm_table(target, ok, member)
-        self.store.reject(target.dest, [(e, action, bad[e]) for e in rejected], self.run_id)
-        _count(r, action, ok)
-        r.rejected += len(rejected)
+        self.store.reject(target.dest, g.rejected, self.run_id)
+        _count(r, action, ok, g.batches)
+        r.rejected += len(g.rejected)
+
+
+@dataclass
+class _Gathered:
+    """Finished batches of one action not yet written to the state."""
+
+    since: float
+    ok: list[pa.Table] = field(default_factory=list)
+    rejected: list[tuple[str, str, str]] = field(default_factory=list)
+    rows: int = 0
+    batches: int = 0
 
 
 def _split(batch: Batch, bad: Mapping[str, str]) -> tuple[pa.Table, list[str]]:
@@ -409,8 +451,8 @@ def _not_members(ok: pa.Table) -> int:
     return int(pc.sum(pc.cast(pc.invert(ok.column("member")), pa.int64())).as_py() or 0)
 
 
-def _count(r: SyncReport, action: str, ok: pa.Table) -> None:
-    r.batches += 1
+def _count(r: SyncReport, action: str, ok: pa.Table, batches: int = 1) -> None:
+    r.batches += batches
     if action == UPSERT:
         r.upserted += ok.num_rows
         r.added += _not_members(ok)

@@ -15,6 +15,11 @@ as its module declares (docs/syncs.md lists them):
   ``SEGMENT_PIPELINE_DOTDIGITAL_FIELD`` (default ``NOSTOSEGMENT``),
   ``SEGMENT_PIPELINE_DOTDIGITAL_ADDRESS_BOOK`` (default ``Nosto Customers``),
   ``SEGMENT_PIPELINE_DOTDIGITAL_CONCURRENT_IMPORTS`` (default 3).
+* Braze: ``BRAZE_API_KEY`` (REST API key, permission ``users.track``), ``BRAZE_REST_ENDPOINT`` (the
+  workspace's REST endpoint, required with a key), ``SEGMENT_PIPELINE_BRAZE_ATTRIBUTE`` (default
+  ``nosto_segment``), ``SEGMENT_PIPELINE_BRAZE_MAX_ARRAY_LENGTH`` (25),
+  ``SEGMENT_PIPELINE_BRAZE_OBJECTS_PER_REQUEST`` (75), ``SEGMENT_PIPELINE_BRAZE_RATE_LIMIT`` (3000 per
+  3 s), ``SEGMENT_PIPELINE_BRAZE_IN_FLIGHT`` (32).
 """
 
 from __future__ import annotations
