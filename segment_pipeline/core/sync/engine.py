@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import datetime as dt
+import re
 import threading
 import time
 import uuid
@@ -63,11 +65,17 @@ class Capabilities:
     ``property_upsert``: set a profile property / contact field to the list of segment names
     (and clear it). ``list_add``: an upsert also adds the profile to the target's list/book.
     ``list_remove``: profiles no longer desired can be removed from the list (:meth:`Destination.remove`).
+    ``audience_per_segment``: the destination holds one audience per synced segment, members only
+    (ad platforms: a Meta custom audience). The engine then runs once per synced segment, with
+    :attr:`Destination.segment` set and the desired state of that segment alone, so an upsert
+    means "add to the segment's audience" and a clear "remove from it"; each audience is its own
+    target (mirror, rejects, run history) and the runs' reports are summed into one.
     """
 
     property_upsert: bool = True
     list_add: bool = True
     list_remove: bool = False
+    audience_per_segment: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,8 @@ class Destination(abc.ABC):
         self.settings = settings
         #: the list/book id (or a dry-run placeholder) once :meth:`connect` / :meth:`dry_connect` ran
         self.container_ref: Any = None
+        #: ``(segment_id, segment_name)`` being synced (``capabilities.audience_per_segment`` only)
+        self.segment: tuple[str, str] | None = None
 
     # -- configuration (used by the Dagster resource) -------------------------------------------
     @classmethod
@@ -224,14 +234,40 @@ def run_sync(destination: Destination, warehouse: Warehouse, day: str | dt.date,
     """Sync ``day``'s memberships of the ``synced`` segments (id -> name) to ``destination``.
 
     Raises what the destination's client raises (after recording the run as failed); a dry run
-    (``destination.client is None``) never touches the network.
+    (``destination.client is None``) never touches the network. A destination with
+    ``capabilities.audience_per_segment`` is run once per synced segment (in name order, stopping
+    at the first failure) and the reports are summed (:func:`merge_reports`).
     """
-    return _Run(destination, warehouse, day, synced, Path(state_dir), Path(dry_run_root), log).execute()
+    if not destination.capabilities.audience_per_segment:
+        return _Run(destination, warehouse, day, synced, Path(state_dir), Path(dry_run_root), log).execute()
+    reports = []
+    for segment_id, name in sorted(synced.items(), key=lambda kv: (kv[1], kv[0])):
+        destination.segment = (segment_id, name)
+        reports.append(_Run(destination, warehouse, day, {segment_id: name}, Path(state_dir), Path(dry_run_root), log,
+                            scope=segment_id).execute())
+    destination.segment = None
+    return merge_reports(destination.name, str(day), destination.client is None, reports)
+
+
+def merge_reports(integration: str, day: str, dry_run: bool, reports: Sequence[SyncReport]) -> SyncReport:
+    """One report summing the counts of per-audience runs; ``destination`` and ``run_id`` list theirs."""
+    out = SyncReport(integration, "; ".join(r.destination for r in reports), day, dry_run,
+                     "; ".join(r.run_id for r in reports))
+    for f in dataclasses.fields(SyncReport):
+        v = getattr(out, f.name)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            setattr(out, f.name, sum(getattr(r, f.name) for r in reports))
+    out.seconds = round(out.seconds, 3)
+    out.status = "ok" if all(r.status == "ok" for r in reports) else "failed"
+    out.notes = [n for r in reports for n in r.notes]
+    dirs = sorted({str(Path(r.payload_dir).parent.parent) for r in reports if r.payload_dir})
+    out.payload_dir = dirs[0] if len(dirs) == 1 else (", ".join(dirs) or None)
+    return out
 
 
 class _Run:
     def __init__(self, d: Destination, warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str],
-                 state_dir: Path, dry_run_root: Path, log: Log | None):
+                 state_dir: Path, dry_run_root: Path, log: Log | None, scope: str = ""):
         self.d = d
         self.warehouse = warehouse
         self.day = str(day)
@@ -248,6 +284,9 @@ class _Run:
         self.plan_path: Path | None = None
         self.target: Target | None = None
         self.limits = d.limits()
+        #: per-audience runs keep their own "last real target" and dry-run folder
+        self.scope = scope
+        self.last_key = f"last_dest:{scope}" if scope else "last_dest"
 
     @staticmethod
     def _snap(stats: HttpStats) -> tuple[int, ...]:
@@ -282,7 +321,7 @@ class _Run:
     # -- plan ------------------------------------------------------------------------------
     def work(self) -> None:
         if self.dry:
-            last = self.store.get_meta("last_dest")
+            last = self.store.get_meta(self.last_key)
             self.target = Target.parse(last) if last else Target.parse(f"{self.d.name}|dry-run")
             self.d.dry_connect()
         else:
@@ -313,13 +352,14 @@ class _Run:
             self.log(f"{d.name}: {r.notes[-1]}; see the 'truncated' table in {self.state_dir / 'state.duckdb'}")
         if not self.dry:
             self.store.start_run(self.run_id, d.name, target.dest, self.day, False)
-            self.store.set_meta("last_dest", target.dest)
+            self.store.set_meta(self.last_key, target.dest)
 
     # -- send ------------------------------------------------------------------------------
     def send(self) -> None:
         d, r, lim = self.d, self.report, self.limits
         assert self.plan_path is not None
-        writer = DryRunWriter(self.dry_run_root, d.name) if self.dry else None
+        folder = f"{d.name}/{_safe_part(self.scope)}" if self.scope else d.name
+        writer = DryRunWriter(self.dry_run_root, folder) if self.dry else None
         budget = lim.bytes_per_request - lim.request_overhead
         jobs = threading.BoundedSemaphore(max(1, min(lim.concurrent_jobs, lim.in_flight))) \
             if lim.concurrent_jobs else None
@@ -394,6 +434,11 @@ class _Run:
         self.store.reject(target.dest, [(e, action, bad[e]) for e in rejected], self.run_id)
         _count(r, action, ok)
         r.rejected += len(rejected)
+
+
+def _safe_part(text: str) -> str:
+    """A file-name-safe form of a segment id (dry-run folders)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text).strip(".") or "_"
 
 
 def _split(batch: Batch, bad: Mapping[str, str]) -> tuple[pa.Table, list[str]]:
