@@ -115,7 +115,8 @@ EVENT_TYPES = ("page_view", "product_view", "add_to_cart", "order")
 AFFINITY_DIMENSIONS = ("brand", "category")
 SEGMENT_TYPES = ("dynamic", "static")
 STATUSES = ("active", "inactive")
-INTEGRATIONS = tuple(DESTINATIONS)  # the sync toggles: one per registered destination
+#: the sync toggles: one per registered destination, plus the Google Customer Match file export
+INTEGRATIONS = (*DESTINATIONS, "google_customer_match")
 
 COMPARISON_OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 LIST_OPS = ("in", "not in")
