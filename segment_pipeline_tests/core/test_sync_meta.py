@@ -177,3 +177,15 @@ def test_dry_run_writes_hashed_payloads_per_audience_and_no_email(wh, tmp_path):
         assert b"@" not in f.read_bytes()
     loyal = next(f for f in files if f.parent.parent.name == "loyal")
     assert f'"{meta_email_hash("u0@shop.com")}"'.encode() in loyal.read_bytes()
+
+
+def test_an_existing_audience_is_found_across_pages_and_not_created_twice(fake):
+    with fake.lock:
+        for i in range(1203):
+            aid = str(9_000_000 + i)
+            fake.audiences[aid] = {"id": aid, "name": f"Old {i}", "subtype": "CUSTOM", "members": set()}
+    client = meta_client(fake.url)
+    assert client.find_audience("Old 1202") == "9001202"  # on the third page of 500
+    assert client.ensure_audience("Old 7") == "9000007" and len(fake.audiences) == 1203
+    assert client.ensure_audience("New") != "9000007" and len(fake.audience_named("New")) == 1
+    assert client.ensure_audience("New") == fake.audience_named("New")[0]
