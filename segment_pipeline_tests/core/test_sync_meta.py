@@ -102,7 +102,7 @@ def test_first_sync_creates_one_audience_per_segment_and_adds_hashed_members(fak
     assert fake.members("Loyal Customers") == _hashes(f"u{i}@shop.com" for i in range(120))
     assert fake.members("Affinity: Nike") == _hashes(f"u{i}@shop.com" for i in range(0, 120, 2))
     assert fake.matched("Loyal Customers") == 120
-    assert report.desired == 180 and report.upserted == 180 and report.cleared == 0 and report.status == "ok"
+    assert report.desired == 180 and report.upserted == report.added == 180 and report.status == "ok"
     assert fake.raw_email_bodies == 0, "a raw email reached Meta"
     assert fake.spec_violations == []
     assert all(r.body_bytes <= 40 * 67 + 200 for r in fake.log if r.path.endswith("/users"))
@@ -117,7 +117,7 @@ def test_a_change_adds_and_removes_only_the_changes_and_a_rerun_sends_nothing(fa
     # day 2: u0..u2 left "loyal", u200..u202 joined (1.5% of loyal); nike unchanged
     write_memberships(wh, D2, _rows(200, day_shift=3))
     r2 = _sync(wh, tmp_path, D2, client)
-    assert (r2.upserted, r2.cleared) == (3, 3)
+    assert (r2.upserted, r2.removed, r2.cleared) == (3, 3, 0)
     assert fake.members("Loyal Customers") == _hashes(f"u{i}@shop.com" for i in range(3, 203))
     assert fake.members("Affinity: Nike") == _hashes(f"u{i}@shop.com" for i in range(0, 200, 2))
     assert _users_calls(fake) == calls + 2  # one add, one remove, for the one audience that changed
@@ -126,12 +126,14 @@ def test_a_change_adds_and_removes_only_the_changes_and_a_rerun_sends_nothing(fa
     # the same day again: nothing to send
     before = _users_calls(fake)
     r3 = _sync(wh, tmp_path, D2, client)
-    assert (r3.upserted, r3.cleared, r3.desired) == (0, 0, 300) and _users_calls(fake) == before
+    assert (r3.upserted, r3.removed, r3.desired) == (0, 0, 300) and _users_calls(fake) == before
     assert fake.raw_email_bodies == 0 and fake.spec_violations == []
-    # the mirror is per audience, recorded after Meta answered
+    # the mirror is per audience, membership only, recorded after Meta answered
     with StateStore(tmp_path / "state") as st:
         (aid,) = fake.audience_named("Loyal Customers")
-        assert st.mirror_count(f"meta|{client.account_url}|audience={aid}|members={aid}") == 200
+        rows = st.mirror_rows(f"meta|{client.account_url}|audience={aid}|members={aid}")
+        assert {e for e, (_names, member) in rows.items() if member} == {f"u{i}@shop.com" for i in range(3, 203)}
+        assert st.mirror_count(f"meta|{client.account_url}|audience={aid}|members={aid}") == 0  # no values kept
 
 
 def test_rate_limit_is_paced_client_side_and_throttling_is_honoured(wh, tmp_path):

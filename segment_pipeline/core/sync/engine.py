@@ -63,7 +63,8 @@ class Capabilities:
     """What a destination can be told.
 
     ``property_upsert``: set a profile property / contact field to the list of segment names
-    (and clear it). ``list_add``: an upsert also adds the profile to the target's list/book.
+    (and clear it). Without it the destination holds members only: the mirror keeps membership
+    alone (no value in ``held``), upserts add desired non-members, leavers are removed. ``list_add``: an upsert also adds the profile to the target's list/book.
     ``list_remove``: profiles no longer desired can be removed from the list (:meth:`Destination.remove`).
     ``audience_per_segment``: the destination holds one audience per synced segment, members only
     (ad platforms: a Meta custom audience). The engine then runs once per synced segment, with
@@ -241,11 +242,16 @@ def run_sync(destination: Destination, warehouse: Warehouse, day: str | dt.date,
     if not destination.capabilities.audience_per_segment:
         return _Run(destination, warehouse, day, synced, Path(state_dir), Path(dry_run_root), log).execute()
     reports = []
-    for segment_id, name in sorted(synced.items(), key=lambda kv: (kv[1], kv[0])):
-        destination.segment = (segment_id, name)
-        reports.append(_Run(destination, warehouse, day, {segment_id: name}, Path(state_dir), Path(dry_run_root), log,
-                            scope=segment_id).execute())
-    destination.segment = None
+    store = StateStore(state_dir)  # one lock and one open state for all the audiences' runs
+    try:
+        store.lock()
+        for segment_id, name in sorted(synced.items(), key=lambda kv: (kv[1], kv[0])):
+            destination.segment = (segment_id, name)
+            reports.append(_Run(destination, warehouse, day, {segment_id: name}, Path(state_dir), Path(dry_run_root),
+                                log, scope=segment_id, store=store).execute())
+    finally:
+        destination.segment = None
+        store.close()
     return merge_reports(destination.name, str(day), destination.client is None, reports)
 
 
@@ -267,7 +273,8 @@ def merge_reports(integration: str, day: str, dry_run: bool, reports: Sequence[S
 
 class _Run:
     def __init__(self, d: Destination, warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str],
-                 state_dir: Path, dry_run_root: Path, log: Log | None, scope: str = ""):
+                 state_dir: Path, dry_run_root: Path, log: Log | None, scope: str = "",
+                 store: StateStore | None = None):
         self.d = d
         self.warehouse = warehouse
         self.day = str(day)
@@ -277,8 +284,10 @@ class _Run:
         self.log = log or (lambda _m: None)
         self.dry = d.client is None
         self.run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        self.store = StateStore(state_dir)
-        self.store.lock()
+        self.own_store = store is None
+        self.store = store if store is not None else StateStore(state_dir)
+        if self.own_store:
+            self.store.lock()
         self.report = SyncReport(d.name, "", self.day, self.dry, self.run_id)
         self.started = time.monotonic()
         self.plan_path: Path | None = None
@@ -315,7 +324,8 @@ class _Run:
             finally:
                 if self.plan_path is not None and self.plan_path.exists():
                     self.plan_path.unlink()
-                self.store.close()
+                if self.own_store:
+                    self.store.close()
         return self.report
 
     # -- plan ------------------------------------------------------------------------------
@@ -337,7 +347,8 @@ class _Run:
         self.plan_path = self.state_dir / "plans" / f"{self.run_id}.parquet"
         counts = write_plan(self.store, target, sql, params, self.plan_path,
                             track_membership=d.capabilities.list_add, removes=d.capabilities.list_remove,
-                            fit=self.limits.value, run_id=None if self.dry else self.run_id)
+                            fit=self.limits.value, run_id=None if self.dry else self.run_id,
+                            values=d.capabilities.property_upsert)
         r.desired, r.planned_upserts, r.planned_clears, r.planned_removals = (
             counts.desired, counts.upserts, counts.clears, counts.removals)
         r.truncated = counts.truncated
@@ -429,8 +440,11 @@ class _Run:
             self.log(f"{self.d.name} {outcome.ref}: counters report {outcome.counted} rows not applied, the rows "
                      f"name {len(bad)}; confirming per row")
         ok, rejected = _split(batch, bad)
-        member = True if action == UPSERT and self.d.capabilities.list_add else None
-        self.store.confirm_table(target, ok, member)
+        if not self.d.capabilities.property_upsert:  # members only (ad audiences): no value to keep
+            self.store.confirm_members(target, ok)
+        else:
+            member = True if action == UPSERT and self.d.capabilities.list_add else None
+            self.store.confirm_table(target, ok, member)
         self.store.reject(target.dest, [(e, action, bad[e]) for e in rejected], self.run_id)
         _count(r, action, ok)
         r.rejected += len(rejected)

@@ -5,8 +5,10 @@ names), and advertisers target, exclude and build lookalikes per audience, so ea
 maps to the audience of the same name in the ad account (created when missing, ``subtype=CUSTOM``,
 ``customer_file_source=USER_PROVIDED_ONLY``). The engine runs this destination once per synced
 segment (``Capabilities.audience_per_segment``): the desired state of one segment is "these emails
-are members", each audience is its own mirror target (``meta|<url>/act_<id>|audience=<id>|members=<id>``), an
-upsert is an add (``POST /<audience>/users``) and a clear a removal (``DELETE /<audience>/users``).
+are members", each audience is its own mirror target
+(``meta|<url>/act_<id>|audience=<id>|members=<id>``) whose mirror holds membership only
+(``property_upsert=False``: nothing in ``held``), an upsert adds a desired non-member
+(``POST /<audience>/users``) and a leaver is removed (``list_remove``: ``DELETE /<audience>/users``).
 So a first sync adds every member, a daily run adds the joiners and removes the leavers of each
 audience, and an unchanged day sends nothing. (Mirroring per audience reuses the engine's diff,
 batching, confirmation and run history unchanged; Klaviyo and dotdigital do not see the change.)
@@ -36,14 +38,15 @@ it in Ads Manager if no longer wanted), as does a renamed segment's old audience
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from segment_pipeline.core.esp import meta as mt
+from segment_pipeline.core.esp.http import EspError
 from segment_pipeline.core.sync.diff import UPSERT
 from segment_pipeline.core.sync.engine import Capabilities, Destination, Limits, Option, Outcome
-from segment_pipeline.core.sync.hashing import meta_email_hash_sql
+from segment_pipeline.core.sync.hashing import meta_email_hash, meta_email_hash_sql
 from segment_pipeline.core.sync.state import Target
 
 
@@ -60,7 +63,7 @@ class MetaDestination(Destination):
     title = "Meta"
     description = ("Meta custom audiences (one per synced segment, named after it), members added and removed "
                    "by SHA-256 hashed email.")
-    capabilities = Capabilities(property_upsert=False, list_add=False, list_remove=False, audience_per_segment=True)
+    capabilities = Capabilities(property_upsert=False, list_add=True, list_remove=True, audience_per_segment=True)
     options = (
         Option("access_token", "META_ACCESS_TOKEN", secret=True,
                help="system user access token with ads_management on the ad account"),
@@ -94,7 +97,7 @@ class MetaDestination(Destination):
         return Limits(records_per_request=s.records_per_call,
                       bytes_per_request=s.records_per_call * mt.RECORD_BYTES + 1024, request_overhead=1024,
                       value=None, rate_limits=self.client.limits if self.client else {}, concurrent_jobs=None,
-                      in_flight=s.max_in_flight)
+                      in_flight=s.max_in_flight, removals_per_request=s.records_per_call)
 
     def audience_name(self) -> str:
         assert self.segment is not None, "meta syncs one segment's audience at a time"
@@ -130,6 +133,19 @@ class MetaDestination(Destination):
         short = max(0, sent - result.received)
         return Outcome({}, counted=result.invalid + short, unattributed=result.invalid + short,
                        ref=f"audience {result.audience_id} session {result.session_id}")
+
+    def remove(self, emails: Sequence[str]) -> None:
+        """Remove leavers from the segment's audience (``DELETE /<audience>/users``), hashed here
+        (a removal batch is small: the day's leavers of one audience)."""
+        assert self.client is not None
+        body = self.dry_removal(emails)
+        result = self.client.users("DELETE", self.container_ref, body)
+        if result.received != len(emails) or result.invalid:
+            raise EspError(f"meta DELETE /{self.container_ref}/users: Meta received {result.received} of "
+                           f"{len(emails)} hashes ({result.invalid} invalid); the removal is retried next run")
+
+    def dry_removal(self, emails: Sequence[str]) -> bytes:
+        return mt.users_body(",".join(f'"{meta_email_hash(e)}"' for e in emails).encode())
 
     def dry_run_name(self, action: str, index: int) -> str:
         return f"{'add' if action == UPSERT else 'remove'}-{index:05d}.json"
