@@ -284,14 +284,14 @@ def run_once(kind: str, wh: Warehouse, tmp: Path, n_changed: int, full_validatio
         client.close()
         parent.send("stats")
         fake1 = parent.recv()
-        sent = report.records_sent
+        sent = report.records_sent + (report.removed if kind == "meta" else 0)  # Meta: removals carry records
         plan_s = marks.get("planned", t0) - t0
         needed = len(_sizes(report.upserted + report.rejected, per_req)) + len(_sizes(report.cleared, per_req))
         if kind == "meta":  # every call (audience lookups, one partial batch per audience) counts against the limit
             needed = sum(1 for f, _a, st in fake1["received"][len(fake0["received"]):] if f == family and st < 300)
         floor = min_schedule_seconds(needed, limits)
         ideal = ideal_seconds(_sizes(report.upserted + report.rejected, per_req) + _sizes(report.cleared, per_req),
-                              limits, duration, concurrency)
+                              limits, duration, concurrency) if kind != "meta" else floor  # Meta answers at once
         throttled = {k: v - fake0["throttled"].get(k, 0) for k, v in fake1["throttled"].items()
                      if v - fake0["throttled"].get(k, 0)}
         res = dict(label=label, changed=expected if expected is not None else report.desired, sent=sent,

@@ -242,6 +242,7 @@ def run_sync(destination: Destination, warehouse: Warehouse, day: str | dt.date,
     if not destination.capabilities.audience_per_segment:
         return _Run(destination, warehouse, day, synced, Path(state_dir), Path(dry_run_root), log).execute()
     reports = []
+    started = time.monotonic()
     store = StateStore(state_dir)  # one lock and one open state for all the audiences' runs
     try:
         store.lock()
@@ -252,7 +253,9 @@ def run_sync(destination: Destination, warehouse: Warehouse, day: str | dt.date,
     finally:
         destination.segment = None
         store.close()
-    return merge_reports(destination.name, str(day), destination.client is None, reports)
+    merged = merge_reports(destination.name, str(day), destination.client is None, reports)
+    merged.seconds = round(time.monotonic() - started, 3)  # the whole run, gaps between audiences included
+    return merged
 
 
 def merge_reports(integration: str, day: str, dry_run: bool, reports: Sequence[SyncReport]) -> SyncReport:
