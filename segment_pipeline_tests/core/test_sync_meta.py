@@ -5,8 +5,10 @@ One audience per synced segment; members are SHA-256 hashes of normalized emails
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 
@@ -191,3 +193,33 @@ def test_an_existing_audience_is_found_across_pages_and_not_created_twice(fake):
     assert client.ensure_audience("Old 7") == "9000007" and len(fake.audiences) == 1203
     assert client.ensure_audience("New") != "9000007" and len(fake.audience_named("New")) == 1
     assert client.ensure_audience("New") == fake.audience_named("New")[0]
+
+
+def test_the_meta_sync_asset_runs_from_its_resource_without_showing_the_token(fake, wh, tmp_path):
+    from segment_pipeline.defs.resources import SegmentCatalogResource, WarehouseResource
+    from segment_pipeline.defs.syncs.assets import SYNC_ASSETS
+    from segment_pipeline.defs.syncs.resources import RESOURCES
+
+    write_memberships(wh, D1, _rows(20))
+    catalog = tmp_path / "segments.yaml"
+    catalog.write_text("""segments:
+  - id: loyal
+    name: Loyal Customers
+    rule: {field: order_count, op: ">=", value: 3}
+    sync: {meta: true}
+  - id: nike
+    name: "Affinity: Nike"
+    rule: {field: order_count, op: ">=", value: 1}
+    sync: {klaviyo: true}
+""", encoding="utf-8")
+    resource = RESOURCES["meta"](access_token=META_TOKEN, ad_account_id=f"act_{META_ACCOUNT}", base_url=fake.url,
+                                 audience_prefix="Shop - ")
+    result = dg.materialize([SYNC_ASSETS["meta"]], resources={
+        "warehouse": WarehouseResource(root=str(wh.root)), "meta": resource,
+        "segment_catalog": SegmentCatalogResource(path=str(catalog))})
+    assert result.success
+    (mat,) = result.asset_materializations_for_node("meta_sync")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert meta["upserted"] == 20 and meta["dry_run"] is False and META_TOKEN not in json.dumps(meta, default=str)
+    assert fake.members("Shop - Loyal Customers") == _hashes(f"u{i}@shop.com" for i in range(20))
+    assert fake.audience_named("Shop - Affinity: Nike") == []  # toggled for Klaviyo only

@@ -15,6 +15,9 @@ as its module declares (docs/syncs.md lists them):
   ``SEGMENT_PIPELINE_DOTDIGITAL_FIELD`` (default ``NOSTOSEGMENT``),
   ``SEGMENT_PIPELINE_DOTDIGITAL_ADDRESS_BOOK`` (default ``Nosto Customers``),
   ``SEGMENT_PIPELINE_DOTDIGITAL_CONCURRENT_IMPORTS`` (default 3).
+* Meta: ``META_ACCESS_TOKEN`` (system-user token, ``ads_management``), ``META_AD_ACCOUNT_ID``,
+  ``META_BASE_URL`` (default ``https://graph.facebook.com``), ``META_API_VERSION`` (default ``v25.0``),
+  ``SEGMENT_PIPELINE_META_AUDIENCE_PREFIX``, ``SEGMENT_PIPELINE_META_CALLS_PER_HOUR`` (default 5,000).
 """
 
 from __future__ import annotations
