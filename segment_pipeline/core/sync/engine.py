@@ -64,13 +64,15 @@ class Capabilities:
 
     ``property_upsert``: set a profile property / contact field to the list of segment names
     (and clear it). Without it the destination holds members only: the mirror keeps membership
-    alone (no value in ``held``), upserts add desired non-members, leavers are removed. ``list_add``: an upsert also adds the profile to the target's list/book.
+    alone (no value in ``held``), upserts add desired non-members and (with ``list_remove``)
+    leavers are removed. ``list_add``: an upsert also adds the profile to the target's list/book.
     ``list_remove``: profiles no longer desired can be removed from the list (:meth:`Destination.remove`).
-    ``audience_per_segment``: the destination holds one audience per synced segment, members only
-    (ad platforms: a Meta custom audience). The engine then runs once per synced segment, with
+    ``audience_per_segment``: the destination holds one audience per synced segment (ad platforms:
+    a Meta custom audience). The engine then runs once per synced segment, with
     :attr:`Destination.segment` set and the desired state of that segment alone, so an upsert
-    means "add to the segment's audience" and a clear "remove from it"; each audience is its own
-    target (mirror, rejects, run history) and the runs' reports are summed into one.
+    means "add to the segment's audience" and a removal "remove from it"; each audience is its own
+    target (mirror, rejects, run history, dry-run folder), the runs share one open state store
+    and their reports are summed into one (:func:`merge_reports`).
     """
 
     property_upsert: bool = True
