@@ -223,3 +223,16 @@ def test_the_meta_sync_asset_runs_from_its_resource_without_showing_the_token(fa
     assert meta["upserted"] == 20 and meta["dry_run"] is False and META_TOKEN not in json.dumps(meta, default=str)
     assert fake.members("Shop - Loyal Customers") == _hashes(f"u{i}@shop.com" for i in range(20))
     assert fake.audience_named("Shop - Affinity: Nike") == []  # toggled for Klaviyo only
+
+
+def test_a_dry_run_after_a_real_run_writes_the_removals_it_would_send(fake, wh, tmp_path):
+    write_memberships(wh, D1, _rows(30))
+    _sync(wh, tmp_path, D1, meta_client(fake.url))
+    write_memberships(wh, D2, _rows(30, day_shift=2))  # u0, u1 left "loyal"; u30, u31 joined
+    report = _sync(wh, tmp_path, D2, None)
+    assert report.dry_run and (report.upserted, report.removed) == (2, 2)
+    (removal,) = (tmp_path / "dry" / "meta" / "loyal").rglob("remove-*.json")
+    body = removal.read_bytes()
+    assert b"@" not in body and json.loads(body)["payload"]["data"] == [meta_email_hash("u0@shop.com"),
+                                                                        meta_email_hash("u1@shop.com")]
+    assert fake.members("Loyal Customers") == _hashes(f"u{i}@shop.com" for i in range(30))  # nothing sent
