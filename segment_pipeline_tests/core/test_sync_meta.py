@@ -139,23 +139,24 @@ def test_a_change_adds_and_removes_only_the_changes_and_a_rerun_sends_nothing(fa
 
 
 def test_rate_limit_is_paced_client_side_and_throttling_is_honoured(wh, tmp_path):
-    write_memberships(wh, D1, _rows(150))
+    write_memberships(wh, D1, _rows(80))
     # the fake allows 10 calls per second; a client paced to the same limit is never throttled
     with FakeMeta(access_token=META_TOKEN, ad_account_id=META_ACCOUNT, calls_per_hour=10, window=1.0) as fake:
         paced = MetaClient(META_TOKEN, META_ACCOUNT, base_url=fake.url, policy=FAST, calls_per_hour=10,
                            window_seconds=1.0)
-        report = _sync(wh, tmp_path / "a", D1, paced, batch=25, in_flight=4)
+        report = _sync(wh, tmp_path / "a", D1, paced, batch=20, in_flight=4)
         assert report.throttled == 0 and report.status == "ok"
-        assert fake.members("Loyal Customers") == _hashes(f"u{i}@shop.com" for i in range(150))
+        assert fake.members("Loyal Customers") == _hashes(f"u{i}@shop.com" for i in range(80))
     # a client that ignores the limit is throttled with Meta's error code and still completes
-    with FakeMeta(access_token=META_TOKEN, ad_account_id=META_ACCOUNT, calls_per_hour=4, window=1.0) as fake:
+    # (2 calls per 0.5 s: the eager client's 4 concurrent users calls always exceed it)
+    with FakeMeta(access_token=META_TOKEN, ad_account_id=META_ACCOUNT, calls_per_hour=2, window=0.5) as fake:
         eager = MetaClient(META_TOKEN, META_ACCOUNT, base_url=fake.url, policy=FAST, calls_per_hour=1000,
                            window_seconds=1.0)
-        report = _sync(wh, tmp_path / "b", D1, eager, batch=25, in_flight=4)
+        report = _sync(wh, tmp_path / "b", D1, eager, batch=20, in_flight=4)
         assert report.throttled > 0 and report.status == "ok"
         assert fake.count(status=400) == report.throttled
-        assert fake.members("Loyal Customers") == _hashes(f"u{i}@shop.com" for i in range(150))
-        assert fake.members("Affinity: Nike") == _hashes(f"u{i}@shop.com" for i in range(0, 150, 2))
+        assert fake.members("Loyal Customers") == _hashes(f"u{i}@shop.com" for i in range(80))
+        assert fake.members("Affinity: Nike") == _hashes(f"u{i}@shop.com" for i in range(0, 80, 2))
 
 
 def test_faults_are_retried_and_a_bad_token_fails_at_once_without_showing_it(fake, wh, tmp_path):
