@@ -1,7 +1,7 @@
 """Benchmark the ESP syncs against the fakes: a first full sync and a ~1% daily change sync.
 
-    python benchmarks/bench_sync.py --profiles 1000000 [--integration klaviyo|dotdigital|braze|both] [--repeat 3]
-                                    [--window-scale 0.1]
+    python benchmarks/bench_sync.py --profiles 1000000 [--integration klaviyo|dotdigital|braze|meta|both] [--repeat 3]
+                                    [--window-scale 0.1] [--meta-calls 5000 --meta-window 3600]
 
 The fake runs in its own process (a real HTTP server on loopback that does not share our GIL),
 started fresh for every repetition, with realistic limits:
@@ -11,6 +11,10 @@ started fresh for every repetition, with realistic limits:
   0.5 s + 20 us per profile after they were created; every request is checked (auth, revision,
   5 MB / 10,000 profiles per job, consent keys in every profile). The spec check of the imported
   profiles' shapes covers a sample of about 200 per job (``--full-validation``: every profile).
+* Meta: the ``custom_audience`` limit of the ad account, by default the documented development-tier
+  floor (5,000 calls per hour; it never binds for 1M profiles, about 230 calls), or ``--meta-calls``
+  per ``--meta-window`` seconds to make it bind; one audience per segment (8), 10,000 hashes per
+  call, answered synchronously. "changed" counts (segment, email) adds and removes.
 * dotdigital: per-minute limits (imports 20 per 60 s, other calls 300 per 60 s); at most 3 active
   imports; an import completes 10 us per contact after it was created. ``--dd-window-scale 0.1``
   shrinks the windows to 6 s for a 10x shorter run (the ceilings use the same scaling); that run
@@ -53,6 +57,7 @@ from __future__ import annotations
 import argparse
 import gc
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import statistics
@@ -72,8 +77,10 @@ import duckdb  # noqa: E402
 from segment_pipeline.core.esp.braze import BrazeClient  # noqa: E402
 from segment_pipeline.core.esp.dotdigital import DotdigitalClient  # noqa: E402
 from segment_pipeline.core.esp.klaviyo import KlaviyoClient  # noqa: E402
+from segment_pipeline.core.esp.meta import DEFAULT_CALLS_PER_HOUR, MetaClient  # noqa: E402
 from segment_pipeline.core.sync.desired import desired_sql  # noqa: E402
 from segment_pipeline.core.sync.destinations.braze import BrazeSettings  # noqa: E402
+from segment_pipeline.core.sync.destinations.meta import MetaSettings  # noqa: E402
 from segment_pipeline.core.sync.runner import DotdigitalSettings, KlaviyoSettings, sync  # noqa: E402
 from segment_pipeline.core.warehouse import Warehouse  # noqa: E402
 
@@ -88,6 +95,21 @@ DD_ACTIVE_IMPORTS = 3
 DD_SECONDS_PER_CONTACT = 10e-6
 KLAVIYO_BULK = [(10, 1.0), (150, 60.0)]
 KLAVIYO_QUEUE_SECONDS, KLAVIYO_SECONDS_PER_PROFILE = 0.5, 20e-6
+
+
+def meta_limits() -> list[tuple[int, float]]:
+    """Meta's ``custom_audience`` limit as benchmarked: ``--meta-calls`` per ``--meta-window`` seconds
+    (default the documented development-tier floor, 5,000 per hour), passed to the fake's process
+    through the environment."""
+    return [(int(os.environ.get("BENCH_META_CALLS", DEFAULT_CALLS_PER_HOUR)),
+             float(os.environ.get("BENCH_META_WINDOW", 3600.0)))]
+
+
+def _meta_fake(_full_validation: bool, _scale: float) -> Any:
+    from segment_pipeline_tests.fakes.meta import FakeMeta
+
+    ((calls, window),) = meta_limits()
+    return FakeMeta(calls_per_hour=calls, window=window)
 
 
 def _cpu() -> float:
@@ -154,6 +176,11 @@ PROFILES: dict[str, Profile] = {
         _braze_fake, lambda url, scale: BrazeClient(BRAZE_KEY, url, limits={"users_track": braze_limits(scale)}, pool_size=40),
         lambda: BrazeSettings(max_in_flight=32), lambda s: s.objects_per_request, "users_track", braze_limits,
         lambda _size: 0.0, None, True),
+    "meta": Profile(
+        _meta_fake, lambda url, _s: MetaClient("meta-test-token", "1234567890", base_url=url, pool_size=8,
+                                               calls_per_hour=meta_limits()[0][0], window_seconds=meta_limits()[0][1]),
+        lambda: MetaSettings(max_in_flight=4), lambda s: s.records_per_call, "custom_audience",
+        lambda _s: meta_limits(), lambda _size: 0.0, None, False),
 }
 
 
@@ -171,7 +198,7 @@ def _serve(kind: str, full_validation: bool, conn, dd_scale: float = DD_SCALE) -
         with fake.lock:
             throttled: dict[str, int] = {}
             for r in fake.log:
-                if r.status == 429:
+                if r.status == 429 or (kind == "meta" and r.status == 400):  # Meta throttles with 400/80003
                     throttled[r.family] = throttled.get(r.family, 0) + 1
             carrying = [r.received_at for r in fake.log if r.family == PROFILES[kind].family and r.status < 300]
             conn.send({"requests": len(fake.log), "throttled": throttled, "violations": len(fake.spec_violations),
@@ -208,6 +235,18 @@ def changed(wh: Warehouse) -> int:
     s2, p2 = desired_sql(wh, "2026-11-02", SEGMENTS)
     n = con.execute(f"""SELECT count(*) FROM ({s1}) a FULL OUTER JOIN ({s2}) b ON a.email = b.email
                         WHERE a.segments IS DISTINCT FROM b.segments""", p1 + p2).fetchall()[0][0]
+    con.close()
+    return n
+
+
+def changed_memberships(wh: Warehouse) -> int:
+    """(segment, email) pairs added or removed between the two days, in the synced segments."""
+    con = duckdb.connect()
+    ids = ", ".join(f"'{k}'" for k in SEGMENTS)
+    d1, d2 = (f"(SELECT DISTINCT segment_id, email FROM {wh.scan('memberships', days=[d])} WHERE segment_id IN ({ids}))"
+              for d in ("2026-11-01", "2026-11-02"))
+    n = con.execute(f"SELECT (SELECT count(*) FROM ({d1} EXCEPT {d2})) + (SELECT count(*) FROM ({d2} EXCEPT {d1}))"
+                    ).fetchall()[0][0]
     con.close()
     return n
 
@@ -266,12 +305,14 @@ def run_once(kind: str, wh: Warehouse, tmp: Path, n_changed: int, full_validatio
         client.close()
         parent.send("stats")
         fake1 = parent.recv()
-        sent = report.records_sent
+        sent = report.records_sent + (report.removed if kind == "meta" else 0)  # Meta: removals carry records
         plan_s = marks.get("planned", t0) - t0
         needed = len(_sizes(report.upserted + report.rejected, per_req)) + len(_sizes(report.cleared, per_req))
+        if kind == "meta":  # every call (audience lookups, one partial batch per audience) counts against the limit
+            needed = sum(1 for f, _a, st in fake1["received"][len(fake0["received"]):] if f == family and st < 300)
         floor = min_schedule_seconds(needed, limits)
         ideal = ideal_seconds(_sizes(report.upserted + report.rejected, per_req) + _sizes(report.cleared, per_req),
-                              limits, duration, concurrency)
+                              limits, duration, concurrency) if kind != "meta" else floor  # Meta answers at once
         throttled = {k: v - fake0["throttled"].get(k, 0) for k, v in fake1["throttled"].items()
                      if v - fake0["throttled"].get(k, 0)}
         res = dict(label=label, changed=expected if expected is not None else report.desired, sent=sent,
@@ -326,7 +367,7 @@ def bench(kind: str, n: int, tmp: Path, repeat: int, full_validation: bool, verb
     wh = Warehouse(tmp / f"warehouse-{kind}")
     t0 = time.monotonic()
     write_days(wh, n)
-    n_changed = changed(wh)
+    n_changed = changed_memberships(wh) if kind == "meta" else changed(wh)  # Meta: per-audience adds/removes
     print(f"\n== {kind}: {n:,} identities (fixtures in {time.monotonic() - t0:.1f}s), day-2 changes: {n_changed:,}"
           f"{'' if not PROFILES[kind].scaled or dd_scale == 1 else f' (rate windows scaled x{dd_scale:g})'}", flush=True)
     runs = []
@@ -363,8 +404,12 @@ def main() -> int:
     ap.add_argument("--window-scale", "--dd-window-scale", dest="dd_window_scale", type=float, default=DD_SCALE,
                     help="scale the rate windows of dotdigital (0.1: 6 s windows, a 10x shorter run) and Braze "
                          "(10: 3,000 requests per 30 s, a limit this machine can reach)")
+    ap.add_argument("--meta-calls", type=int, default=DEFAULT_CALLS_PER_HOUR,
+                    help="Meta custom_audience calls allowed per --meta-window (default 5,000: the dev-tier floor)")
+    ap.add_argument("--meta-window", type=float, default=3600.0, help="Meta rate window in seconds (default 3600)")
     ap.add_argument("--verbose", action="store_true", help="print when each record-carrying request was accepted")
     args = ap.parse_args()
+    os.environ["BENCH_META_CALLS"], os.environ["BENCH_META_WINDOW"] = str(args.meta_calls), str(args.meta_window)
     tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     try:
         for kind in (list(PROFILES) if args.integration == "both" else [args.integration]):

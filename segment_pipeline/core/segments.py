@@ -98,7 +98,8 @@ from segment_pipeline.core.sync.destinations import DESTINATIONS
 
 SEGMENT_TYPES = ("dynamic", "static")
 STATUSES = ("active", "inactive")
-INTEGRATIONS = tuple(DESTINATIONS)  # the sync toggles: one per registered destination
+#: the sync toggles: one per registered destination, plus the Google Customer Match file export
+INTEGRATIONS = (*DESTINATIONS, "google_customer_match")
 
 COMPARISON_OPS = {"=": "=", "==": "=", "!=": "<>", "<>": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 LIST_OPS = ("in", "not in")

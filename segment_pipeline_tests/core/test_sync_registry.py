@@ -27,7 +27,7 @@ from segment_pipeline_tests.fakes.helpers import write_memberships
 
 
 def test_every_registered_destination_is_wired_from_the_registry():
-    assert set(DESTINATIONS) == {"klaviyo", "dotdigital", "braze"} == set(INTEGRATIONS)
+    assert set(DESTINATIONS) == {"klaviyo", "dotdigital", "braze", "meta"} == set(INTEGRATIONS) - {"google_customer_match"}
     resources = sync_resources().resources
     for name, d in DESTINATIONS.items():
         assert SYNC_ASSETS[name].key == dg.AssetKey(f"{name}_sync")
@@ -36,7 +36,7 @@ def test_every_registered_destination_is_wired_from_the_registry():
         assert set(RESOURCES[name].model_fields) == {o.name for o in d.options}
         assert RESOURCES[name]().client() is None  # no secret: dry run
         caps, lim = d.capabilities, d(None, d.settings_from(d.option_values())).limits()
-        assert caps.property_upsert and lim.records_per_request > 0 and lim.bytes_per_request > lim.request_overhead
+        assert (caps.property_upsert or caps.audience_per_segment) and lim.records_per_request > 0 and lim.bytes_per_request > lim.request_overhead
 
 
 # -- a third destination, written against the interface only --------------------------------

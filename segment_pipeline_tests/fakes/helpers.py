@@ -17,9 +17,12 @@ import duckdb
 from segment_pipeline.core.esp.dotdigital import DotdigitalClient
 from segment_pipeline.core.esp.http import RetryPolicy
 from segment_pipeline.core.esp.klaviyo import KlaviyoClient
+from segment_pipeline.core.esp.meta import MetaClient
+from segment_pipeline.core.sync.destinations.meta import MetaSettings
 from segment_pipeline.core.sync.runner import (
     DotdigitalSettings,
     KlaviyoSettings,
+    sync,
     sync_dotdigital,
     sync_klaviyo,
 )
@@ -30,6 +33,7 @@ from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env
 
 KLAVIYO_KEY = "pk_test_fake"
 DD_USER, DD_PASSWORD = "apiuser-fake@apiconnector.com", "fake-password"
+META_TOKEN, META_ACCOUNT = "meta-test-token", "1234567890"
 #: Short backoffs so retries do not slow the tests; the time bounds only catch hangs (a busy
 #: machine may take seconds to answer): a test about timeouts sets its own policy.
 FAST = RetryPolicy(max_elapsed=120.0, base_delay=0.02, max_delay=0.2, connect_timeout=10.0, read_timeout=10.0)
@@ -54,6 +58,15 @@ def klaviyo_client(url: str, **kw: object) -> KlaviyoClient:
     return KlaviyoClient(KLAVIYO_KEY, base_url=url, poll_initial=0.01, poll_max=0.05, **kw)  # type: ignore[arg-type]
 
 
+def meta_client(url: str, **kw: object) -> MetaClient:
+    kw.setdefault("policy", FAST)
+    return MetaClient(META_TOKEN, META_ACCOUNT, base_url=url, **kw)  # type: ignore[arg-type]
+
+
+def sync_meta(warehouse: Warehouse, day: str, synced: dict[str, str], **kw: object):
+    return sync("meta", warehouse, day, synced, **kw)  # type: ignore[arg-type]
+
+
 def dotdigital_client(url: str, **kw: object) -> DotdigitalClient:
     kw.setdefault("policy", FAST)
     return DotdigitalClient(DD_USER, DD_PASSWORD, base_url=url, poll_initial=0.01, poll_max=0.05, **kw)  # type: ignore[arg-type]
@@ -67,10 +80,12 @@ CHILD_RUNS = {
     "dotdigital": (dotdigital_client, lambda batch, n: DotdigitalSettings(contacts_per_import=batch, max_in_flight=n,
                                                                           max_active_imports=n), sync_dotdigital),
     "braze": BRAZE_CHILD_RUN,
+    "meta": (meta_client, lambda batch, n: MetaSettings(records_per_call=batch, max_in_flight=n), sync_meta),
 }
 FAKE_CLASSES = {"klaviyo": "segment_pipeline_tests.fakes.klaviyo:FakeKlaviyo",
                 "dotdigital": "segment_pipeline_tests.fakes.dotdigital:FakeDotdigital",
-                "braze": "segment_pipeline_tests.fakes.braze:FakeBraze"}
+                "braze": "segment_pipeline_tests.fakes.braze:FakeBraze",
+                "meta": "segment_pipeline_tests.fakes.meta:FakeMeta"}
 
 
 def run(integration: str, url: str, wh_root: str, state: str, day: str, synced: dict[str, str],

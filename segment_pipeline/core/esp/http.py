@@ -286,6 +286,7 @@ class HttpSession:
         receipt_allowance: float = 0.05,
         max_receipt_allowance: float = 2.0,
         epoch_reset_headers: bool = False,
+        throttle: Callable[[requests.Response], float | None] | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.service = service
@@ -299,6 +300,10 @@ class HttpSession:
         #: The service sends ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` (UTC epoch seconds), as
         #: Braze documents: honour them. Off by default: other services use these names differently.
         self.epoch_reset_headers = epoch_reset_headers
+        #: For services that signal throttling other than by 429 (Meta: HTTP 400 with error code
+        #: 17/80003): given an answer that is not expected, the seconds to wait if it is a
+        #: throttling answer (0: no hint, back off), else None. Handled exactly like a 429.
+        self.throttle = throttle
         #: Per family: seconds between our last byte and the server counting the request, as
         #: assumed when stamping its slots (grows with every 429 the family draws).
         self.allowance: dict[str, float] = {}
@@ -393,12 +398,15 @@ class HttpSession:
                 last = f"HTTP {status}{_error_title(resp)}"
                 if status in (401, 403):
                     raise EspAuthError(f"{what}: {last} (check the API credentials and scopes)", status)
-                if status == 429:
+                hint = self.throttle(resp) if self.throttle is not None and status != 429 else None
+                if status == 429 or hint is not None:
                     throttled = True
                     self.stats.add(throttled=1)
                     backoff = self._backoff(attempt)
                     wait = min(rate_limit_wait(resp.headers, backoff), 3600.0) if self.epoch_reset_headers \
                         else retry_after_seconds(resp.headers.get("Retry-After"), backoff)
+                    if hint:
+                        wait = max(wait, hint)
                     wait += self._rng.uniform(0, min(1.0, 0.1 + wait * 0.1))
                     if limiter is not None:
                         limiter.pause_until(time.monotonic() + wait)
@@ -458,6 +466,9 @@ def _error_title(resp: requests.Response) -> str:
         errs = body.get("errors")
         if isinstance(errs, list) and errs and isinstance(errs[0], dict):
             title = errs[0].get("detail") or errs[0].get("title")
+        err = body.get("error")  # Graph API style: {"error": {"message", "code", ...}}
+        if isinstance(err, dict):
+            title = title or (f"{err.get('message')} (code {err.get('code')})" if err.get("message") else None)
         title = title or body.get("message")
     return f": {str(title)[:200]}" if title else ""
 

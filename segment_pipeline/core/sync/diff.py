@@ -72,7 +72,7 @@ class ValueFit:
 
 def write_plan(store: StateStore, target: Target, desired_sql: str, params: list[object], plan_path: Path,
                track_membership: bool, removes: bool, fit: ValueFit | None = None, run_id: str | None = None,
-               ) -> PlanCounts:
+               values: bool = True) -> PlanCounts:
     """Write ``action, email, segments, member, held`` rows to ``plan_path``; return the counts.
 
     * ``upsert``: email is desired with segments different from what its profile is confirmed to
@@ -84,6 +84,9 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
     ``member`` is whether the email is a confirmed member of the target's list (for "added" counts);
     ``held`` is the JSON list its profile is confirmed to carry (NULL: nothing known), for
     destinations that send changes as deltas (Braze's array ``add``/``remove``).
+    ``values`` False (a destination holding members only, e.g. an ad audience): what profiles carry
+    is not compared (nothing is kept in ``held``), so upserts are the desired non-members and there
+    are no clears; leavers are ``remove`` rows.
     With ``run_id`` (a real run) the fitted profiles replace the holder's rows in ``truncated``.
     """
     private_mkdir(plan_path.parent)
@@ -122,6 +125,7 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
                         tx.execute("""INSERT INTO truncated SELECT ?, email, kept, dropped, ?, ?
                                       FROM desired_fitted WHERE kept IS NOT NULL""", [target.holder, run_id, _now()])
         track = "TRUE" if track_membership else "FALSE"
+        compare = "TRUE" if values else "FALSE"
         remove = "TRUE" if removes else "FALSE"
         sql = f"""
             WITH d AS (SELECT email, segments FROM {desired_from}),
@@ -134,9 +138,9 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
                 SELECT coalesce(j.email, mb.email) AS email, j.want, j.have, mb.email IS NOT NULL AS member
                 FROM j FULL OUTER JOIN mb ON j.email = mb.email)
             SELECT '{UPSERT}' AS action, email, want AS segments, member, have AS held FROM k
-                WHERE want IS NOT NULL AND (have IS DISTINCT FROM want OR ({track} AND NOT member))
+                WHERE want IS NOT NULL AND (({compare} AND have IS DISTINCT FROM want) OR ({track} AND NOT member))
             UNION ALL
-            SELECT '{CLEAR}', email, '[]', member, have FROM k WHERE want IS NULL AND have <> '[]'
+            SELECT '{CLEAR}', email, '[]', member, have FROM k WHERE {compare} AND want IS NULL AND have <> '[]'
             UNION ALL
             SELECT '{REMOVE}', email, '[]', member, have FROM k WHERE want IS NULL AND {remove} AND member
         """

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import datetime as dt
+import re
 import threading
 import time
 import uuid
@@ -61,13 +63,22 @@ class Capabilities:
     """What a destination can be told.
 
     ``property_upsert``: set a profile property / contact field to the list of segment names
-    (and clear it). ``list_add``: an upsert also adds the profile to the target's list/book.
+    (and clear it). Without it the destination holds members only: the mirror keeps membership
+    alone (no value in ``held``), upserts add desired non-members and (with ``list_remove``)
+    leavers are removed. ``list_add``: an upsert also adds the profile to the target's list/book.
     ``list_remove``: profiles no longer desired can be removed from the list (:meth:`Destination.remove`).
+    ``audience_per_segment``: the destination holds one audience per synced segment (ad platforms:
+    a Meta custom audience). The engine then runs once per synced segment, with
+    :attr:`Destination.segment` set and the desired state of that segment alone, so an upsert
+    means "add to the segment's audience" and a removal "remove from it"; each audience is its own
+    target (mirror, rejects, run history, dry-run folder), the runs share one open state store
+    and their reports are summed into one (:func:`merge_reports`).
     """
 
     property_upsert: bool = True
     list_add: bool = True
     list_remove: bool = False
+    audience_per_segment: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,8 @@ class Destination(abc.ABC):
         self.settings = settings
         #: the list/book id (or a dry-run placeholder) once :meth:`connect` / :meth:`dry_connect` ran
         self.container_ref: Any = None
+        #: ``(segment_id, segment_name)`` being synced (``capabilities.audience_per_segment`` only)
+        self.segment: tuple[str, str] | None = None
 
     # -- configuration (used by the Dagster resource) -------------------------------------------
     @classmethod
@@ -232,14 +245,49 @@ def run_sync(destination: Destination, warehouse: Warehouse, day: str | dt.date,
     """Sync ``day``'s memberships of the ``synced`` segments (id -> name) to ``destination``.
 
     Raises what the destination's client raises (after recording the run as failed); a dry run
-    (``destination.client is None``) never touches the network.
+    (``destination.client is None``) never touches the network. A destination with
+    ``capabilities.audience_per_segment`` is run once per synced segment (in name order, stopping
+    at the first failure) and the reports are summed (:func:`merge_reports`).
     """
-    return _Run(destination, warehouse, day, synced, Path(state_dir), Path(dry_run_root), log).execute()
+    if not destination.capabilities.audience_per_segment:
+        return _Run(destination, warehouse, day, synced, Path(state_dir), Path(dry_run_root), log).execute()
+    reports = []
+    started = time.monotonic()
+    store = StateStore(state_dir)  # one lock and one open state for all the audiences' runs
+    try:
+        store.lock()
+        for segment_id, name in sorted(synced.items(), key=lambda kv: (kv[1], kv[0])):
+            destination.segment = (segment_id, name)
+            reports.append(_Run(destination, warehouse, day, {segment_id: name}, Path(state_dir), Path(dry_run_root),
+                                log, scope=segment_id, store=store).execute())
+    finally:
+        destination.segment = None
+        store.close()
+    merged = merge_reports(destination.name, str(day), destination.client is None, reports)
+    merged.seconds = round(time.monotonic() - started, 3)  # the whole run, gaps between audiences included
+    return merged
+
+
+def merge_reports(integration: str, day: str, dry_run: bool, reports: Sequence[SyncReport]) -> SyncReport:
+    """One report summing the counts of per-audience runs; ``destination`` and ``run_id`` list theirs."""
+    out = SyncReport(integration, "; ".join(r.destination for r in reports), day, dry_run,
+                     "; ".join(r.run_id for r in reports))
+    for f in dataclasses.fields(SyncReport):
+        v = getattr(out, f.name)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            setattr(out, f.name, sum(getattr(r, f.name) for r in reports))
+    out.seconds = round(out.seconds, 3)
+    out.status = "ok" if all(r.status == "ok" for r in reports) else "failed"
+    out.notes = [n for r in reports for n in r.notes]
+    dirs = sorted({str(Path(r.payload_dir).parent.parent) for r in reports if r.payload_dir})
+    out.payload_dir = dirs[0] if len(dirs) == 1 else (", ".join(dirs) or None)
+    return out
 
 
 class _Run:
     def __init__(self, d: Destination, warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str],
-                 state_dir: Path, dry_run_root: Path, log: Log | None):
+                 state_dir: Path, dry_run_root: Path, log: Log | None, scope: str = "",
+                 store: StateStore | None = None):
         self.d = d
         self.warehouse = warehouse
         self.day = str(day)
@@ -249,8 +297,10 @@ class _Run:
         self.log = log or (lambda _m: None)
         self.dry = d.client is None
         self.run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        self.store = StateStore(state_dir)
-        self.store.lock()
+        self.own_store = store is None
+        self.store = store if store is not None else StateStore(state_dir)
+        if self.own_store:
+            self.store.lock()
         self.report = SyncReport(d.name, "", self.day, self.dry, self.run_id)
         self.started = time.monotonic()
         self.plan_path: Path | None = None
@@ -258,6 +308,9 @@ class _Run:
         self.limits = d.limits()
         #: finished batches not yet recorded (``Limits.confirm_rows``): action -> gathered rows
         self._gathered: dict[str, _Gathered] = {}
+        #: per-audience runs keep their own "last real target" and dry-run folder
+        self.scope = scope
+        self.last_key = f"last_dest:{scope}" if scope else "last_dest"
 
     @staticmethod
     def _snap(stats: HttpStats) -> tuple[int, ...]:
@@ -286,13 +339,14 @@ class _Run:
             finally:
                 if self.plan_path is not None and self.plan_path.exists():
                     self.plan_path.unlink()
-                self.store.close()
+                if self.own_store:
+                    self.store.close()
         return self.report
 
     # -- plan ------------------------------------------------------------------------------
     def work(self) -> None:
         if self.dry:
-            last = self.store.get_meta("last_dest")
+            last = self.store.get_meta(self.last_key)
             self.target = Target.parse(last) if last else Target.parse(f"{self.d.name}|dry-run")
             self.d.dry_connect()
         else:
@@ -308,7 +362,8 @@ class _Run:
         self.plan_path = self.state_dir / "plans" / f"{self.run_id}.parquet"
         counts = write_plan(self.store, target, sql, params, self.plan_path,
                             track_membership=d.capabilities.list_add, removes=d.capabilities.list_remove,
-                            fit=self.limits.value, run_id=None if self.dry else self.run_id)
+                            fit=self.limits.value, run_id=None if self.dry else self.run_id,
+                            values=d.capabilities.property_upsert)
         r.desired, r.planned_upserts, r.planned_clears, r.planned_removals = (
             counts.desired, counts.upserts, counts.clears, counts.removals)
         r.truncated = counts.truncated
@@ -324,13 +379,14 @@ class _Run:
             self.log(f"{d.name}: {r.notes[-1]}; see the 'truncated' table in {self.state_dir / 'state.duckdb'}")
         if not self.dry:
             self.store.start_run(self.run_id, d.name, target.dest, self.day, False)
-            self.store.set_meta("last_dest", target.dest)
+            self.store.set_meta(self.last_key, target.dest)
 
     # -- send ------------------------------------------------------------------------------
     def send(self) -> None:
         d, r, lim = self.d, self.report, self.limits
         assert self.plan_path is not None
-        writer = DryRunWriter(self.dry_run_root, d.name) if self.dry else None
+        folder = f"{d.name}/{_safe_part(self.scope)}" if self.scope else d.name
+        writer = DryRunWriter(self.dry_run_root, folder) if self.dry else None
         budget = lim.bytes_per_request - lim.request_overhead
         jobs = threading.BoundedSemaphore(max(1, min(lim.concurrent_jobs, lim.in_flight))) \
             if lim.concurrent_jobs else None
@@ -420,8 +476,11 @@ class _Run:
         r, target = self.report, self.target
         assert target is not None
         ok = g.ok[0] if len(g.ok) == 1 else pa.concat_tables(g.ok)
-        member = True if action == UPSERT and self.d.capabilities.list_add else None
-        self.store.confirm_table(target, ok, member)
+        if not self.d.capabilities.property_upsert:  # members only (ad audiences): no value to keep
+            self.store.confirm_members(target, ok)
+        else:
+            member = True if action == UPSERT and self.d.capabilities.list_add else None
+            self.store.confirm_table(target, ok, member)
         self.store.reject(target.dest, g.rejected, self.run_id)
         _count(r, action, ok, g.batches)
         r.rejected += len(g.rejected)
@@ -436,6 +495,11 @@ class _Gathered:
     rejected: list[tuple[str, str, str]] = field(default_factory=list)
     rows: int = 0
     batches: int = 0
+
+
+def _safe_part(text: str) -> str:
+    """A file-name-safe form of a segment id (dry-run folders)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text).strip(".") or "_"
 
 
 def _split(batch: Batch, bad: Mapping[str, str]) -> tuple[pa.Table, list[str]]:

@@ -224,6 +224,20 @@ class StateStore:
                             [target.dest])
             con.unregister("confirmed_batch")
 
+    def confirm_members(self, target: Target, batch: pa.Table) -> None:
+        """Record, in one transaction, that the rows of ``batch`` (``email`` and, optionally, the
+        plan's ``member`` flag) are now members of the target's list/audience, for destinations
+        that hold members only (no value: nothing goes into ``held``); clears their rejects."""
+        if batch.num_rows == 0:
+            return
+        with self.transaction() as con:
+            con.register("confirmed_batch", batch)
+            self._add_members(con, target, "member" in batch.column_names, _now())
+            if self._has_rejects(con, target.dest):
+                con.execute("DELETE FROM rejects WHERE dest = ? AND email IN (SELECT email FROM confirmed_batch)",
+                            [target.dest])
+            con.unregister("confirmed_batch")
+
     @staticmethod
     def _add_members(con: duckdb.DuckDBPyConnection, target: Target, planned: bool, now: dt.datetime) -> None:
         """Add the rows of ``confirmed_batch`` to the target's list: with ``planned`` (the batch

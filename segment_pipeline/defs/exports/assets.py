@@ -1,6 +1,8 @@
 """Export assets and jobs (thin: the work is in ``segment_pipeline.core.exports``).
 
 * ``segment_feed_daily`` (daily partitioned): ``daily/<identifier>/YYYY-MM-DD.json`` + ``latest``.
+* ``google_customer_match_files`` (daily partitioned): ``customer_match/YYYY-MM-DD/<segment>.csv``
+  + ``manifest.json`` for the segments toggled ``google_customer_match`` (``core/exports/customer_match.py``).
 * ``segment_export`` (run config = the ``/users/export/segment`` request) via ``segment_export_job``.
 * ``segment_csv_export_job`` (run config: segment, range) for ad-hoc use from the launchpad.
 
@@ -14,7 +16,7 @@ itself with a lock per segment and ``max_concurrent_segment_exports`` slots.
 import dagster as dg
 from pydantic import Field
 
-from segment_pipeline.core.exports import csv_range, daily_feed
+from segment_pipeline.core.exports import csv_range, customer_match, daily_feed
 from segment_pipeline.core.exports import segment_export as chunked
 from segment_pipeline.core.exports.callback import redact
 from segment_pipeline.core.exports.keys import tag_value
@@ -23,7 +25,7 @@ from segment_pipeline.core.warehouse import connect
 from segment_pipeline.defs.automation.conditions import DAILY_FRESHNESS, FEED
 from segment_pipeline.defs.exports.resources import ExportsResource
 from segment_pipeline.defs.partitions import daily_partitions, partition_days, single_run
-from segment_pipeline.defs.resources import WarehouseResource
+from segment_pipeline.defs.resources import SegmentCatalogResource, WarehouseResource
 
 SEGMENT_TAG = "segment_export/segment_id"
 GLOBAL_TAG = "segment_export/all"
@@ -86,6 +88,42 @@ def segment_feed_daily(context: dg.AssetExecutionContext, warehouse: WarehouseRe
         passed=not problems,
         metadata={"days_checked": len(context.partition_keys), "problems": dg.MetadataValue.json(problems)},
     )
+
+
+# -- Google Customer Match upload files ---------------------------------------------------------------
+
+
+@dg.asset(
+    deps=[dg.AssetKey("memberships")],
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+    group_name="exports",
+    kinds={"duckdb", "csv"},
+    automation_condition=FEED,
+    freshness_policy=DAILY_FRESHNESS,
+)
+def google_customer_match_files(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                                exports: ExportsResource, segment_catalog: SegmentCatalogResource):
+    """Google Ads Customer Match upload files: for each segment whose sync toggle google_customer_match is on,
+    one CSV of SHA-256 hashed emails (header Email, Google's normalization) per day at
+    customer_match/YYYY-MM-DD/SEGMENT.csv under the export root, plus manifest.json, published atomically.
+    (Shown as the asset's description: plain text, no markup.)"""
+    wh, storage = warehouse.get(), exports.storage()
+    segments = segment_catalog.load().synced(customer_match.TOGGLE)
+    con = connect(memory_limit=exports.duckdb_memory_limit)
+    try:
+        for day in partition_days(context):
+            result = customer_match.write_customer_match(con, wh, storage, day, segments)
+            context.add_asset_metadata(
+                {"location": result.location, "segments": len(result.files), "rows": result.rows,
+                 "dagster/row_count": result.rows,
+                 "files": dg.MetadataValue.json([{k: f.__dict__[k] for k in ("segment_name", "file", "rows")}
+                                                 for f in result.files])},
+                partition_key=day.isoformat(),
+            )
+    finally:
+        con.close()
+    return dg.MaterializeResult()
 
 
 # -- per-segment export ----------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ metadata (the asset page plots them: the run history).
 
 Schedules (UTC; cron overridable per destination): Klaviyo ``SEGMENT_PIPELINE_KLAVIYO_SYNC_CRON``
 (default every 12 hours, ``0 */12 * * *``), dotdigital ``SEGMENT_PIPELINE_DOTDIGITAL_SYNC_CRON``
-(default daily, ``0 6 * * *``). A segment whose toggle is switched on is picked up by the next run
+(default daily, ``0 6 * * *``), Meta ``SEGMENT_PIPELINE_META_SYNC_CRON`` (default daily, ``0 7 * * *``;
+one custom audience per synced segment). A segment whose toggle is switched on is picked up by the next run
 (the catalog is read per run). A scheduled tick is skipped, with the reason, while memberships are
 being recomputed or when their latest blocking check failed (``defs/automation/sync_gate.py``).
 """

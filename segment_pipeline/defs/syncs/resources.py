@@ -20,6 +20,9 @@ as its module declares (docs/syncs.md lists them):
   ``nosto_segment``), ``SEGMENT_PIPELINE_BRAZE_MAX_ARRAY_LENGTH`` (25),
   ``SEGMENT_PIPELINE_BRAZE_OBJECTS_PER_REQUEST`` (75), ``SEGMENT_PIPELINE_BRAZE_RATE_LIMIT`` (3000 per
   3 s), ``SEGMENT_PIPELINE_BRAZE_IN_FLIGHT`` (32).
+* Meta: ``META_ACCESS_TOKEN`` (system-user token, ``ads_management``), ``META_AD_ACCOUNT_ID``,
+  ``META_BASE_URL`` (default ``https://graph.facebook.com``), ``META_API_VERSION`` (default ``v25.0``),
+  ``SEGMENT_PIPELINE_META_AUDIENCE_PREFIX``, ``SEGMENT_PIPELINE_META_CALLS_PER_HOUR`` (default 5,000).
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ from __future__ import annotations
 from segment_pipeline.core.sync.destinations.braze import BrazeDestination
 from segment_pipeline.core.sync.destinations.dotdigital import DotdigitalDestination
 from segment_pipeline.core.sync.destinations.klaviyo import KlaviyoDestination
+from segment_pipeline.core.sync.destinations.meta import MetaDestination
 from segment_pipeline.core.sync.engine import Destination
 
-DESTINATIONS: dict[str, type[Destination]] = {d.name: d for d in (KlaviyoDestination, DotdigitalDestination, BrazeDestination)}
+DESTINATIONS: dict[str, type[Destination]] = {d.name: d for d in (KlaviyoDestination, DotdigitalDestination, BrazeDestination, MetaDestination)}
 
 
 def destination(name: str) -> type[Destination]:
