@@ -209,8 +209,9 @@ def typing_sql(
 
     Every conversion is a try-conversion guarded by a rule, so a value that does not fit quarantines
     its row naming the field instead of failing the day. Timestamps later than the end of the
-    landing day (UTC) plus ``tolerance_hours`` are implausible. Event properties are typed (and
-    checked) only on events that declare them; elsewhere their text goes to ``properties``.
+    landing day (UTC) plus ``tolerance_hours`` are implausible. Event properties are typed only on
+    events that declare them (elsewhere their text goes to ``properties``) and checked on every
+    declared event (a property has one type), never on undeclared (kept, untyped) events.
     """
     source = plan.source
     latest = dt.datetime.combine(day + dt.timedelta(days=1), dt.time()) + dt.timedelta(hours=tolerance_hours)
@@ -292,7 +293,11 @@ def typing_sql(
                 if not (t.fmap and plan.props_path and any(p.startswith(plan.props_path + ".") for p in t.fmap.paths())):
                     misplaced.append(f"{_lit(t.name)}: CASE WHEN NOT ({guard}) THEN nullif({v}, '') END")
         value, trules = _convert(t, v, source.timezone, latest_sql, end_of_day, tolerance_hours)
-        pre = f"{guard} AND " if guard else ""
+        # a property has one type across the model's events: its value is checked on every declared
+        # event (typed only on those declaring it), never on an undeclared (kept, untyped) one
+        pre = ""
+        if t.role == "property" and source.undeclared_events == "keep":
+            pre = f"_event IN ({', '.join(_lit(e) for e in sorted(all_events)) or 'NULL'}) AND "
         for cond, reason in trules:
             rules.append((f"{pre}({cond})", reason))
         for key, expr in value[1].items():
