@@ -351,7 +351,7 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     # receives valid input: the line when it is a JSON object, else '{}' (its fields then read as NULL).
     src = f"read_parquet({sql_string(str(lines))})"
     keys = plan.read_keys()
-    known = list(dict.fromkeys([*keys, *plan.source.ignore]))
+    known = list(dict.fromkeys([*keys, *plan.other_keys, *plan.source.ignore]))
     structure = sql_string("{" + ", ".join(json.dumps(k) + ': "VARCHAR"' for k in keys) + "}") if keys else None
     invalid_text = (
         f"WHEN contains(raw, '\ufffd') THEN {sql_string(f'line is not valid {text.encoding_label}')}"
@@ -373,9 +373,12 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
         f"lambda e: NOT list_contains({known_sql}, e.key))))::VARCHAR, '{{}}') END"
     )
     props = "NULL::VARCHAR"
-    if plan.props_path:
-        jp = sql_string(json_path(plan.props_path))
-        props = f"CASE WHEN json_type(obj, {jp}) = 'OBJECT' THEN json_extract(obj, {jp})::VARCHAR END"
+    if plan.object_paths:
+        objects = []
+        for path in plan.object_paths:
+            jp = sql_string(json_path(path))
+            objects.append(f"CASE WHEN json_type(obj, {jp}) = 'OBJECT' THEN json_extract(obj, {jp})::VARCHAR END")
+        props = objects[0] if len(objects) == 1 else f"coalesce({', '.join(objects)})"
     ignored = (f"list_filter(keys, lambda k: list_contains({_sql_list(plan.source.ignore)}, k))"
                if plan.source.ignore else "NULL::VARCHAR[]")
     js = f"json_transform(obj, {structure})" if structure else "NULL::STRUCT(x VARCHAR)"
@@ -498,7 +501,7 @@ def _tabular_extra(plan: SourcePlan, header: list[str], used: list[str], cell) -
     """(SQL of ``_extra``: a JSON object of the columns the mapping does not read, NULL when all are
     empty; SQL of ``_ignored``: the ``ignore``d columns the file has)."""
     ignored = [h for h in header if h in plan.source.ignore]
-    rest = [h for h in header if h not in used and h not in ignored]
+    rest = [h for h in header if h not in used and h not in ignored and h not in plan.other_keys]
     ignored_sql = _sql_list(ignored) if ignored else "NULL::VARCHAR[]"
     if not rest:
         return "NULL::VARCHAR", ignored_sql

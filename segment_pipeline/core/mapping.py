@@ -65,6 +65,10 @@ class SourcePlan:
     #: event name -> its declared (typed) properties; properties typed only on those events
     event_props: dict[str, set[str]] = field(default_factory=dict)
     props_path: str | None = None
+    #: where a JSON record keeps its properties (events) or traits (profiles) object, first present wins
+    object_paths: list[str] = field(default_factory=list)
+    #: top-level keys the other kind's plan of a ``stream`` source reads (not unmapped here)
+    other_keys: list[str] = field(default_factory=list)
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)
@@ -75,8 +79,8 @@ class SourcePlan:
         for t in self.targets:
             if t.fmap is not None and t.fmap.constant is None:
                 out.update(dict.fromkeys(t.fmap.top_keys()))
-        if self.props_path:
-            out[self.props_path.split(".")[0].split("[")[0]] = None
+        for path in self.object_paths:
+            out[path.split(".")[0].split("[")[0]] = None
         return list(out)
 
 
@@ -88,7 +92,7 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def build_plan(name: str, source: Source, model: DataModel, kind: str) -> SourcePlan:
+def build_plan(name: str, source: Source, model: DataModel, kind: str, _nested: bool = False) -> SourcePlan:
     """Compile ``source`` (named ``name``) for the ``kind`` table against ``model``.
 
     Raises :class:`MappingError` naming the source and entry when the user's mapping names a field
@@ -96,6 +100,9 @@ def build_plan(name: str, source: Source, model: DataModel, kind: str) -> Source
     stay custom attributes / untyped properties).
     """
     plan = SourcePlan(name, source, kind)
+    if source.kind == "stream" and not _nested:
+        other = build_plan(name, source, model, "events" if kind == "profiles" else "profiles", _nested=True)
+        plan.other_keys = other.read_keys()
     where = f"sources.{name}"
     links = list(model.links)
     allowed = {"email", *links}
@@ -131,8 +138,11 @@ def build_plan(name: str, source: Source, model: DataModel, kind: str) -> Source
     for link in links:
         add(link, "link", "string")
     if kind == "profiles":
+        traits = source.traits.paths() if source.traits else []
+        plan.object_paths = traits
         for attr, spec in model.attributes.items():
-            add(attr, "attribute", spec.type, spec)
+            default = FieldMap(path=[f"{t}.{attr}" for t in traits], optional=True) if traits else None
+            add(attr, "attribute", spec.type, spec, default)
         observed = source.observed_at
         if observed == END_OF_LANDING_DAY:
             plan.targets.append(Target("updated_at", "time", "timestamp", None))
@@ -144,7 +154,8 @@ def build_plan(name: str, source: Source, model: DataModel, kind: str) -> Source
         plan.targets.append(Target("occurred_at", "time", "timestamp", None))
     else:
         plan.targets.append(Target("occurred_at", "time", "timestamp", source.occurred_at, True))
-    plan.props_path = source.properties.path if source.properties else None
+    plan.object_paths = source.properties.paths() if source.properties else []
+    plan.props_path = plan.object_paths[0] if plan.object_paths else None
     paths: dict[str, str] = {}
     for event, spec in model.events.items():
         plan.event_props[event] = set(spec.properties)
@@ -241,8 +252,8 @@ def typing_sql(
                       _lit("missing identity: no email" + (f" and no linked id ({', '.join(links)})" if links else ""))))
     else:
         rules.append(("TRUE", _lit("missing identity: the source maps no email or linked id")))
-    if plan.kind == "events" and "event" in names:
-            rules.append((f"NOT {_given(s('event'))}", "'missing required field event'"))
+    if plan.kind == "events":
+        rules.append(("_event IS NULL", "'missing required field event'"))
     for t in plan.targets:
         if t.role == "time" and t.fmap is not None:
             rules.append((f"NOT {_given(s(t.name))}", f"'missing required field {t.name}'"))
@@ -290,7 +301,7 @@ def typing_sql(
             declaring = sorted(e for e, props in plan.event_props.items() if t.name in props)
             if set(declaring) != all_events or source.undeclared_events == "keep":
                 guard = f"_event IN ({', '.join(_lit(e) for e in declaring)})"
-                if not (t.fmap and plan.props_path and any(p.startswith(plan.props_path + ".") for p in t.fmap.paths())):
+                if not (t.fmap and any(p.startswith(b + ".") for b in plan.object_paths for p in t.fmap.paths())):
                     misplaced.append(f"{_lit(t.name)}: CASE WHEN NOT ({guard}) THEN nullif({v}, '') END")
         value, trules = _convert(t, v, source.timezone, latest_sql, end_of_day, tolerance_hours)
         # a property has one type across the model's events: its value is checked on every declared
@@ -314,7 +325,7 @@ def typing_sql(
             typed["cleared"] = "NULL::VARCHAR[]"
         for name in model.attributes:
             typed.setdefault(name, f"NULL::{model.attributes[name].sql_type}")
-        typed["custom_attributes"] = "_extra"
+        typed["custom_attributes"] = _custom_attributes_sql(plan)
     else:
         for prop, typ in model.property_types().items():
             if prop not in typed:
@@ -353,24 +364,47 @@ def json_path(path: str) -> str:
     return out
 
 
+def _object_keys_read(plan: SourcePlan, targets: list[Target]) -> list[str]:
+    """The keys of the record's traits/properties object that ``targets`` read."""
+    keys = set()
+    for t in targets:
+        for p in (t.fmap.paths() if t.fmap else []):
+            for base in plan.object_paths:
+                if p.startswith(base + "."):
+                    keys.add(p[len(base) + 1:].split(".")[0].split("[")[0])
+    return sorted(keys)
+
+
+def _untyped_sql(known: str) -> str:
+    return ("CASE WHEN _props IS NOT NULL THEN to_json(map_from_entries(list_filter(map_entries("
+            "json_transform(_props, '\"MAP(VARCHAR, JSON)\"')), "
+            f"lambda e: NOT list_contains({known}, e.key))))::VARCHAR END")
+
+
+def _custom_attributes_sql(plan: SourcePlan) -> str:
+    """SQL: ``custom_attributes``: the unmapped columns/keys (``_extra``) and the keys of the
+    traits object no target reads. NULL when empty."""
+    if not plan.object_paths:
+        return "_extra"
+    known = _object_keys_read(plan, plan.targets)
+    known_sql = "[" + ", ".join(_lit(k) for k in known) + "]::VARCHAR[]"
+    merged = f"json_merge_patch(coalesce(_extra, '{{}}'), coalesce({_untyped_sql(known_sql)}, '{{}}'))"
+    return f"CASE WHEN _extra IS NOT NULL OR _props IS NOT NULL THEN nullif({merged}::VARCHAR, '{{}}') END"
+
+
 def _properties_sql(plan: SourcePlan, misplaced: list[str]) -> str:
     """SQL: the ``properties`` JSON object: the unmapped keys (``_extra``), the properties object's
     keys no declared property of this event reads (``_props``), and property values given on events
     that do not declare them. NULL when empty."""
     parts = ["_extra"]
-    if plan.props_path:
-        typed_keys = {e: sorted({p.split(".")[0].split("[")[0] for t in plan.targets if t.role == "property" and t.name in props
-                                 for p in (t.fmap.paths() if t.fmap else []) if p.startswith(plan.props_path + ".")
-                                 for p in [p[len(plan.props_path) + 1:]]})
-                      for e, props in plan.event_props.items()}
+    if plan.object_paths:
+        props = [t for t in plan.targets if t.role == "property"]
+        typed_keys = {e: _object_keys_read(plan, [t for t in props if t.name in names])
+                      for e, names in plan.event_props.items()}
         cases = " ".join(f"WHEN {_lit(e)} THEN [{', '.join(_lit(k) for k in keys)}]::VARCHAR[]"
                          for e, keys in typed_keys.items() if keys)
         known = f"CASE _event {cases} ELSE []::VARCHAR[] END" if cases else "[]::VARCHAR[]"
-        parts.append(
-            "CASE WHEN _props IS NOT NULL THEN to_json(map_from_entries(list_filter(map_entries("
-            "json_transform(_props, '\"MAP(VARCHAR, JSON)\"')), "
-            f"lambda e: NOT list_contains({known}, e.key))))::VARCHAR END"
-        )
+        parts.append(_untyped_sql(known))
     if misplaced:
         parts.append("json_merge_patch('{}', to_json({" + ", ".join(misplaced) + "}))::VARCHAR")
     if len(parts) == 1:
@@ -378,7 +412,7 @@ def _properties_sql(plan: SourcePlan, misplaced: list[str]) -> str:
     merged = "'{}'"
     for p in parts:
         merged = f"json_merge_patch({merged}, coalesce({p}, '{{}}'))"
-    guard = " OR ".join(["_extra IS NOT NULL"] + (["_props IS NOT NULL"] if plan.props_path else [])
+    guard = " OR ".join(["_extra IS NOT NULL"] + (["_props IS NOT NULL"] if plan.object_paths else [])
                         + ([f"({m.split(': ', 1)[1]}) IS NOT NULL" for m in misplaced]))
     return f"CASE WHEN {guard} THEN nullif({merged}::VARCHAR, '{{}}') END"
 

@@ -27,6 +27,7 @@ A source ``<name>`` reads ``<landing>/<name>/date=YYYY-MM-DD/*``. Example::
         event: {column: type}           # or {constant: Order Completed}
         occurred_at: {column: ts, timestamp: iso8601}   # or end_of_landing_day
         properties: {path: properties}  # where a JSON record keeps its properties object
+                                        #   (profiles: traits: {path: [traits, context.traits]})
         undeclared_events: keep         # keep (properties untyped) | quarantine
 
 **Field maps** (:class:`FieldMap`): a string is a column name (``email: Email``); otherwise exactly one
@@ -76,6 +77,10 @@ END_OF_LANDING_DAY = "end_of_landing_day"
 DEFAULT_TRUE = ("true", "yes", "y", "1", "t")
 DEFAULT_FALSE = ("false", "no", "n", "0", "f")
 TIMESTAMP_FORMATS = ("iso8601", "epoch_s", "epoch_ms")
+#: The words YAML 1.1 reads as booleans (compared ignoring case): an unquoted ``yes`` in a
+#: ``boolean`` map arrives as True and is read as all of these.
+YAML_TRUE_WORDS = ("yes", "true", "on")
+YAML_FALSE_WORDS = ("no", "false", "off")
 
 
 class SourcesFileError(ValueError):
@@ -93,13 +98,19 @@ class BooleanWords(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _yaml_bools(cls, value: Any) -> Any:
-        # YAML reads the keys true/false (and yes/no words) as booleans
+        # YAML 1.1 reads true/false, yes/no and on/off (any case) as booleans, keys and words alike:
+        # an unquoted word that became a boolean stands for every word YAML reads so
         if isinstance(value, dict):
-            out = {}
+            out: dict[Any, list[str]] = {}
             for k, v in value.items():
                 key = {True: "true", False: "false"}.get(k, k) if isinstance(k, bool) else k
                 words = v if isinstance(v, list) else [v]
-                out[key] = [{True: "true", False: "false"}.get(w, w) if isinstance(w, bool) else str(w) for w in words]
+                out[key] = []
+                for w in words:
+                    if isinstance(w, bool):
+                        out[key].extend(YAML_TRUE_WORDS if w else YAML_FALSE_WORDS)
+                    else:
+                        out[key].append(str(w))
             return out
         return value
 
@@ -157,8 +168,17 @@ class CsvOptions(_Strict):
     escape: str | None = Field(default=None, min_length=1, max_length=1)  # default: the quote doubled
 
 
-class PropertiesAt(_Strict):
-    path: str
+class ObjectAt(_Strict):
+    """Where a JSON record keeps an object of values: ``{path: properties}``; a list of paths takes
+    the first one present (``[traits, context.traits]``)."""
+
+    path: str | list[str]
+
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
+PropertiesAt = ObjectAt
 
 
 class MessageTypes(_Strict):
@@ -198,7 +218,8 @@ class Source(_Strict):
     observed_at: FieldMap | Literal["end_of_landing_day"] = Field(default_factory=lambda: FieldMap(column="updated_at"))
     event: FieldMap = Field(default_factory=lambda: FieldMap(column="event"))
     occurred_at: FieldMap | Literal["end_of_landing_day"] = Field(default_factory=lambda: FieldMap(column="occurred_at"))
-    properties: PropertiesAt | None = None
+    properties: ObjectAt | None = None
+    traits: ObjectAt | None = None
     undeclared_events: Literal["keep", "quarantine"] = "keep"
     dedupe_on: Literal["event_id"] | None = "event_id"
     message_type: MessageTypes | None = None
