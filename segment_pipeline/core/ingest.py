@@ -1,9 +1,17 @@
-"""Raw ingestion: landing files of one day -> validated rows + quarantined rows.
+"""Raw ingestion: landing files of one day, of every source of a kind -> validated rows in the data
+model's columns + quarantined rows.
 
-Landing layout: ``<landing>/<kind>/date=YYYY-MM-DD/<any name>.ndjson|.json|.jsonl|.csv|.parquet``
-with ``kind`` in ``profiles`` / ``events``; the text formats may also be compressed (``.gz``,
-``.zst``, e.g. ``part-1.ndjson.gz``). Several files per day are fine (late or split deliveries);
-hidden files and names ending in ``.tmp``/``.part`` are ignored as still being written.
+Landing layout: ``<landing>/<source>/date=YYYY-MM-DD/<any name>.ndjson|.json|.jsonl|.csv|.parquet``,
+one folder per source of the sources file (:mod:`segment_pipeline.core.sources`); the text formats
+may also be compressed (``.gz``, ``.zst``, e.g. ``part-1.ndjson.gz``). Several files per day are
+fine (late or split deliveries); hidden files and names ending in ``.tmp``/``.part`` are ignored as
+still being written. ``profiles`` ingestion reads every ``profiles`` and ``stream`` source into
+``raw_profiles``, ``events`` ingestion every ``events`` and ``stream`` source into ``raw_events``;
+each record goes through its source's mapping (:mod:`segment_pipeline.core.mapping`): the text of
+each model field is extracted per file format (a column, a JSON key or path), then typed and
+checked in one SQL pass. Columns no mapping reads are kept as JSON (``custom_attributes`` /
+``properties``) and counted; records with only a linked id are attributed through
+:mod:`segment_pipeline.core.links`.
 
 Text files (NDJSON, CSV) are read in their source's declared encoding (``encoding`` in the sources
 file, default UTF-8; a byte-order mark wins). Anything other than plain, valid UTF-8 is first
@@ -13,11 +21,14 @@ the encoding become U+FFFD and quarantine their line (NDJSON) or row (CSV), wher
 
 Every row read ends in exactly one place: the validated table (``raw_<kind>``) or the quarantine
 (``quarantine_<kind>``) with the reason, the source file and the line (1-based physical line for
-NDJSON, the physical line where the record starts for CSV, 1-based row number for Parquet). Every
-typed value (timestamps, dates, money, quantities) is converted with a guarded try-conversion: a
-value that does not parse or does not fit its column type quarantines its row with a reason naming
-the field. A file that cannot be read at all (not NDJSON, corrupt Parquet or archive, CSV without
-the required columns) fails the whole day with an error naming the file, before anything is
+NDJSON, the physical line where the record starts for CSV, 1-based row number for Parquet); a
+``stream`` source's line lands in the profiles tables when it is a profile message (``identify``),
+else in the events tables (unparsable lines too). Every
+typed value (timestamps, dates, numbers, money, booleans, lists) is converted with a guarded
+try-conversion: a value that does not parse, does not fit its column type or falls outside the
+model's bounds quarantines its row with a reason naming the field. A file that cannot be read at
+all (not NDJSON, corrupt Parquet or archive, a CSV/Parquet file without a mapped column) fails the
+whole day with an error naming the file, before anything is
 written. Both outputs are replaced atomically, so re-running a day never appends twice.
 """
 
