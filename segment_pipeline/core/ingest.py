@@ -677,8 +677,13 @@ def ingest_day(
         except MappingError as exc:
             raise SourcesFileError(f"{settings.sources_file() if options is None else 'sources'}: {exc}") from None
     report = IngestReport(kind=kind, day=day)
-    report.unsourced_folders = unsourced_folders(landing_root, sources if options is not None else
-                                                 load_sources(settings.sources_file()).sources or sources, day)
+    if options is None:
+        known = list(load_sources(settings.sources_file()).sources) or list(KINDS)
+    elif isinstance(options, Source):
+        known = [*KINDS, *sources]
+    else:
+        known = list(options.sources if isinstance(options, SourcesFile) else options)
+    report.unsourced_folders = unsourced_folders(landing_root, known, day)
     con.execute("SET TimeZone = 'UTC'")
     schema = warehouse.schema(f"raw_{kind}")
 

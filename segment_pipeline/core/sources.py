@@ -265,8 +265,25 @@ class SourcesFile(_Strict):
 
 def _merge_preset(name: str, entry: Any, base: Path | None) -> Any:
     """A source entry with its preset's keys below the entry's own (``mapping`` merged per field)."""
-    if not isinstance(entry, dict) or not entry.get("preset"):
+    if entry is None:
+        entry = {}
+    if not isinstance(entry, dict):
         return entry
+    if not entry.get("preset"):
+        return _with_kind(name, entry)
+    return _with_kind(name, _preset_entry(name, entry, base))
+
+
+def _with_kind(name: str, entry: dict) -> dict:
+    """``kind`` is required, except for a source named ``profiles`` or ``events`` (issue 10's files)."""
+    if "kind" in entry:
+        return entry
+    if name in ("profiles", "events"):
+        return {**entry, "kind": name}
+    raise ValueError(f"sources.{name}.kind: required (profiles | events | stream)")
+
+
+def _preset_entry(name: str, entry: dict, base: Path | None) -> dict:
     preset = entry["preset"]
     path = Path(preset)
     if not path.suffix:

@@ -109,7 +109,7 @@ def test_shopify_preset_maps_the_real_export_header_and_keeps_the_rest_as_custom
 
 def test_a_mapped_column_missing_from_a_file_fails_the_file_naming_file_and_column(tmp_path, wh):
     path = write_text(tmp_path, "crm", "p.csv", "mail,points\na@example.com,3\n")
-    src = sources({"crm": {"observed_at": "end_of_landing_day",
+    src = sources({"crm": {"kind": "profiles", "observed_at": "end_of_landing_day",
                            "mapping": {"email": "mail", "loyalty_points": "Points"}}})
     with pytest.raises(LandingFileError) as err:
         ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
@@ -126,7 +126,7 @@ def test_transforms_timestamps_timezones_and_custom_delimiters(tmp_path, wh):
         "d@example.com;;;;\n"
     ))
     src = sources({"crm": {
-        "csv": {"delimiter": ";"}, "timezone": "Europe/Berlin",
+        "kind": "profiles", "csv": {"delimiter": ";"}, "timezone": "Europe/Berlin",
         "observed_at": {"column": "seen", "timestamp": "epoch_ms"},
         "mapping": {"email": "mail", "loyalty_points": "points", "skin_type": {"column": "skin", "case": "lower"},
                     "created_at": {"column": "since", "timestamp": "%d/%m/%Y %H:%M"}},
@@ -242,16 +242,18 @@ def test_a_link_resolves_records_without_email_latest_link_wins_and_a_late_link_
 def test_a_landing_folder_without_a_source_is_reported_not_ignored(tmp_path, wh):
     write_ndjson(tmp_path, "crm", DAY, [{"email": "a@example.com", "updated_at": "2026-11-03T08:00:00Z"}])
     write_ndjson(tmp_path, "loyalty", DAY, [{"email": "a@example.com", "points": 3}])
-    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, sources({"crm": {}}))
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, sources({"crm": {"kind": "profiles"}}))
     assert report.rows_valid == 1 and report.unsourced_folders == ["loyalty"]
 
 
 @pytest.mark.parametrize(("doc", "expected"), [
-    ({"shop": {"mapping": {"tags": "Tags"}}}, "sources.shop.mapping.tags: unknown model field 'tags'"),
+    ({"shop": {"kind": "profiles", "mapping": {"tags": "Tags"}}},
+     "sources.shop.mapping.tags: unknown model field 'tags'"),
+    ({"shop": {"format": "csv"}}, "sources.shop.kind: required (profiles | events | stream)"),
     ({"shop": {"preset": "no_such_preset"}}, "sources.shop.preset: no preset 'no_such_preset'"),
-    ({"shop": {"timezone": "Mars/Olympus"}}, "sources.shop.timezone: Value error, unknown time zone 'Mars/Olympus'"),
-    ({"shop": {"mapping": {"email": {"column": "a", "path": "b"}}}}, "sources.shop.mapping.email"),
-    ({"shop": {"observed_at": {"column": "t", "timestamp": "unix"}}}, "timestamp 'unix'"),
+    ({"shop": {"kind": "profiles", "timezone": "Mars/Olympus"}}, "sources.shop.timezone: Value error, unknown time zone 'Mars/Olympus'"),
+    ({"shop": {"kind": "profiles", "mapping": {"email": {"column": "a", "path": "b"}}}}, "sources.shop.mapping.email"),
+    ({"shop": {"kind": "profiles", "observed_at": {"column": "t", "timestamp": "unix"}}}, "timestamp 'unix'"),
     ({"shop": {"kind": "orders"}}, "sources.shop.kind"),
 ])
 def test_sources_file_errors_name_the_file_the_source_and_the_entry(tmp_path, wh, doc, expected):
