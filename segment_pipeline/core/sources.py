@@ -143,7 +143,7 @@ class FieldMap(_Strict):
             raise ValueError(f"give exactly one of column, path, constant (got {given or 'none'})")
         for p in self.paths():
             if not p or any(not seg for seg in p.replace("[*]", "").split(".")):
-                raise ValueError(f"path {p!r}: dotted names, e.g. properties.total or products[*].brand")
+                raise ValueError(f"path {p!r}: dotted names, e.g. properties.total or items[*].sku")
         if self.timestamp is not None and self.timestamp not in TIMESTAMP_FORMATS and "%" not in self.timestamp:
             raise ValueError(f"timestamp {self.timestamp!r}: one of {', '.join(TIMESTAMP_FORMATS)} or a strptime pattern with %")
         if self.split is not None and self.split == "":

@@ -80,6 +80,9 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
                     "files": dg.MetadataValue.json(report.files),
                     VERSIONS_METADATA_KEY: dg.MetadataValue.json(versions),
                     "sources": dg.MetadataValue.json(report.sources),
+                    "source_options": dg.MetadataValue.json(
+                        {name: src.model_dump(mode="json", exclude={"mapping", "preset_mapping"})
+                         for name, src in sources.items()}),
                     "unmapped_columns": dg.MetadataValue.json(report.unmapped),
                     "ignored_columns": dg.MetadataValue.json(report.ignored),
                     "folders_without_source": dg.MetadataValue.json(report.unsourced_folders),
