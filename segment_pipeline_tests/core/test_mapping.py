@@ -277,3 +277,41 @@ def test_raw_events_depend_on_raw_profiles_of_the_same_day():
     from segment_pipeline.defs.raw.assets import ingest_events
 
     assert dg.AssetKey("raw_profiles") in ingest_events.asset_deps[dg.AssetKey("raw_events")]
+
+
+def test_json_lists_epoch_seconds_default_boolean_words_and_the_default_mapping(tmp_path, wh):
+    write_ndjson(tmp_path, "crm", DAY, [
+        {"email": "a@example.com", "updated_at": 1793697600, "tags": [" VIP ", "", "wholesale"],
+         "accepts_email_marketing": "Yes", "favourite_colour": "teal"},
+        {"email": "b@example.com", "updated_at": "1793697600", "tags": "solo", "accepts_email_marketing": False},
+        {"email": "c@example.com", "updated_at": 1793697600, "tags": "[broken"},
+    ])
+    src = sources({"crm": {"kind": "profiles", "observed_at": {"column": "updated_at", "timestamp": "epoch_s"}}})
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
+    assert rows(wh, "raw_profiles", "email, updated_at::VARCHAR, tags, accepts_email_marketing, custom_attributes") == [
+        ("a@example.com", "2026-11-03 09:20:00", ["VIP", "wholesale"], True, '{"favourite_colour":"teal"}'),
+        ("b@example.com", "2026-11-03 09:20:00", ["solo"], False, None),
+    ]
+    assert rows(wh, "quarantine_profiles", "reason") == [("tags: not a valid JSON list",)]
+    assert report.unmapped == {"crm": {"favourite_colour": 1}}
+
+
+def test_kept_undeclared_events_and_properties_on_events_that_do_not_declare_them_stay_untyped(tmp_path, wh):
+    path = tmp_path / "shop" / f"date={DAY}" / "e.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        "event_id,email,event_type,occurred_at,revenue,url,channel\n"
+        "e1,a@example.com,Order Completed,2026-11-03T10:00:00Z,12.5,,web\n"
+        "e2,a@example.com,Page Viewed,2026-11-03T10:00:00Z,3,/home,\n"          # revenue on a page view
+        "e3,a@example.com,Subscription Started,2026-11-03T10:00:00Z,free,,app\n"  # undeclared: not checked
+        "e4,a@example.com,Order Completed,2026-11-03T10:00:00Z,-1,,\n"
+    )
+    src = sources({"shop": {"kind": "events", "event": "event_type"}})
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id, event, revenue::VARCHAR, url, properties") == [
+        ("e1", "Order Completed", "12.50", None, '{"channel":"web"}'),
+        ("e2", "Page Viewed", None, "/home", '{"revenue":"3"}'),
+        ("e3", "Subscription Started", None, None, '{"channel":"app","revenue":"free"}'),
+    ]
+    assert rows(wh, "quarantine_events", "source_line, reason") == [(5, "revenue: below the minimum 0")]
+    assert report.unmapped == {"shop": {"channel": 2, "revenue": 2}}
