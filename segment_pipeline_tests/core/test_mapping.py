@@ -315,3 +315,23 @@ def test_kept_undeclared_events_and_properties_on_events_that_do_not_declare_the
     ]
     assert rows(wh, "quarantine_events", "source_line, reason") == [(5, "revenue: below the minimum 0")]
     assert report.unmapped == {"shop": {"channel": 2, "revenue": 2}}
+
+
+def test_a_rerun_writes_byte_identical_partitions_links_included(tmp_path, wh):
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId=f"i{i}", userId=f"u{i}", traits={"email": f"p{i}@example.com"}) for i in range(50)
+    ] + [
+        segment("track", messageId=f"m{i}", userId=f"u{i % 60}", event="Order Completed", properties={"revenue": i})
+        for i in range(200)
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+
+    def run(threads: int) -> dict:
+        con = connect(preserve_order=True, threads=threads)
+        for kind in ("profiles", "events"):
+            ingest_day(con, wh, tmp_path, kind, DAY, src)
+        return {p.relative_to(wh.root): p.read_bytes() for p in sorted(wh.root.rglob("*.parquet"))}
+
+    first = run(1)
+    assert any("identity_links" in str(p) for p in first) and len(first) == 5
+    assert run(2) == first
