@@ -50,7 +50,14 @@ import polars as pl
 from segment_pipeline import settings
 from segment_pipeline.core.atomic import unique_tag
 from segment_pipeline.core.identity import strip_sql
-from segment_pipeline.core.links import UNRESOLVED, day_links_sql, links_as_of, resolution_sql, write_links
+from segment_pipeline.core.links import (
+    UNRESOLVED,
+    day_links_sql,
+    links_as_of,
+    links_with_day,
+    resolution_sql,
+    write_links,
+)
 from segment_pipeline.core.mapping import MappingError, SourcePlan, Target, build_plan, json_path, typing_sql
 from segment_pipeline.core.sources import (
     CsvOptions,
@@ -777,14 +784,18 @@ def ingest_day(
             duplicate = "(d.event_id IS NOT NULL AND (s.source_file, s.source_line) <> d.first)"
         # identity links: the emails of records that carry only a linked id
         email, unresolved, unresolved_reason = "s.email", "FALSE", "NULL"
+        day_links = None  # profiles: the links this day's records give (written below)
         if model.links:
             if kind == "profiles":
-                links_sql = day_links_sql(warehouse, day, staged, model.links)
-                con.execute(f"CREATE OR REPLACE TEMP TABLE links_now AS {links_sql}")
+                day_links = day_links_sql(day, staged, model.links)
             needs = con.execute(f"SELECT count(*) FROM {staged} WHERE reason IS NULL AND email IS NULL").fetchall()[0][0]
             if needs:
-                if kind == "events":
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE links_now AS SELECT * FROM {links_as_of(warehouse, day)}")
+                if kind == "profiles":
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE links_day AS {day_links}")
+                    day_links = "SELECT * FROM links_day"
+                known = links_with_day(warehouse, day, "links_day") if kind == "profiles" else \
+                    f"SELECT * FROM {links_as_of(warehouse, day)}"
+                con.execute(f"CREATE OR REPLACE TEMP TABLE links_now AS {known}")
                 ljoins, email, unresolved, unresolved_reason = resolution_sql("s", "links_now", model.links)
                 joins += ljoins
         columns = ", ".join(
@@ -811,12 +822,13 @@ def ingest_day(
             f"SELECT reason, count(*) FROM {quarantine} GROUP BY reason ORDER BY 2 DESC, 1"
         ).fetchall())
         report.unresolved = sum(n for r, n in report.reasons.items() if r.startswith(UNRESOLVED))
-        if kind == "profiles" and model.links:
-            write_links(con, warehouse, day, "SELECT * FROM links_now")
+        if day_links is not None:
+            write_links(con, warehouse, day, day_links)
         _source_counts(con, report, warehouse, kind, day, staged, file_source, [p.name for p in plans])
     finally:
         _remove(temp_files)
-        for table in ("dup_events", "csv_line_map", "csv_rejects_q", "csv_rejects", "csv_reject_scans", "links_now"):
+        for table in ("dup_events", "csv_line_map", "csv_rejects_q", "csv_rejects", "csv_reject_scans", "links_now",
+                      "links_day"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
     return report
 

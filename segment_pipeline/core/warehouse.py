@@ -6,7 +6,7 @@ Layout (``<root>/<table>/date=YYYY-MM-DD/data.parquet``)::
     raw_events/           validated event rows as they landed that day
     quarantine_profiles/  rejected profile rows with reason, source file and line
     quarantine_events/    rejected event rows with reason, source file and line
-    identity_links/       external ids linked to emails, as known at the end of that day
+    identity_links/       external ids linked to emails by that day's profile records
     profiles/             one row per resolved identity, as of the end of that day
     memberships/          one row per (date, segment, identity)
     membership_changes/   day-over-day changes: one row per (date, segment, identity, change)
@@ -67,7 +67,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "reason": "VARCHAR",
         "raw": "VARCHAR",
     },
-    "identity_links": {  # the links known at the end of each day (core/links.py)
+    "identity_links": {  # the links each day's profile records give (core/links.py)
         "link": "VARCHAR",        # the identity link (model.identity.links), e.g. customer_id
         "value": "VARCHAR",       # the external id
         "email": "VARCHAR",       # the normalized email it is linked to

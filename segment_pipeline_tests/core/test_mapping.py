@@ -235,8 +235,12 @@ def test_a_link_resolves_records_without_email_latest_link_wins_and_a_late_link_
     ingest_day(con, wh, tmp_path, "profiles", DAY, src)
     ingest_day(con, wh, tmp_path, "events", DAY, src)
     assert rows(wh, "raw_events", "event_id, email") == [("e1", "new@example.com"), ("e2", "c2@example.com")]
-    # links are cumulative day over day: day 2 knows day 1's links
-    assert ("C1", "new@example.com") in rows(wh, "identity_links", "value, email", f"WHERE date = DATE '{DAY2}'")
+    # the links known at the end of day 2: day 1's and day 2's, the latest per id
+    from segment_pipeline.core.links import links_as_of
+
+    known = duckdb.connect().execute(f"SELECT value, email FROM {links_as_of(wh, DAY2)} ORDER BY 1").fetchall()
+    assert known == [("C1", "new@example.com"), ("C2", "c2@example.com")]
+    assert rows(wh, "identity_links", "value", f"WHERE date = DATE '{DAY2}'") == [("C2",)]  # a day holds its own
 
 
 def test_a_landing_folder_without_a_source_is_reported_not_ignored(tmp_path, wh):
