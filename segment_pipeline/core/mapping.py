@@ -196,10 +196,12 @@ def timestamp_sql(s: str, fmap: FieldMap | None, timezone: str) -> str:
     when it does not parse or does not fit. A text without an offset is in ``timezone``."""
     fmt = (fmap.timestamp if fmap else None) or "iso8601"
     v = f"nullif({s}, '')"
-    if fmt == "epoch_s":
-        return f"try_cast(try_cast(to_timestamp(try_cast({v} AS DOUBLE)) AS TIMESTAMPTZ) AS TIMESTAMP)"
-    if fmt == "epoch_ms":
-        return f"try_cast(try_cast(to_timestamp(try_cast({v} AS DOUBLE) / 1000) AS TIMESTAMPTZ) AS TIMESTAMP)"
+    if fmt in ("epoch_s", "epoch_ms"):
+        # to_timestamp raises on values beyond TIMESTAMP (1e20, NaN): it only ever receives a number
+        # of seconds below 1e11 (the year 5138) or NULL; later times then fail the plausibility rule
+        secs = f"try_cast({v} AS DOUBLE)" + (" / 1000" if fmt == "epoch_ms" else "")
+        guarded = f"CASE WHEN isfinite({secs}) AND abs({secs}) < 1e11 THEN {secs} END"
+        return f"CAST(to_timestamp({guarded}) AS TIMESTAMP)"
     if fmt != "iso8601":
         local = _strptime_ts(s, fmt)
         if "%z" in fmt or "%Z" in fmt:
@@ -442,7 +444,7 @@ def _convert(t: Target, v: str, timezone: str, latest_sql: str, end_of_day: str,
         not_number = f"{given} AND ({num} IS NULL OR (NOT isfinite({num}) AND NOT regexp_matches({v}, '[0-9]')))"
         if typ == "integer":
             parsed[p] = (f"coalesce(try_cast(nullif({v}, '') AS BIGINT), CASE WHEN isfinite({num}) AND {num} = floor({num}) "
-                         f"AND abs({num}) < 9.2e18 THEN {num}::BIGINT END)")
+                         f"AND abs({num}) < 9.2e18 THEN try_cast({num} AS BIGINT) END)")
             rules.append((f"{given} AND ({num} IS NULL OR NOT isfinite({num}) OR {num} <> floor({num}))", f"'{n}: not an integer'"))
             rules.append((f"{given} AND {p} IS NULL", f"'{n}: does not fit BIGINT'"))
         elif typ == "number":

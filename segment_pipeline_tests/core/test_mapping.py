@@ -289,6 +289,8 @@ def test_json_lists_epoch_seconds_default_boolean_words_and_the_default_mapping(
          "accepts_email_marketing": "Yes", "favourite_colour": "teal"},
         {"email": "b@example.com", "updated_at": "1793697600", "tags": "solo", "accepts_email_marketing": False},
         {"email": "c@example.com", "updated_at": 1793697600, "tags": "[broken"},
+        {"email": "d@example.com", "updated_at": 1e20},
+        {"email": "e@example.com", "updated_at": "NaN"},
     ])
     src = sources({"crm": {"kind": "profiles", "observed_at": {"column": "updated_at", "timestamp": "epoch_s"}}})
     report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
@@ -296,7 +298,11 @@ def test_json_lists_epoch_seconds_default_boolean_words_and_the_default_mapping(
         ("a@example.com", "2026-11-03 09:20:00", ["VIP", "wholesale"], True, '{"favourite_colour":"teal"}'),
         ("b@example.com", "2026-11-03 09:20:00", ["solo"], False, None),
     ]
-    assert rows(wh, "quarantine_profiles", "reason") == [("tags: not a valid JSON list",)]
+    assert rows(wh, "quarantine_profiles", "source_line, reason") == [
+        (3, "tags: not a valid JSON list"),
+        (4, "updated_at: not a valid epoch seconds timestamp"),  # beyond TIMESTAMP: no error, a reason
+        (5, "updated_at: not a valid epoch seconds timestamp"),
+    ]
     assert report.unmapped == {"crm": {"favourite_colour": 1}}
 
 
