@@ -579,12 +579,15 @@ def _csv_relation(text: TextFile, plan: SourcePlan, clearable: bool) -> str:
 def _parquet_relation(con: duckdb.DuckDBPyConnection, path: Path, plan: SourcePlan, clearable: bool) -> str:
     src = sql_string(str(path))
     try:
-        names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({src}, hive_partitioning = false)").fetchall()]
+        described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({src}, hive_partitioning = false)").fetchall()
     except duckdb.Error as exc:
         raise LandingFileError(f"{path}: cannot be read as Parquet: {_first_line(exc)}") from None
+    names = [r[0] for r in described]
+    nested = {r[0] for r in described if r[1].endswith("]") or r[1].startswith(("STRUCT", "MAP", "JSON"))}
 
     def cell(name: str) -> str:
-        return f"CAST({_q(name)} AS VARCHAR)"
+        # lists, structs and maps as JSON text (a list column feeds a list[string] field; a struct a path)
+        return f"to_json({_q(name)})::VARCHAR" if name in nested else f"CAST({_q(name)} AS VARCHAR)"
 
     texts, used = _tabular_texts(path, plan, names, cell)
     extra, ignored = _tabular_extra(plan, names, used, cell)

@@ -345,3 +345,17 @@ def test_a_rerun_writes_byte_identical_partitions_links_included(tmp_path, wh):
     first = run(1)
     assert any("identity_links" in str(p) for p in first) and len(first) == 5
     assert run(2) == first
+
+
+def test_parquet_list_and_struct_columns_feed_lists_and_paths(tmp_path, wh):
+    path = tmp_path / "crm" / f"date={DAY}" / "p.parquet"
+    path.parent.mkdir(parents=True)
+    duckdb.connect().execute(f"""
+        COPY (SELECT 'a@example.com' AS email, TIMESTAMP '2026-11-03 08:00:00' AS updated_at,
+                     ['VIP', 'wholesale'] AS tags, {{'points': 40, 'tier': 'gold'}} AS loyalty)
+        TO '{path}' (FORMAT parquet)""")
+    src = sources({"crm": {"kind": "profiles", "mapping": {"loyalty_points": {"path": "loyalty.points"}}}})
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
+    assert rows(wh, "raw_profiles", "tags, loyalty_points, custom_attributes") == [
+        (["VIP", "wholesale"], 40, None),  # the struct column is read by the mapping: not unmapped
+    ]
