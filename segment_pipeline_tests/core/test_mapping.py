@@ -359,3 +359,15 @@ def test_parquet_list_and_struct_columns_feed_lists_and_paths(tmp_path, wh):
     assert rows(wh, "raw_profiles", "tags, loyalty_points, custom_attributes") == [
         (["VIP", "wholesale"], 40, None),  # the struct column is read by the mapping: not unmapped
     ]
+
+
+def test_an_export_of_one_event_takes_its_name_from_a_constant_and_its_time_from_the_landing_day(tmp_path, wh):
+    write_text(tmp_path, "orders", "orders.csv", "Order,Mail,Total\nO-1,a@example.com,19.99\nO-2,b@example.com,abc\n")
+    src = sources({"orders": {"kind": "events", "event": {"constant": "Order Completed"},
+                              "occurred_at": "end_of_landing_day",
+                              "mapping": {"event_id": "Order", "email": "Mail", "revenue": "Total"}}})
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id, event, occurred_at::VARCHAR, revenue::VARCHAR") == [
+        ("O-1", "Order Completed", "2026-11-03 23:59:59.999999", "19.99"),
+    ]
+    assert rows(wh, "quarantine_events", "source_line, reason") == [(3, "revenue: not a number")]
