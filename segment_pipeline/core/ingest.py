@@ -1,9 +1,17 @@
-"""Raw ingestion: landing files of one day -> validated rows + quarantined rows.
+"""Raw ingestion: landing files of one day, of every source of a kind -> validated rows in the data
+model's columns + quarantined rows.
 
-Landing layout: ``<landing>/<kind>/date=YYYY-MM-DD/<any name>.ndjson|.json|.jsonl|.csv|.parquet``
-with ``kind`` in ``profiles`` / ``events``; the text formats may also be compressed (``.gz``,
-``.zst``, e.g. ``part-1.ndjson.gz``). Several files per day are fine (late or split deliveries);
-hidden files and names ending in ``.tmp``/``.part`` are ignored as still being written.
+Landing layout: ``<landing>/<source>/date=YYYY-MM-DD/<any name>.ndjson|.json|.jsonl|.csv|.parquet``,
+one folder per source of the sources file (:mod:`segment_pipeline.core.sources`); the text formats
+may also be compressed (``.gz``, ``.zst``, e.g. ``part-1.ndjson.gz``). Several files per day are
+fine (late or split deliveries); hidden files and names ending in ``.tmp``/``.part`` are ignored as
+still being written. ``profiles`` ingestion reads every ``profiles`` and ``stream`` source into
+``raw_profiles``, ``events`` ingestion every ``events`` and ``stream`` source into ``raw_events``;
+each record goes through its source's mapping (:mod:`segment_pipeline.core.mapping`): the text of
+each model field is extracted per file format (a column, a JSON key or path), then typed and
+checked in one SQL pass. Columns no mapping reads are kept as JSON (``custom_attributes`` /
+``properties``) and counted; records with only a linked id are attributed through
+:mod:`segment_pipeline.core.links`.
 
 Text files (NDJSON, CSV) are read in their source's declared encoding (``encoding`` in the sources
 file, default UTF-8; a byte-order mark wins). Anything other than plain, valid UTF-8 is first
@@ -13,11 +21,14 @@ the encoding become U+FFFD and quarantine their line (NDJSON) or row (CSV), wher
 
 Every row read ends in exactly one place: the validated table (``raw_<kind>``) or the quarantine
 (``quarantine_<kind>``) with the reason, the source file and the line (1-based physical line for
-NDJSON, the physical line where the record starts for CSV, 1-based row number for Parquet). Every
-typed value (timestamps, dates, money, quantities) is converted with a guarded try-conversion: a
-value that does not parse or does not fit its column type quarantines its row with a reason naming
-the field. A file that cannot be read at all (not NDJSON, corrupt Parquet or archive, CSV without
-the required columns) fails the whole day with an error naming the file, before anything is
+NDJSON, the physical line where the record starts for CSV, 1-based row number for Parquet); a
+``stream`` source's line lands in the profiles tables when it is a profile message (``identify``),
+else in the events tables (unparsable lines too). Every
+typed value (timestamps, dates, numbers, money, booleans, lists) is converted with a guarded
+try-conversion: a value that does not parse, does not fit its column type or falls outside the
+model's bounds quarantines its row with a reason naming the field. A file that cannot be read at
+all (not NDJSON, corrupt Parquet or archive, a CSV/Parquet file without a mapped column) fails the
+whole day with an error naming the file, before anything is
 written. Both outputs are replaced atomically, so re-running a day never appends twice.
 """
 
@@ -27,8 +38,9 @@ import codecs
 import csv
 import datetime as dt
 import gzip
+import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +49,28 @@ import polars as pl
 
 from segment_pipeline import settings
 from segment_pipeline.core.atomic import unique_tag
-from segment_pipeline.core.identity import normalize_sql, problem_sql, strip_sql
-from segment_pipeline.core.sources import SourceOptions, source_options
-from segment_pipeline.core.warehouse import SCHEMAS, Warehouse, as_date, sql_string
+from segment_pipeline.core.identity import strip_sql
+from segment_pipeline.core.links import (
+    UNRESOLVED,
+    day_links_sql,
+    links_as_of,
+    links_with_day,
+    resolution_sql,
+    write_links,
+)
+from segment_pipeline.core.mapping import MappingError, SourcePlan, Target, build_plan, json_path, typing_sql
+from segment_pipeline.core.sources import (
+    CsvOptions,
+    Source,
+    SourceOptions,
+    SourcesFile,
+    SourcesFileError,
+    load_sources,
+    sources_of_kind,
+)
+from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
+
+__all__ = ["IngestReport", "LandingFileError", "SourceOptions", "ingest_day", "landing_files"]
 
 KINDS = ("profiles", "events")
 TEXT_FORMATS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv"}
@@ -58,38 +89,6 @@ CHUNK_BYTES = 1 << 22
 #: tokens, so a line holding only those is judged by the JSON parser alone), as an RE2 class.
 JSON_CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
-#: RFC 4180 CSV with a header row; everything read as text and typed by the validation below.
-#: (No hive partitioning: the ``date=`` folder is where the file landed, not a column of it.)
-CSV_OPTIONS = (
-    "header = true, all_varchar = true, delim = ',', quote = '\"', escape = '\"', "
-    "auto_detect = false, hive_partitioning = false, null_padding = false"
-)
-
-#: Fields read from landing files, per kind (everything is read as text, then typed here).
-SOURCE_FIELDS: dict[str, list[str]] = {
-    "profiles": [
-        "customer_id", "email", "first_name", "last_name", "gender", "dob", "phone", "country",
-        "city", "language", "time_zone", "loyalty_tier", "created_at", "updated_at",
-    ],
-    "events": [
-        "event_id", "email", "event_type", "occurred_at", "product_id", "product_name", "brand",
-        "category", "price", "quantity", "revenue", "order_id", "utm_source", "utm_medium",
-        "utm_campaign",
-    ],
-}
-REQUIRED_FIELDS = {"profiles": ["email", "updated_at"], "events": ["event_id", "email", "event_type", "occurred_at"]}
-EVENT_TYPES = ("page_view", "product_view", "add_to_cart", "order")
-#: Profile attributes a record can clear (an explicit JSON null or empty string; an empty CSV cell or
-#: a Parquet null when the source's ``csv_empty_cell`` is ``clear``). Required fields cannot be cleared.
-CLEARABLE = [f for f in SOURCE_FIELDS["profiles"] if f not in REQUIRED_FIELDS["profiles"]]
-#: Timestamps must fall in this range (catches 'infinity', epoch zeros and typos like 20261); the
-#: upper end is the end of the landing day (UTC) plus the source's ``timestamp_tolerance_hours``.
-MIN_TIMESTAMP = dt.datetime(2000, 1, 1)
-#: Birth dates must fall between this date and the landing day.
-MIN_DOB = dt.date(1900, 1, 1)
-#: Largest plausible money amount (exclusive) and quantity; DECIMAL(18,2) itself ends below 1e16.
-MAX_MONEY = 1e15
-MAX_QUANTITY = 1_000_000
 
 
 class LandingFileError(RuntimeError):
@@ -105,19 +104,34 @@ class IngestReport:
     rows_valid: int = 0
     rows_quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    #: source -> {rows_valid, rows_quarantined}
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: source -> {column or key kept as JSON (custom_attributes / properties): rows giving it}
+    unmapped: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: source -> {column the source ``ignore``s: rows that had it}
+    ignored: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: landing folders with files for this day that no source declares (not read)
+    unsourced_folders: list[str] = field(default_factory=list)
+    #: rows quarantined as ``unresolved identity`` (a linked id linked to no email)
+    unresolved: int = 0
 
     @property
     def quarantine_ratio(self) -> float:
         return self.rows_quarantined / self.rows_read if self.rows_read else 0.0
 
 
-def file_format(name: str) -> tuple[str, str | None] | None:
+def file_format(name: str, declared: str = "auto") -> tuple[str, str | None] | None:
     """``(format, compression)`` of a landing file name, or None when it is not a supported type.
 
     ``events.ndjson`` -> ``("ndjson", None)``; ``events.csv.gz`` -> ``("csv", "gzip")``;
     ``p.jsonl.zst`` -> ``("ndjson", "zstd")``. Parquet is compressed internally, never wrapped.
+    A source's declared format (not ``auto``) wins over the name (``export.txt`` as ``csv``); the
+    compression still comes from the name.
     """
     lower = name.lower()
+    if declared != "auto":
+        compression = next((c for ext, c in COMPRESSIONS.items() if lower.endswith(ext)), None)
+        return declared, (None if declared == "parquet" else compression)
     for ext, compression in COMPRESSIONS.items():
         if lower.endswith(ext):
             inner = Path(lower[: -len(ext)]).suffix
@@ -129,15 +143,16 @@ def file_format(name: str) -> tuple[str, str | None] | None:
 SUPPORTED_TYPES = sorted(FORMATS) + sorted(t + c for t in TEXT_FORMATS for c in COMPRESSIONS)
 
 
-def landing_files(landing_root: str | Path, kind: str, day: str | dt.date) -> list[Path]:
-    folder = Path(landing_root) / kind / f"date={as_date(day).isoformat()}"
+def landing_files(landing_root: str | Path, source: str, day: str | dt.date, declared: str = "auto") -> list[Path]:
+    """The files of source folder ``source`` for ``day``, sorted; a file of an unsupported type fails."""
+    folder = Path(landing_root) / source / f"date={as_date(day).isoformat()}"
     if not folder.is_dir():
         return []
     files = []
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.name.startswith(".") or path.name.endswith(IGNORED_SUFFIXES):
             continue
-        if file_format(path.name) is None:
+        if file_format(path.name, declared) is None:
             raise LandingFileError(
                 f"{path}: unsupported landing file type {''.join(path.suffixes[-2:])!r}; "
                 f"expected one of {SUPPORTED_TYPES}"
@@ -163,6 +178,7 @@ class TextFile:
     encoding: str
     lossy: bool = False
     lines: int = 0
+    csv_options: CsvOptions | None = None
 
     @property
     def encoding_label(self) -> str:
@@ -291,7 +307,8 @@ def _chain(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading each format into one shape: (source_file, source_line, parse_error, raw, <fields as text>)
+# Reading each format into one shape: (source_file, source_line, parse_error, raw, given, _extra,
+# _props, _ignored, <each target's text>)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -318,56 +335,108 @@ def _number_lines(text: TextFile, target: Path) -> None:
         raise LandingFileError(f"{text.path}: cannot be read as NDJSON: {_first_line(exc)}") from None
 
 
-def _ndjson_relation(text: TextFile, lines: Path, fields: list[str], track_given: bool) -> str:
-    # Each line is parsed once, by one json_transform unnested into columns. DuckDB may evaluate an
-    # expression on rows a filter or CASE branch excludes, so the parser only ever receives valid
-    # input: the line when it is a JSON object, else '{}' (its fields then read as NULL).
+def _target_columns(plan: SourcePlan) -> list[str]:
+    return [t.name for t in plan.targets]
+
+
+def _sql_list(values: list[str]) -> str:
+    return "[" + ", ".join(sql_string(v) for v in values) + "]::VARCHAR[]"
+
+
+def _ndjson_text(t: Target) -> str:
+    """SQL: the text of target ``t`` in a JSON line (``_js``: the top-level keys as text; ``obj``: the object)."""
+    fm = t.fmap
+    if fm is None:
+        return "NULL::VARCHAR"
+    if fm.constant is not None:
+        return sql_string(fm.constant)
+    if fm.column is not None:
+        return f"_js[{sql_string(fm.column)}]"
+    exprs = []
+    for p in fm.paths():
+        if "." not in p and "[" not in p:
+            exprs.append(f"_js[{sql_string(p)}]")
+        elif "[*]" in p:
+            exprs.append(f"nullif(to_json(json_extract_string(obj, {sql_string(json_path(p))}))::VARCHAR, '[]')")
+        else:
+            exprs.append(f"json_extract_string(obj, {sql_string(json_path(p))})")
+    return exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
+
+
+def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given: bool) -> str:
+    # Each line is parsed once, by one json_transform of the keys the mapping reads. DuckDB may
+    # evaluate an expression on rows a filter or CASE branch excludes, so the parser only ever
+    # receives valid input: the line when it is a JSON object, else '{}' (its fields then read as NULL).
     src = f"read_parquet({sql_string(str(lines))})"
-    structure = sql_string("{" + ", ".join(f'"{f}": "VARCHAR"' for f in fields) + "}")
+    keys = plan.read_keys()
+    known = list(dict.fromkeys([*keys, *plan.other_keys, *plan.source.ignore]))
+    structure = sql_string("{" + ", ".join(json.dumps(k) + ': "VARCHAR"' for k in keys) + "}") if keys else None
     invalid_text = (
         f"WHEN contains(raw, '\ufffd') THEN {sql_string(f'line is not valid {text.encoding_label}')}"
         if text.lossy else ""
     )
     # A key given twice would be resolved silently (the parser keeps the first): such a line is
-    # quarantined. Every line with a repeated key has more keys than distinct known keys present,
-    # and those more than non-null known fields; each test is costlier than the one before and
-    # runs only on the lines that pass it, so clean lines skip the exact count of distinct keys.
-    non_null = " + ".join(f"({f} IS NOT NULL)::INTEGER" for f in fields)
-    paths = "[" + ", ".join(sql_string(f'$."{f}"') for f in fields) + "]"
-    # given: the keys the object has (a key present with null or "" clears that attribute)
+    # quarantined. Every line with a repeated key (or a key the mapping does not read) has more
+    # keys than distinct known keys present, and those more than non-null known fields; each test
+    # is costlier than the one before and runs only on the lines that pass it.
+    non_null = " + ".join(f"(_js[{sql_string(k)}] IS NOT NULL)::INTEGER" for k in keys) or "0"
+    paths = "[" + ", ".join(sql_string(json_path(k)) for k in known) + "]::VARCHAR[]" if known else "[]::VARCHAR[]"
+    n_known = "list_count(list_filter(json_exists(obj, " + paths + "), lambda x: x))" if known else "0"
     given = "keys" if track_given else "NULL::VARCHAR[]"
+    texts = ", ".join(f"{_ndjson_text(t)} AS {t.sql_name}" for t in plan.targets)
+    known_sql = _sql_list(known) if known else "[]::VARCHAR[]"
+    extra = (
+        "CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known THEN "
+        "nullif(to_json(map_from_entries(list_filter(map_entries(json_transform(obj, '\"MAP(VARCHAR, JSON)\"')), "
+        f"lambda e: NOT list_contains({known_sql}, e.key))))::VARCHAR, '{{}}') END"
+    )
+    props = "NULL::VARCHAR"
+    if plan.object_paths:
+        objects = []
+        for path in plan.object_paths:
+            jp = sql_string(json_path(path))
+            objects.append(f"CASE WHEN json_type(obj, {jp}) = 'OBJECT' THEN json_extract(obj, {jp})::VARCHAR END")
+        props = objects[0] if len(objects) == 1 else f"coalesce({', '.join(objects)})"
+    ignored = (f"list_filter(keys, lambda k: list_contains({_sql_list(plan.source.ignore)}, k))"
+               if plan.source.ignore else "NULL::VARCHAR[]")
+    js = f"json_transform(obj, {structure})" if structure else "NULL::STRUCT(x VARCHAR)"
     return f"""(
-        SELECT {sql_string(str(text.path))} AS source_file, source_line, raw, {given} AS given, {', '.join(fields)},
-               CASE WHEN parse_error IS NULL AND n_keys > {non_null}
-                         AND n_keys > list_count(list_filter(json_exists(obj, {paths}), lambda x: x))
+        SELECT {sql_string(str(text.path))} AS source_file, source_line, raw, {given} AS given,
+               {extra} AS _extra, {props} AS _props, {ignored} AS _ignored, {texts},
+               CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known
                          AND list_unique(keys) < n_keys
                     THEN 'invalid JSON: duplicate key "'
                          || list_filter(keys, lambda k, i: list_position(keys, k) < i)[1] || '"'
                     ELSE parse_error END AS parse_error
         FROM (
-            SELECT source_line, parse_error, raw, obj, keys, len(keys) AS n_keys,
-                   unnest(json_transform(obj, {structure}))
+            SELECT *, CASE WHEN maybe_extra THEN {n_known} ELSE n_keys END AS _n_known
             FROM (
-                SELECT *, json_keys(obj) AS keys
-                FROM (SELECT *, CASE WHEN parse_error IS NULL THEN raw ELSE '{{}}' END AS obj
+                SELECT *, n_keys > {non_null} AS maybe_extra
                 FROM (
-                    SELECT source_line::BIGINT AS source_line, raw,
-                           CASE {invalid_text}
-                                WHEN NOT json_valid(raw) THEN
-                                    CASE WHEN regexp_matches(raw, '{JSON_CONTROL_CHARS}')
-                                         THEN 'invalid JSON: control character'
-                                         ELSE 'line is not valid JSON' END
-                                WHEN NOT starts_with(ltrim(raw, ' \t\r'), '{{') THEN 'line is not a JSON object'
-                           END AS parse_error
-                    FROM {src}
-                    WHERE raw IS NOT NULL AND trim(raw) <> ''
-                ))
+                    SELECT source_line, parse_error, raw, obj, keys, len(keys) AS n_keys, {js} AS _js
+                    FROM (
+                        SELECT *, json_keys(obj) AS keys
+                        FROM (SELECT *, CASE WHEN parse_error IS NULL THEN raw ELSE '{{}}' END AS obj
+                        FROM (
+                            SELECT source_line::BIGINT AS source_line, raw,
+                                   CASE {invalid_text}
+                                        WHEN NOT json_valid(raw) THEN
+                                            CASE WHEN regexp_matches(raw, '{JSON_CONTROL_CHARS}')
+                                                 THEN 'invalid JSON: control character'
+                                                 ELSE 'line is not valid JSON' END
+                                        WHEN NOT starts_with(ltrim(raw, ' \t\r'), '{{') THEN 'line is not a JSON object'
+                                   END AS parse_error
+                            FROM {src}
+                            WHERE raw IS NOT NULL AND trim(raw) <> ''
+                        ))
+                    )
+                )
             )
         )
     )"""
 
 
-def _csv_record_lines(text: TextFile, target: Path) -> None:
+def _csv_record_lines(text: TextFile, target: Path, options: CsvOptions | None = None) -> None:
     """Write ``(record, line, blank)`` to Parquet: the physical line on which each CSV record starts.
 
     ``record`` counts records as DuckDB's CSV reader numbers them in its reject table (1 = the
@@ -379,11 +448,13 @@ def _csv_record_lines(text: TextFile, target: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    options = options or CsvOptions()
     schema = pa.schema([("record", pa.int64()), ("line", pa.int64()), ("blank", pa.bool_())])
     _allow_long_csv_fields()
     try:
         with text.read_path.open(newline="", encoding="utf-8") as fh, pq.ParquetWriter(target, schema) as out:
-            reader = csv.reader(fh, strict=False)
+            reader = csv.reader(fh, strict=False, delimiter=options.delimiter, quotechar=options.quote,
+                                escapechar=options.escape, doublequote=options.escape is None)
             batch: dict[str, list] = {"record": [], "line": [], "blank": []}
             start = 1
             for record, row in enumerate(reader, start=1):
@@ -405,33 +476,92 @@ def _allow_long_csv_fields() -> None:
         csv.field_size_limit(1 << 30)
 
 
-def _given_sql(clearable: list[str], columns: list[str]) -> str:
-    """The attributes a tabular file gives in every row: those of ``clearable`` it has a column for."""
-    given = [f for f in clearable if f in columns]
-    return "[" + ", ".join(sql_string(f) for f in given) + "]::VARCHAR[]" if given else "NULL::VARCHAR[]"
+def _tabular_texts(path: Path, plan: SourcePlan, header: list[str], cell) -> tuple[str, list[str]]:
+    """(SQL of each target's text, the header columns read) for a CSV/Parquet file; a column the
+    mapping names explicitly that the file lacks fails the file, naming file and column."""
+    exprs, used = [], []
+    for t in plan.targets:
+        fm = t.fmap
+        if fm is None:
+            exprs.append(f"NULL::VARCHAR AS {t.sql_name}")
+            continue
+        if fm.constant is not None:
+            exprs.append(f"{sql_string(fm.constant)} AS {t.sql_name}")
+            continue
+        options = []
+        for name in ([fm.column] if fm.column is not None else fm.paths()):
+            if name in header:
+                options.append(cell(name))
+                used.append(name)
+                continue
+            top = name.split(".")[0].split("[")[0]
+            if fm.column is None and top in header:  # a JSON text column, e.g. properties
+                rest = name[len(top):].lstrip(".")
+                col = cell(top)
+                valid = f"CASE WHEN json_valid({col}) THEN {col} ELSE '{{}}' END"
+                jp = sql_string(json_path(rest) if rest and not rest.startswith("[") else "$" + rest)
+                options.append(f"to_json(json_extract_string({valid}, {jp}))::VARCHAR" if "[*]" in name
+                               else f"json_extract_string({valid}, {jp})")
+                used.append(top)
+        if not options:
+            if t.explicit or t.name in (plan.source.required or ()):
+                wanted = fm.column if fm.column is not None else " or ".join(fm.paths())
+                raise LandingFileError(
+                    f"{path}: lacks the column {wanted!r} that source {plan.name!r} maps to {t.name}; "
+                    f"columns are {header}")
+            exprs.append(f"NULL::VARCHAR AS {t.sql_name}")
+        else:
+            exprs.append(f"{options[0] if len(options) == 1 else 'coalesce(' + ', '.join(options) + ')'} AS {t.sql_name}")
+    return ", ".join(exprs), used
 
 
-def _csv_relation(text: TextFile, fields: list[str], required: list[str], clearable: list[str]) -> str:
+def _tabular_extra(plan: SourcePlan, header: list[str], used: list[str], cell) -> tuple[str, str]:
+    """(SQL of ``_extra``: a JSON object of the columns the mapping does not read, NULL when all are
+    empty; SQL of ``_ignored``: the ``ignore``d columns the file has)."""
+    ignored = [h for h in header if h in plan.source.ignore]
+    rest = [h for h in header if h not in used and h not in ignored and h not in plan.other_keys]
+    ignored_sql = _sql_list(ignored) if ignored else "NULL::VARCHAR[]"
+    if not rest:
+        return "NULL::VARCHAR", ignored_sql
+    members = ", ".join(f"{sql_string(h)}: nullif({cell(h)}, '')" for h in rest)
+    return f"nullif(json_merge_patch('{{}}', to_json({{{members}}}))::VARCHAR, '{{}}')", ignored_sql
+
+
+def _csv_options(options: CsvOptions) -> str:
+    escape = options.escape or options.quote
+    return (
+        f"header = true, all_varchar = true, delim = {sql_string(options.delimiter)}, "
+        f"quote = {sql_string(options.quote)}, escape = {sql_string(escape)}, "
+        "auto_detect = false, hive_partitioning = false, null_padding = false"
+    )
+
+
+def _csv_relation(text: TextFile, plan: SourcePlan, clearable: bool) -> str:
     path, src = text.path, sql_string(str(text.read_path))
+    options = plan.source.csv
     _allow_long_csv_fields()
     try:
         with text.read_path.open(newline="", encoding="utf-8-sig") as fh:
-            header = next(csv.reader(fh), [])
+            header = next(csv.reader(fh, delimiter=options.delimiter, quotechar=options.quote,
+                                     escapechar=options.escape, doublequote=options.escape is None), [])
     except (UnicodeDecodeError, csv.Error) as exc:
         raise LandingFileError(f"{path}: cannot be read as CSV: {exc}") from None
     if len(set(header)) != len(header) or any(not h for h in header):
         raise LandingFileError(f"{path}: CSV header has empty or repeated column names: {header}")
-    missing = [f for f in required if f not in header]
-    if missing:
-        raise LandingFileError(f"{path}: CSV header lacks required column(s) {missing}; header is {header}")
-    cols = ", ".join(f"{_q(f)} AS {f}" if f in header else f"NULL::VARCHAR AS {f}" for f in fields)
+    texts, used = _tabular_texts(path, plan, header, _q)
+    extra, ignored = _tabular_extra(plan, header, used, _q)
     columns = ", ".join(f"{sql_string(h)}: 'VARCHAR'" for h in header)
     parse_error = "NULL::VARCHAR"
     if text.lossy:  # any cell, kept or not, with a byte invalid in the file's encoding
-        # the reason names the first column holding such a byte
+        # the reason names the first column holding such a byte (its model field when mapped)
+        names = {}
+        for t in plan.targets:
+            if t.fmap is not None and t.fmap.column is not None:
+                names.setdefault(t.fmap.column, t.name)
         parse_error = "CASE " + " ".join(
-            f"WHEN contains({_q(h)}, '\ufffd') THEN {sql_string(f'{h}: not valid {text.encoding_label}')}"
+            f"WHEN contains({_q(h)}, '\ufffd') THEN {sql_string(f'{names.get(h, h)}: not valid {text.encoding_label}')}"
             for h in header) + " END"
+    given = _sql_list(header) if clearable else "NULL::VARCHAR[]"
     # Rows are numbered by position here (an order-preserving scan) and, when some record of the
     # file spans lines or a line is blank, mapped after the scan to the physical line where their
     # record starts (see _csv_record_lines). Rows DuckDB's CSV reader
@@ -439,28 +569,34 @@ def _csv_relation(text: TextFile, fields: list[str], required: list[str], cleara
     # number; they are quarantined, not lost.
     return f"""(
         SELECT {sql_string(str(path))} AS source_file, row_number() OVER () + 1 AS source_line,
-               {parse_error} AS parse_error, NULL::VARCHAR AS raw, {_given_sql(clearable, header)} AS given, {cols}
-        FROM read_csv({src}, {CSV_OPTIONS}, columns = {{{columns}}},
+               {parse_error} AS parse_error, NULL::VARCHAR AS raw, {given} AS given,
+               {extra} AS _extra, NULL::VARCHAR AS _props, {ignored} AS _ignored, {texts}
+        FROM read_csv({src}, {_csv_options(options)}, columns = {{{columns}}},
                       store_rejects = true, rejects_table = 'csv_rejects', rejects_scan = 'csv_reject_scans')
     )"""
 
 
-def _parquet_relation(
-    con: duckdb.DuckDBPyConnection, path: Path, fields: list[str], required: list[str], clearable: list[str]
-) -> str:
+def _parquet_relation(con: duckdb.DuckDBPyConnection, path: Path, plan: SourcePlan, clearable: bool) -> str:
     src = sql_string(str(path))
     try:
-        names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({src}, hive_partitioning = false)").fetchall()]
+        described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({src}, hive_partitioning = false)").fetchall()
     except duckdb.Error as exc:
         raise LandingFileError(f"{path}: cannot be read as Parquet: {_first_line(exc)}") from None
-    missing = [f for f in required if f not in names]
-    if missing:
-        raise LandingFileError(f"{path}: Parquet file lacks required column(s) {missing}; columns are {names}")
-    cols = ", ".join(f"CAST({_q(f)} AS VARCHAR) AS {f}" if f in names else f"NULL::VARCHAR AS {f}" for f in fields)
+    names = [r[0] for r in described]
+    nested = {r[0] for r in described if r[1].endswith("]") or r[1].startswith(("STRUCT", "MAP", "JSON"))}
+
+    def cell(name: str) -> str:
+        # lists, structs and maps as JSON text (a list column feeds a list[string] field; a struct a path)
+        return f"to_json({_q(name)})::VARCHAR" if name in nested else f"CAST({_q(name)} AS VARCHAR)"
+
+    texts, used = _tabular_texts(path, plan, names, cell)
+    extra, ignored = _tabular_extra(plan, names, used, cell)
+    given = _sql_list(names) if clearable else "NULL::VARCHAR[]"
     # raw stays NULL here: a rejected row's fields are rendered as JSON for the quarantine later
     return f"""(
         SELECT {src} AS source_file, file_row_number + 1 AS source_line, NULL::VARCHAR AS parse_error,
-               NULL::VARCHAR AS raw, {_given_sql(clearable, names)} AS given, {cols}
+               NULL::VARCHAR AS raw, {given} AS given, {extra} AS _extra, NULL::VARCHAR AS _props,
+               {ignored} AS _ignored, {texts}
         FROM read_parquet({src}, file_row_number = true, hive_partitioning = false)
     )"""
 
@@ -474,108 +610,45 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation rules, as SQL: the first failing rule names the reason
+# One day of one kind: every source feeding it, into one partition
 # ---------------------------------------------------------------------------------------------
 
 
-def _ts(col: str) -> str:
-    # Guarded twice: a text that is no timestamp, and one whose UTC value does not fit TIMESTAMP.
-    return f"try_cast(try_cast({col} AS TIMESTAMPTZ) AS TIMESTAMP)"
+def day_sources(kind: str, options: Source | SourcesFile | dict[str, Source] | None = None) -> dict[str, Source]:
+    """The sources whose records ``kind`` (``profiles``/``events``) ingests.
 
-
-def _given(col: str) -> str:
-    return f"{col} IS NOT NULL AND trim({col}) <> ''"
-
-
-def _validation_sql(
-    kind: str, day: dt.date, tolerance_hours: float = 15.0
-) -> tuple[dict[str, str], list[tuple[str, str]], dict[str, str]]:
-    """SQL for ``kind``: (values parsed once, ordered (condition, reason) rules, typed output columns).
-
-    The parsed values (``_ts_*``, ``_num_*``, ``_dec_*``, ``_int_*``) are computed once per row in an
-    inner projection and shared by the rules and the typed output; the first rule that matches
-    names the reason. Every conversion to a typed column is a try-conversion guarded by a rule, so
-    a value that does not fit (``1e400``, a price of ``1e20`` in DECIMAL(18,2), a quantity of
-    ``1e30`` in INTEGER, a year 30000 timestamp) quarantines its row naming the field instead of
-    failing the day. Timestamps later than the end of the landing day (UTC) plus
-    ``tolerance_hours`` are implausible.
+    ``options``: a :class:`SourcesFile` or ``{name: Source}`` (those feeding ``kind`` are taken), a
+    single :class:`Source` (read as the source named ``kind``), or None: the sources file of the
+    settings; when it declares none for ``kind``, the folder named ``kind`` with the default mapping.
     """
-    latest = dt.datetime.combine(day + dt.timedelta(days=1), dt.time()) + dt.timedelta(hours=tolerance_hours)
-    latest_sql = f"TIMESTAMP '{latest.isoformat(sep=' ')}'"
-    parsed: dict[str, str] = {}
-    rules: list[tuple[str, str]] = [("parse_error IS NOT NULL", "parse_error")]
-    for f in REQUIRED_FIELDS[kind]:
-        rules.append((f"{f} IS NULL OR _s_{f} = ''", f"'missing required field {f}'"))
-    # one email rule for ingestion and the API (core/identity.py): strip, validate, lowercase
-    # every field's stripped text ``_s_<field>`` is computed once, one projection below these values
-    # (see ingest_day): the rules and typed columns refer to it instead of repeating the strip
-    # expression (a long one) in each of their tests, which made planning a day cost ~0.3 s
-    parsed["_email_problem"] = problem_sql("_s_email")
-    rules.append(("_email_problem IS NOT NULL", "_email_problem"))
-
-    def ts_rule(col: str, required: bool) -> None:
-        parsed[f"_ts_{col}"] = _ts(f"nullif(trim({col}), '')")
-        guard = "" if required else f"{_given(col)} AND "
-        rules.append((f"{guard}_ts_{col} IS NULL", f"'{col}: not a valid ISO 8601 timestamp'"))
-        rules.append(
-            (f"{guard}(_ts_{col} < TIMESTAMP '{MIN_TIMESTAMP.isoformat(sep=' ')}' OR _ts_{col} > {latest_sql})",
-             f"'{col}: timestamp outside the plausible range (2000-01-01 .. end of the landing day (UTC) "
-             f"+ timestamp_tolerance_hours {tolerance_hours:g} h)'")
-        )
-
-    typed: dict[str, str] = {f: f"nullif(_s_{f}, '')" for f in SOURCE_FIELDS[kind]}
-    typed["email"] = normalize_sql("_s_email")
-    if kind == "profiles":
-        ts_rule("updated_at", True)
-        ts_rule("created_at", False)
-        parsed["_dob"] = "try_cast(nullif(trim(dob), '') AS DATE)"
-        rules.append((f"{_given('dob')} AND _dob IS NULL", "'dob: not a valid date (YYYY-MM-DD)'"))
-        # a date DuckDB parses may still be no birth date (year 99999 even breaks Python readers)
-        rules.append(
-            (f"_dob < DATE '{MIN_DOB.isoformat()}' OR _dob > DATE '{day.isoformat()}'",
-             f"'dob: outside the plausible range ({MIN_DOB.isoformat()} .. the landing day)'")
-        )
-        typed["email_raw"] = "email"
-        typed["dob"] = "_dob"
-        typed["created_at"] = "_ts_created_at"
-        typed["updated_at"] = "_ts_updated_at"
-        typed["country"] = f"upper({typed['country']})"
-        # attributes this record clears: given (key present / column with clearing on) but empty
-        cleared = ", ".join(f"CASE WHEN list_contains(given, '{f}') AND {typed[f]} IS NULL THEN '{f}' END" for f in CLEARABLE)
-        typed["cleared"] = f"nullif(list_filter([{cleared}], lambda x: x IS NOT NULL), [])"
+    if isinstance(options, Source):
+        return {kind: options}
+    if options is None:
+        declared = load_sources(settings.sources_file())
+    elif isinstance(options, SourcesFile):
+        declared = options
     else:
-        ts_rule("occurred_at", True)
-        types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
-        rules.append((f"event_type NOT IN ({types})", f"'event_type: unknown value (expected one of {', '.join(EVENT_TYPES)})'"))
-        for num in ("price", "revenue"):
-            value = f"nullif(trim({num}), '')"
-            parsed[f"_num_{num}"] = f"try_cast({value} AS DOUBLE)"
-            parsed[f"_dec_{num}"] = f"try_cast({value} AS DECIMAL(18,2))"  # exact, rounded to cents
-            # NaN, Infinity, 'abc': not a number; 1e400 (no finite DOUBLE) and 1e20: do not fit
-            rules.append(
-                (f"{_given(num)} AND (_num_{num} IS NULL OR (NOT isfinite(_num_{num}) "
-                 f"AND NOT regexp_matches({num}, '[0-9]')))",
-                 f"'{num}: not a number'")
-            )
-            rules.append((f"{_given(num)} AND _num_{num} < 0", f"'{num}: negative'"))
-            rules.append((f"{_given(num)} AND _dec_{num} IS NULL", f"'{num}: does not fit DECIMAL(18,2)'"))
-            rules.append((f"_dec_{num} >= {MAX_MONEY:.0f}", f"'{num}: implausibly large (at least {MAX_MONEY:.0e})'"))
-            typed[num] = f"_dec_{num}"
-        parsed["_num_quantity"] = "try_cast(nullif(trim(quantity), '') AS DOUBLE)"
-        parsed["_int_quantity"] = "try_cast(_num_quantity AS INTEGER)"
-        rules.append(
-            (f"{_given('quantity')} AND (_num_quantity IS NULL OR NOT isfinite(_num_quantity) "
-             "OR _num_quantity <> floor(_num_quantity) OR _num_quantity < 0)",
-             "'quantity: not a non-negative integer'")
-        )
-        rules.append((f"{_given('quantity')} AND _int_quantity IS NULL", "'quantity: does not fit INTEGER'"))
-        rules.append((f"_int_quantity > {MAX_QUANTITY}", f"'quantity: implausibly large (over {MAX_QUANTITY})'"))
-        typed["event_type"] = "trim(event_type)"
-        typed["occurred_at"] = "_ts_occurred_at"
-        typed["quantity"] = "_int_quantity"
-    typed["source_file"] = "source_file"
-    typed["source_line"] = "source_line"
-    return parsed, rules, typed
+        declared = SourcesFile(sources=dict(options))
+    chosen = sources_of_kind(declared, kind)
+    if not chosen and not declared.sources:
+        chosen = {kind: Source(kind=kind)}
+    return chosen
+
+
+def unsourced_folders(landing_root: str | Path, declared: Iterable[str], day: dt.date | None = None) -> list[str]:
+    """Landing folders no source declares (that hold a ``date=`` folder, of ``day`` when given)."""
+    root = Path(landing_root)
+    if not root.is_dir():
+        return []
+    names = set(declared)
+    out = []
+    for child in sorted(root.iterdir()):
+        if not child.is_dir() or child.name in names or child.name.startswith((".", "_")):
+            continue
+        wanted = f"date={day.isoformat()}" if day else None
+        if any(d.is_dir() and d.name.startswith("date=") and (wanted is None or d.name == wanted) for d in child.iterdir()):
+            out.append(child.name)
+    return out
 
 
 def ingest_day(
@@ -584,93 +657,102 @@ def ingest_day(
     landing_root: str | Path,
     kind: str,
     day: str | dt.date,
-    options: SourceOptions | None = None,
+    options: Source | SourcesFile | dict[str, Source] | None = None,
 ) -> IngestReport:
-    """Validate every landing file of ``kind`` for ``day`` into the warehouse; return the counts.
+    """Validate the landing files of every source feeding ``kind`` for ``day`` into the warehouse.
 
-    ``options`` are the source's reading options (encoding, timestamp tolerance, empty CSV cells); by
-    default they are read from the sources file (``settings.sources_file()``), the landing folder
-    ``kind`` being the source name. For profiles, an explicit NDJSON ``null``/``""`` clears its
-    attribute, and so does an empty CSV cell or a Parquet null when ``options.csv_empty_cell`` is
-    ``clear`` (recorded in ``raw_profiles.cleared``). One ordered pass reads, numbers, parses and validates every row into a staging
-    Parquet file (typed values, the reason for rejected rows, and their original text); the outputs
-    are then written from it with column-pruned scans. Nothing reaches the warehouse until every
-    file has been read, so an unreadable file leaves the day's previous partitions as they were.
-    Raises :class:`LandingFileError` naming the file when one cannot be read at all.
+    ``kind`` is ``profiles`` (``raw_profiles``) or ``events`` (``raw_events``); the sources are
+    chosen by :func:`day_sources` from ``options`` (default: the settings' sources file; ``stream``
+    sources feed both kinds). Each source's files are read through its mapping
+    (:mod:`segment_pipeline.core.mapping`) into the model's columns; unmapped columns are kept as
+    JSON (``custom_attributes`` / ``properties``) and counted. Records that carry only a linked id
+    are attributed to its email (:mod:`segment_pipeline.core.links`), else quarantined as
+    ``unresolved identity``. One pass reads, parses and validates every row into a staging Parquet
+    file (typed values, the reason for rejected rows, their original text); the outputs are then
+    written from it with column-pruned scans. Nothing reaches the warehouse until every file has
+    been read, so an unreadable file leaves the day's previous partitions as they were.
+
+    Raises :class:`LandingFileError` naming the file when one cannot be read at all (or lacks a
+    mapped column), :class:`SourcesFileError` when a mapping names a field the model lacks.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     day = as_date(day)
-    if options is None:
-        options = source_options(settings.sources_file(), kind)
+    model = warehouse.model
+    sources = day_sources(kind, options)
+    plans = []
+    for name, source in sources.items():
+        try:
+            plans.append(build_plan(name, source, model, kind))
+        except MappingError as exc:
+            raise SourcesFileError(f"{settings.sources_file() if options is None else 'sources'}: {exc}") from None
     report = IngestReport(kind=kind, day=day)
-    files = landing_files(landing_root, kind, day)
-    report.files = [str(f) for f in files]
-    fields = SOURCE_FIELDS[kind]
-    track_given = kind == "profiles"
-    clearable = CLEARABLE if track_given and options.csv_empty_cell == "clear" else []
+    if options is None:
+        known = list(load_sources(settings.sources_file()).sources) or list(KINDS)
+    elif isinstance(options, Source):
+        known = [*KINDS, *sources]
+    else:
+        known = list(options.sources if isinstance(options, SourcesFile) else options)
+    report.unsourced_folders = unsourced_folders(landing_root, known, day)
     con.execute("SET TimeZone = 'UTC'")
+    schema = warehouse.schema(f"raw_{kind}")
 
     staging_dir = warehouse.staging_dir()  # 0700; names carry the owner, for Warehouse.sweep
     run_id = unique_tag()
     staging = staging_dir / f"{kind}-{day.isoformat()}-{run_id}.parquet"
     temp_files = [staging]
-    parts: list[str] = []
+    selects: list[str] = []
     ndjson_files: list[Path] = []
     csv_files: list[TextFile] = []
+    file_source: dict[str, str] = {}
     try:
-        for i, path in enumerate(files):
-            fmt, compression = file_format(path.name) or ("", None)
-            if path.stat().st_size == 0:
-                continue  # an empty delivery is valid: no rows
-            if fmt == "parquet":
-                parts.append(_parquet_relation(con, path, fields, REQUIRED_FIELDS[kind], clearable))
-                continue
-            # names built whole: the run id holds dots (its owner tag), so no Path.with_suffix here
-            copy = staging_dir / f"{kind}-{day.isoformat()}-{run_id}-{i}.utf8"
-            lines = staging_dir / f"{kind}-{day.isoformat()}-{run_id}-{i}.lines.parquet"
-            temp_files.append(copy)
-            # NDJSON: Polars checks UTF-8 as it numbers the lines, so a plain file is not read twice
-            text = _prepare_text(path, compression, options.encoding, copy,
-                                 check_utf8=fmt == "csv")
-            if text.read_path.stat().st_size == 0:
-                continue  # an empty (compressed) delivery
-            if fmt == "ndjson":
-                temp_files.append(lines)
-                try:
-                    _number_lines(text, lines)
-                except _NotUtf8:  # number a copy with the invalid bytes replaced
-                    text = _prepare_text(path, compression, options.encoding, copy)
-                    _number_lines(text, lines)
-                parts.append(_ndjson_relation(text, lines, fields, track_given))
-                ndjson_files.append(path)
-            else:
-                parts.append(_csv_relation(text, fields, REQUIRED_FIELDS[kind], clearable))
-                csv_files.append(text)
+        for plan in plans:
+            source = plan.source
+            clearable = kind == "profiles" and source.csv_empty_cell == "clear"
+            parts: list[str] = []
+            files = landing_files(landing_root, plan.name, day, source.format)
+            report.files.extend(str(f) for f in files)
+            for path in files:
+                file_source[str(path)] = plan.name
+                i = len(file_source)
+                fmt, compression = file_format(path.name, source.format) or ("", None)
+                if path.stat().st_size == 0:
+                    continue  # an empty delivery is valid: no rows
+                if fmt == "parquet":
+                    parts.append(_parquet_relation(con, path, plan, clearable))
+                    continue
+                # names built whole: the run id holds dots (its owner tag), so no Path.with_suffix here
+                copy = staging_dir / f"{kind}-{day.isoformat()}-{run_id}-{i}.utf8"
+                lines = staging_dir / f"{kind}-{day.isoformat()}-{run_id}-{i}.lines.parquet"
+                temp_files.append(copy)
+                # NDJSON: Polars checks UTF-8 as it numbers the lines, so a plain file is not read twice
+                text = _prepare_text(path, compression, source.encoding, copy, check_utf8=fmt == "csv")
+                if text.read_path.stat().st_size == 0:
+                    continue  # an empty (compressed) delivery
+                if fmt == "ndjson":
+                    temp_files.append(lines)
+                    try:
+                        _number_lines(text, lines)
+                    except _NotUtf8:  # number a copy with the invalid bytes replaced
+                        text = _prepare_text(path, compression, source.encoding, copy)
+                        _number_lines(text, lines)
+                    parts.append(_ndjson_relation(text, lines, plan, kind == "profiles"))
+                    ndjson_files.append(path)
+                else:
+                    text.csv_options = source.csv
+                    parts.append(_csv_relation(text, plan, clearable))
+                    csv_files.append(text)
+            if parts:
+                selects.append(_plan_select(plan, parts, day, model, schema, kind == "profiles"))
     except BaseException:
         _remove(temp_files)
         raise
     has_csv = bool(csv_files)
-
-    parsed, rules, typed = _validation_sql(kind, day, options.timestamp_tolerance_hours)
-    stripped = ", ".join(f"{strip_sql(f)} AS _s_{f}" for f in fields)
-    reason = "CASE " + " ".join(f"WHEN {cond} THEN {msg}" for cond, msg in rules) + " END"
-    source_cols = ", ".join(["source_file", "source_line", "parse_error", "raw", "given", *fields])
-    if parts:
-        union = " UNION ALL ".join(f"SELECT {source_cols} FROM {p}" for p in parts)
-    else:
-        union = f"SELECT NULL::VARCHAR AS source_file, NULL::BIGINT AS source_line, NULL::VARCHAR AS parse_error, NULL::VARCHAR AS raw, NULL::VARCHAR[] AS given, {', '.join(f'NULL::VARCHAR AS {f}' for f in fields)} LIMIT 0"
-    outputs = {name: expr for name, expr in typed.items() if name in SCHEMAS[f"raw_{kind}"]}
-    # NDJSON keeps a rejected line's original text; CSV and Parquet rows are rendered as JSON
-    source_json = "to_json({" + ", ".join(f"'{f}': {f}" for f in fields) + "})::VARCHAR"
-    staged_sql = f"""
-        SELECT {', '.join(f'{expr} AS {name}' for name, expr in outputs.items())},
-               reason, parse_error,
-               CASE WHEN reason IS NOT NULL THEN coalesce(raw, {source_json}) END AS raw
-        FROM (SELECT *, {reason} AS reason
-              FROM (SELECT *, {', '.join(f'{expr} AS {name}' for name, expr in parsed.items())}
-                    FROM (SELECT *, {stripped} FROM ({union}))))
-    """
+    if not selects:
+        cols = ", ".join(f"NULL::{typ} AS {_q(c)}" for c, typ in schema.items())
+        selects = [f"SELECT {cols}, NULL::VARCHAR AS reason, NULL::VARCHAR AS parse_error, NULL::VARCHAR AS raw, "
+                   "NULL::VARCHAR[] AS _ignored LIMIT 0"]
+    staged_sql = " UNION ALL ".join(f"({s})" for s in selects)
     try:
         # CSV rows are numbered by position (an order-preserving scan); NDJSON and Parquet rows
         # carry their line numbers already, so their parse runs in parallel, in any order.
@@ -694,38 +776,130 @@ def ingest_day(
                 joins += " LEFT JOIN csv_line_map lm ON lm.source_file = s.source_file AND lm.position = s.source_line"
                 line = "coalesce(lm.line, s.source_line)"
         duplicate = "FALSE"
-        if kind == "events":
+        if kind == "events" and any(p.source.dedupe_on for p in plans):
             # An event delivered twice (same event_id) is kept once: later copies are quarantined.
             con.execute(f"""
                 CREATE OR REPLACE TEMP TABLE dup_events AS
                 SELECT event_id, min((source_file, source_line)) AS first
-                FROM {staged} WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1
+                FROM {staged} WHERE reason IS NULL AND event_id IS NOT NULL GROUP BY event_id HAVING count(*) > 1
             """)
             joins += " LEFT JOIN dup_events d ON d.event_id = s.event_id"
             duplicate = "(d.event_id IS NOT NULL AND (s.source_file, s.source_line) <> d.first)"
-        columns = ", ".join(f"s.{c}" if c != "source_line" else f"{line} AS source_line" for c in outputs)
-        as_json = "to_json({" + ", ".join(f"'{f}': s.{f}" for f in fields if f in outputs) + "})::VARCHAR"
+        # identity links: the emails of records that carry only a linked id
+        email, unresolved, unresolved_reason = "s.email", "FALSE", "NULL"
+        day_links = None  # profiles: the links this day's records give (written below)
+        if model.links:
+            if kind == "profiles":
+                day_links = day_links_sql(day, staged, model.links)
+            needs = con.execute(f"SELECT count(*) FROM {staged} WHERE reason IS NULL AND email IS NULL").fetchall()[0][0]
+            if needs:
+                if kind == "profiles":
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE links_day AS {day_links}")
+                    day_links = "SELECT * FROM links_day"
+                known = links_with_day(warehouse, day, "links_day") if kind == "profiles" else \
+                    f"SELECT * FROM {links_as_of(warehouse, day)}"
+                con.execute(f"CREATE OR REPLACE TEMP TABLE links_now AS {known}")
+                ljoins, email, unresolved, unresolved_reason = resolution_sql("s", "links_now", model.links)
+                joins += ljoins
+        columns = ", ".join(
+            f"{line} AS source_line" if c == "source_line" else (f"{email} AS email" if c == "email" else f"s.{_q(c)}")
+            for c in schema)
+        as_json = "to_json({" + ", ".join(f"'{c}': s.{_q(c)}" for c in schema
+                                          if c not in ("source", "source_file", "source_line", "cleared")) + "})::VARCHAR"
         quarantine_sql = f"""
             SELECT s.source_file, {line} AS source_line,
                    CASE WHEN s.reason IS NOT NULL THEN s.reason
-                        ELSE 'duplicate event_id (an earlier row of this day has it)' END AS reason,
+                        WHEN {duplicate} THEN 'duplicate event_id (an earlier row of this day has it)'
+                        ELSE {unresolved_reason} END AS reason,
                    coalesce(s.raw, {as_json}) AS raw
-            FROM {staged} s {joins} WHERE s.reason IS NOT NULL OR {duplicate}
+            FROM {staged} s {joins} WHERE s.reason IS NOT NULL OR {duplicate} OR {unresolved}
         """ + (f" UNION ALL SELECT source_file, source_line, reason, raw FROM {rejected_csv}" if rejected_csv else "")
         report.rows_valid = warehouse.write_partition(
-            con, f"raw_{kind}", day, f"SELECT {columns} FROM {staged} s {joins} WHERE s.reason IS NULL AND NOT {duplicate}"
+            con, f"raw_{kind}", day,
+            f"SELECT {columns} FROM {staged} s {joins} WHERE s.reason IS NULL AND NOT {duplicate} AND NOT {unresolved}"
         )
         report.rows_quarantined = warehouse.write_partition(con, f"quarantine_{kind}", day, quarantine_sql)
         report.rows_read = report.rows_valid + report.rows_quarantined
+        quarantine = warehouse.scan(f"quarantine_{kind}", days=[day])
         report.reasons = dict(con.execute(
-            f"SELECT reason, count(*) FROM {warehouse.scan(f'quarantine_{kind}', days=[day])} "
-            "GROUP BY reason ORDER BY 2 DESC, 1"
+            f"SELECT reason, count(*) FROM {quarantine} GROUP BY reason ORDER BY 2 DESC, 1"
         ).fetchall())
+        report.unresolved = sum(n for r, n in report.reasons.items() if r.startswith(UNRESOLVED))
+        if day_links is not None:
+            write_links(con, warehouse, day, day_links)
+        _source_counts(con, report, warehouse, kind, day, staged, file_source, [p.name for p in plans])
     finally:
         _remove(temp_files)
-        for table in ("dup_events", "csv_line_map", "csv_rejects_q", "csv_rejects", "csv_reject_scans"):
+        for table in ("dup_events", "csv_line_map", "csv_rejects_q", "csv_rejects", "csv_reject_scans", "links_now",
+                      "links_day"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
     return report
+
+
+def _plan_select(plan: SourcePlan, parts: list[str], day: dt.date, model, schema: dict[str, str], clearable: bool) -> str:
+    """The staged rows of one source: every schema column typed, plus reason, parse_error, raw."""
+    source = plan.source
+    parsed, rules, typed = typing_sql(plan, day, source.timestamp_tolerance_hours, model, clearable)
+    names = _target_columns(plan)
+    mt = source.message_type
+    where = ""
+    if mt is not None:
+        if plan.kind == "profiles":
+            where = f"WHERE parse_error IS NULL AND _s__mtype IN ({', '.join(sql_string(t) for t in mt.profiles)})"
+        else:
+            listed = ", ".join(sql_string(t) for t in mt.profiles)
+            where = f"WHERE parse_error IS NOT NULL OR _s__mtype IS NULL OR _s__mtype NOT IN ({listed})"
+            expected = ", ".join(mt.events)
+            rules.insert(1, (f"_s__mtype IS NULL OR _s__mtype NOT IN ({', '.join(sql_string(t) for t in mt.events)})",
+                             f"'{mt.column}: unsupported message type ''' || coalesce(_s__mtype, 'null') || "
+                             f"''' (events: {expected}; profiles: {', '.join(mt.profiles)})'"))
+    stripped = ", ".join(f"{strip_sql(_q(n))} AS {_q('_s_' + n)}" for n in names)
+    reason = "CASE " + " ".join(f"WHEN {cond} THEN {msg}" for cond, msg in rules) + " END"
+    cols = ", ".join(["source_file", "source_line", "parse_error", "raw", "given", "_extra", "_props", "_ignored",
+                      *(_q(n) for n in names)])
+    union = " UNION ALL ".join(f"SELECT {cols} FROM {p}" for p in parts)
+    outputs = {c: typed.get(c, c) for c in schema}
+    outputs["source_file"], outputs["source_line"] = "source_file", "source_line"
+    # NDJSON keeps a rejected line's original text; CSV and Parquet rows are rendered as JSON
+    source_json = "to_json({" + ", ".join(f"{sql_string(n)}: {_q(n)}" for n in names if not n.startswith("_")) + "})::VARCHAR"
+    parsed_sql = "".join(f", {expr} AS {_q(name)}" for name, expr in parsed.items())
+    return f"""
+        SELECT {', '.join(f'{expr} AS {_q(name)}' for name, expr in outputs.items())},
+               reason, parse_error,
+               CASE WHEN reason IS NOT NULL THEN coalesce(raw, {source_json}) END AS raw, _ignored
+        FROM (SELECT *, {reason} AS reason
+              FROM (SELECT *{parsed_sql}
+                    FROM (SELECT *, {stripped} FROM ({union}))))
+        {where}
+    """
+
+
+def _source_counts(con, report: IngestReport, warehouse: Warehouse, kind: str, day: dt.date, staged: str,
+                   file_source: dict[str, str], names: list[str]) -> None:
+    """Per-source rows valid/quarantined, unmapped keys kept as JSON, ignored columns, with counts."""
+    per = {n: {"rows_valid": 0, "rows_quarantined": 0} for n in names}
+    for source, n in con.execute(
+        f"SELECT source, count(*) FROM {warehouse.scan(f'raw_{kind}', days=[day])} GROUP BY ALL"
+    ).fetchall():
+        per.setdefault(source, {"rows_valid": 0, "rows_quarantined": 0})["rows_valid"] = n
+    for f, n in con.execute(
+        f"SELECT source_file, count(*) FROM {warehouse.scan(f'quarantine_{kind}', days=[day])} GROUP BY ALL"
+    ).fetchall():
+        name = file_source.get(f, "?")
+        per.setdefault(name, {"rows_valid": 0, "rows_quarantined": 0})["rows_quarantined"] += n
+    report.sources = per
+    col = "custom_attributes" if kind == "profiles" else "properties"
+    for source, key, n in con.execute(
+        f"SELECT source, k, count(*) FROM (SELECT source, unnest(json_keys({col})) AS k FROM {staged} "
+        f"WHERE reason IS NULL AND {col} IS NOT NULL) GROUP BY ALL ORDER BY 1, 3 DESC, 2"
+    ).fetchall():
+        report.unmapped.setdefault(source, {})[key] = n
+    for source, key, n in con.execute(
+        f"SELECT source, k, count(*) FROM (SELECT source, unnest(_ignored) AS k FROM {staged} "
+        "WHERE _ignored IS NOT NULL) GROUP BY ALL ORDER BY 1, 3 DESC, 2"
+    ).fetchall():
+        report.ignored.setdefault(source, {})[key] = n
+
 
 
 def _remove(paths: list[Path]) -> None:
@@ -777,7 +951,7 @@ def _csv_record_maps(
             con.execute(f"COPY (SELECT r AS record, r AS line, false AS blank FROM range(1, {records + 1}) t(r)) "
                         f"TO {sql_string(str(target))} (FORMAT parquet)")
         else:
-            _csv_record_lines(text, target)
+            _csv_record_lines(text, target, text.csv_options)
         maps.append((text, target))
     return maps
 

@@ -1,7 +1,7 @@
 """Watching the landing zone: which days got new or changed files, and which days to re-run.
 
 A *file version* is (path, size, mtime). A day's version is a digest of the versions of all its
-eligible landing files (both kinds); a day whose digest differs from the one recorded when it was
+eligible landing files (every declared source's folder, :func:`source_folders`); a day whose digest differs from the one recorded when it was
 last handed to the pipeline has changed (a file was added, replaced, appended to or removed).
 
 A file still being written is never picked up half-way:
@@ -76,8 +76,19 @@ def eligible(name: str) -> bool:
 VERSIONS_METADATA_KEY = "landing_file_versions"
 
 
+def source_folders(sources_file: str | Path | None = None) -> list[str]:
+    """The landing folders to watch: every source the sources file declares (default: the
+    settings' file); the ``profiles``/``events`` folders when it declares none."""
+    from segment_pipeline import settings
+    from segment_pipeline.core.sources import load_sources
+
+    declared = load_sources(settings.sources_file() if sources_file is None else sources_file).sources
+    return sorted(declared) if declared else list(KINDS)
+
+
 def kind_file_versions(root: str | Path, kind: str, day: str) -> list[FileVersion]:
-    """The eligible files of one kind and day as versions (path relative to ``root``), sorted by path.
+    """The eligible files of one source folder and day as versions (path relative to ``root``),
+    sorted by path. (``kind``: the folder name, a source.)
 
     Ingestion takes these *before* reading the files: a file changed while it was read gets a
     newer mtime than the one recorded, so the sensor runs its day again.
@@ -107,19 +118,22 @@ def processed_digest(recorded_by_kind: Iterable[Mapping[str, list[int]] | None])
     """The day version an ingestion processed, from what each kind's materialization recorded
     (:func:`versions_metadata`); ``None`` when a kind has no record (never ingested, or ingested
     before versions were recorded): such a day counts as not processed."""
-    files = []
+    files: dict[str, FileVersion] = {}  # a stream source's files are recorded by both kinds: once here
     for recorded in recorded_by_kind:
         if recorded is None:
             return None
-        files.extend(FileVersion(path, int(size), int(mtime)) for path, (size, mtime) in recorded.items())
-    return DayScan("", files).digest
+        files.update((path, FileVersion(path, int(size), int(mtime))) for path, (size, mtime) in recorded.items())
+    return DayScan("", list(files.values())).digest
 
 
-def scan_landing(root: str | Path, now: float, settle_seconds: float) -> dict[str, DayScan]:
-    """Every day folder under ``<root>/<kind>/date=YYYY-MM-DD/`` with its eligible files."""
+def scan_landing(
+    root: str | Path, now: float, settle_seconds: float, folders: Iterable[str] | None = None
+) -> dict[str, DayScan]:
+    """Every day folder under ``<root>/<source>/date=YYYY-MM-DD/`` with its eligible files, for
+    the source folders ``folders`` (default: :func:`source_folders`)."""
     root = Path(root)
     days: dict[str, DayScan] = {}
-    for kind in KINDS:
+    for kind in (source_folders() if folders is None else folders):
         kind_dir = root / kind
         if not kind_dir.is_dir():
             continue

@@ -6,6 +6,7 @@ Layout (``<root>/<table>/date=YYYY-MM-DD/data.parquet``)::
     raw_events/           validated event rows as they landed that day
     quarantine_profiles/  rejected profile rows with reason, source file and line
     quarantine_events/    rejected event rows with reason, source file and line
+    identity_links/       external ids linked to emails by that day's profile records
     profiles/             one row per resolved identity, as of the end of that day
     memberships/          one row per (date, segment, identity)
     membership_changes/   day-over-day changes: one row per (date, segment, identity, change)
@@ -66,6 +67,15 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "reason": "VARCHAR",
         "raw": "VARCHAR",
     },
+    "identity_links": {  # the links each day's profile records give (core/links.py)
+        "link": "VARCHAR",        # the identity link (model.identity.links), e.g. customer_id
+        "value": "VARCHAR",       # the external id
+        "email": "VARCHAR",       # the normalized email it is linked to
+        "linked_at": "TIMESTAMP",  # the record time of the linking record
+        "linked_on": "DATE",      # the landing day of the linking record
+        "source_file": "VARCHAR",
+        "source_line": "BIGINT",
+    },
     "memberships": {
         "segment_id": "VARCHAR",
         "identity_id": "VARCHAR",
@@ -98,6 +108,7 @@ SORT_KEYS: dict[str, tuple[str, ...]] = {
     "quarantine_profiles": ("source_file", "source_line", "reason", "raw"),
     "quarantine_events": ("source_file", "source_line", "reason", "raw"),
     "profiles": ("identity_id", "email"),
+    "identity_links": ("link", "value"),
     "memberships": ("segment_id", "identity_id", "email"),
     "membership_changes": ("segment_id", "change", "identity_id", "email"),
     "segment_stats": ("segment_id", "status"),

@@ -267,3 +267,27 @@ def test_end_date_closes_the_partitions_and_the_sensor_leaves_later_days(monkeyp
     monkeypatch.setenv("SEGMENT_PIPELINE_END_DATE", "14.11.2026")
     with pytest.raises(ValueError, match="is not a date"):
         build_daily_partitions()
+
+
+def test_the_sensor_watches_every_declared_source_and_reports_folders_without_one(tmp_path, instance, monkeypatch):
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  crm: {kind: profiles}\n  app: {kind: stream, preset: segment_spec}\n")
+    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", str(sources))
+    land(tmp_path / "landing", "crm", "2026-11-02", profiles_rows(day="2026-11-02"))
+    land(tmp_path / "landing", "loyalty", "2026-11-03", profiles_rows(day="2026-11-03"))
+    result, _ = evaluate(instance, tmp_path / "landing", None)
+    (request,) = result.run_requests  # the declared folder's day; the undeclared folder's is not run
+    assert request.partition_key == "2026-11-02"
+    again, _ = evaluate(instance, tmp_path / "landing", result.cursor)
+    assert "folder(s) without a source, not ingested: loyalty" in again.skip_message
+    # a file of a new declared folder is a change of its day
+    land(tmp_path / "landing", "app", "2026-11-02", [{"type": "identify", "userId": "u1"}])
+    changed, _ = evaluate(instance, tmp_path / "landing", result.cursor)
+    assert changed.run_requests[0].partition_key == "2026-11-02"
+
+
+def test_a_stream_file_recorded_by_both_kinds_is_one_file_of_its_day():
+    from segment_pipeline.core.landing_watch import DayScan, FileVersion, processed_digest
+
+    recorded = {"app/date=2026-11-02/a.ndjson": [10, 5]}  # raw_profiles and raw_events both read it
+    assert processed_digest([recorded, recorded]) == DayScan("", [FileVersion("app/date=2026-11-02/a.ndjson", 10, 5)]).digest

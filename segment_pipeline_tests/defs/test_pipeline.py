@@ -244,7 +244,8 @@ def test_ingest_reads_each_source_with_the_options_of_the_sources_file(tmp_path,
         f"SELECT last_name, city FROM {Warehouse(tmp_path / 'wh').scan('raw_profiles')}").fetchall()
     assert rows == [("Müller", "Köln")]
     meta = latest_by_partition(instance, dg.AssetKey("raw_profiles"))["2026-11-03"]
-    assert meta["source_options"]["encoding"] == "cp1252"
+    assert meta["source_options"]["profiles"]["encoding"] == "cp1252"
+    assert meta["sources"] == {"profiles": {"rows_valid": 1, "rows_quarantined": 0}}
     sources.write_text("sources:\n  profiles:\n    encoding: utf-9\n")
     with pytest.raises(Exception, match="sources.profiles.encoding"):
         dg.materialize([ingest_profiles], resources=res, partition_key="2026-11-03")

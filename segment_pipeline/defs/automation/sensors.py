@@ -8,7 +8,7 @@ import dagster as dg
 
 from segment_pipeline import settings
 from segment_pipeline.core import alerts
-from segment_pipeline.core.ingest import KINDS
+from segment_pipeline.core.ingest import KINDS, unsourced_folders
 from segment_pipeline.core.landing_watch import (
     VERSIONS_METADATA_KEY,
     LandingCursor,
@@ -17,6 +17,7 @@ from segment_pipeline.core.landing_watch import (
     rerun_range,
     run_key,
     scan_landing,
+    source_folders,
 )
 from segment_pipeline.defs.jobs import DAILY_SELECTION, daily_segments_job
 from segment_pipeline.defs.partitions import is_partition_day
@@ -78,7 +79,8 @@ def _short_list(days, limit: int = 12) -> str:
     minimum_interval_seconds=int(os.environ.get(INTERVAL_ENV) or DEFAULT_INTERVAL_SECONDS),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Runs the daily pipeline for days whose landing files are new, changed or removed, and for "
+        "Runs the daily pipeline for days whose landing files (in every declared source's folder) are "
+        "new, changed or removed, and for "
         "every later day already computed (they depend on it), as one single-run range. Days whose "
         "files an earlier run already ingested (the demo, a backfill) are not run again. A file must "
         f"be unmodified for {SETTLE_ENV} seconds (default {DEFAULT_SETTLE_SECONDS:.0f}); names ending "
@@ -88,13 +90,20 @@ def _short_list(days, limit: int = 12) -> str:
 def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
     now = time.time()
     cursor = LandingCursor.parse(context.cursor)
-    changes = detect_changes(scan_landing(landing.root, now, _settle_seconds()), cursor, _partition_days(now))
+    folders = source_folders()  # every declared source's folder (a bad sources file fails the tick, naming it)
+    unsourced = unsourced_folders(landing.root, folders)
+    if unsourced:
+        context.log.warning(f"landing folder(s) without a source, not ingested: {unsourced} "
+                            f"(declare them in {settings.sources_file()})")
+    changes = detect_changes(scan_landing(landing.root, now, _settle_seconds(), folders), cursor, _partition_days(now))
     for day, files in changes.waiting.items():
         context.log.info(f"{day}: waiting for {len(files)} file(s) to settle: {', '.join(files[:5])}")
     if changes.not_yet_partitions:
         closed = f" (partitions end at {END_DATE_ENV}={settings.end_date()})" if settings.end_date() else ""
         context.log.info(f"files for days that are not partitions yet{closed}: {_short_list(changes.not_yet_partitions)}")
     waiting = f"; {len(changes.waiting)} day(s) waiting for files to settle" if changes.waiting else ""
+    if unsourced:
+        waiting += f"; folder(s) without a source, not ingested: {', '.join(unsourced)}"
     if not changes.changed:
         return dg.SkipReason(f"no new or changed landing files{waiting}")
 

@@ -1,11 +1,17 @@
-"""Raw ingestion: each day's landing files, validated into the warehouse; bad rows quarantined."""
+"""Raw ingestion: each day's landing files of every declared source, mapped to the data model and
+validated into the warehouse; bad rows quarantined.
+
+``raw_profiles`` ingests every ``profiles`` and ``stream`` source, ``raw_events`` every ``events``
+and ``stream`` source (core/sources.py). ``raw_events`` of a day depends on ``raw_profiles`` of the
+same day: the identity links that day's profile records carry resolve its events (core/links.py).
+"""
 
 import dagster as dg
 
 from segment_pipeline import settings
-from segment_pipeline.core.ingest import KINDS, ingest_day
+from segment_pipeline.core.ingest import KINDS, day_sources, ingest_day
 from segment_pipeline.core.landing_watch import VERSIONS_METADATA_KEY, kind_file_versions, versions_metadata
-from segment_pipeline.core.sources import source_options
+from segment_pipeline.core.sources import load_sources
 from segment_pipeline.core.warehouse import connect
 from segment_pipeline.defs.automation.conditions import DAILY
 from segment_pipeline.defs.partitions import daily_partitions, partition_days, single_run
@@ -21,10 +27,13 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
     raw_key = dg.AssetKey(f"raw_{kind}")
     quarantine_key = dg.AssetKey(f"quarantine_{kind}")
 
+    deps = [dg.AssetKey("raw_profiles")] if kind == "events" else []
+
     @dg.multi_asset(
         name=f"ingest_{kind}",
         specs=[
-            dg.AssetSpec(raw_key, description=f"Validated {kind[:-1]} rows as they landed each day (Parquet).",
+            dg.AssetSpec(raw_key, description=f"Validated {kind[:-1]} rows of every {kind} source, mapped to the "
+                         "data model, as they landed each day (Parquet).", deps=deps,
                          kinds={"duckdb", "parquet"}, group_name="raw", automation_condition=DAILY),
             dg.AssetSpec(quarantine_key, description=f"Rejected {kind[:-1]} rows with reason, source file and line.",
                          kinds={"duckdb", "parquet"}, group_name="raw", automation_condition=DAILY),
@@ -43,18 +52,25 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
         if swept:
             context.log.info(f"removed {len(swept)} leftover temporary file(s) of killed writes")
         con = connect(preserve_order=True)
-        # the landing folder name is the source name; a bad sources file fails here, naming it
-        options = source_options(settings.sources_file(), kind)
+        # a bad sources file fails here, naming the file and the entry
+        declared = load_sources(settings.sources_file())
+        sources = day_sources(kind, declared if declared.sources else None)
         worst = (0.0, None)
         for day in partition_days(context):
             key = day.isoformat()
             # taken before reading: tells the landing sensor this version of the day is processed
-            versions = versions_metadata(kind_file_versions(landing.root, kind, key))
-            report = ingest_day(con, wh, landing.root, kind, day, options)
+            versions = versions_metadata(v for name in sources for v in kind_file_versions(landing.root, name, key))
+            report = ingest_day(con, wh, landing.root, kind, day, sources)
             context.log.info(
                 f"{kind} {key}: {report.rows_valid} valid, {report.rows_quarantined} quarantined "
-                f"from {len(report.files)} file(s)"
+                f"from {len(report.files)} file(s) of source(s) {', '.join(sources) or '(none)'}"
             )
+            if report.unsourced_folders:
+                context.log.warning(
+                    f"{key}: landing folder(s) {report.unsourced_folders} have files but no source in "
+                    f"{settings.sources_file()}: not read (declare a source to ingest them)")
+            for name, keys in report.unmapped.items():
+                context.log.info(f"{kind} {key}: source {name}: unmapped columns kept as JSON: {keys}")
             context.add_asset_metadata(
                 {
                     "rows_read": report.rows_read,
@@ -63,7 +79,14 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
                     "quarantine_ratio": report.quarantine_ratio,
                     "files": dg.MetadataValue.json(report.files),
                     VERSIONS_METADATA_KEY: dg.MetadataValue.json(versions),
-                    "source_options": dg.MetadataValue.json(options.model_dump()),
+                    "sources": dg.MetadataValue.json(report.sources),
+                    "source_options": dg.MetadataValue.json(
+                        {name: src.model_dump(mode="json", exclude={"mapping", "preset_mapping"})
+                         for name, src in sources.items()}),
+                    "unmapped_columns": dg.MetadataValue.json(report.unmapped),
+                    "ignored_columns": dg.MetadataValue.json(report.ignored),
+                    "folders_without_source": dg.MetadataValue.json(report.unsourced_folders),
+                    "unresolved_identity": report.unresolved,
                     "path": dg.MetadataValue.path(str(wh.partition_path(f"raw_{kind}", day))),
                 },
                 asset_key=raw_key,

@@ -1,0 +1,373 @@
+"""Sources with mappings (issue 11): presets, transforms, unmapped columns, stream sources and
+identity links, ingested into a small model of a second shop."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pytest
+
+from segment_pipeline.core.ingest import LandingFileError, ingest_day
+from segment_pipeline.core.model import parse_model
+from segment_pipeline.core.sources import SourcesFileError, parse_sources
+from segment_pipeline.core.warehouse import Warehouse, connect
+from segment_pipeline_tests.landing import write_ndjson
+
+DAY, DAY2 = "2026-11-03", "2026-11-04"
+
+MODEL = parse_model({
+    "identity": {"links": ["customer_id", "user_id"]},
+    "attributes": {
+        "first_name": "string",
+        "accepts_email_marketing": "boolean",
+        "country": "string",
+        "tags": "list[string]",
+        "total_spent": {"type": "money", "minimum": 0},
+        "loyalty_points": {"type": "integer", "minimum": 0},
+        "skin_type": "string",
+        "created_at": "timestamp",
+    },
+    "events": {
+        "Order Completed": {"properties": {
+            "revenue": {"type": "money", "minimum": 0},
+            "brands": {"type": "list[string]", "path": "products[*].brand"},
+        }},
+        "Page Viewed": {"properties": {"url": "string"}},
+    },
+})
+
+SHOPIFY_HEADER = [
+    "Customer ID", "First Name", "Last Name", "Email", "Accepts Email Marketing", "Default Address Company",
+    "Default Address Address1", "Default Address Address2", "Default Address City", "Default Address Province Code",
+    "Default Address Country Code", "Default Address Zip", "Default Address Phone", "Phone", "Accepts SMS Marketing",
+    "Total Spent", "Total Orders", "Note", "Tax Exempt", "Tags",
+]
+
+
+@pytest.fixture
+def wh(tmp_path):
+    return Warehouse(tmp_path / "wh", model=MODEL)
+
+
+def sources(doc: dict):
+    return parse_sources({"sources": doc}).sources
+
+
+def rows(wh: Warehouse, table: str, cols: str = "*", where: str = "") -> list[tuple]:
+    return duckdb.connect().execute(f"SELECT {cols} FROM {wh.scan(table)} {where} ORDER BY ALL").fetchall()
+
+
+def write_text(landing, source: str, name: str, text: str, day: str = DAY):
+    path = landing / source / f"date={day}" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def shopify_csv(rows_: list[dict]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, SHOPIFY_HEADER, lineterminator="\n")
+    writer.writeheader()
+    for r in rows_:
+        writer.writerow({h: r.get(h, "") for h in SHOPIFY_HEADER})
+    return out.getvalue()
+
+
+def test_shopify_preset_maps_the_real_export_header_and_keeps_the_rest_as_custom_attributes(tmp_path, wh):
+    write_text(tmp_path, "shopify", "customers_export.csv", shopify_csv([
+        {"Customer ID": "7001", "First Name": "Ana", "Email": " Ana@Example.com", "Accepts Email Marketing": "yes",
+         "Default Address Country Code": "de", "Total Spent": "120.50", "Tags": "VIP, wholesale,,",
+         "Note": "called twice", "Default Address City": "Berlin"},
+        {"Customer ID": "7002", "Email": "bo@example.com", "Accepts Email Marketing": "no", "Total Spent": "-3"},
+        {"Customer ID": "7003", "Email": "cy@example.com", "Accepts Email Marketing": "maybe"},
+        {"Customer ID": "7004", "Email": "dee@example.com", "Accepts SMS Marketing": "yes"},
+    ]))
+    src = sources({"shopify": {"preset": "shopify_customers_csv"}})
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
+    assert (report.rows_valid, report.rows_quarantined) == (2, 2)
+    assert rows(wh, "raw_profiles", "email, customer_id, first_name, accepts_email_marketing, country, tags, "
+                "total_spent::VARCHAR, updated_at::VARCHAR, source") == [
+        ("ana@example.com", "7001", "Ana", True, "DE", ["VIP", "wholesale"], "120.50",
+         "2026-11-03 23:59:59.999999", "shopify"),  # a snapshot export: as of the end of the landing day
+        ("dee@example.com", "7004", None, None, None, None, None, "2026-11-03 23:59:59.999999", "shopify"),
+    ]
+    assert rows(wh, "quarantine_profiles", "source_line, reason") == [
+        (3, "total_spent: below the minimum 0"),
+        (4, "accepts_email_marketing: not a boolean (true: yes; false: no)"),
+    ]
+    # columns whose model field this model does not declare are kept, never dropped, and counted
+    custom = dict(rows(wh, "raw_profiles", "email, custom_attributes"))
+    assert json.loads(custom["ana@example.com"]) == {"Default Address City": "Berlin", "Note": "called twice"}
+    assert json.loads(custom["dee@example.com"]) == {"Accepts SMS Marketing": "yes"}
+    assert report.unmapped == {"shopify": {"Accepts SMS Marketing": 1, "Default Address City": 1, "Note": 1}}
+    assert report.sources == {"shopify": {"rows_valid": 2, "rows_quarantined": 2}}
+
+
+def test_a_mapped_column_missing_from_a_file_fails_the_file_naming_file_and_column(tmp_path, wh):
+    path = write_text(tmp_path, "crm", "p.csv", "mail,points\na@example.com,3\n")
+    src = sources({"crm": {"kind": "profiles", "observed_at": "end_of_landing_day",
+                           "mapping": {"email": "mail", "loyalty_points": "Points"}}})
+    with pytest.raises(LandingFileError) as err:
+        ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
+    assert str(path) in str(err.value) and "'Points'" in str(err.value) and "loyalty_points" in str(err.value)
+    assert not wh.has_partition("raw_profiles", DAY)
+
+
+def test_transforms_timestamps_timezones_and_custom_delimiters(tmp_path, wh):
+    write_text(tmp_path, "crm", "p.csv", (
+        "mail;points;since;seen;skin\n"
+        "a@example.com;12;03/11/2026 10:00;1793697600000;OILY\n"     # Berlin 10:00 = 09:00 UTC
+        "b@example.com;1.5;03/11/2026 10:00;1793697600000;dry\n"     # not an integer
+        "c@example.com;7;2026-11-03;1793697600000;dry\n"             # not the pattern
+        "d@example.com;;;;\n"
+    ))
+    src = sources({"crm": {
+        "kind": "profiles", "csv": {"delimiter": ";"}, "timezone": "Europe/Berlin",
+        "observed_at": {"column": "seen", "timestamp": "epoch_ms"},
+        "mapping": {"email": "mail", "loyalty_points": "points", "skin_type": {"column": "skin", "case": "lower"},
+                    "created_at": {"column": "since", "timestamp": "%d/%m/%Y %H:%M"}},
+    }})
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
+    assert rows(wh, "raw_profiles", "email, loyalty_points, created_at::VARCHAR, updated_at::VARCHAR, skin_type") == [
+        ("a@example.com", 12, "2026-11-03 09:00:00", "2026-11-03 09:20:00", "oily"),
+    ]
+    assert rows(wh, "quarantine_profiles", "source_line, reason") == [
+        (3, "loyalty_points: not an integer"),
+        (4, "created_at: not a valid timestamp (%d/%m/%Y %H:%M)"),
+        (5, "missing required field updated_at"),
+    ]
+
+
+def segment(kind: str, **fields) -> dict:
+    return {"type": kind, "timestamp": "2026-11-03T10:00:00Z", "context": {"ip": "1.2.3.4"}, **fields}
+
+
+def test_a_segment_spec_stream_feeds_profiles_and_events_through_identity_links(tmp_path, wh):
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId="m1", userId="u1", traits={"email": "Ann@Example.com", "skin_type": "oily",
+                                                                 "plan": "pro"}),
+        segment("identify", messageId="m2", userId="u2", context={"traits": {"email": "bo@example.com"}}),
+        segment("track", messageId="m3", userId="u1", event="Order Completed",
+                properties={"revenue": 30, "products": [{"brand": "Acme"}, {"brand": "Zeta"}], "coupon": "X"}),
+        segment("track", messageId="m3", userId="u1", event="Order Completed", properties={"revenue": 30}),
+        segment("page", messageId="m4", userId="u2", name="Home", properties={"url": "/"}),
+        segment("track", messageId="m5", userId="u9", event="Email Opened"),
+        segment("track", messageId="m6", userId="u2", event="Email Opened", properties={"subject": "Hi"}),
+        segment("group", messageId="m7", userId="u1", groupId="g1"),
+        segment("track", messageId="m8", userId="u1", event="Order Completed", properties={"revenue": "lots"}),
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+    con = connect(preserve_order=True)
+    profiles = ingest_day(con, wh, tmp_path, "profiles", DAY, src)
+    events = ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert (profiles.rows_valid, profiles.rows_quarantined) == (2, 0)
+    assert rows(wh, "raw_profiles", "email, user_id, skin_type, custom_attributes") == [
+        ("ann@example.com", "u1", "oily", '{"plan":"pro"}'),
+        ("bo@example.com", "u2", None, None),
+    ]
+    assert rows(wh, "identity_links", "link, value, email") == [
+        ("user_id", "u1", "ann@example.com"), ("user_id", "u2", "bo@example.com"),
+    ]
+    assert rows(wh, "raw_events", "event_id, email, event, revenue::VARCHAR, brands, url, properties") == [
+        ("m3", "ann@example.com", "Order Completed", "30.00", ["Acme", "Zeta"], None, '{"coupon":"X"}'),
+        ("m4", "bo@example.com", "Page Viewed", None, None, "/", '{"name":"Home"}'),  # the page name: kept
+        ("m6", "bo@example.com", "Email Opened", None, None, None, '{"subject":"Hi"}'),  # undeclared: kept untyped
+    ]
+    assert rows(wh, "quarantine_events", "source_line, reason") == [
+        (4, "duplicate event_id (an earlier row of this day has it)"),
+        (6, "unresolved identity: user_id 'u9' is linked to no email"),
+        (8, "type: unsupported message type 'group' (events: track, page, screen; profiles: identify)"),
+        (9, "revenue: not a number"),
+    ]
+    assert events.unresolved == 1
+    assert events.ignored == {"app": {"context": 7}}  # delivery metadata: not kept, counted
+
+
+def test_undeclared_events_are_quarantined_when_the_source_says_so(tmp_path, wh):
+    write_ndjson(tmp_path, "app", DAY, [
+        {"id": "e1", "mail": "a@example.com", "name": "Email Opened", "at": "2026-11-03T10:00:00Z"},
+        {"id": "e2", "mail": "a@example.com", "name": "Page Viewed", "at": "2026-11-03T10:00:00Z", "url": "/x"},
+    ])
+    src = sources({"app": {"kind": "events", "undeclared_events": "quarantine", "event": "name",
+                           "occurred_at": "at", "mapping": {"event_id": "id", "email": "mail"}}})
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id, url") == [("e2", "/x")]
+    assert rows(wh, "quarantine_events", "reason") == [
+        ("event: undeclared event 'Email Opened' (declared: Order Completed, Page Viewed)",)]
+
+
+def test_a_link_resolves_records_without_email_latest_link_wins_and_a_late_link_needs_a_rerun(tmp_path, wh):
+    profiles_src = {"crm": {"kind": "profiles"}}
+    events_src = {"shop": {"kind": "events", "event": "event_type"}}
+    src = sources({**profiles_src, **events_src})
+    write_ndjson(tmp_path, "shop", DAY, [
+        {"event_id": "e1", "customer_id": "C1", "event_type": "Order Completed", "occurred_at": "2026-11-03T10:00:00Z"},
+        {"event_id": "e2", "customer_id": "C2", "event_type": "Order Completed", "occurred_at": "2026-11-03T10:00:00Z"},
+    ])
+    write_ndjson(tmp_path, "crm", DAY, [
+        {"email": "old@example.com", "customer_id": "C1", "updated_at": "2026-11-03T08:00:00Z"},
+        {"email": "new@example.com", "customer_id": "C1", "updated_at": "2026-11-03T09:00:00Z"},
+        {"customer_id": "C1", "first_name": "Neo", "updated_at": "2026-11-03T10:00:00Z"},  # no email: resolved
+        {"customer_id": "C3", "first_name": "Nobody", "updated_at": "2026-11-03T10:00:00Z"},
+    ])
+    con = connect(preserve_order=True)
+    ingest_day(con, wh, tmp_path, "profiles", DAY, src)
+    ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_profiles", "email, email_raw, first_name", "WHERE first_name IS NOT NULL") == [
+        ("new@example.com", None, "Neo"),  # the latest link (by record time) wins
+    ]
+    assert rows(wh, "quarantine_profiles", "reason") == [("unresolved identity: customer_id 'C3' is linked to no email",)]
+    assert rows(wh, "raw_events", "event_id, email") == [("e1", "new@example.com")]
+    assert rows(wh, "quarantine_events", "reason") == [("unresolved identity: customer_id 'C2' is linked to no email",)]
+    # a link landing on a later day does not rewrite history: day 1 stays as it was linked then
+    write_ndjson(tmp_path, "crm", DAY2, [{"email": "c2@example.com", "customer_id": "C2",
+                                          "updated_at": "2026-11-04T08:00:00Z"}])
+    ingest_day(con, wh, tmp_path, "profiles", DAY2, src)
+    ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id") == [("e1",)]
+    # a late delivery for day 1 with the link: the re-run of day 1 attributes the event
+    write_ndjson(tmp_path, "crm", DAY, [{"email": "c2@example.com", "customer_id": "C2",
+                                         "updated_at": "2026-11-03T12:00:00Z"}], name="late.ndjson")
+    ingest_day(con, wh, tmp_path, "profiles", DAY, src)
+    ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id, email") == [("e1", "new@example.com"), ("e2", "c2@example.com")]
+    # the links known at the end of day 2: day 1's and day 2's, the latest per id
+    from segment_pipeline.core.links import links_as_of
+
+    known = duckdb.connect().execute(f"SELECT value, email FROM {links_as_of(wh, DAY2)} ORDER BY 1").fetchall()
+    assert known == [("C1", "new@example.com"), ("C2", "c2@example.com")]
+    assert rows(wh, "identity_links", "value", f"WHERE date = DATE '{DAY2}'") == [("C2",)]  # a day holds its own
+
+
+def test_a_landing_folder_without_a_source_is_reported_not_ignored(tmp_path, wh):
+    write_ndjson(tmp_path, "crm", DAY, [{"email": "a@example.com", "updated_at": "2026-11-03T08:00:00Z"}])
+    write_ndjson(tmp_path, "loyalty", DAY, [{"email": "a@example.com", "points": 3}])
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, sources({"crm": {"kind": "profiles"}}))
+    assert report.rows_valid == 1 and report.unsourced_folders == ["loyalty"]
+
+
+@pytest.mark.parametrize(("doc", "expected"), [
+    ({"shop": {"kind": "profiles", "mapping": {"tags": "Tags"}}},
+     "sources.shop.mapping.tags: unknown model field 'tags'"),
+    ({"shop": {"format": "csv"}}, "sources.shop.kind: required (profiles | events | stream)"),
+    ({"shop": {"preset": "no_such_preset"}}, "sources.shop.preset: no preset 'no_such_preset'"),
+    ({"shop": {"kind": "profiles", "timezone": "Mars/Olympus"}}, "sources.shop.timezone: Value error, unknown time zone 'Mars/Olympus'"),
+    ({"shop": {"kind": "profiles", "mapping": {"email": {"column": "a", "path": "b"}}}}, "sources.shop.mapping.email"),
+    ({"shop": {"kind": "profiles", "observed_at": {"column": "t", "timestamp": "unix"}}}, "timestamp 'unix'"),
+    ({"shop": {"kind": "orders"}}, "sources.shop.kind"),
+])
+def test_sources_file_errors_name_the_file_the_source_and_the_entry(tmp_path, wh, doc, expected):
+    import yaml
+
+    f = tmp_path / "sources.yaml"
+    f.write_text(yaml.safe_dump({"sources": doc}))
+    from segment_pipeline.core.sources import load_sources
+
+    with pytest.raises(SourcesFileError) as err:
+        loaded = load_sources(f)
+        ingest_day(connect(), Warehouse(tmp_path / "wh2", model=MODEL.model_copy(
+            update={"attributes": {k: v for k, v in MODEL.attributes.items() if k != "tags"}})),
+            tmp_path, "profiles", DAY, loaded)
+    assert expected in str(err.value)
+
+
+def test_raw_events_depend_on_raw_profiles_of_the_same_day():
+    import dagster as dg
+
+    from segment_pipeline.defs.raw.assets import ingest_events
+
+    assert dg.AssetKey("raw_profiles") in ingest_events.asset_deps[dg.AssetKey("raw_events")]
+
+
+def test_json_lists_epoch_seconds_default_boolean_words_and_the_default_mapping(tmp_path, wh):
+    write_ndjson(tmp_path, "crm", DAY, [
+        {"email": "a@example.com", "updated_at": 1793697600, "tags": [" VIP ", "", "wholesale"],
+         "accepts_email_marketing": "Yes", "favourite_colour": "teal"},
+        {"email": "b@example.com", "updated_at": "1793697600", "tags": "solo", "accepts_email_marketing": False},
+        {"email": "c@example.com", "updated_at": 1793697600, "tags": "[broken"},
+        {"email": "d@example.com", "updated_at": 1e20},
+        {"email": "e@example.com", "updated_at": "NaN"},
+    ])
+    src = sources({"crm": {"kind": "profiles", "observed_at": {"column": "updated_at", "timestamp": "epoch_s"}}})
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
+    assert rows(wh, "raw_profiles", "email, updated_at::VARCHAR, tags, accepts_email_marketing, custom_attributes") == [
+        ("a@example.com", "2026-11-03 09:20:00", ["VIP", "wholesale"], True, '{"favourite_colour":"teal"}'),
+        ("b@example.com", "2026-11-03 09:20:00", ["solo"], False, None),
+    ]
+    assert rows(wh, "quarantine_profiles", "source_line, reason") == [
+        (3, "tags: not a valid JSON list"),
+        (4, "updated_at: not a valid epoch seconds timestamp"),  # beyond TIMESTAMP: no error, a reason
+        (5, "updated_at: not a valid epoch seconds timestamp"),
+    ]
+    assert report.unmapped == {"crm": {"favourite_colour": 1}}
+
+
+def test_kept_undeclared_events_and_properties_on_events_that_do_not_declare_them_stay_untyped(tmp_path, wh):
+    path = tmp_path / "shop" / f"date={DAY}" / "e.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        "event_id,email,event_type,occurred_at,revenue,url,channel\n"
+        "e1,a@example.com,Order Completed,2026-11-03T10:00:00Z,12.5,,web\n"
+        "e2,a@example.com,Page Viewed,2026-11-03T10:00:00Z,3,/home,\n"          # revenue on a page view
+        "e3,a@example.com,Subscription Started,2026-11-03T10:00:00Z,free,,app\n"  # undeclared: not checked
+        "e4,a@example.com,Order Completed,2026-11-03T10:00:00Z,-1,,\n"
+    )
+    src = sources({"shop": {"kind": "events", "event": "event_type"}})
+    report = ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id, event, revenue::VARCHAR, url, properties") == [
+        ("e1", "Order Completed", "12.50", None, '{"channel":"web"}'),
+        ("e2", "Page Viewed", None, "/home", '{"revenue":"3"}'),
+        ("e3", "Subscription Started", None, None, '{"channel":"app","revenue":"free"}'),
+    ]
+    assert rows(wh, "quarantine_events", "source_line, reason") == [(5, "revenue: below the minimum 0")]
+    assert report.unmapped == {"shop": {"channel": 2, "revenue": 2}}
+
+
+def test_a_rerun_writes_byte_identical_partitions_links_included(tmp_path, wh):
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId=f"i{i}", userId=f"u{i}", traits={"email": f"p{i}@example.com"}) for i in range(50)
+    ] + [
+        segment("track", messageId=f"m{i}", userId=f"u{i % 60}", event="Order Completed", properties={"revenue": i})
+        for i in range(200)
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+
+    def run(threads: int) -> dict:
+        con = connect(preserve_order=True, threads=threads)
+        for kind in ("profiles", "events"):
+            ingest_day(con, wh, tmp_path, kind, DAY, src)
+        return {p.relative_to(wh.root): p.read_bytes() for p in sorted(wh.root.rglob("*.parquet"))}
+
+    first = run(1)
+    assert any("identity_links" in str(p) for p in first) and len(first) == 5
+    assert run(2) == first
+
+
+def test_parquet_list_and_struct_columns_feed_lists_and_paths(tmp_path, wh):
+    path = tmp_path / "crm" / f"date={DAY}" / "p.parquet"
+    path.parent.mkdir(parents=True)
+    duckdb.connect().execute(f"""
+        COPY (SELECT 'a@example.com' AS email, TIMESTAMP '2026-11-03 08:00:00' AS updated_at,
+                     ['VIP', 'wholesale'] AS tags, {{'points': 40, 'tier': 'gold'}} AS loyalty)
+        TO '{path}' (FORMAT parquet)""")
+    src = sources({"crm": {"kind": "profiles", "mapping": {"loyalty_points": {"path": "loyalty.points"}}}})
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
+    assert rows(wh, "raw_profiles", "tags, loyalty_points, custom_attributes") == [
+        (["VIP", "wholesale"], 40, None),  # the struct column is read by the mapping: not unmapped
+    ]
+
+
+def test_an_export_of_one_event_takes_its_name_from_a_constant_and_its_time_from_the_landing_day(tmp_path, wh):
+    write_text(tmp_path, "orders", "orders.csv", "Order,Mail,Total\nO-1,a@example.com,19.99\nO-2,b@example.com,abc\n")
+    src = sources({"orders": {"kind": "events", "event": {"constant": "Order Completed"},
+                              "occurred_at": "end_of_landing_day",
+                              "mapping": {"event_id": "Order", "email": "Mail", "revenue": "Total"}}})
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id, event, occurred_at::VARCHAR, revenue::VARCHAR") == [
+        ("O-1", "Order Completed", "2026-11-03 23:59:59.999999", "19.99"),
+    ]
+    assert rows(wh, "quarantine_events", "source_line, reason") == [(3, "revenue: not a number")]
