@@ -312,7 +312,7 @@ def test_kept_undeclared_events_and_properties_on_events_that_do_not_declare_the
     path.write_text(
         "event_id,email,event_type,occurred_at,revenue,url,channel\n"
         "e1,a@example.com,Order Completed,2026-11-03T10:00:00Z,12.5,,web\n"
-        "e2,a@example.com,Page Viewed,2026-11-03T10:00:00Z,3,/home,\n"          # revenue on a page view
+        "e2,a@example.com,Page Viewed,2026-11-03T10:00:00Z,3,/collections,\n"          # revenue on a page view
         "e3,a@example.com,Subscription Started,2026-11-03T10:00:00Z,free,,app\n"  # undeclared: not checked
         "e4,a@example.com,Order Completed,2026-11-03T10:00:00Z,-1,,\n"
     )
@@ -320,7 +320,7 @@ def test_kept_undeclared_events_and_properties_on_events_that_do_not_declare_the
     report = ingest_day(connect(preserve_order=True), wh, tmp_path, "events", DAY, src)
     assert rows(wh, "raw_events", "event_id, event, revenue::VARCHAR, url, properties") == [
         ("e1", "Order Completed", "12.50", None, '{"channel":"web"}'),
-        ("e2", "Page Viewed", None, "/home", '{"revenue":"3"}'),
+        ("e2", "Page Viewed", None, "/collections", '{"revenue":"3"}'),
         ("e3", "Subscription Started", None, None, '{"channel":"app","revenue":"free"}'),
     ]
     assert rows(wh, "quarantine_events", "source_line, reason") == [(5, "revenue: below the minimum 0")]

@@ -394,7 +394,11 @@ def test_demo_example_option_points_every_setting_at_the_example_and_keeps_what_
     from segment_pipeline.demo import use_example
 
     for var in ("MODEL", "SOURCES", "SEGMENTS", "LANDING", "WAREHOUSE", "EXPORT_DIR", "END_DATE"):
-        monkeypatch.delenv(f"SEGMENT_PIPELINE_{var}", raising=False)
+        # set, then delete: monkeypatch then restores the variable's original state (unset included)
+        # after the test, undoing what use_example sets; a bare delenv of an unset variable records
+        # nothing, and the example's settings leaked into every later test of the process
+        monkeypatch.setenv(f"SEGMENT_PIPELINE_{var}", "")
+        monkeypatch.delenv(f"SEGMENT_PIPELINE_{var}")
     monkeypatch.setenv("SEGMENT_PIPELINE_WAREHOUSE", "elsewhere")
     lines = use_example("beauty_shop")
     assert os.environ["SEGMENT_PIPELINE_MODEL"] == str(BEAUTY / "model.yaml")

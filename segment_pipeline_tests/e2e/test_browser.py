@@ -159,8 +159,10 @@ def test_asset_graph_and_segment_page_in_chromium(dev_server, first_sensor_run, 
     count = latest_member_count(dev_server)
     assert count > 0
     browser.open(f"{dev_server.url}/assets/segment/{SEGMENT}")
-    page = browser.wait_for_text("the member_count metadata",
-                                 lambda t: re.search(rf"member_count\s.{{0,60}}?\b{count}\b", t, re.S) is not None)
+    # the page renders its sections as they load: wait for the metadata and the description
+    page = browser.wait_for_text("the member_count metadata and the description",
+                                 lambda t: re.search(rf"member_count\s.{{0,60}}?\b{count}\b", t, re.S) is not None
+                                 and "geo-area Germany" in t)
     browser.screenshot(shots / f"asset_segment_{SEGMENT}.png")
     assert "geo-area Germany" in page  # the segment's name from the definitions file
     # the member preview: captioned, shown inline from its first row (not a dialog scrolled to its end)
