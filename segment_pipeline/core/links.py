@@ -176,8 +176,9 @@ def resolves_earlier_days(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, 
     day gave links."""
     day = as_date(day)
     limit = min(day, as_date(before)) if before is not None else day
-    if not warehouse.has_partition(TABLE, day):
-        return {}
+    if not warehouse.has_partition(TABLE, day) or not con.execute(
+            f"SELECT count(*) FROM {warehouse.scan(TABLE, days=[day])}").fetchall()[0][0]:
+        return {}  # the day linked no id
     found: dict[str, int] = {}
     for kind in ("profiles", "events"):
         days = [d for d in warehouse.partition_dates(f"quarantine_{kind}") if d < limit]
