@@ -53,9 +53,12 @@ from segment_pipeline.core.identity import strip_sql
 from segment_pipeline.core.links import (
     UNRESOLVED,
     day_links_sql,
+    late_link_sql,
+    later_links_sql,
     links_as_of,
     links_with_day,
     resolution_sql,
+    wanted_ids_sql,
     write_links,
 )
 from segment_pipeline.core.mapping import MappingError, SourcePlan, Target, build_plan, json_path, typing_sql
@@ -114,6 +117,8 @@ class IngestReport:
     unsourced_folders: list[str] = field(default_factory=list)
     #: rows quarantined as ``unresolved identity`` (a linked id linked to no email)
     unresolved: int = 0
+    #: rows attributed through a link that landed on a later day (core/links.py, "Late links")
+    resolved_by_later_links: int = 0
 
     @property
     def quarantine_ratio(self) -> float:
@@ -799,8 +804,16 @@ def ingest_day(
                 known = links_with_day(warehouse, day, "links_day") if kind == "profiles" else \
                     f"SELECT * FROM {links_as_of(warehouse, day)}"
                 con.execute(f"CREATE OR REPLACE TEMP TABLE links_now AS {known}")
+                # ids linked to nothing as of the day: the earliest link of a later day, if any
+                later = later_links_sql(warehouse, day, wanted_ids_sql(staged, model.links), "links_now")
+                if later is not None:
+                    con.execute(f"INSERT INTO links_now {later}")
                 ljoins, email, unresolved, unresolved_reason = resolution_sql("s", "links_now", model.links)
                 joins += ljoins
+                if later is not None:
+                    report.resolved_by_later_links = con.execute(
+                        f"SELECT count(*) FROM {staged} s {ljoins} WHERE s.reason IS NULL AND s.email IS NULL AND "
+                        f"{late_link_sql(len(model.links))} > DATE '{day.isoformat()}'").fetchall()[0][0]
         columns = ", ".join(
             f"{line} AS source_line" if c == "source_line" else (f"{email} AS email" if c == "email" else f"s.{_q(c)}")
             for c in schema)

@@ -19,7 +19,11 @@ day D affects D and every later day already computed: :func:`rerun_range` return
 demo``, a CLI backfill, the UI), records the versions of the files it read in its materialization
 metadata (:data:`VERSIONS_METADATA_KEY`, :func:`versions_metadata`). A day whose current version
 equals what the latest ingestion of both kinds recorded is not run again (:meth:`LandingChanges.split`).
-No Dagster here: the sensor in ``defs/automation`` is a thin wrapper.
+*Late identity links*: when a day's profiles link ids that earlier days quarantined as unresolved,
+its ``raw_profiles`` materialization names those days (:data:`LATE_LINKS_METADATA_KEY`); the
+``late_links_sensor`` re-runs them and the later days (:func:`late_link_days`, :func:`rerun_range`).
+
+No Dagster here: the sensors in ``defs/automation`` are thin wrappers.
 """
 
 from __future__ import annotations
@@ -242,3 +246,48 @@ def run_key(start: str, end: str, changed: Mapping[str, str]) -> str:
     """Deterministic per set of file versions: the same landing state never launches twice."""
     h = hashlib.sha256(json.dumps(sorted(changed.items())).encode()).hexdigest()[:16]
     return f"landing:{start}..{end}:{h}"
+
+
+# -- late identity links: earlier days a later day's links attribute -----------------------------------
+
+#: Materialization metadata key (on ``raw_profiles``, per partition E) holding the earlier days whose
+#: quarantine has ``unresolved identity`` rows for ids E's records link: ``{YYYY-MM-DD: rows}``
+#: (:func:`segment_pipeline.core.links.resolves_earlier_days`).
+LATE_LINKS_METADATA_KEY = "resolves_earlier_days"
+
+
+@dataclass(frozen=True)
+class LateLinks:
+    """One ``raw_profiles`` materialization of day ``day`` (event log ``storage_id``) that named
+    earlier days (``earlier``: day -> unresolved rows its links attribute)."""
+
+    storage_id: int
+    day: str
+    earlier: Mapping[str, int]
+
+
+def late_link_days(found: Iterable[LateLinks], reingested: Mapping[str, int]) -> dict[str, int]:
+    """The earlier days still to re-run, ``{day: rows}``: named by some materialization and not
+    ingested again since it (``reingested``: day -> storage id of its latest ``raw_events``
+    materialization; a day re-run after the links landed has attributed its rows already)."""
+    days: dict[str, int] = {}
+    for item in found:
+        for day, rows in item.earlier.items():
+            if reingested.get(day, -1) < item.storage_id:
+                days[day] = max(days.get(day, 0), int(rows))
+    return dict(sorted(days.items()))
+
+
+def late_links_command(earlier: Iterable[str], computed_days: Iterable[str | dt.date], day: str) -> str:
+    """The backfill command that re-runs the ``earlier`` days through ``day`` and every later day
+    already computed (``computed_days``; they depend on them), as one range (README, "Backfills
+    from the CLI")."""
+    start, end = rerun_range(earlier, [str(d) for d in computed_days] + [day])
+    return f"dg launch --job daily_segments --partition-range {start}...{end}"
+
+
+def late_links_run_key(start: str, end: str, found: Iterable[LateLinks]) -> str:
+    """Deterministic per set of materializations: the same late links never launch twice."""
+    ids = sorted(item.storage_id for item in found)
+    h = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+    return f"late-links:{start}..{end}:{h}"

@@ -9,12 +9,13 @@ import duckdb
 import pytest
 
 from segment_pipeline.core.ingest import LandingFileError, ingest_day
+from segment_pipeline.core.links import resolves_earlier_days
 from segment_pipeline.core.model import parse_model
 from segment_pipeline.core.sources import SourcesFileError, parse_sources
 from segment_pipeline.core.warehouse import Warehouse, connect
 from segment_pipeline_tests.landing import write_ndjson
 
-DAY, DAY2 = "2026-11-03", "2026-11-04"
+DAY, DAY2, DAY3 = "2026-11-03", "2026-11-04", "2026-11-05"
 
 MODEL = parse_model({
     "identity": {"links": ["customer_id", "user_id"]},
@@ -223,24 +224,54 @@ def test_a_link_resolves_records_without_email_latest_link_wins_and_a_late_link_
     assert rows(wh, "quarantine_profiles", "reason") == [("unresolved identity: customer_id 'C3' is linked to no email",)]
     assert rows(wh, "raw_events", "event_id, email") == [("e1", "new@example.com")]
     assert rows(wh, "quarantine_events", "reason") == [("unresolved identity: customer_id 'C2' is linked to no email",)]
-    # a link landing on a later day does not rewrite history: day 1 stays as it was linked then
+    # links land on later days: C2 on day 2, C2 again (another email) and C3 on day 3
     write_ndjson(tmp_path, "crm", DAY2, [{"email": "c2@example.com", "customer_id": "C2",
                                           "updated_at": "2026-11-04T08:00:00Z"}])
+    write_ndjson(tmp_path, "crm", DAY3, [{"email": "c2-moved@example.com", "customer_id": "C2",
+                                          "updated_at": "2026-11-05T08:00:00Z"},
+                                         {"email": "c3@example.com", "customer_id": "C3",
+                                          "updated_at": "2026-11-05T08:00:00Z"}])
     ingest_day(con, wh, tmp_path, "profiles", DAY2, src)
-    ingest_day(con, wh, tmp_path, "events", DAY, src)
-    assert rows(wh, "raw_events", "event_id") == [("e1",)]
-    # a late delivery for day 1 with the link: the re-run of day 1 attributes the event
-    write_ndjson(tmp_path, "crm", DAY, [{"email": "c2@example.com", "customer_id": "C2",
-                                         "updated_at": "2026-11-03T12:00:00Z"}], name="late.ndjson")
-    ingest_day(con, wh, tmp_path, "profiles", DAY, src)
-    ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert resolves_earlier_days(con, wh, DAY2) == {DAY: 1}  # the event e2 of day 1
+    ingest_day(con, wh, tmp_path, "profiles", DAY3, src)
+    assert resolves_earlier_days(con, wh, DAY3) == {DAY: 2}  # e2 and the profile of C3
+    assert resolves_earlier_days(con, wh, DAY3, before=DAY) == {}  # a run from day 1 re-runs it anyway
+    # re-running day 1 attributes them: the earliest later link of each id (c2@, not c2-moved@)
+    assert ingest_day(con, wh, tmp_path, "profiles", DAY, src).resolved_by_later_links == 1
+    assert ingest_day(con, wh, tmp_path, "events", DAY, src).resolved_by_later_links == 1
     assert rows(wh, "raw_events", "event_id, email") == [("e1", "new@example.com"), ("e2", "c2@example.com")]
-    # the links known at the end of day 2: day 1's and day 2's, the latest per id
+    assert rows(wh, "raw_profiles", "email, first_name", f"WHERE date = DATE '{DAY}' AND first_name IS NOT NULL") == [
+        ("c3@example.com", "Nobody"), ("new@example.com", "Neo")]
+    assert rows(wh, "quarantine_events", "reason") == [] and rows(wh, "quarantine_profiles", "reason") == []
+    assert resolves_earlier_days(con, wh, DAY3) == {}  # nothing left to attribute
+    # a link known as of the day wins over a later one; day 1's own links stay day 1's
     from segment_pipeline.core.links import links_as_of
 
     known = duckdb.connect().execute(f"SELECT value, email FROM {links_as_of(wh, DAY2)} ORDER BY 1").fetchall()
     assert known == [("C1", "new@example.com"), ("C2", "c2@example.com")]
     assert rows(wh, "identity_links", "value", f"WHERE date = DATE '{DAY2}'") == [("C2",)]  # a day holds its own
+    assert rows(wh, "identity_links", "value", f"WHERE date = DATE '{DAY}'") == [("C1",)]
+
+
+def test_a_late_link_rerun_is_byte_identical_and_stable_as_more_days_land(tmp_path, wh):
+    src = sources({"crm": {"kind": "profiles"}, "shop": {"kind": "events", "event": "event_type"}})
+    write_ndjson(tmp_path, "shop", DAY, [
+        {"event_id": "e2", "customer_id": "C2", "event_type": "Order Completed", "occurred_at": "2026-11-03T10:00:00Z"}])
+    write_ndjson(tmp_path, "crm", DAY2, [{"email": "c2@example.com", "customer_id": "C2",
+                                          "updated_at": "2026-11-04T08:00:00Z"}])
+    con = connect(preserve_order=True)
+    for day in (DAY, DAY2):
+        ingest_day(con, wh, tmp_path, "profiles", day, src)
+    ingest_day(con, wh, tmp_path, "events", DAY, src)
+    first = wh.partition_path("raw_events", DAY).read_bytes()
+    ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert wh.partition_path("raw_events", DAY).read_bytes() == first  # same warehouse, same bytes
+    # a newer link for the id on a later day does not move the attribution already made
+    write_ndjson(tmp_path, "crm", DAY3, [{"email": "other@example.com", "customer_id": "C2",
+                                          "updated_at": "2026-11-05T08:00:00Z"}])
+    ingest_day(con, wh, tmp_path, "profiles", DAY3, src)
+    ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert wh.partition_path("raw_events", DAY).read_bytes() == first
 
 
 def test_a_landing_folder_without_a_source_is_reported_not_ignored(tmp_path, wh):

@@ -291,3 +291,19 @@ def test_a_stream_file_recorded_by_both_kinds_is_one_file_of_its_day():
 
     recorded = {"app/date=2026-11-02/a.ndjson": [10, 5]}  # raw_profiles and raw_events both read it
     assert processed_digest([recorded, recorded]) == DayScan("", [FileVersion("app/date=2026-11-02/a.ndjson", 10, 5)]).digest
+
+
+# -- late identity links: earlier days a later day's links attribute --------------------------------------
+
+
+def test_late_links_name_the_days_not_ingested_again_since_and_the_command_covers_the_later_days():
+    from segment_pipeline.core.landing_watch import LateLinks, late_link_days, late_links_command
+
+    found = [LateLinks(10, "2026-11-03", {"2026-11-01": 2}), LateLinks(20, "2026-11-05", {"2026-11-01": 3,
+                                                                                          "2026-11-02": 1})]
+    assert late_link_days(found, {}) == {"2026-11-01": 3, "2026-11-02": 1}
+    # day 1 ingested again after the first links (15) but before the second (20): still to run
+    assert late_link_days(found, {"2026-11-01": 15}) == {"2026-11-01": 3, "2026-11-02": 1}
+    assert late_link_days(found, {"2026-11-01": 25, "2026-11-02": 21}) == {}
+    command = late_links_command(["2026-11-01"], ["2026-11-01", "2026-11-06"], "2026-11-03")
+    assert command == "dg launch --job daily_segments --partition-range 2026-11-01...2026-11-06"

@@ -343,51 +343,80 @@ def test_beauty_shop_feed_lists_each_identity_with_its_segment_names(beauty):
 
 
 def test_a_late_identify_attributes_an_unresolved_event_when_its_day_is_rerun(tmp_path):
-    """A track call whose userId nothing links is quarantined; when the identify call arrives later
-    (a late file in that day's folder: the landing sensor re-runs that day and the later ones),
-    re-running the day attributes it."""
-    day = BEAUTY_DAYS[0]
+    """Segment's pattern: a track call with only a userId on day 1 is quarantined as unresolved; the
+    identify call linking that userId to an email lands on day 3. Day 3's run names day 1
+    (``resolves_earlier_days``), the late_links_sensor requests day 1 through day 3, and that re-run
+    attributes the event: day 3's profile counts it."""
+    from segment_pipeline.defs.automation.sensors import RANGE_END, RANGE_START, late_links_sensor
+
+    first, third = BEAUTY_DAYS[0], BEAUTY_DAYS[2]
     landing = tmp_path / "landing"
     for source in ("shopify_customers", "segment_stream"):
-        shutil.copytree(BEAUTY / "landing" / source / f"date={day}", landing / source / f"date={day}")
+        for day in BEAUTY_DAYS[:3]:
+            shutil.copytree(BEAUTY / "landing" / source / f"date={day}", landing / source / f"date={day}")
     track = {"anonymousId": "0f3e2d1c-0000-4000-a000-000000000001", "context": {"library": {"name": "analytics.js"}},
              "event": "Product Viewed", "integrations": {}, "messageId": "ajs-next-late-link-0001",
-             "originalTimestamp": f"{day}T09:00:00.000Z", "properties": {"product_id": "BEA-00001", "brand": "Glow Lab",
-                                                                       "price": 24.99},
-             "receivedAt": f"{day}T09:00:01.000Z", "sentAt": f"{day}T09:00:00.000Z", "timestamp": f"{day}T09:00:00.000Z",
-             "type": "track", "userId": "usr_latecomer01"}
-    (landing / "segment_stream" / f"date={day}" / "app-batch-1.ndjson").write_text(json.dumps(track) + "\n")
+             "originalTimestamp": f"{first}T09:00:00.000Z", "properties": {"product_id": "BEA-00001",
+                                                                         "brand": "Glow Lab", "price": 24.99},
+             "receivedAt": f"{first}T09:00:01.000Z", "sentAt": f"{first}T09:00:00.000Z",
+             "timestamp": f"{first}T09:00:00.000Z", "type": "track", "userId": "usr_latecomer01"}
+    (landing / "segment_stream" / f"date={first}" / "app-batch-1.ndjson").write_text(json.dumps(track) + "\n")
     env = {
         "SEGMENT_PIPELINE_MODEL": str(BEAUTY / "model.yaml"), "SEGMENT_PIPELINE_SOURCES": str(BEAUTY / "sources.yaml"),
         "SEGMENT_PIPELINE_SEGMENTS": str(BEAUTY / "segments.yaml"), "SEGMENT_PIPELINE_LANDING": str(landing),
         "SEGMENT_PIPELINE_WAREHOUSE": str(tmp_path / "warehouse"), "SEGMENT_PIPELINE_EXPORT_DIR": str(tmp_path / "x"),
     }
-    with environment(env):
+    with environment(env), dg.instance_for_test() as instance:
         from segment_pipeline.definitions import defs as load_defs
 
-        job = load_defs().resolve_job_def("daily_segments")
+        definitions = load_defs()
+        job = definitions.resolve_job_def("daily_segments")
         wh = Warehouse(tmp_path / "warehouse")
         con = duckdb.connect()
 
         def attributed() -> tuple[str | None, int]:
-            assert job.execute_in_process(partition_key=day).success
-            email = con.execute(f"SELECT any_value(email) FROM {wh.scan('raw_events', days=[day])} "
+            email = con.execute(f"SELECT any_value(email) FROM {wh.scan('raw_events', days=[first])} "
                                 "WHERE event_id = 'ajs-next-late-link-0001'").fetchone()[0]
-            held = con.execute(f"SELECT count(*) FROM {wh.scan('quarantine_events', days=[day])} "
+            held = con.execute(f"SELECT count(*) FROM {wh.scan('quarantine_events', days=[first])} "
                                "WHERE reason LIKE '%unresolved identity%' AND raw LIKE '%usr_latecomer01%'").fetchone()[0]
             return email, held
 
+        def late_links(cursor: str | None):
+            with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=definitions) as context:
+                return late_links_sensor.evaluate_tick(context)
+
+        assert job.execute_in_process(instance=instance, tags=range_tags(first, third)).success
         assert attributed() == (None, 1)
+        quiet = late_links(None)
+        assert not quiet.run_requests and "no earlier days" in quiet.skip_message
+
+        # the identify call lands on day 3 (the landing sensor re-runs day 3)
         identify = {"anonymousId": track["anonymousId"], "context": {"library": {"name": "analytics-node"}},
-                    "integrations": {}, "messageId": "late-identify-0001", "originalTimestamp": f"{day}T23:50:00.000Z",
-                    "receivedAt": f"{day}T23:50:01.000Z", "sentAt": f"{day}T23:50:00.000Z",
-                    "timestamp": f"{day}T23:50:00.000Z", "traits": {"email": "Late.Comer@Example.com"},
+                    "integrations": {}, "messageId": "late-identify-0001", "originalTimestamp": f"{third}T10:00:00.000Z",
+                    "receivedAt": f"{third}T10:00:01.000Z", "sentAt": f"{third}T10:00:00.000Z",
+                    "timestamp": f"{third}T10:00:00.000Z", "traits": {"email": "Late.Comer@Example.com"},
                     "type": "identify", "userId": "usr_latecomer01"}
-        (landing / "segment_stream" / f"date={day}" / "crm-backfill.ndjson").write_text(json.dumps(identify) + "\n")
+        (landing / "segment_stream" / f"date={third}" / "crm-backfill.ndjson").write_text(json.dumps(identify) + "\n")
+        result = job.execute_in_process(instance=instance, partition_key=third)
+        assert result.success
+        (mat,) = [m for m in result.asset_materializations_for_node("ingest_profiles")
+                  if m.asset_key == dg.AssetKey("raw_profiles")]
+        assert mat.metadata["resolves_earlier_days"].value == {first: 1}
+        assert attributed() == (None, 1)  # day 1 is not rewritten until it is re-run
+
+        # the automation requests day 1 through day 3, once
+        tick = late_links(quiet.cursor)
+        (request,) = tick.run_requests
+        assert (request.tags[RANGE_START], request.tags[RANGE_END]) == (first, third)
+        assert job.execute_in_process(instance=instance, tags=request.tags).success
         assert attributed() == ("late.comer@example.com", 0)
-        views = con.execute(f"SELECT views_30d FROM {wh.scan('profiles', days=[day])} "
+        views = con.execute(f"SELECT views_30d FROM {wh.scan('profiles', days=[third])} "
                             "WHERE email = 'late.comer@example.com'").fetchone()
         assert views == (1,)
+        after = late_links(tick.cursor)  # the re-run's own day 3 names nothing: no second run
+        assert not after.run_requests
+        replay = late_links(None)  # from no cursor: day 1 was ingested again since, nothing to run
+        assert not replay.run_requests and "ingested again since" in replay.skip_message
 
 
 def test_demo_example_option_points_every_setting_at_the_example_and_keeps_what_is_set(monkeypatch):

@@ -11,6 +11,7 @@ Which trigger drives what (docs/automation.md has the full table):
   materialization, a ``refresh_static`` run), the feed of that day is rewritten, but never while
   the inputs are being computed or when their blocking checks failed;
 * new or changed landing files: the ``landing_zone_sensor`` (``sensors.py``);
+* earlier days a later day's identity links attribute: the ``late_links_sensor`` (``sensors.py``);
 * ESP syncs: their schedules in ``defs/syncs``, gated by ``sync_gate``.
 
 No Dagster definitions live here (only condition and policy objects), so every asset module can

@@ -1,4 +1,5 @@
-"""Sensors: landing files -> daily pipeline runs, daily automation, failure alerts."""
+"""Sensors: landing files -> daily pipeline runs, late identity links -> re-runs of earlier days,
+daily automation, failure alerts."""
 
 import datetime as dt
 import os
@@ -10,9 +11,14 @@ from segment_pipeline import settings
 from segment_pipeline.core import alerts
 from segment_pipeline.core.ingest import KINDS, unsourced_folders
 from segment_pipeline.core.landing_watch import (
+    LATE_LINKS_METADATA_KEY,
     VERSIONS_METADATA_KEY,
     LandingCursor,
+    LateLinks,
     detect_changes,
+    late_link_days,
+    late_links_command,
+    late_links_run_key,
     processed_digest,
     rerun_range,
     run_key,
@@ -26,6 +32,7 @@ from segment_pipeline.defs.resources import LandingZoneResource
 PIPELINE_TAG, PIPELINE_DAILY = "segment_pipeline/pipeline", "daily"
 TRIGGER_TAG = "segment_pipeline/trigger"
 LANDING_DAYS_TAG = "segment_pipeline/landing_days"
+LATE_LINK_DAYS_TAG = "segment_pipeline/late_link_days"
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 END_DATE_ENV = "SEGMENT_PIPELINE_END_DATE"
@@ -131,6 +138,76 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingZon
         partition_key=start if start == end else None,
         tags=tags,
     )
+    return dg.SensorResult(run_requests=[request], cursor=new_cursor)
+
+
+def _latest_storage_ids(instance: dg.DagsterInstance, key: str, days: list[str]) -> dict[str, int]:
+    """day -> storage id of the latest materialization of asset ``key`` for that partition."""
+    latest: dict[str, int] = {}
+    pending, cursor = set(days), None
+    while pending:
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=sorted(pending)),
+            limit=max(100, 2 * len(pending)), cursor=cursor, ascending=False,
+        )
+        for record in result.records:  # newest first
+            mat = record.asset_materialization
+            if mat is not None and mat.partition in pending:
+                pending.discard(mat.partition)
+                latest[mat.partition] = record.storage_id
+        if not result.has_more:
+            break
+        cursor = result.cursor
+    return latest
+
+
+@dg.sensor(
+    name="late_links_sensor",
+    job=daily_segments_job,
+    minimum_interval_seconds=int(os.environ.get(INTERVAL_ENV) or DEFAULT_INTERVAL_SECONDS),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Re-runs earlier days when a day's profile or identify records link ids those days quarantined "
+        f"as unresolved identity (raw_profiles metadata {LATE_LINKS_METADATA_KEY}), with every later day "
+        "already computed, as one single-run range. A day ingested again since those links landed is "
+        "not run again."
+    ),
+)
+def late_links_sensor(context: dg.SensorEvaluationContext):
+    after = int(context.cursor) if context.cursor else None
+    found: list[LateLinks] = []
+    last, cursor = after, None
+    while True:
+        result = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_profiles"), after_storage_id=after),
+            limit=1000, cursor=cursor, ascending=True,
+        )
+        for record in result.records:
+            last = record.storage_id
+            mat = record.asset_materialization
+            value = mat.metadata.get(LATE_LINKS_METADATA_KEY) if mat is not None else None
+            if isinstance(value, dg.JsonMetadataValue) and value.value and mat.partition:
+                found.append(LateLinks(record.storage_id, mat.partition, dict(value.value)))
+        if not result.has_more:
+            break
+        cursor = result.cursor
+    new_cursor = None if last is None else str(last)
+    named = sorted({day for item in found for day in item.earlier})
+    pending = late_link_days(found, _latest_storage_ids(context.instance, "raw_events", named))
+    if not pending:
+        already = f" ({len(named)} named day(s) ingested again since)" if named else ""
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"no earlier days for late identity links{already}"),
+                               cursor=new_cursor)
+    computed = {k for k in context.instance.get_materialized_partitions(dg.AssetKey("memberships"))}
+    link_days = [item.day for item in found]
+    start, end = rerun_range(pending, computed | set(link_days))
+    tags = {PIPELINE_TAG: PIPELINE_DAILY, TRIGGER_TAG: "late_links_sensor", LATE_LINK_DAYS_TAG: _short_list(pending)}
+    if start != end:
+        tags.update({RANGE_START: start, RANGE_END: end})
+    context.log.info(f"links landed on {_short_list(set(link_days))} for ids unresolved on {pending} (rows per day): "
+                     f"running {start}..{end} (by hand: {late_links_command(pending, computed, max(link_days))})")
+    request = dg.RunRequest(run_key=late_links_run_key(start, end, found),
+                            partition_key=start if start == end else None, tags=tags)
     return dg.SensorResult(run_requests=[request], cursor=new_cursor)
 
 

@@ -4,13 +4,23 @@ validated into the warehouse; bad rows quarantined.
 ``raw_profiles`` ingests every ``profiles`` and ``stream`` source, ``raw_events`` every ``events``
 and ``stream`` source (core/sources.py). ``raw_events`` of a day depends on ``raw_profiles`` of the
 same day: the identity links that day's profile records carry resolve its events (core/links.py).
+When a day's profiles link ids that earlier days quarantined as ``unresolved identity``, the
+``raw_profiles`` metadata ``resolves_earlier_days`` names those days (``{day: rows}``), a log line
+gives the backfill command, and the ``late_links_sensor`` re-runs them.
 """
 
 import dagster as dg
 
 from segment_pipeline import settings
 from segment_pipeline.core.ingest import KINDS, day_sources, ingest_day
-from segment_pipeline.core.landing_watch import VERSIONS_METADATA_KEY, kind_file_versions, versions_metadata
+from segment_pipeline.core.landing_watch import (
+    LATE_LINKS_METADATA_KEY,
+    VERSIONS_METADATA_KEY,
+    kind_file_versions,
+    late_links_command,
+    versions_metadata,
+)
+from segment_pipeline.core.links import resolves_earlier_days
 from segment_pipeline.core.sources import load_sources
 from segment_pipeline.core.warehouse import connect
 from segment_pipeline.defs.automation.conditions import DAILY
@@ -56,7 +66,8 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
         declared = load_sources(settings.sources_file())
         sources = day_sources(kind, declared if declared.sources else None)
         worst = (0.0, None)
-        for day in partition_days(context):
+        days = partition_days(context)
+        for day in days:
             key = day.isoformat()
             # taken before reading: tells the landing sensor this version of the day is processed
             versions = versions_metadata(v for name in sources for v in kind_file_versions(landing.root, name, key))
@@ -69,6 +80,18 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
                 context.log.warning(
                     f"{key}: landing folder(s) {report.unsourced_folders} have files but no source in "
                     f"{settings.sources_file()}: not read (declare a source to ingest them)")
+            earlier: dict[str, int] = {}
+            if kind == "profiles" and wh.model.links:
+                # days of this run are re-run by it: only the days before it are reported
+                earlier = resolves_earlier_days(con, wh, day, before=days[0])
+                if earlier:
+                    context.log.warning(
+                        f"{key}: links for ids quarantined as unresolved identity on earlier day(s) "
+                        f"{earlier} (rows per day): re-run them and the later days to attribute them "
+                        f"(the late_links_sensor does): {late_links_command(earlier, wh.partition_dates('profiles'), key)}")
+            if report.resolved_by_later_links:
+                context.log.info(f"{kind} {key}: {report.resolved_by_later_links} row(s) attributed through "
+                                 "links that landed on later days")
             for name, keys in report.unmapped.items():
                 context.log.info(f"{kind} {key}: source {name}: unmapped columns kept as JSON: {keys}")
             context.add_asset_metadata(
@@ -87,6 +110,8 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
                     "ignored_columns": dg.MetadataValue.json(report.ignored),
                     "folders_without_source": dg.MetadataValue.json(report.unsourced_folders),
                     "unresolved_identity": report.unresolved,
+                    "resolved_by_later_links": report.resolved_by_later_links,
+                    **({LATE_LINKS_METADATA_KEY: dg.MetadataValue.json(earlier)} if kind == "profiles" else {}),
                     "path": dg.MetadataValue.path(str(wh.partition_path(f"raw_{kind}", day))),
                 },
                 asset_key=raw_key,
