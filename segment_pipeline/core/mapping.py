@@ -113,8 +113,13 @@ def build_plan(name: str, source: Source, model: DataModel, kind: str, _nested: 
     unknown = sorted(set(source.mapping) - allowed - ({"event_id", *model.property_types()} if source.kind == "stream" else set())
                      - (set(model.attributes) if source.kind == "stream" else set()))
     if unknown:
+        hint = {
+            "updated_at": "; a profile record's time is set by the source's observed_at: {column: ..., timestamp: ...}",
+            "occurred_at": "; an event's time is set by the source's occurred_at: {column: ..., timestamp: ...}",
+            "event": "; the event name is set by the source's event: {column: ...} or {constant: ...}",
+        }.get(unknown[0], "")
         raise MappingError(f"{where}.mapping.{unknown[0]}: unknown model field {unknown[0]!r}; "
-                           f"the model declares: {', '.join(sorted(allowed))}")
+                           f"the model declares: {', '.join(sorted(allowed))}{hint}")
 
     def fmap_for(field_name: str, default: FieldMap | None) -> tuple[FieldMap | None, bool]:
         if field_name in source.mapping:

@@ -329,6 +329,11 @@ def test_beauty_shop_keeps_unmapped_columns_and_counts_them(beauty):
                      if isinstance(v, dict) and "Tax Exempt" in (v.get("shopify_customers") or {})]
         for column in ("Default Address Zip", "Total Spent", "Total Orders", "Tax Exempt"):  # never empty
             assert 0 < counts[column] <= meta["rows_read"], (day, column)  # ... with their counts
+    # every folder of the example has a source: neither kind reports one as unread (the events run
+    # once named the profiles-only folder "without a source")
+    for key in ("raw_profiles", "raw_events"):
+        for day, meta in latest_metadata(instance, key).items():
+            assert meta["folders_without_source"] == [], (key, day)
 
 
 def test_beauty_shop_feed_lists_each_identity_with_its_segment_names(beauty):

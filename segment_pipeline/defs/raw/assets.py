@@ -71,7 +71,9 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
             key = day.isoformat()
             # taken before reading: tells the landing sensor this version of the day is processed
             versions = versions_metadata(v for name in sources for v in kind_file_versions(landing.root, name, key))
-            report = ingest_day(con, wh, landing.root, kind, day, sources)
+            # no options: ingest_day reads the settings' sources file itself, so every declared
+            # folder counts as known (not only this kind's) and errors name that file
+            report = ingest_day(con, wh, landing.root, kind, day)
             context.log.info(
                 f"{kind} {key}: {report.rows_valid} valid, {report.rows_quarantined} quarantined "
                 f"from {len(report.files)} file(s) of source(s) {', '.join(sources) or '(none)'}"
