@@ -105,11 +105,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
 
     def run(args: argparse.Namespace) -> int:
-        from segment_pipeline.demo import run_demo, use_example
+        from segment_pipeline.demo import example_ui_command, run_demo, use_example
 
+        ui_command = None
         if args.example != "apparel":
             print(f"example {args.example}: " + " ".join(use_example(args.example)))
-        return run_demo(args.start, args.end, verbose=args.verbose, export_location=_export_location)
+            ui_command = example_ui_command(args.example)
+        return run_demo(args.start, args.end, verbose=args.verbose, export_location=_export_location,
+                        ui_command=ui_command)
 
     p.set_defaults(func=run)
 

@@ -60,10 +60,14 @@ EXAMPLES = {"beauty_shop": "examples/beauty_shop"}
 
 def use_example(name: str) -> list[str]:
     """Point this process at the shipped example ``name`` (``examples/<name>/``): its model, sources,
-    segments and landing files, and a warehouse and export folder of its own inside that folder
-    (gitignored). A variable already set in the environment is kept. The partitions end at the
-    sample's last day for this process only (the project's ``.env`` is left to the default demo).
-    Returns ``NAME=value`` lines of what was set, for the user to reuse with ``dg dev``."""
+    segments and landing files, a warehouse and export folder of its own inside that folder, and
+    its own Dagster instance (``examples/<name>/.dagster_home``), all gitignored. A variable
+    already set in the environment is kept. The partitions end at the sample's last day.
+
+    The settings are also written to ``examples/<name>/.env``, which ``dagster dev`` loads when
+    started from that folder (:func:`example_ui_command`), so the UI shows the example's data and
+    runs; the project's own ``.env`` is left to the default demo. Returns the ``NAME=value`` lines.
+    """
     folder = settings.base_dir() / EXAMPLES[name]
     wanted = {
         "SEGMENT_PIPELINE_MODEL": folder / "model.yaml",
@@ -75,10 +79,32 @@ def use_example(name: str) -> list[str]:
     }
     for var, value in wanted.items():
         os.environ.setdefault(var, str(value))
+    # its own Dagster instance: the apparel demo's runs and the example's never share asset history
+    os.environ.setdefault("DAGSTER_HOME", str(folder / ".dagster_home"))
     days = sample_days(os.environ["SEGMENT_PIPELINE_LANDING"])
     if days:
         os.environ.setdefault(END_DATE_ENV, days[-1])
-    return [f"{var}={_rel(os.environ[var])}" for var in [*wanted, END_DATE_ENV] if var in os.environ]
+    names = [var for var in [*wanted, END_DATE_ENV] if var in os.environ]
+    env_file = folder / ".env"
+    tmp = env_file.with_name(f".env.{os.getpid()}.tmp")
+    tmp.write_text(f"# written by `segment-pipeline demo --example {name}`: read by `dagster dev` started here\n"
+                   + "".join(f"{var}={os.environ[var]}\n" for var in names))
+    os.replace(tmp, env_file)
+    return [f"{var}={_rel(os.environ[var])}" for var in names]
+
+
+def example_ui_command(name: str) -> str:
+    """The command that opens the UI on an example's instance and data (its ``.env`` is loaded by
+    ``dagster dev`` from the example's folder; ``dg dev`` needs the project's pyproject)."""
+    folder = settings.base_dir() / EXAMPLES[name]
+    import shlex
+
+    home = Path(os.environ.get("DAGSTER_HOME") or folder / ".dagster_home").resolve()
+    try:  # after the cd, $PWD is the example's folder
+        shown = f"$PWD/{home.relative_to(folder.resolve())}"
+    except ValueError:
+        shown = shlex.quote(str(home))
+    return f"cd {_rel(folder)} && DAGSTER_HOME={shown} dagster dev -m segment_pipeline.definitions"
 
 
 def sample_days(landing_root: str | Path) -> list[str]:
@@ -378,8 +404,11 @@ def _shell_home(home: Path) -> str:
 
 
 def run_demo(start: str | None, end: str | None, verbose: bool = False, out: TextIO = sys.stdout,
-             export_location: Callable[[], str] | None = None) -> int:
+             export_location: Callable[[], str] | None = None, ui_command: str | None = None) -> int:
     """The ``demo`` command. Returns the exit code (0 when the run succeeded).
+
+    ``ui_command``: the command printed to open the UI (default ``DAGSTER_HOME=... dg dev`` in the
+    project; an example's is :func:`example_ui_command`).
 
     Runs with umask 077: everything it writes (warehouse, exports, Dagster's run and event storage
     with the member previews) is owner-only.
@@ -429,7 +458,7 @@ def run_demo(start: str | None, end: str | None, verbose: bool = False, out: Tex
     took = time.time() - started
     run_id = result.run_id
     warehouse, exports = settings.warehouse_root(), export_location() if export_location else ""
-    ui = f"DAGSTER_HOME={_shell_home(home)} dg dev"
+    ui = ui_command or f"DAGSTER_HOME={_shell_home(home)} dg dev"
     if not result.success:
         failed = [s for s in watcher.stages.values() if s.failed]
         print(f"\nFailed after {took:.0f}s: run {run_id[:8]} (daily_segments, {start}...{end}).", file=out)

@@ -132,7 +132,29 @@ def profiles_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[str, dict[st
 
 
 def build_profiles(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str | dt.date) -> int:
-    """Write the ``profiles`` partition for ``day``; return the number of identities."""
+    """Write the ``profiles`` partition for ``day``; return the number of identities.
+
+    Raises ``ValueError`` naming the columns and days, with the fix, when a raw partition up to
+    ``day`` was written before the data model declared a column the profiles read (an attribute,
+    identity link or trait property added to the model without re-running ingestion).
+    """
     con.execute("SET TimeZone = 'UTC'")
+    model = warehouse.model
+    needed = {
+        "raw_profiles": list(latest_fields(model)),  # (cleared: older partitions read as "none")
+        "raw_events": [c for c in compile_traits(model, as_date(day), events_cte="ev", agg_cte="activity").columns
+                       if c in warehouse.schema("raw_events")],  # (not the partition's hive column, date)
+    }
+    for table, columns in needed.items():
+        lacking = warehouse.partitions_lacking(con, table, columns, upto=day)
+        if lacking:
+            first = min(lacking)
+            names = sorted({c for cols in lacking.values() for c in cols})
+            raise ValueError(
+                f"profiles for {as_date(day)}: the {table} partition(s) of "
+                f"{', '.join(d.isoformat() for d in lacking)} lack column(s) {names}: they were ingested before "
+                f"the data model declared them. Re-run ingestion from {first} on, then profiles: "
+                f"dg launch --job daily_segments --partition-range {first}...{as_date(day)}"
+            )
     sql, params = profiles_sql(warehouse, day)
     return warehouse.write_partition(con, "profiles", day, sql, params)

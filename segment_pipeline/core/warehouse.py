@@ -220,6 +220,26 @@ class Warehouse:
         cols = ", ".join(f"NULL::{typ} AS {_ident(name)}" for name, typ in self.schema(table).items())
         return f"(SELECT {cols}, NULL::DATE AS date LIMIT 0)"
 
+    def partitions_lacking(
+        self, con: duckdb.DuckDBPyConnection, table: str, columns: Iterable[str], *, upto: str | dt.date | None = None
+    ) -> dict[dt.date, list[str]]:
+        """Days (up to ``upto``) whose partition of ``table`` lacks some of ``columns``, with the
+        missing ones: partitions written before the data model declared those columns. Reads only
+        the files' Parquet footers."""
+        wanted = list(dict.fromkeys(columns))
+        days = [d for d in self.partition_dates(table) if upto is None or d <= as_date(upto)]
+        if not wanted or not days:
+            return {}
+        by_file = {str(self.partition_path(table, d)): d for d in days}
+        files = ", ".join(sql_string(f) for f in by_file)
+        have = dict(con.execute(f"SELECT file_name, list(name) FROM parquet_schema([{files}]) GROUP BY file_name").fetchall())
+        out = {}
+        for path, day in by_file.items():
+            missing = [c for c in wanted if c not in set(have.get(path) or [])]
+            if missing:
+                out[day] = missing
+        return dict(sorted(out.items()))
+
     # -- writing -------------------------------------------------------------------------
     def write_partition(
         self,

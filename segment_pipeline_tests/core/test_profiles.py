@@ -172,6 +172,38 @@ def test_partitions_written_before_the_cleared_column_still_build(wh):
     assert con.execute(f"SELECT city FROM {wh.scan('profiles', days=['2026-11-02'])}").fetchall() == [(None,)]
 
 
+def test_an_attribute_declared_after_its_days_were_ingested_names_the_days_to_reingest(tmp_path):
+    """Adding an attribute (or a trait on a new property) to the model without re-ingesting: the
+    profiles refuse, naming the column, the days and the command, instead of DuckDB's binder error."""
+    before = parse_model({"attributes": {"city": "string"},
+                          "events": {"Viewed": {"properties": {"sku": "string"}}}})
+    old = Warehouse(tmp_path / "wh", before)
+    for day in ("2026-11-01", "2026-11-02"):
+        write_raw(old, "raw_profiles", day, [profile_row("a@example.com", f"{day}T08:00:00", city="Berlin")])
+        write_raw(old, "raw_events", day, [event_row(day, "a@example.com", "Viewed", f"{day}T09:00:00", sku="x")])
+    con = connect()
+    build_profiles(con, old, "2026-11-02")
+    grown = Warehouse(tmp_path / "wh", parse_model({
+        "attributes": {"city": "string", "pets": "list[string]"},
+        "events": {"Viewed": {"properties": {"sku": "string", "breed": "string"}}},
+        "traits": {"breeds": {"distinct_count": {"property": "breed"}}}}))
+    with pytest.raises(ValueError) as exc:
+        build_profiles(con, grown, "2026-11-02")
+    assert str(exc.value) == (
+        "profiles for 2026-11-02: the raw_profiles partition(s) of 2026-11-01, 2026-11-02 lack column(s) ['pets']: "
+        "they were ingested before the data model declared them. Re-run ingestion from 2026-11-01 on, then "
+        "profiles: dg launch --job daily_segments --partition-range 2026-11-01...2026-11-02")
+    write_raw(grown, "raw_profiles", "2026-11-01", [profile_row("a@example.com", "2026-11-01T08:00:00", pets=["cat"])])
+    write_raw(grown, "raw_profiles", "2026-11-02", [profile_row("a@example.com", "2026-11-02T08:00:00", city="Rome")])
+    with pytest.raises(ValueError, match=r"raw_events partition\(s\) of 2026-11-01, 2026-11-02 lack column\(s\) \['breed'\]"):
+        build_profiles(con, grown, "2026-11-02")
+    for day in ("2026-11-01", "2026-11-02"):  # re-ingested: builds
+        write_raw(grown, "raw_events", day, [event_row(day, "a@example.com", "Viewed", f"{day}T09:00:00", breed="pug")])
+    build_profiles(con, grown, "2026-11-02")
+    row = con.execute(f"SELECT pets, city, breeds FROM {grown.scan('profiles', days=['2026-11-02'])}").fetchall()
+    assert row == [(["cat"], "Rome", 1)]
+
+
 def test_rebuilding_a_day_gives_the_same_bytes(wh):
     write_raw(wh, "raw_profiles", "2026-11-01", [profile_row(f"u{i}@example.com", "2026-11-01T08:00:00", city=f"c{i % 7}",
                                                              custom_attributes={"k": i}) for i in range(300)])

@@ -427,6 +427,8 @@ def test_a_late_identify_attributes_an_unresolved_event_when_its_day_is_rerun(tm
 def test_demo_example_option_points_every_setting_at_the_example_and_keeps_what_is_set(monkeypatch):
     from segment_pipeline.demo import use_example
 
+    monkeypatch.setenv("DAGSTER_HOME", "")
+    monkeypatch.delenv("DAGSTER_HOME")
     for var in ("MODEL", "SOURCES", "SEGMENTS", "LANDING", "WAREHOUSE", "EXPORT_DIR", "END_DATE"):
         # set, then delete: monkeypatch then restores the variable's original state (unset included)
         # after the test, undoing what use_example sets; a bare delenv of an unset variable records
@@ -442,3 +444,4 @@ def test_demo_example_option_points_every_setting_at_the_example_and_keeps_what_
     assert os.environ["SEGMENT_PIPELINE_WAREHOUSE"] == "elsewhere"  # already set: kept
     assert os.environ["SEGMENT_PIPELINE_END_DATE"] == BEAUTY_DAYS[-1]  # this process only: no .env written
     assert len(lines) == 7
+    assert os.environ["DAGSTER_HOME"] == str(BEAUTY / ".dagster_home")  # its own instance
