@@ -438,7 +438,12 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
         f"nullif(json_merge_patch(obj, {_removal_patch(known)})::VARCHAR, '{{}}') END"
     )
     props = "NULL::VARCHAR"
-    if plan.object_paths:
+    if plan.object_paths and not any("[" in path for path in plan.object_paths):
+        # the first path holding an object, from one extraction of every path (a JSON text starts
+        # with '{' exactly when it is an object)
+        listed = ", ".join(sql_string(json_path(path)) for path in plan.object_paths)
+        props = f"list_filter(json_extract(obj, [{listed}])::VARCHAR[], lambda x: starts_with(x, '{{'))[1]"
+    elif plan.object_paths:
         objects = []
         for path in plan.object_paths:
             jp = sql_string(json_path(path))
@@ -485,7 +490,7 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
                                         WHEN NOT starts_with(ltrim(raw, ' \t\r'), '{{') THEN 'line is not a JSON object'
                                    END AS parse_error
                             FROM {src}
-                            WHERE raw IS NOT NULL AND trim(raw) <> ''
+                            WHERE raw IS NOT NULL AND (starts_with(raw, '{{') OR trim(raw) <> '')
                         ))
                     )
                 ) {kind_filter}
