@@ -416,7 +416,14 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     src = f"read_parquet({sql_string(str(lines))})"
     keys = plan.read_keys()
     known = list(dict.fromkeys([*keys, *plan.other_keys, *plan.source.ignore]))
-    structure = sql_string("{" + ", ".join(json.dumps(k) + ': "VARCHAR"' for k in keys) + "}") if keys else None
+    nested_structure, nested = _nested_structure(plan)
+    # top-level keys read only through nested paths (traits, context, properties) are not taken
+    # as text: that would write out their whole subtree on every line; _jp has them
+    direct = {k for t in plan.targets if t.fmap is not None and t.fmap.constant is None
+              for k in ([t.fmap.column] if t.fmap.column is not None else t.fmap.paths()) if "." not in k and "[" not in k}
+    via_jp = {p.split(".")[0] for p in nested} - direct
+    js_keys = [k for k in keys if k not in via_jp]
+    structure = sql_string("{" + ", ".join(json.dumps(k) + ': "VARCHAR"' for k in js_keys) + "}") if js_keys else None
     invalid_text = (
         f"WHEN contains(raw, '\ufffd') THEN {sql_string(f'line is not valid {text.encoding_label}')}"
         if text.lossy else ""
@@ -425,11 +432,11 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     # quarantined. Every line with a repeated key (or a key the mapping does not read) has more
     # keys than distinct known keys present, and those more than non-null known fields; each test
     # is costlier than the one before and runs only on the lines that pass it.
-    non_null = " + ".join(f"(_js[{sql_string(k)}] IS NOT NULL)::INTEGER" for k in keys) or "0"
+    non_null = " + ".join(f"({'_jp' if k in via_jp else '_js'}[{sql_string(k)}] IS NOT NULL)::INTEGER"
+                          for k in keys) or "0"
     paths = "[" + ", ".join(sql_string(json_path(k)) for k in known) + "]::VARCHAR[]" if known else "[]::VARCHAR[]"
     n_known = "list_count(list_filter(json_exists(obj, " + paths + "), lambda x: x))" if known else "0"
     given = "keys" if track_given else "NULL::VARCHAR[]"
-    nested_structure, nested = _nested_structure(plan)
     texts = ", ".join(f"{_ndjson_text(t, nested)} AS {t.sql_name}" for t in plan.targets)
     # the unread keys: the object without the known ones (a merge patch setting them to null
     # removes them; one parse, not a conversion of every value to JSON)
@@ -474,8 +481,8 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
         FROM (
             SELECT *, CASE WHEN maybe_extra THEN {n_known} ELSE n_keys END AS _n_known
             FROM (
-                SELECT *, n_keys > {non_null} AS maybe_extra, {jp} AS _jp
-                FROM (
+                SELECT *, n_keys > {non_null} AS maybe_extra
+                FROM (SELECT *, {jp} AS _jp FROM (
                     SELECT source_line, parse_error, raw, obj, keys, len(keys) AS n_keys, {js} AS _js
                     FROM (
                         SELECT *, json_keys(obj) AS keys
@@ -493,7 +500,7 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
                             WHERE raw IS NOT NULL AND (starts_with(raw, '{{') OR trim(raw) <> '')
                         ))
                     )
-                ) {kind_filter}
+                ) {kind_filter})
             )
         )
     )"""
