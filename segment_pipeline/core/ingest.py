@@ -348,8 +348,9 @@ def _sql_list(values: list[str]) -> str:
     return "[" + ", ".join(sql_string(v) for v in values) + "]::VARCHAR[]"
 
 
-def _ndjson_text(t: Target) -> str:
-    """SQL: the text of target ``t`` in a JSON line (``_js``: the top-level keys as text; ``obj``: the object)."""
+def _ndjson_text(t: Target, nested: set[str] = frozenset()) -> str:
+    """SQL: the text of target ``t`` in a JSON line (``_js``: the top-level keys as text; ``_jp``:
+    the nested paths in ``nested`` as text, see :func:`_nested_structure`; ``obj``: the object)."""
     fm = t.fmap
     if fm is None:
         return "NULL::VARCHAR"
@@ -361,11 +362,56 @@ def _ndjson_text(t: Target) -> str:
     for p in fm.paths():
         if "." not in p and "[" not in p:
             exprs.append(f"_js[{sql_string(p)}]")
+        elif p in nested:
+            exprs.append("_jp" + "".join(f"[{sql_string(k)}]" for k in p.split(".")))
         elif "[*]" in p:
             exprs.append(f"nullif(to_json(json_extract_string(obj, {sql_string(json_path(p))}))::VARCHAR, '[]')")
         else:
             exprs.append(f"json_extract_string(obj, {sql_string(json_path(p))})")
     return exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
+
+
+def _nested_structure(plan: SourcePlan) -> tuple[str | None, set[str]]:
+    """(``json_transform`` structure, the dotted paths it reads) for the targets' nested JSON paths.
+
+    One ``json_transform`` of the line into nested structs reads every ``a.b.c`` path at once (the
+    text of a value, as ``json_extract_string`` gives it: NULL when a step is missing or not an
+    object), instead of one parse of the line per path. Paths with list steps (``[*]``), and paths
+    whose step names clash in a DuckDB struct (names equal ignoring case, or a path that is also
+    another path's prefix), keep their own ``json_extract_string``.
+    """
+    tree: dict = {}
+    covered: set[str] = set()
+    paths = dict.fromkeys(p for t in plan.targets if t.fmap is not None and t.fmap.constant is None
+                          and t.fmap.column is None for p in t.fmap.paths() if "." in p and "[" not in p)
+    for path in paths:
+        steps = path.split(".")
+        node: dict | None = tree
+        for i, key in enumerate(steps):
+            leaf = i == len(steps) - 1
+            if not key or any(k != key and k.lower() == key.lower() for k in node):
+                node = None
+            elif leaf:
+                node = None if key in node else node
+            elif node.get(key) == "VARCHAR":
+                node = None
+            else:
+                node = node.get(key, {})
+            if node is None:
+                break
+        if node is None:
+            continue
+        node = tree
+        for key in steps[:-1]:
+            node = node.setdefault(key, {})
+        node[steps[-1]] = "VARCHAR"
+        covered.add(path)
+    return (json.dumps(tree) if tree else None), covered
+
+
+def _removal_patch(keys: list[str]) -> str:
+    """SQL: a JSON merge patch (RFC 7396) removing ``keys`` from an object (each set to null)."""
+    return sql_string(json.dumps(dict.fromkeys(keys), ensure_ascii=False))
 
 
 def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given: bool) -> str:
@@ -375,7 +421,14 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     src = f"read_parquet({sql_string(str(lines))})"
     keys = plan.read_keys()
     known = list(dict.fromkeys([*keys, *plan.other_keys, *plan.source.ignore]))
-    structure = sql_string("{" + ", ".join(json.dumps(k) + ': "VARCHAR"' for k in keys) + "}") if keys else None
+    nested_structure, nested = _nested_structure(plan)
+    # top-level keys read only through nested paths (traits, context, properties) are not taken
+    # as text: that would write out their whole subtree on every line; _jp has them
+    direct = {k for t in plan.targets if t.fmap is not None and t.fmap.constant is None
+              for k in ([t.fmap.column] if t.fmap.column is not None else t.fmap.paths()) if "." not in k and "[" not in k}
+    via_jp = {p.split(".")[0] for p in nested} - direct
+    js_keys = [k for k in keys if k not in via_jp]
+    structure = sql_string("{" + ", ".join(json.dumps(k) + ': "VARCHAR"' for k in js_keys) + "}") if js_keys else None
     invalid_text = (
         f"WHEN contains(raw, '\ufffd') THEN {sql_string(f'line is not valid {text.encoding_label}')}"
         if text.lossy else ""
@@ -384,19 +437,25 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     # quarantined. Every line with a repeated key (or a key the mapping does not read) has more
     # keys than distinct known keys present, and those more than non-null known fields; each test
     # is costlier than the one before and runs only on the lines that pass it.
-    non_null = " + ".join(f"(_js[{sql_string(k)}] IS NOT NULL)::INTEGER" for k in keys) or "0"
+    non_null = " + ".join(f"({'_jp' if k in via_jp else '_js'}[{sql_string(k)}] IS NOT NULL)::INTEGER"
+                          for k in keys) or "0"
     paths = "[" + ", ".join(sql_string(json_path(k)) for k in known) + "]::VARCHAR[]" if known else "[]::VARCHAR[]"
     n_known = "list_count(list_filter(json_exists(obj, " + paths + "), lambda x: x))" if known else "0"
     given = "keys" if track_given else "NULL::VARCHAR[]"
-    texts = ", ".join(f"{_ndjson_text(t)} AS {t.sql_name}" for t in plan.targets)
-    known_sql = _sql_list(known) if known else "[]::VARCHAR[]"
+    texts = ", ".join(f"{_ndjson_text(t, nested)} AS {t.sql_name}" for t in plan.targets)
+    # the unread keys: the object without the known ones (a merge patch setting them to null
+    # removes them; one parse, not a conversion of every value to JSON)
     extra = (
         "CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known THEN "
-        "nullif(to_json(map_from_entries(list_filter(map_entries(json_transform(obj, '\"MAP(VARCHAR, JSON)\"')), "
-        f"lambda e: NOT list_contains({known_sql}, e.key))))::VARCHAR, '{{}}') END"
+        f"nullif(json_merge_patch(obj, {_removal_patch(known)})::VARCHAR, '{{}}') END"
     )
     props = "NULL::VARCHAR"
-    if plan.object_paths:
+    if plan.object_paths and not any("[" in path for path in plan.object_paths):
+        # the first path holding an object, from one extraction of every path (a JSON text starts
+        # with '{' exactly when it is an object)
+        listed = ", ".join(sql_string(json_path(path)) for path in plan.object_paths)
+        props = f"list_filter(json_extract(obj, [{listed}])::VARCHAR[], lambda x: starts_with(x, '{{'))[1]"
+    elif plan.object_paths:
         objects = []
         for path in plan.object_paths:
             jp = sql_string(json_path(path))
@@ -405,6 +464,17 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     ignored = (f"list_filter(keys, lambda k: list_contains({_sql_list(plan.source.ignore)}, k))"
                if plan.source.ignore else "NULL::VARCHAR[]")
     js = f"json_transform(obj, {structure})" if structure else "NULL::STRUCT(x VARCHAR)"
+    # A stream's line feeds one kind, by its message type: the other kind's lines are dropped here,
+    # right after the first parse, so only this kind's lines are read further (the same test as
+    # the WHERE of _plan_select, which stays the rule).
+    kind_filter = ""
+    mt = plan.source.message_type
+    if mt is not None:
+        mtype = strip_sql(f"_js[{sql_string(mt.column)}]")
+        listed = ", ".join(sql_string(t) for t in mt.profiles)
+        kind_filter = (f"WHERE parse_error IS NULL AND {mtype} IN ({listed})" if plan.kind == "profiles" else
+                       f"WHERE parse_error IS NOT NULL OR {mtype} IS NULL OR {mtype} NOT IN ({listed})")
+    jp = f"json_transform(obj, {sql_string(nested_structure)})" if nested_structure else "NULL::STRUCT(x VARCHAR)"
     return f"""(
         SELECT {sql_string(str(text.path))} AS source_file, source_line, raw, {given} AS given,
                {extra} AS _extra, {props} AS _props, {ignored} AS _ignored, {texts},
@@ -417,7 +487,7 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
             SELECT *, CASE WHEN maybe_extra THEN {n_known} ELSE n_keys END AS _n_known
             FROM (
                 SELECT *, n_keys > {non_null} AS maybe_extra
-                FROM (
+                FROM (SELECT *, {jp} AS _jp FROM (
                     SELECT source_line, parse_error, raw, obj, keys, len(keys) AS n_keys, {js} AS _js
                     FROM (
                         SELECT *, json_keys(obj) AS keys
@@ -432,10 +502,10 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
                                         WHEN NOT starts_with(ltrim(raw, ' \t\r'), '{{') THEN 'line is not a JSON object'
                                    END AS parse_error
                             FROM {src}
-                            WHERE raw IS NOT NULL AND trim(raw) <> ''
+                            WHERE raw IS NOT NULL AND (starts_with(raw, '{{') OR trim(raw) <> '')
                         ))
                     )
-                )
+                ) {kind_filter})
             )
         )
     )"""

@@ -16,6 +16,7 @@ whole files (DuckDB), no Python per row.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 
 from segment_pipeline.core.identity import normalize_sql, problem_sql
@@ -382,10 +383,14 @@ def _object_keys_read(plan: SourcePlan, targets: list[Target]) -> list[str]:
     return sorted(keys)
 
 
-def _untyped_sql(known: str) -> str:
-    return ("CASE WHEN _props IS NOT NULL THEN to_json(map_from_entries(list_filter(map_entries("
-            "json_transform(_props, '\"MAP(VARCHAR, JSON)\"')), "
-            f"lambda e: NOT list_contains({known}, e.key))))::VARCHAR END")
+def _untyped_sql(patch: str) -> str:
+    """SQL: the ``_props`` object without the keys the JSON merge patch ``patch`` (SQL of a text
+    like ``{"price": null}``, RFC 7396) sets to null: one parse, values kept as they were."""
+    return f"CASE WHEN _props IS NOT NULL THEN json_merge_patch(_props, {patch})::VARCHAR END"
+
+
+def _patch(keys: list[str]) -> str:
+    return _lit(json.dumps(dict.fromkeys(keys), ensure_ascii=False))
 
 
 def _custom_attributes_sql(plan: SourcePlan) -> str:
@@ -394,8 +399,7 @@ def _custom_attributes_sql(plan: SourcePlan) -> str:
     if not plan.object_paths:
         return "_extra"
     known = _object_keys_read(plan, plan.targets)
-    known_sql = "[" + ", ".join(_lit(k) for k in known) + "]::VARCHAR[]"
-    merged = f"json_merge_patch(coalesce(_extra, '{{}}'), coalesce({_untyped_sql(known_sql)}, '{{}}'))"
+    merged = f"json_merge_patch(coalesce(_extra, '{{}}'), coalesce({_untyped_sql(_patch(known))}, '{{}}'))"
     return f"CASE WHEN _extra IS NOT NULL OR _props IS NOT NULL THEN nullif({merged}::VARCHAR, '{{}}') END"
 
 
@@ -408,9 +412,8 @@ def _properties_sql(plan: SourcePlan, misplaced: list[str]) -> str:
         props = [t for t in plan.targets if t.role == "property"]
         typed_keys = {e: _object_keys_read(plan, [t for t in props if t.name in names])
                       for e, names in plan.event_props.items()}
-        cases = " ".join(f"WHEN {_lit(e)} THEN [{', '.join(_lit(k) for k in keys)}]::VARCHAR[]"
-                         for e, keys in typed_keys.items() if keys)
-        known = f"CASE _event {cases} ELSE []::VARCHAR[] END" if cases else "[]::VARCHAR[]"
+        cases = " ".join(f"WHEN {_lit(e)} THEN {_patch(keys)}" for e, keys in typed_keys.items() if keys)
+        known = f"CASE _event {cases} ELSE '{{}}' END" if cases else "'{}'"
         parts.append(_untyped_sql(known))
     if misplaced:
         parts.append("json_merge_patch('{}', to_json({" + ", ".join(misplaced) + "}))::VARCHAR")

@@ -188,6 +188,50 @@ def test_a_segment_spec_stream_feeds_profiles_and_events_through_identity_links(
     assert events.ignored == {"app": {"context": 7}}  # delivery metadata: not kept, counted
 
 
+def test_stream_paths_read_as_json_paths_do_objects_nesting_case_and_unread_keys(tmp_path, wh):
+    # the stream's nested paths are read in one pass (issue 11 performance): the values must be the
+    # ones each JSON path gives (a step that is not an object gives nothing, keys match exactly)
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId="m1", userId="u1", traits='{"email": "no@example.com"}',
+                context={"traits": {"email": "c1@example.com", "skin_type": "dry"}}),
+        segment("identify", messageId="m2", userId="u2",
+                traits={"Email": "up@example.com", "email": "low@example.com", "skin_type": 5.50}),
+        segment("identify", messageId="m3", userId="u3", anonymousId="a3", extra={"n": [1, 2.0], "s": "\u00e9"},
+                traits={"email": "x3@example.com", "first_name": None}),
+        segment("track", messageId="m4", userId="u1", event="Order Completed", properties=[1]),
+        segment("page", messageId="m5", userId="u2", properties="{}"),
+        segment("track", messageId="m6", userId="u3", event="Order Completed", anonymousId="a3",
+                properties={"revenue": 1.50, "products": [{"brand": "Acme", "Brand": "x"}], "note": {"k": None}}),
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+    con = connect(preserve_order=True)
+    profiles = ingest_day(con, wh, tmp_path, "profiles", DAY, src)
+    events = ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert (profiles.rows_valid, profiles.rows_quarantined, events.rows_quarantined) == (3, 0, 0)
+    assert rows(wh, "raw_profiles", "user_id, email, skin_type, first_name, custom_attributes") == [
+        ("u1", "c1@example.com", "dry", None, None),  # traits is a text, not an object: context.traits
+        ("u2", "low@example.com", "5.5", None, '{"Email":"up@example.com"}'),
+        ("u3", "x3@example.com", None, None, '{"anonymousId":"a3","extra":{"n":[1,2.0],"s":"é"}}'),
+    ]
+    assert rows(wh, "raw_events", "event_id, event, revenue::VARCHAR, brands, url, properties") == [
+        ("m4", "Order Completed", None, None, None, None),
+        ("m5", "Page Viewed", None, None, None, None),
+        # products: read by the brands path; note: its null member is lost combining the JSON parts
+        ("m6", "Order Completed", "1.50", ["Acme"], None, '{"anonymousId":"a3","note":{}}'),
+    ]
+
+
+def test_paths_whose_keys_differ_only_in_case_are_each_read_exactly(tmp_path, wh):
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId="m1", userId="u1", traits={"Email": "up@example.com"}),
+        segment("identify", messageId="m2", userId="u2", traits={"email": "low@example.com", "Email": "up@example.com"}),
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec",
+                           "mapping": {"email": {"path": ["traits.email", "traits.Email"]}}}})
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
+    assert rows(wh, "raw_profiles", "user_id, email") == [("u1", "up@example.com"), ("u2", "low@example.com")]
+
+
 def test_undeclared_events_are_quarantined_when_the_source_says_so(tmp_path, wh):
     write_ndjson(tmp_path, "app", DAY, [
         {"id": "e1", "mail": "a@example.com", "name": "Email Opened", "at": "2026-11-03T10:00:00Z"},
