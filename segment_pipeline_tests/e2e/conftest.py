@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from segment_pipeline import settings
+from segment_pipeline_tests.conftest import on_an_xdist_worker
 from segment_pipeline_tests.landing import copy_sample_days
 from segment_pipeline_tests.waiting import HANG_TIMEOUT, child_env, on_a_free_port, wait_for
 
@@ -111,10 +112,14 @@ def start_dagster_dev(make_cmd: Callable[[int], list[str]], cwd: Path, env: dict
 
 def pytest_collection_modifyitems(items):
     """End-to-end tests that start their own server run before the shared one starts, so two
-    Dagster deployments never compete for the CPU (everything else keeps its order)."""
+    Dagster deployments never compete for the CPU (everything else keeps its order). In one
+    process they run last; with ``-n N`` (``segment_pipeline_tests/conftest.py``) they are one unit
+    of work, sent to a worker first as the longest one, while the other worker runs the rest."""
+    last = not on_an_xdist_worker()
+
     def key(item):
         e2e = "segment_pipeline_tests/e2e/" in item.nodeid
-        return (e2e, e2e and "dev_server" in getattr(item, "fixturenames", ()))
+        return (e2e == last, e2e and "dev_server" in getattr(item, "fixturenames", ()))
 
     items.sort(key=key)
 
