@@ -74,10 +74,14 @@ def sync_asset(d: type[Destination]) -> dg.AssetsDefinition:
     def _sync(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
         wh = context.resources.warehouse.get()
         day = _day(wh, config)
-        synced = _synced(context.resources.segment_catalog.load(), d.name)
+        catalog = context.resources.segment_catalog.load()
+        synced = _synced(catalog, d.name)
         resource = getattr(context.resources, d.name)
         client = resource.client()
         context.log.info(f"{d.name} sync of {day}: {len(synced)} synced segments" + ("" if client else " (dry run)"))
+        if not synced:
+            context.log.warning(f"no segment of {catalog.source} has sync: {{{d.name}: true}}: no segment names are "
+                                f"sent to {d.title} (what earlier runs sent is cleared)")
         try:
             report = run_sync(d(client, resource.settings()), wh, day, synced,
                               state_dir=wh.root / "sync_state" / d.name, dry_run_root=wh.root / "sync_dry_run",
