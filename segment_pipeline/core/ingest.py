@@ -466,14 +466,17 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     js = f"json_transform(obj, {structure})" if structure else "NULL::STRUCT(x VARCHAR)"
     # A stream's line feeds one kind, by its message type: the other kind's lines are dropped here,
     # right after the first parse, so only this kind's lines are read further (the same test as
-    # the WHERE of _plan_select, which stays the rule).
+    # the WHERE of _plan_select, which stays the rule). A profile message with a key given twice
+    # is unparsable, so it lands on the events side: the events side keeps those too (the
+    # profiles side drops them after its own duplicate-key test).
     kind_filter = ""
     mt = plan.source.message_type
     if mt is not None:
         mtype = strip_sql(f"_js[{sql_string(mt.column)}]")
         listed = ", ".join(sql_string(t) for t in mt.profiles)
         kind_filter = (f"WHERE parse_error IS NULL AND {mtype} IN ({listed})" if plan.kind == "profiles" else
-                       f"WHERE parse_error IS NOT NULL OR {mtype} IS NULL OR {mtype} NOT IN ({listed})")
+                       f"WHERE parse_error IS NOT NULL OR {mtype} IS NULL OR {mtype} NOT IN ({listed}) "
+                       "OR list_unique(keys) < n_keys")
     jp = f"json_transform(obj, {sql_string(nested_structure)})" if nested_structure else "NULL::STRUCT(x VARCHAR)"
     return f"""(
         SELECT {sql_string(str(text.path))} AS source_file, source_line, raw, {given} AS given,
