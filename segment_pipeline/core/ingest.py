@@ -321,23 +321,43 @@ class _NotUtf8(Exception):
     """The file given to :func:`_number_lines` as UTF-8 is not valid UTF-8."""
 
 
-def _number_lines(text: TextFile, target: Path) -> None:
+def _number_lines(text: TextFile, target: Path, containing: list[str] | None = None) -> None:
     """Write ``(source_line, raw)`` for every physical line of a prepared NDJSON file to Parquet.
 
     Polars reads the (valid UTF-8) file in parallel, splitting on line feeds only (a trailing CR is
     dropped) and numbering lines exactly; DuckDB then parses the numbered lines in parallel.
     Numbering inside DuckDB needs an order-preserving window that serialises the whole parse onto
     one core.
+
+    ``containing``: keep only the lines holding at least one of these literal strings (numbered as
+    before: a line keeps its physical line number). Used as an exact pre-filter, never as the rule
+    (see :func:`_stream_prefilter`).
     """
+    lines = pl.scan_lines(text.read_path, name="raw", row_index_name="source_line", row_index_offset=1)
+    if containing:
+        lines = lines.filter(pl.col("raw").str.contains_any(containing))
     try:
-        (
-            pl.scan_lines(text.read_path, name="raw", row_index_name="source_line", row_index_offset=1)
-            .sink_parquet(target, compression="lz4")
-        )
+        lines.sink_parquet(target, compression="lz4")
     except (pl.exceptions.PolarsError, OSError) as exc:
         if text.read_path == text.path and "utf8" in str(exc).lower().replace("-", ""):
             raise _NotUtf8 from None
         raise LandingFileError(f"{text.path}: cannot be read as NDJSON: {_first_line(exc)}") from None
+
+
+def _stream_prefilter(plan: SourcePlan) -> list[str] | None:
+    """Literal strings of which a stream's profile-message line must hold one, or None (no filter).
+
+    The profiles side of a ``stream`` source reads only valid JSON lines whose message type is one
+    of the profile types (``identify``): such a line holds that type's text verbatim, or else spells
+    some character of it as a JSON escape (``\\u0069dentify``) and then holds a backslash. Lines
+    with neither can only land on the events side, so the profiles step does not parse them at all
+    (about four in five lines of a Segment stream); the message-type test after the parse stays
+    the rule. The events side reads every line (unparsable lines land there).
+    """
+    mt = plan.source.message_type
+    if plan.kind != "profiles" or mt is None or not mt.profiles or any(not t for t in mt.profiles):
+        return None
+    return [*mt.profiles, "\\"]
 
 
 def _target_columns(plan: SourcePlan) -> list[str]:
@@ -810,10 +830,10 @@ def ingest_day(
                 if fmt == "ndjson":
                     temp_files.append(lines)
                     try:
-                        _number_lines(text, lines)
+                        _number_lines(text, lines, _stream_prefilter(plan))
                     except _NotUtf8:  # number a copy with the invalid bytes replaced
                         text = _prepare_text(path, compression, source.encoding, copy)
-                        _number_lines(text, lines)
+                        _number_lines(text, lines, _stream_prefilter(plan))
                     parts.append(_ndjson_relation(text, lines, plan, kind == "profiles"))
                     ndjson_files.append(path)
                 else:
