@@ -456,18 +456,25 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     # A key given twice would be resolved silently (the parser keeps the first): such a line is
     # quarantined. Every line with a repeated key (or a key the mapping does not read) has more
     # keys than distinct known keys present, and those more than non-null known fields; each test
-    # is costlier than the one before and runs only on the lines that pass it.
+    # is costlier than the one before and runs only on the lines that pass it. The last test reads
+    # the unread keys (the merge patch below removes every occurrence of each known key and keeps
+    # the others as given): a line repeats a key exactly when it has more keys than its distinct
+    # known keys plus its unread ones, or its unread keys repeat one, so the costly comparison of
+    # all keys runs only on the lines with two or more unread keys (a Segment line has its many
+    # known keys and few unread ones).
     non_null = " + ".join(f"({'_jp' if k in via_jp else '_js'}[{sql_string(k)}] IS NOT NULL)::INTEGER"
                           for k in keys) or "0"
     paths = "[" + ", ".join(sql_string(json_path(k)) for k in known) + "]::VARCHAR[]" if known else "[]::VARCHAR[]"
     n_known = "list_count(list_filter(json_exists(obj, " + paths + "), lambda x: x))" if known else "0"
     given = "keys" if track_given else "NULL::VARCHAR[]"
+    duplicate = ("'invalid JSON: duplicate key \"' "
+                 "|| list_filter(keys, lambda k, i: list_position(keys, k) < i)[1] || '\"'")
     texts = ", ".join(f"{_ndjson_text(t, nested)} AS {t.sql_name}" for t in plan.targets)
     # the unread keys: the object without the known ones (a merge patch setting them to null
     # removes them; one parse, not a conversion of every value to JSON)
     extra = (
         "CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known THEN "
-        f"nullif(json_merge_patch(obj, {_removal_patch(known)})::VARCHAR, '{{}}') END"
+        f"json_merge_patch(obj, {_removal_patch(known)})::VARCHAR END"
     )
     props = "NULL::VARCHAR"
     if plan.object_paths and not any("[" in path for path in plan.object_paths):
@@ -500,13 +507,17 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     jp = f"json_transform(obj, {sql_string(nested_structure)})" if nested_structure else "NULL::STRUCT(x VARCHAR)"
     return f"""(
         SELECT {sql_string(str(text.path))} AS source_file, source_line, raw, {given} AS given,
-               {extra} AS _extra, {props} AS _props, {ignored} AS _ignored, {texts},
-               CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known
-                         AND list_unique(keys) < n_keys
-                    THEN 'invalid JSON: duplicate key "'
-                         || list_filter(keys, lambda k, i: list_position(keys, k) < i)[1] || '"'
+               nullif(_unread, '{{}}') AS _extra, {props} AS _props, {ignored} AS _ignored, {texts},
+               CASE WHEN _unread IS NULL THEN parse_error
+                    WHEN n_keys > _n_known + n_unread THEN {duplicate}
+                    WHEN n_unread < 2 THEN parse_error
+                    WHEN list_unique(json_keys(_unread)) < n_unread THEN {duplicate}
                     ELSE parse_error END AS parse_error
         FROM (
+          SELECT *, coalesce(len(json_keys(_unread)), 0) AS n_unread
+          FROM (
+            SELECT *, {extra} AS _unread
+            FROM (
             SELECT *, CASE WHEN maybe_extra THEN {n_known} ELSE n_keys END AS _n_known
             FROM (
                 SELECT *, n_keys > {non_null} AS maybe_extra
@@ -530,6 +541,8 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
                     )
                 ) {kind_filter})
             )
+            )
+          )
         )
     )"""
 
