@@ -368,9 +368,14 @@ def _sql_list(values: list[str]) -> str:
     return "[" + ", ".join(sql_string(v) for v in values) + "]::VARCHAR[]"
 
 
-def _ndjson_text(t: Target, nested: set[str] = frozenset()) -> str:
+def _ndjson_text(t: Target, nested: set[str] = frozenset(), within: tuple[str, str] | None = None) -> str:
     """SQL: the text of target ``t`` in a JSON line (``_js``: the top-level keys as text; ``_jp``:
-    the nested paths in ``nested`` as text, see :func:`_nested_structure`; ``obj``: the object)."""
+    the nested paths in ``nested`` as text, see :func:`_nested_structure`; ``obj``: the object).
+
+    ``within``: ``(path, column)``, a column holding the JSON text of the object at ``path`` (NULL
+    when that value is not an object): list paths (``[*]``) below ``path`` are read from it, a small
+    object, instead of parsing the whole line again (the same values: a path below a value that is
+    not an object gives nothing either way)."""
     fm = t.fmap
     if fm is None:
         return "NULL::VARCHAR"
@@ -384,6 +389,9 @@ def _ndjson_text(t: Target, nested: set[str] = frozenset()) -> str:
             exprs.append(f"_js[{sql_string(p)}]")
         elif p in nested:
             exprs.append("_jp" + "".join(f"[{sql_string(k)}]" for k in p.split(".")))
+        elif "[*]" in p and within is not None and p.startswith(within[0] + "."):
+            rest = sql_string(json_path(p[len(within[0]) + 1:]))
+            exprs.append(f"nullif(to_json(json_extract_string(coalesce({within[1]}, '{{}}'), {rest}))::VARCHAR, '[]')")
         elif "[*]" in p:
             exprs.append(f"nullif(to_json(json_extract_string(obj, {sql_string(json_path(p))}))::VARCHAR, '[]')")
         else:
@@ -469,7 +477,10 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     given = "keys" if track_given else "NULL::VARCHAR[]"
     duplicate = ("'invalid JSON: duplicate key \"' "
                  "|| list_filter(keys, lambda k, i: list_position(keys, k) < i)[1] || '\"'")
-    texts = ", ".join(f"{_ndjson_text(t, nested)} AS {t.sql_name}" for t in plan.targets)
+    # with one object path (a stream's properties), its object feeds the list paths below it
+    within = (plan.object_paths[0], "_props_obj") if len(plan.object_paths) == 1 and \
+        "[" not in plan.object_paths[0] else None
+    texts = ", ".join(f"{_ndjson_text(t, nested, within)} AS {t.sql_name}" for t in plan.targets)
     # the unread keys: the object without the known ones (a merge patch setting them to null
     # removes them; one parse, not a conversion of every value to JSON)
     extra = (
@@ -507,7 +518,7 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     jp = f"json_transform(obj, {sql_string(nested_structure)})" if nested_structure else "NULL::STRUCT(x VARCHAR)"
     return f"""(
         SELECT {sql_string(str(text.path))} AS source_file, source_line, raw, {given} AS given,
-               nullif(_unread, '{{}}') AS _extra, {props} AS _props, {ignored} AS _ignored, {texts},
+               nullif(_unread, '{{}}') AS _extra, _props_obj AS _props, {ignored} AS _ignored, {texts},
                CASE WHEN _unread IS NULL THEN parse_error
                     WHEN n_keys > _n_known + n_unread THEN {duplicate}
                     WHEN n_unread < 2 THEN parse_error
@@ -516,7 +527,7 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
         FROM (
           SELECT *, coalesce(len(json_keys(_unread)), 0) AS n_unread
           FROM (
-            SELECT *, {extra} AS _unread
+            SELECT *, {extra} AS _unread, {props} AS _props_obj
             FROM (
             SELECT *, CASE WHEN maybe_extra THEN {n_known} ELSE n_keys END AS _n_known
             FROM (

@@ -265,6 +265,33 @@ def test_stream_message_types_read_exactly_and_repeated_keys_quarantined(tmp_pat
     assert (events.rows_valid, events.rows_quarantined) == (3, 4)
 
 
+def test_stream_list_paths_read_from_the_properties_object_give_the_json_path_values(tmp_path, wh):
+    # properties.products[*].brand is read from the properties object, not the whole line (issue 11
+    # performance): the values are those of the JSON path on the line (checked against 7af6286)
+    def track(i, props):
+        return segment("track", messageId=f"m{i}", userId="u1", event="Order Completed", properties=props)
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId="i1", userId="u1", traits={"email": "a@example.com"}),
+        track(1, {"products": [{"brand": "A"}, "x", {"brand": 2.50}, {"brand": None}, {"brand": [1]}]}),
+        track(2, {"products": {"brand": "B"}}),
+        track(3, [{"products": [{"brand": "C"}]}]),
+        track(4, {"products": [{"brand": 1e300}, {"brand": 12345678901234567890}]}),
+        '{"type": "track", "timestamp": "2026-11-03T10:00:00Z", "userId": "u1", "event": "Order Completed", '
+        '"messageId": "m5", "properties": {"products": [{"brand": 1.0e2}, {"brand": "\\u00e9\\""}], "x": {"y": 1}}}',
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+    con = connect(preserve_order=True)
+    ingest_day(con, wh, tmp_path, "profiles", DAY, src)
+    ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id, brands, properties") == [
+        ("m1", ["A", "2.5", "[1]"], None),
+        ("m2", None, None),
+        ("m3", None, None),
+        ("m4", ["1e300", "12345678901234567890"], None),
+        ("m5", ["100.0", '\u00e9"'], '{"x":{"y":1}}'),
+    ]
+
+
 def test_paths_whose_keys_differ_only_in_case_are_each_read_exactly(tmp_path, wh):
     write_ndjson(tmp_path, "app", DAY, [
         segment("identify", messageId="m1", userId="u1", traits={"Email": "up@example.com"}),
