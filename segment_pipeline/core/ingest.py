@@ -321,23 +321,43 @@ class _NotUtf8(Exception):
     """The file given to :func:`_number_lines` as UTF-8 is not valid UTF-8."""
 
 
-def _number_lines(text: TextFile, target: Path) -> None:
+def _number_lines(text: TextFile, target: Path, containing: list[str] | None = None) -> None:
     """Write ``(source_line, raw)`` for every physical line of a prepared NDJSON file to Parquet.
 
     Polars reads the (valid UTF-8) file in parallel, splitting on line feeds only (a trailing CR is
     dropped) and numbering lines exactly; DuckDB then parses the numbered lines in parallel.
     Numbering inside DuckDB needs an order-preserving window that serialises the whole parse onto
     one core.
+
+    ``containing``: keep only the lines holding at least one of these literal strings (numbered as
+    before: a line keeps its physical line number). Used as an exact pre-filter, never as the rule
+    (see :func:`_stream_prefilter`).
     """
+    lines = pl.scan_lines(text.read_path, name="raw", row_index_name="source_line", row_index_offset=1)
+    if containing:
+        lines = lines.filter(pl.col("raw").str.contains_any(containing))
     try:
-        (
-            pl.scan_lines(text.read_path, name="raw", row_index_name="source_line", row_index_offset=1)
-            .sink_parquet(target, compression="lz4")
-        )
+        lines.sink_parquet(target, compression="lz4")
     except (pl.exceptions.PolarsError, OSError) as exc:
         if text.read_path == text.path and "utf8" in str(exc).lower().replace("-", ""):
             raise _NotUtf8 from None
         raise LandingFileError(f"{text.path}: cannot be read as NDJSON: {_first_line(exc)}") from None
+
+
+def _stream_prefilter(plan: SourcePlan) -> list[str] | None:
+    """Literal strings of which a stream's profile-message line must hold one, or None (no filter).
+
+    The profiles side of a ``stream`` source reads only valid JSON lines whose message type is one
+    of the profile types (``identify``): such a line holds that type's text verbatim, or else spells
+    some character of it as a JSON escape (``\\u0069dentify``) and then holds a backslash. Lines
+    with neither can only land on the events side, so the profiles step does not parse them at all
+    (about four in five lines of a Segment stream); the message-type test after the parse stays
+    the rule. The events side reads every line (unparsable lines land there).
+    """
+    mt = plan.source.message_type
+    if plan.kind != "profiles" or mt is None or not mt.profiles or any(not t for t in mt.profiles):
+        return None
+    return [*mt.profiles, "\\"]
 
 
 def _target_columns(plan: SourcePlan) -> list[str]:
@@ -348,9 +368,14 @@ def _sql_list(values: list[str]) -> str:
     return "[" + ", ".join(sql_string(v) for v in values) + "]::VARCHAR[]"
 
 
-def _ndjson_text(t: Target, nested: set[str] = frozenset()) -> str:
+def _ndjson_text(t: Target, nested: set[str] = frozenset(), within: tuple[str, str] | None = None) -> str:
     """SQL: the text of target ``t`` in a JSON line (``_js``: the top-level keys as text; ``_jp``:
-    the nested paths in ``nested`` as text, see :func:`_nested_structure`; ``obj``: the object)."""
+    the nested paths in ``nested`` as text, see :func:`_nested_structure`; ``obj``: the object).
+
+    ``within``: ``(path, column)``, a column holding the JSON text of the object at ``path`` (NULL
+    when that value is not an object): list paths (``[*]``) below ``path`` are read from it, a small
+    object, instead of parsing the whole line again (the same values: a path below a value that is
+    not an object gives nothing either way)."""
     fm = t.fmap
     if fm is None:
         return "NULL::VARCHAR"
@@ -364,6 +389,9 @@ def _ndjson_text(t: Target, nested: set[str] = frozenset()) -> str:
             exprs.append(f"_js[{sql_string(p)}]")
         elif p in nested:
             exprs.append("_jp" + "".join(f"[{sql_string(k)}]" for k in p.split(".")))
+        elif "[*]" in p and within is not None and p.startswith(within[0] + "."):
+            rest = sql_string(json_path(p[len(within[0]) + 1:]))
+            exprs.append(f"nullif(to_json(json_extract_string(coalesce({within[1]}, '{{}}'), {rest}))::VARCHAR, '[]')")
         elif "[*]" in p:
             exprs.append(f"nullif(to_json(json_extract_string(obj, {sql_string(json_path(p))}))::VARCHAR, '[]')")
         else:
@@ -436,18 +464,28 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     # A key given twice would be resolved silently (the parser keeps the first): such a line is
     # quarantined. Every line with a repeated key (or a key the mapping does not read) has more
     # keys than distinct known keys present, and those more than non-null known fields; each test
-    # is costlier than the one before and runs only on the lines that pass it.
+    # is costlier than the one before and runs only on the lines that pass it. The last test reads
+    # the unread keys (the merge patch below removes every occurrence of each known key and keeps
+    # the others as given): a line repeats a key exactly when it has more keys than its distinct
+    # known keys plus its unread ones, or its unread keys repeat one, so the costly comparison of
+    # all keys runs only on the lines with two or more unread keys (a Segment line has its many
+    # known keys and few unread ones).
     non_null = " + ".join(f"({'_jp' if k in via_jp else '_js'}[{sql_string(k)}] IS NOT NULL)::INTEGER"
                           for k in keys) or "0"
     paths = "[" + ", ".join(sql_string(json_path(k)) for k in known) + "]::VARCHAR[]" if known else "[]::VARCHAR[]"
     n_known = "list_count(list_filter(json_exists(obj, " + paths + "), lambda x: x))" if known else "0"
     given = "keys" if track_given else "NULL::VARCHAR[]"
-    texts = ", ".join(f"{_ndjson_text(t, nested)} AS {t.sql_name}" for t in plan.targets)
+    duplicate = ("'invalid JSON: duplicate key \"' "
+                 "|| list_filter(keys, lambda k, i: list_position(keys, k) < i)[1] || '\"'")
+    # with one object path (a stream's properties), its object feeds the list paths below it
+    within = (plan.object_paths[0], "_props_obj") if len(plan.object_paths) == 1 and \
+        "[" not in plan.object_paths[0] else None
+    texts = ", ".join(f"{_ndjson_text(t, nested, within)} AS {t.sql_name}" for t in plan.targets)
     # the unread keys: the object without the known ones (a merge patch setting them to null
     # removes them; one parse, not a conversion of every value to JSON)
     extra = (
         "CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known THEN "
-        f"nullif(json_merge_patch(obj, {_removal_patch(known)})::VARCHAR, '{{}}') END"
+        f"json_merge_patch(obj, {_removal_patch(known)})::VARCHAR END"
     )
     props = "NULL::VARCHAR"
     if plan.object_paths and not any("[" in path for path in plan.object_paths):
@@ -466,24 +504,31 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     js = f"json_transform(obj, {structure})" if structure else "NULL::STRUCT(x VARCHAR)"
     # A stream's line feeds one kind, by its message type: the other kind's lines are dropped here,
     # right after the first parse, so only this kind's lines are read further (the same test as
-    # the WHERE of _plan_select, which stays the rule).
+    # the WHERE of _plan_select, which stays the rule). A profile message with a key given twice
+    # is unparsable, so it lands on the events side: the events side keeps those too (the
+    # profiles side drops them after its own duplicate-key test).
     kind_filter = ""
     mt = plan.source.message_type
     if mt is not None:
         mtype = strip_sql(f"_js[{sql_string(mt.column)}]")
         listed = ", ".join(sql_string(t) for t in mt.profiles)
         kind_filter = (f"WHERE parse_error IS NULL AND {mtype} IN ({listed})" if plan.kind == "profiles" else
-                       f"WHERE parse_error IS NOT NULL OR {mtype} IS NULL OR {mtype} NOT IN ({listed})")
+                       f"WHERE parse_error IS NOT NULL OR {mtype} IS NULL OR {mtype} NOT IN ({listed}) "
+                       "OR list_unique(keys) < n_keys")
     jp = f"json_transform(obj, {sql_string(nested_structure)})" if nested_structure else "NULL::STRUCT(x VARCHAR)"
     return f"""(
         SELECT {sql_string(str(text.path))} AS source_file, source_line, raw, {given} AS given,
-               {extra} AS _extra, {props} AS _props, {ignored} AS _ignored, {texts},
-               CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known
-                         AND list_unique(keys) < n_keys
-                    THEN 'invalid JSON: duplicate key "'
-                         || list_filter(keys, lambda k, i: list_position(keys, k) < i)[1] || '"'
+               nullif(_unread, '{{}}') AS _extra, _props_obj AS _props, {ignored} AS _ignored, {texts},
+               CASE WHEN _unread IS NULL THEN parse_error
+                    WHEN n_keys > _n_known + n_unread THEN {duplicate}
+                    WHEN n_unread < 2 THEN parse_error
+                    WHEN list_unique(json_keys(_unread)) < n_unread THEN {duplicate}
                     ELSE parse_error END AS parse_error
         FROM (
+          SELECT *, coalesce(len(json_keys(_unread)), 0) AS n_unread
+          FROM (
+            SELECT *, {extra} AS _unread, {props} AS _props_obj
+            FROM (
             SELECT *, CASE WHEN maybe_extra THEN {n_known} ELSE n_keys END AS _n_known
             FROM (
                 SELECT *, n_keys > {non_null} AS maybe_extra
@@ -507,6 +552,8 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
                     )
                 ) {kind_filter})
             )
+            )
+          )
         )
     )"""
 
@@ -807,10 +854,10 @@ def ingest_day(
                 if fmt == "ndjson":
                     temp_files.append(lines)
                     try:
-                        _number_lines(text, lines)
+                        _number_lines(text, lines, _stream_prefilter(plan))
                     except _NotUtf8:  # number a copy with the invalid bytes replaced
                         text = _prepare_text(path, compression, source.encoding, copy)
-                        _number_lines(text, lines)
+                        _number_lines(text, lines, _stream_prefilter(plan))
                     parts.append(_ndjson_relation(text, lines, plan, kind == "profiles"))
                     ndjson_files.append(path)
                 else:

@@ -221,6 +221,77 @@ def test_stream_paths_read_as_json_paths_do_objects_nesting_case_and_unread_keys
     ]
 
 
+def test_stream_message_types_read_exactly_and_repeated_keys_quarantined(tmp_path, wh):
+    # the profiles step parses only lines that can be profile messages (a literal 'identify' or a
+    # JSON escape, issue 11 performance): a type spelled with an escape or spaces is still one, a
+    # track line naming 'identify' is not; a key given twice is caught among known and unread keys
+    ts = '"timestamp": "2026-11-03T10:00:00Z"'
+    write_ndjson(tmp_path, "app", DAY, [
+        '{"type": "\\u0069dentify", "messageId": "m1", "userId": "u1", ' + ts + ', "traits": {"email": "a@example.com"}}',
+        '{"type": " identify ", "messageId": "m2", "userId": "u2", ' + ts + ', "traits": {"email": "b@example.com"}}',
+        '{"type": "track", "event": "identify clicked", "messageId": "m3", "userId": "u1", ' + ts + '}',
+        '{"type": "track", "event": "Email Opened", "messageId": "m4", "userId": "u1", ' + ts + '}',
+        # a known key twice (and one unread key)
+        '{"type": "track", "event": "Email Opened", "messageId": "m5", "messageId": "m6", "userId": "u1", '
+        + ts + ', "foo": 1}',
+        # a known key twice, once spelled with an escape
+        '{"type": "track", "event": "Email Opened", "messageId": "m7", "\\u006dessageId": "m8", "userId": "u1", '
+        + ts + '}',
+        # an unread key twice among three unread ones
+        '{"type": "track", "event": "Email Opened", "messageId": "m9", "userId": "u1", ' + ts
+        + ', "foo": 1, "bar": 2, "foo": 3}',
+        # an identify with a repeated key: quarantined on the events side like every unparsable line
+        '{"type": "identify", "userId": "u3", "userId": "u4", "messageId": "m10", ' + ts
+        + ', "traits": {"email": "c@example.com"}}',
+        # unread keys, none repeated; a nested object repeating a key is not a repeated key of the line
+        '{"type": "track", "event": "Email Opened", "messageId": "m11", "userId": "u1", ' + ts
+        + ', "foo": 1, "bar": {"k": 1, "k": 2}}',
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+    con = connect(preserve_order=True)
+    profiles = ingest_day(con, wh, tmp_path, "profiles", DAY, src)
+    events = ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert (profiles.rows_valid, profiles.rows_quarantined) == (2, 0)
+    assert rows(wh, "raw_profiles", "user_id, email") == [("u1", "a@example.com"), ("u2", "b@example.com")]
+    assert rows(wh, "raw_events", "event_id, event") == [
+        ("m11", "Email Opened"), ("m3", "identify clicked"), ("m4", "Email Opened"),
+    ]
+    assert rows(wh, "quarantine_events", "source_line, reason") == [
+        (5, 'invalid JSON: duplicate key "messageId"'),
+        (6, 'invalid JSON: duplicate key "messageId"'),
+        (7, 'invalid JSON: duplicate key "foo"'),
+        (8, 'invalid JSON: duplicate key "userId"'),
+    ]
+    assert (events.rows_valid, events.rows_quarantined) == (3, 4)
+
+
+def test_stream_list_paths_read_from_the_properties_object_give_the_json_path_values(tmp_path, wh):
+    # properties.products[*].brand is read from the properties object, not the whole line (issue 11
+    # performance): the values are those of the JSON path on the line (checked against 7af6286)
+    def track(i, props):
+        return segment("track", messageId=f"m{i}", userId="u1", event="Order Completed", properties=props)
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId="i1", userId="u1", traits={"email": "a@example.com"}),
+        track(1, {"products": [{"brand": "A"}, "x", {"brand": 2.50}, {"brand": None}, {"brand": [1]}]}),
+        track(2, {"products": {"brand": "B"}}),
+        track(3, [{"products": [{"brand": "C"}]}]),
+        track(4, {"products": [{"brand": 1e300}, {"brand": 12345678901234567890}]}),
+        '{"type": "track", "timestamp": "2026-11-03T10:00:00Z", "userId": "u1", "event": "Order Completed", '
+        '"messageId": "m5", "properties": {"products": [{"brand": 1.0e2}, {"brand": "\\u00e9\\""}], "x": {"y": 1}}}',
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+    con = connect(preserve_order=True)
+    ingest_day(con, wh, tmp_path, "profiles", DAY, src)
+    ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id, brands, properties") == [
+        ("m1", ["A", "2.5", "[1]"], None),
+        ("m2", None, None),
+        ("m3", None, None),
+        ("m4", ["1e300", "12345678901234567890"], None),
+        ("m5", ["100.0", '\u00e9"'], '{"x":{"y":1}}'),
+    ]
+
+
 def test_paths_whose_keys_differ_only_in_case_are_each_read_exactly(tmp_path, wh):
     write_ndjson(tmp_path, "app", DAY, [
         segment("identify", messageId="m1", userId="u1", traits={"Email": "up@example.com"}),
