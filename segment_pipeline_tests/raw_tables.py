@@ -3,47 +3,25 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import duckdb
 
-from segment_pipeline.core.warehouse import Warehouse, connect, sql_string
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    return str(value)
+from segment_pipeline.core.warehouse import Warehouse
+from segment_pipeline_tests.partitions import write_rows
 
 
 def write_raw(wh: Warehouse, table: str, day: str, rows: Iterable[Mapping[str, Any]],
               con: duckdb.DuckDBPyConnection | None = None, file: str | None = None) -> int:
     """Write ``rows`` (dicts of column -> value; missing columns are NULL) as ``table``'s partition
-    for ``day`` in the warehouse model's schema. ``source_file`` defaults to one file of the day,
-    ``source_line`` to the row's position (1-based), ``source`` to the table's kind."""
-    schema = wh.schema(table)
-    con = con or connect()
-    con.execute("SET TimeZone = 'UTC'")
+    for ``day`` in the warehouse model's schema (:func:`segment_pipeline_tests.partitions.write_rows`).
+    ``source_file`` defaults to one file of the day, ``source_line`` to the row's position
+    (1-based), ``source`` to ``test``."""
     default_file = file or f"{table}/date={day}/part-0.ndjson"
-    fd, path = tempfile.mkstemp(suffix=".ndjson")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            for i, row in enumerate(rows, start=1):
-                full = {"source": "test", "source_file": default_file, "source_line": i, **row}
-                unknown = set(full) - set(schema)
-                if unknown:
-                    raise KeyError(f"{table} has no column(s) {sorted(unknown)}; columns: {list(schema)}")
-                fh.write(json.dumps(full, default=_json_default) + "\n")
-        columns = "{" + ", ".join(f"{sql_string(c)}: {sql_string(t)}" for c, t in schema.items()) + "}"
-        sql = f"SELECT * FROM read_json({sql_string(path)}, format = 'newline_delimited', columns = {columns})"
-        return wh.write_partition(con, table, day, sql)
-    finally:
-        os.unlink(path)
+    full = [{"source": "test", "source_file": default_file, "source_line": i, **row} for i, row in enumerate(rows, start=1)]
+    return write_rows(wh, table, day, full, con)
 
 
 def profile_row(email: str, updated_at: str, **fields: Any) -> dict[str, Any]:
