@@ -50,8 +50,10 @@ class FakeMeta(FakeService):
 
     def __init__(self, access_token: str = "meta-test-token", ad_account_id: str = "1234567890",
                  api_version: str = "v25.0", calls_per_hour: int = 5_000, window: float = 3600.0,
-                 known_hashes: set[str] | None = None):
+                 known_hashes: set[str] | None = None, throttle_status: int = 400):
         super().__init__(limits={FAMILY: [(calls_per_hour, window)]})
+        #: the HTTP status of a throttling answer (Meta answers 400 or 403 with codes 4/17/613/80003)
+        self.throttle_status = throttle_status
         self.token = access_token
         self.account = ad_account_id
         self.version = api_version
@@ -76,7 +78,7 @@ class FakeMeta(FakeService):
             secs = float(err.headers.get("Retry-After") or 1)
             usage = {self.account: [{"type": "custom_audience", "call_count": 100, "total_cputime": 1,
                                      "total_time": 1, "estimated_time_to_regain_access": math.floor(secs / 60)}]}
-            return Response(400, {"error": {
+            return Response(self.throttle_status, {"error": {
                 "message": "There have been too many calls to this ad-account. Wait a bit and try again.",
                 "type": "OAuthException", "code": 80003, "error_subcode": 2446079, "fbtrace_id": "fake"}},
                 {"X-Business-Use-Case-Usage": json.dumps(usage)})

@@ -396,9 +396,9 @@ class HttpSession:
                     return resp
                 status = resp.status_code
                 last = f"HTTP {status}{_error_title(resp)}"
-                if status in (401, 403):
-                    raise EspAuthError(f"{what}: {last} (check the API credentials and scopes)", status)
                 hint = self.throttle(resp) if self.throttle is not None and status != 429 else None
+                if status in (401, 403) and hint is None:  # (Meta may throttle with a 403)
+                    raise EspAuthError(f"{what}: {last} (check the API credentials and scopes)", status)
                 if status == 429 or hint is not None:
                     throttled = True
                     self.stats.add(throttled=1)
