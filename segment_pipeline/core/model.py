@@ -306,7 +306,7 @@ class DataModel(_Strict):
         seen: dict[str, str] = {}
 
         def claim(name: str, where: str) -> None:
-            if not isinstance(name, str) or not NAME_RE.match(name):
+            if not isinstance(name, str) or not NAME_RE.fullmatch(name):
                 problems.append(f"{where}: {name!r} is not a valid name (a letter, then letters, digits, _; at most 63)")
                 return
             if name.lower() in RESERVED:
@@ -336,7 +336,7 @@ class DataModel(_Strict):
                 problems.append(f"events.{event!r}: an event name is 1-{EVENT_NAME_MAX} characters without control characters")
             for prop, field in spec.properties.items():
                 where = f"events.{event}.properties.{prop}"
-                if not isinstance(prop, str) or not NAME_RE.match(prop):
+                if not isinstance(prop, str) or not NAME_RE.fullmatch(prop):
                     problems.append(f"{where}: not a valid name (a letter, then letters, digits, _; at most 63)")
                     continue
                 if prop.lower() in RESERVED:

@@ -47,6 +47,7 @@ def test_any_shop_can_declare_its_own_fields_events_and_traits():
         ({"attributes": {"email": "string"}}, "attributes.email: 'email' is a built-in column"),
         ({"attributes": {"tier": "string", "Tier": "string"}}, "attributes.Tier: 'Tier' is already declared as attributes.tier"),
         ({"attributes": {"2fa": "boolean"}}, "attributes.2fa: '2fa' is not a valid name"),
+        ({"attributes": {"tier\n": "string"}}, "'tier\\n' is not a valid name"),  # ($ would match before \n)
         ({"attributes": {"name": {"type": "string", "minimum": 1}}}, "attributes.name: minimum/maximum apply to numeric types"),
         ({"events": {"a": {"properties": {"p": "string"}}, "b": {"properties": {"p": "integer"}}}},
          "events.b.properties.p: type integer differs from events.a.properties.p (string)"),

@@ -81,9 +81,6 @@ class CustomerMatchResult:
     def rows(self) -> int:
         return sum(f.rows for f in self.files)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def day_prefix(day: str | dt.date) -> str:
     return join_key(PREFIX, as_date(day).isoformat())
@@ -110,13 +107,14 @@ def write_customer_match(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, s
     prefix = day_prefix(day)
     result = CustomerMatchResult(day.isoformat(), prefix, storage.location(manifest_key(day)))
     memberships = warehouse.scan("memberships", days=[day])
+    members_of = dict(con.execute(  # one read for every segment's member count
+        f"SELECT segment_id, count(*) FROM {memberships} WHERE email IS NOT NULL AND email <> '' GROUP BY 1"
+    ).fetchall())
     with storage.batch(prefix) as batch:
         for segment_id, name in sorted(segments.items()):
             name_in_file = file_name(segment_id)
             with batch.writer(name_in_file) as tmp:
-                members = con.execute(
-                    f"SELECT count(*) FROM {memberships} WHERE segment_id = ? AND email IS NOT NULL AND email <> ''",
-                    [segment_id]).fetchall()[0][0]
+                members = members_of.get(segment_id, 0)
                 select = (f"SELECT DISTINCT {google_email_hash_sql('email')} AS {HEADER} FROM {memberships} "
                           f"WHERE segment_id = {sql_string(segment_id)} AND email IS NOT NULL AND email <> '' "
                           "ORDER BY 1")
