@@ -72,6 +72,7 @@ from segment_pipeline.core.sources import (
     sources_of_kind,
 )
 from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
+from segment_pipeline.core.warehouse import sql_ident as _q
 
 __all__ = ["IngestReport", "LandingFileError", "SourceOptions", "ingest_day", "landing_files"]
 
@@ -723,10 +724,6 @@ def _parquet_relation(con: duckdb.DuckDBPyConnection, path: Path, plan: SourcePl
     )"""
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
@@ -1029,7 +1026,6 @@ def _source_counts(con, report: IngestReport, warehouse: Warehouse, kind: str, d
         "WHERE _ignored IS NOT NULL) GROUP BY ALL ORDER BY 1, 3 DESC, 2"
     ).fetchall():
         report.ignored.setdefault(source, {})[key] = n
-
 
 
 def _remove(paths: list[Path]) -> None:

@@ -43,18 +43,12 @@ import datetime as dt
 import duckdb
 
 from segment_pipeline.core.warehouse import Warehouse, as_date
+from segment_pipeline.core.warehouse import sql_ident as _ident
+from segment_pipeline.core.warehouse import sql_string as _lit
 
 TABLE = "identity_links"
 #: Prefix of the quarantine reason of a record whose linked id is linked to no email.
 UNRESOLVED = "unresolved identity"
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 _ORDER = "(linked_at, linked_on, source_file, source_line)"

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from segment_pipeline.core.identity import normalize_sql, problem_sql
 from segment_pipeline.core.model import DataModel, Field_
 from segment_pipeline.core.sources import DEFAULT_FALSE, DEFAULT_TRUE, END_OF_LANDING_DAY, FieldMap, Source
+from segment_pipeline.core.warehouse import sql_ident as _ident
+from segment_pipeline.core.warehouse import sql_string as _lit
 
 #: Timestamps must fall in this range (catches 'infinity', epoch zeros and typos like 20261); the
 #: upper end is the end of the landing day (UTC) plus the source's ``timestamp_tolerance_hours``.
@@ -83,14 +85,6 @@ class SourcePlan:
         for path in self.object_paths:
             out[path.split(".")[0].split("[")[0]] = None
         return list(out)
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def build_plan(name: str, source: Source, model: DataModel, kind: str, _nested: bool = False) -> SourcePlan:

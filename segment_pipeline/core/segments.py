@@ -95,6 +95,7 @@ from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from segment_pipeline.core.model import NUMERIC_TYPES, DataModel, load_model
 from segment_pipeline.core.safe_yaml import YamlFileError, cap_message, load_yaml_file
 from segment_pipeline.core.sync.destinations import DESTINATIONS
+from segment_pipeline.core.warehouse import sql_ident as _ident
 
 SEGMENT_TYPES = ("dynamic", "static")
 STATUSES = ("active", "inactive")
@@ -956,11 +957,6 @@ def _measure(node: Mapping[str, Any], measures: Mapping[str, tuple[int, int]]) -
 # ---------------------------------------------------------------------------------------------
 # Compilation
 # ---------------------------------------------------------------------------------------------
-
-
-def _ident(name: str) -> str:
-    """A column name from the model as a quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass

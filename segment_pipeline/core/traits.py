@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segment_pipeline.core.model import TYPES, DataModel, Trait, where_value_problem
+from segment_pipeline.core.warehouse import sql_ident as q
 
 #: Identity, event name and time columns every compiled query reads from the events relation.
 BASE_COLUMNS = ("email", "event", "occurred_at")
@@ -59,11 +60,6 @@ DELIVERY_COLUMNS = ("date", "source_file", "source_line")
 class TraitError(ValueError):
     """A trait cannot be compiled (e.g. a ``where`` value that does not fit its property);
     the message names the trait and the entry (``traits.<name>.<function>.where[i]: ...``)."""
-
-
-def q(name: str) -> str:
-    """A quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass

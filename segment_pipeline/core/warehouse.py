@@ -217,7 +217,7 @@ class Warehouse:
         return f"read_parquet([{files}], hive_partitioning = true, hive_types = {{'date': 'DATE'}}, union_by_name = true)"
 
     def empty_relation(self, table: str) -> str:
-        cols = ", ".join(f"NULL::{typ} AS {_ident(name)}" for name, typ in self.schema(table).items())
+        cols = ", ".join(f"NULL::{typ} AS {sql_ident(name)}" for name, typ in self.schema(table).items())
         return f"(SELECT {cols}, NULL::DATE AS date LIMIT 0)"
 
     def partitions_lacking(
@@ -262,8 +262,8 @@ class Warehouse:
             missing = sorted(set(schema) - set(rel_cols))
             extra = sorted(set(rel_cols) - set(schema))
             raise ValueError(f"{table}: query columns do not match the schema (missing {missing}, extra {extra})")
-        projection = ", ".join(f"CAST({_ident(c)} AS {t}) AS {_ident(c)}" for c, t in schema.items())
-        order = ", ".join(f"{_ident(c)} ASC NULLS FIRST" for c in SORT_KEYS[table])
+        projection = ", ".join(f"CAST({sql_ident(c)} AS {t}) AS {sql_ident(c)}" for c, t in schema.items())
+        order = ", ".join(f"{sql_ident(c)} ASC NULLS FIRST" for c in SORT_KEYS[table])
         with atomic_path(target) as tmp:
             con.execute(
                 f"COPY (SELECT {projection} FROM ({select_sql}) ORDER BY {order}) TO {sql_string(str(tmp))} "
@@ -294,8 +294,10 @@ class Warehouse:
             path.unlink()
 
 
-def _ident(name: str) -> str:
+def sql_ident(name: str) -> str:
+    """Quote a name as a SQL identifier (column names from the model or a landing file's header)."""
     return '"' + name.replace('"', '""') + '"'
+
 
 
 def connect(

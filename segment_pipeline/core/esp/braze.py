@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from segment_pipeline.core.esp.http import EspClient, EspError, HttpSession, RetryPolicy
+from segment_pipeline.core.warehouse import sql_string as _sql_literal
 
 #: At most this many attributes objects per ``/users/track`` request (source: module docstring).
 MAX_OBJECTS_PER_REQUEST = 75
@@ -81,10 +82,6 @@ class TrackResult:
 def track_body(joined_objects: bytes) -> bytes:
     """The ``/users/track`` body for attributes objects already joined with commas."""
     return _HEAD + joined_objects + _TAIL
-
-
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def attributes_object_sql(attribute: str, clear: bool) -> str:

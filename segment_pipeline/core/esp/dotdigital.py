@@ -28,6 +28,7 @@ from segment_pipeline.core.esp.http import (
     find_or_create,
 )
 from segment_pipeline.core.esp.polling import PollTimer, poll_until
+from segment_pipeline.core.warehouse import sql_string as _sql_literal
 
 DEFAULT_BASE_URL = "https://r1-api.dotdigital.com"
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -71,10 +72,6 @@ def contact_line_sql(separator: str, email: str = "email", segments: str = "segm
     """
     value = f"array_to_string(from_json({segments}, '[\"VARCHAR\"]'), {_sql_literal(separator)})"
     return f"({csv_field_sql(email)} || ',' || {csv_field_sql(value)} || chr(13) || chr(10))"
-
-
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def csv_header(field: str) -> bytes:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from segment_pipeline.core.esp.http import EspClient, EspError, HttpSession, RetryPolicy, find_or_create
 from segment_pipeline.core.esp.polling import PollTimer, poll_until
+from segment_pipeline.core.warehouse import sql_string as _sql_literal
 
 DEFAULT_BASE_URL = "https://a.klaviyo.com"
 #: The API revision of the Klaviyo specs the tests validate against
@@ -40,7 +41,6 @@ DEFAULT_LIMITS: dict[str, list[tuple[int, float]]] = {
     "get_lists": [(75, 1.0), (750, 60.0)],
     "get_profiles": [(75, 1.0), (750, 60.0)],
 }
-
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,6 @@ def profile_item_sql(property_name: str, email: str = "email", segments: str = "
     middle = ',"properties":{' + json.dumps(property_name, ensure_ascii=False) + ":"
     return (f"({_sql_literal(prefix)} || to_json({email})::VARCHAR || {_sql_literal(middle)} || {segments} "
             "|| '}}},')")
-
-
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 #: Bytes of an import body besides the items themselves (commas included), for batch sizing.

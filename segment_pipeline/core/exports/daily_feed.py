@@ -36,7 +36,8 @@ import duckdb
 
 from segment_pipeline.core.exports.keys import check_identifier, join_key
 from segment_pipeline.core.exports.storage import ExportStorage, LocalExportStorage
-from segment_pipeline.core.warehouse import Warehouse, _ident, as_date, sql_string
+from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
+from segment_pipeline.core.warehouse import sql_ident as _ident
 
 DEFAULT_IDENTIFIER = "nosto_segments"
 DAILY_PREFIX = "daily"

@@ -77,6 +77,7 @@ from segment_pipeline.core.exports.locks import LockState, global_slot, segment_
 from segment_pipeline.core.exports.storage import ExportStorage, LocalExportStorage
 from segment_pipeline.core.model import DataModel
 from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
+from segment_pipeline.core.warehouse import sql_ident as _q
 
 EXPORT_PREFIX = "segment-export"
 LOCK_KIND = "segment-export"
@@ -171,10 +172,6 @@ def _json_of(column: str, sql_type: str) -> str:
     if sql_type == "TIMESTAMP":
         return f"to_json(strftime({col}, {_TS}))"
     return f"to_json({col})"
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def custom_attribute_columns(model: DataModel) -> list[str]:
