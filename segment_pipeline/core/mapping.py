@@ -413,9 +413,9 @@ def _properties_sql(plan: SourcePlan, misplaced: list[str]) -> str:
         parts.append("json_merge_patch('{}', to_json({" + ", ".join(misplaced) + "}))::VARCHAR")
     if len(parts) == 1:
         return "nullif(_extra, '{}')"
-    merged = "'{}'"
-    for p in parts:
-        merged = f"json_merge_patch({merged}, coalesce({p}, '{{}}'))"
+    # one variadic merge patch (each part applied in turn to '{}', RFC 7396): one parse of the
+    # accumulated object instead of one per part
+    merged = "json_merge_patch('{}', " + ", ".join(f"coalesce({p}, '{{}}')" for p in parts) + ")"
     guard = " OR ".join(["_extra IS NOT NULL"] + (["_props IS NOT NULL"] if plan.object_paths else [])
                         + ([f"({m.split(': ', 1)[1]}) IS NOT NULL" for m in misplaced]))
     return f"CASE WHEN {guard} THEN nullif({merged}::VARCHAR, '{{}}') END"
