@@ -16,6 +16,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: root ``dagster.yaml`` "will not be used".
 INSTANCE_TEMPLATE = PROJECT_ROOT / "deploy" / "dagster.yaml"
 
+#: The production instance template: the same run queue limits and retention as
+#: :data:`INSTANCE_TEMPLATE`, with runs, events and schedules in PostgreSQL and step logs in S3, every
+#: host and secret from environment variables (``docs/deploy.md``).
+PRODUCTION_INSTANCE_TEMPLATE = PROJECT_ROOT / "deploy" / "production" / "dagster.yaml"
+
 #: First day of the shipped sample data, and the default start of the daily partitions.
 DEFAULT_START_DATE = "2026-11-01"
 
