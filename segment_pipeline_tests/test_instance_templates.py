@@ -64,7 +64,8 @@ def test_production_template_reads_every_host_and_secret_from_the_environment():
         # where logs go and who may read them come from the environment; only behaviour is literal
         assert isinstance(value, dict | bool | int), f"compute_logs.config.{'.'.join(path)}"
     text = settings.PRODUCTION_INSTANCE_TEMPLATE.read_text()
-    assert not re.search(r"^[^#]*(/home/|/tmp/|/var/|/work/|localhost|127\.0\.0\.1)", text, re.M)
+    # no host of one machine (folders of one machine: segment_pipeline_tests/test_repository.py)
+    assert not re.search(r"^[^#]*(localhost|127\.0\.0\.1|amazonaws\.com)", text, re.M)
 
 
 def test_production_template_is_a_valid_dagster_instance_config(tmp_path, monkeypatch):
