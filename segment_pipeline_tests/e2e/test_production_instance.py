@@ -1,5 +1,6 @@
-"""The production instance (``deploy/production/dagster.yaml``) for real: the webserver and the
-daemon on a PostgreSQL instance with step logs in S3 (moto's server), a run of one day of the
+"""The production deployment for real: a code server, the webserver and the daemon as three
+processes (``deploy/production/workspace.yaml``) on the production instance
+(``deploy/production/dagster.yaml``: PostgreSQL, step logs in moto's S3), a run of one day of the
 daily job launched through GraphQL, and what it left in PostgreSQL and in the bucket.
 
 PostgreSQL comes from ``segment_pipeline_tests/postgres.py`` (``.ci/run`` starts one; else a
@@ -13,12 +14,14 @@ import shutil
 import sys
 
 import pytest
+from dagster._grpc.client import DagsterGrpcClient
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from segment_pipeline import settings
 from segment_pipeline_tests.e2e.conftest import (
     PROJECT_ROOT,
     RUN_TIMEOUT,
+    DagsterDev,
     artifacts_dir,
     server_env,
     start_dagster_dev,
@@ -26,7 +29,7 @@ from segment_pipeline_tests.e2e.conftest import (
 from segment_pipeline_tests.fakes.s3 import moto_s3_server
 from segment_pipeline_tests.landing import SAMPLE_LANDING
 from segment_pipeline_tests.postgres import postgres_or_skip
-from segment_pipeline_tests.waiting import wait_for
+from segment_pipeline_tests.waiting import on_a_free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +41,30 @@ DAILY_ASSETS = {"raw_profiles", "raw_events", "profiles", "memberships", "segmen
 def postgres():
     with postgres_or_skip() as db:
         yield db
+
+
+def start_code_server(cwd, env) -> DagsterDev:
+    """``dagster code-server start`` for the code location, on a free port, serving once loaded."""
+    def start(port: int) -> DagsterDev:
+        server = DagsterDev([sys.executable, "-m", "dagster", "code-server", "start", "-h", "127.0.0.1",
+                             "-p", str(port), "-m", "segment_pipeline.definitions",
+                             "--location-name", "segment_pipeline"],
+                            cwd, env, artifacts_dir() / "production_code_server.log", port).start()
+
+        def serving() -> bool:
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"code server exited with {server.proc.returncode}:\n{server.log_tail()}")
+            # what `dagster api grpc-health-check` asks, without starting a process per poll
+            return DagsterGrpcClient(port=port, host="127.0.0.1").health_check_query() == "SERVING"
+
+        try:
+            wait_for("the code server", serving, RUN_TIMEOUT, server.log_tail, interval=0.5)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    return on_a_free_port(start)
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +92,21 @@ def test_webserver_daemon_and_a_run_on_postgres_with_step_logs_in_s3(tmp_path, p
         "SEGMENT_PIPELINE_LANDING_SETTLE_SECONDS": str(10 * 365 * 86400),
     })
 
-    def cmd(port: int) -> list[str]:
-        return [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-                "-h", "127.0.0.1", "-p", str(port)]
-
-    server = start_dagster_dev(cmd, tmp_path, env, artifacts_dir() / "dagster_production_instance.log")
+    workspace = str(PROJECT_ROOT / "deploy" / "production" / "workspace.yaml")
+    code_server = daemon = server = None
     try:
+        # the three services of a deployment, each its own process, sharing only the instance
+        code_server = start_code_server(tmp_path, env)
+        env.update({"SEGMENT_PIPELINE_CODE_SERVER_HOST": "127.0.0.1",
+                    "SEGMENT_PIPELINE_CODE_SERVER_PORT": str(code_server.port)})
+        daemon = DagsterDev([sys.executable, "-m", "dagster._daemon", "run", "-w", workspace], tmp_path, env,
+                            artifacts_dir() / "production_daemon.log", 0).start()
+
+        def webserver(port: int) -> list[str]:
+            return [sys.executable, "-m", "dagster_webserver", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)]
+
+        # ready: the code location loaded over gRPC, and every daemon healthy (heartbeats in PostgreSQL)
+        server = start_dagster_dev(webserver, tmp_path, env, artifacts_dir() / "production_webserver.log")
         instance = server.graphql("{ instance { runQueuingSupported runQueueConfig { maxConcurrentRuns } } }")
         assert instance["instance"]["runQueuingSupported"]  # the queued run coordinator, template limits
         assert instance["instance"]["runQueueConfig"]["maxConcurrentRuns"] == 4
@@ -133,4 +169,6 @@ def test_webserver_daemon_and_a_run_on_postgres_with_step_logs_in_s3(tmp_path, p
                                {"key": log_key})["capturedLogs"]["stderr"]
         assert shown and any(step in shown for step in steps)
     finally:
-        server.stop()
+        for process in (server, daemon, code_server):
+            if process is not None:
+                process.stop()
