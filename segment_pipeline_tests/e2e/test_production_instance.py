@@ -107,9 +107,15 @@ def test_webserver_daemon_and_a_run_on_postgres_with_step_logs_in_s3(tmp_path, p
 
         # ready: the code location loaded over gRPC, and every daemon healthy (heartbeats in PostgreSQL)
         server = start_dagster_dev(webserver, tmp_path, env, artifacts_dir() / "production_webserver.log")
-        instance = server.graphql("{ instance { runQueuingSupported runQueueConfig { maxConcurrentRuns } } }")
+        instance = server.graphql("{ instance { info runQueuingSupported runQueueConfig { maxConcurrentRuns } } }")
         assert instance["instance"]["runQueuingSupported"]  # the queued run coordinator, template limits
         assert instance["instance"]["runQueueConfig"]["maxConcurrentRuns"] == 4
+        # the UI's instance page shows the configuration, never the password
+        info = instance["instance"]["info"]
+        for storage in ("run_storage: PostgresRunStorage", "event_log_storage: PostgresEventLogStorage",
+                        "schedule_storage: PostgresScheduleStorage"):
+            assert storage in info
+        assert postgres.password not in info
 
         gql = DagsterGraphQLClient("127.0.0.1", port_number=server.port)
         run_id = gql.submit_job_execution("daily_segments", repository_location_name="segment_pipeline",
@@ -172,3 +178,5 @@ def test_webserver_daemon_and_a_run_on_postgres_with_step_logs_in_s3(tmp_path, p
         for process in (server, daemon, code_server):
             if process is not None:
                 process.stop()
+    for process in (server, daemon, code_server):  # nor in any service's log
+        assert postgres.password not in process.log_path.read_text(errors="replace"), process.log_path.name
