@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 
 import pytest
@@ -54,6 +55,10 @@ def start_code_server(cwd, env) -> DagsterDev:
         def serving() -> bool:
             if server.proc.poll() is not None:
                 raise RuntimeError(f"code server exited with {server.proc.returncode}:\n{server.log_tail()}")
+            try:  # listening yet? (gRPC logs every refused health check)
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            except OSError:
+                return False
             # what `dagster api grpc-health-check` asks, without starting a process per poll
             return DagsterGrpcClient(port=port, host="127.0.0.1").health_check_query() == "SERVING"
 
@@ -151,6 +156,7 @@ def test_webserver_daemon_and_a_run_on_postgres_with_step_logs_in_s3(tmp_path, p
                         RUN_TIMEOUT, server.log_tail, interval=1)
         # nothing of the instance in SQLite under DAGSTER_HOME
         assert not list(home.rglob("*.db"))
+        assert not {"history", "schedules", "storage"} & {p.name for p in home.iterdir()}  # SQLite instance folders
 
         # compute logs: every step's stderr in the bucket, under the configured prefix
         steps = {step for (step,) in postgres.query(
