@@ -109,20 +109,22 @@ def _version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", path.parent.name)) or (0,)
 
 
-def server_bindir() -> Path | None:
-    """The folder holding ``initdb`` and ``postgres`` (PostgreSQL's server programs), or None."""
+def server_bindir(search_path: str | None = None, debian_root: Path = DEBIAN_PG_ROOT) -> Path | None:
+    """The folder holding ``initdb`` and ``postgres`` (PostgreSQL's server programs), or None:
+    ``initdb`` on ``search_path`` (default ``PATH``), else ``pg_config --bindir``, else the newest
+    version under ``debian_root``."""
     candidates: list[Path] = []
-    initdb = shutil.which("initdb")
+    initdb = shutil.which("initdb", path=search_path)
     if initdb:
         candidates.append(Path(initdb).resolve().parent)
-    pg_config = shutil.which("pg_config")
+    pg_config = shutil.which("pg_config", path=search_path)
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=30)
             if out.returncode == 0 and out.stdout.strip():
                 candidates.append(Path(out.stdout.strip()))
-    if DEBIAN_PG_ROOT.is_dir():
-        candidates.extend(sorted(DEBIAN_PG_ROOT.glob("*/bin"), key=_version_key, reverse=True))
+    if debian_root.is_dir():
+        candidates.extend(sorted(debian_root.glob("*/bin"), key=_version_key, reverse=True))
     for folder in candidates:
         if all((folder / name).is_file() and os.access(folder / name, os.X_OK) for name in ("initdb", "postgres")):
             return folder
