@@ -220,15 +220,16 @@ def in_ci() -> bool:
 
 
 @contextlib.contextmanager
-def postgres_or_skip() -> Iterator[PostgresServer]:
-    """A fresh database on the server from :data:`URL_ENV`, else on a throwaway cluster, else a
-    skip (a failure in CI). See the module docstring."""
+def postgres_or_skip(search_path: str | None = None, debian_root: Path = DEBIAN_PG_ROOT) -> Iterator[PostgresServer]:
+    """A fresh database on the server from :data:`URL_ENV`, else on a throwaway cluster (server
+    programs found by :func:`server_bindir` with these arguments), else a skip (a failure in CI).
+    See the module docstring."""
     url = os.environ.get(URL_ENV)
     if url:
         with PostgresServer.from_url(url).fresh_database() as db:
             yield db
         return
-    bindir = server_bindir()
+    bindir = server_bindir(search_path, debian_root)
     if bindir is None:
         reason = (f"PostgreSQL is not available: set {URL_ENV}=postgresql://user:password@host:port/db, or "
                   "install PostgreSQL's server (Debian: apt-get install postgresql) so the tests start "

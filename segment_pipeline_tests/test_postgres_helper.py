@@ -1,12 +1,15 @@
 """The test helper that finds or starts PostgreSQL (``segment_pipeline_tests/postgres.py``): how it
-reads the server from the environment and where it looks for PostgreSQL's server programs."""
+reads the server from the environment, where it looks for PostgreSQL's server programs, and what
+happens without any (a skip locally, a failure in CI)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from segment_pipeline_tests.postgres import PostgresServer, server_bindir
+import pytest
+
+from segment_pipeline_tests.postgres import URL_ENV, PostgresServer, postgres_or_skip, server_bindir
 
 
 def test_server_from_url_round_trips_a_password_with_reserved_characters():
@@ -37,3 +40,16 @@ def test_server_programs_are_found_in_the_newest_debian_version_folder(tmp_path)
     on_path = _programs(tmp_path / "bin", "initdb", "postgres")  # initdb on PATH wins
     assert server_bindir(search_path=str(on_path), debian_root=root) == on_path.resolve()
     assert server_bindir(search_path=empty_path, debian_root=tmp_path / "absent") is None
+
+
+def test_without_postgresql_the_tests_skip_locally_and_fail_in_ci(tmp_path, monkeypatch):
+    monkeypatch.delenv(URL_ENV, raising=False)
+    nowhere = {"search_path": str(tmp_path / "nothing-on-path"), "debian_root": tmp_path / "absent"}
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=f"PostgreSQL is not available: set {URL_ENV}"), \
+            postgres_or_skip(**nowhere):
+        pass
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true and PostgreSQL is not available"), \
+            postgres_or_skip(**nowhere):
+        pass
