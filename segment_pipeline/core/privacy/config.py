@@ -9,6 +9,7 @@ no list, no gate). Example::
                                              #   relative to this file); or instead:
         # source: suppression         # a landing folder (<landing>/<source>/, every day's files)
         column: email                 # the column (csv, parquet) or key (ndjson); txt: one per line
+        delimiter: ","                # csv only (a header row is required)
         hashed: false                 # true: values are SHA-256 hex of the trimmed, lowercased address
       - name: partner_optouts
         path: optouts.parquet
@@ -57,6 +58,14 @@ class SuppressionList(_Strict):
     source: str | None = None
     column: str = "email"
     hashed: bool = False
+    delimiter: str = ","  # csv files
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, value: str) -> str:
+        if len(value) != 1 or value in "\r\n\"":
+            raise ValueError(f"delimiter {value!r} must be one character other than a quote or a line break")
+        return value
 
     @field_validator("name")
     @classmethod

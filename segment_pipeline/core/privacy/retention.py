@@ -159,8 +159,6 @@ def enforce_published(storage: ExportStorage, days: int | None, now: dt.datetime
     for prefix in (DAILY_PREFIX, EXPORT_PREFIX, CSV_PREFIX, CUSTOMER_MATCH_PREFIX):
         keys = feed_keys if prefix == DAILY_PREFIX else storage.list_keys(prefix)
         for key in keys:
-            if key in pinned:
-                continue
             m = _FEED_FILE.match(key.rsplit("/", 1)[-1]) if prefix == DAILY_PREFIX else None
             if m:
                 day = dt.date.fromisoformat(m[1])
@@ -170,7 +168,7 @@ def enforce_published(storage: ExportStorage, days: int | None, now: dt.datetime
                 if modified is None:
                     continue
                 old, when = modified < cutoff, modified.isoformat(timespec="seconds")
-            if days is not None and old:
+            if days is not None and old and key not in pinned:
                 r.bytes += storage.size(key)
                 storage.delete(key)
                 r.removed += 1

@@ -113,7 +113,8 @@ def _entries_sql(con: duckdb.DuckDBPyConnection, entry: SuppressionList, path: P
     if suffix in (".ndjson", ".jsonl"):
         return (f"SELECT json ->> {sql_string('$.' + col)} AS value, row_number() OVER () AS line "
                 f"FROM read_ndjson_objects({f})")
-    reader = (f"read_csv({f}, header = true, all_varchar = true)" if suffix == ".csv" else f"read_parquet({f})")
+    reader = (f"read_csv({f}, header = true, all_varchar = true, delim = {sql_string(entry.delimiter)}, quote = '\"', "
+              "escape = '\"', strict_mode = false, null_padding = true)" if suffix == ".csv" else f"read_parquet({f})")
     cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
     if col not in cols:
         raise PrivacyFileError(f"suppression list {entry.name!r}: {shown} has no column {col!r} (columns: "
@@ -193,7 +194,7 @@ def current_path(warehouse: Warehouse) -> Path | None:
 def suppressed_relation(warehouse: Warehouse) -> str | None:
     """SQL relation ``(list_name, email_sha256)`` of the lists in force, or None when none was loaded."""
     path = current_path(warehouse)
-    return None if path is None else f"read_parquet({sql_string(str(path))})"
+    return None if path is None else f"read_parquet({sql_string(str(path))}, hive_partitioning = false)"
 
 
 def keep_email_sql(warehouse: Warehouse, column: str) -> str:
