@@ -430,3 +430,17 @@ def test_retention_removes_exactly_what_is_older_than_each_setting_and_reports_i
     again = enforce_retention(wh_root, landing, storage, {"landing": 10, "quarantine": 9, "dry_run": 7, "published": 5},
                               now)
     assert all(r.removed == 0 for r in again.kinds.values())
+
+
+def test_the_api_identity_index_treats_a_suppressed_address_as_unknown(tmp_path, privacy):
+    from segment_pipeline.core.api_identity import IdentityIndex
+
+    wh = Warehouse(tmp_path / "warehouse")
+    customers(wh)
+    index = IdentityIndex(wh, wh.root / "api_state" / "identity_index", recheck_seconds=0)
+    assert index.lookup(PLAIN, DAY) is not None  # before the lists are loaded
+    load(wh, privacy)  # the index is rebuilt: the load in force is part of its fingerprint
+    assert index.lookup(PLAIN, DAY) is None and index.lookup(HASHED, DAY) is None
+    assert [s["id"] for s in index.lookup(KEEP[0], DAY)["segments"]] == ["news", "vip"]
+    for path, text in file_texts(wh.root / "api_state"):
+        assert PLAIN not in text and HASHED not in text, path

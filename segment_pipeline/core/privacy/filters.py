@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from pathlib import Path
 
 import duckdb
 
 from segment_pipeline.core.privacy.config import PrivacyConfig, current_privacy
-from segment_pipeline.core.privacy.suppression import keep_email_sql, suppressed_counts
+from segment_pipeline.core.privacy.suppression import current_path, keep_email_sql, suppressed_counts
 from segment_pipeline.core.warehouse import Warehouse, sql_ident, sql_string
 
 
@@ -67,6 +68,19 @@ def sendable_memberships(warehouse: Warehouse, *, days: Iterable[str | dt.date] 
     profiles = warehouse.scan("profiles", **kw)
     return (f"(SELECT m.* FROM {memberships} AS m LEFT JOIN (SELECT identity_id, date, {cols} FROM {profiles}) AS p "
             f"ON p.identity_id = m.identity_id AND p.date = m.date WHERE {keep} AND {consent})")
+
+
+def privacy_fingerprint(warehouse: Warehouse) -> str:
+    """Text that changes when the suppression load in force or the privacy file changes (for caches
+    of filtered data, e.g. the API's identity index)."""
+    from segment_pipeline import settings
+
+    parts = []
+    for path in (current_path(warehouse), Path(settings.privacy_file())):
+        if path is not None and path.exists():
+            st = path.stat()
+            parts.append(f"{path}|{st.st_size}|{st.st_mtime_ns}")
+    return "\n".join(parts)
 
 
 def privacy_counts(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, *, days: Iterable[str | dt.date],
