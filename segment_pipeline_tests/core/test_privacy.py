@@ -444,3 +444,11 @@ def test_the_api_identity_index_treats_a_suppressed_address_as_unknown(tmp_path,
     assert [s["id"] for s in index.lookup(KEEP[0], DAY)["segments"]] == ["news", "vip"]
     for path, text in file_texts(wh.root / "api_state"):
         assert PLAIN not in text and HASHED not in text, path
+
+
+def test_the_beauty_shop_privacy_file_is_valid_against_its_model():
+    root = Path(__file__).resolve().parents[2] / "examples" / "beauty_shop"
+    from segment_pipeline.core.model import load_model
+
+    config = load_privacy(root / "privacy.yaml", load_model(root / "model.yaml"))
+    assert config.consent_for_destination("klaviyo") == "accepts_email_marketing" and config.suppression == []
