@@ -189,7 +189,8 @@ def test_lists_from_a_folder_ndjson_parquet_and_a_landing_source(tmp_path):
     wh = Warehouse(tmp_path / "warehouse")
     folder = tmp_path / "cfg" / "optouts"
     (folder / "2026").mkdir(parents=True)
-    (folder / "a.ndjson").write_text(json.dumps({"mail": "A@Example.com"}) + "\n" + json.dumps({"other": 1}) + "\n")
+    (folder / "a.ndjson").write_text(json.dumps({"mail": "A@Example.com"}) + "\n" + json.dumps({"other": 1})
+                                     + "\n\n{broken\n[1]\n")
     con = connect()
     con.execute(f"COPY (SELECT 'b@example.com' AS mail) TO '{folder / '2026' / 'b.parquet'}' (FORMAT parquet)")
     (folder / ".hidden.csv").write_text("mail\nhidden@example.com\n")
@@ -200,8 +201,12 @@ def test_lists_from_a_folder_ndjson_parquet_and_a_landing_source(tmp_path):
     path.write_text("suppression:\n  - {name: folder, path: optouts, column: mail}\n"
                     "  - {name: landing, source: suppression}\n")
     result = load(wh, path, tmp_path / "landing")
-    assert {k: (v.entries, v.files, v.blank) for k, v in result.lists.items()} == {
-        "folder": (2, 2, 1), "landing": (1, 1, 0)}
+    assert {k: (v.entries, v.files, v.blank, v.quarantined) for k, v in result.lists.items()} == {
+        "folder": (2, 2, 1, 3), "landing": (1, 1, 0, 0)}
+    reasons = con.execute(f"SELECT source_file, source_line, reason FROM read_parquet("
+                          f"'{partition_path(wh, QUARANTINE_TABLE, TODAY)}')").fetchall()
+    assert reasons == [("a.ndjson", 2, "no value for key 'mail'"), ("a.ndjson", 4, "not valid JSON"),
+                       ("a.ndjson", 5, "not a JSON object")]
     got = con.execute(f"SELECT list_name, email_sha256 FROM read_parquet('{result.location}')").fetchall()
     assert sorted(got) == sorted([("folder", sha("a@example.com")), ("folder", sha("b@example.com")),
                                   ("landing", sha("c@example.com"))])

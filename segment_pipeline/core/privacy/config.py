@@ -78,8 +78,10 @@ class SuppressionList(_Strict):
     def _one_place(self) -> SuppressionList:
         if (self.path is None) == (self.source is None):
             raise ValueError("give exactly one of path (a file or folder) and source (a landing folder)")
-        if self.source is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.source) or self.source in (".", ".."):
+        if self.source is not None and (not re.fullmatch(r"[A-Za-z0-9_.-]+", self.source) or self.source in (".", "..")):
             raise ValueError(f"source {self.source!r} must be a landing folder name")
+        if not self.column:
+            raise ValueError("column must not be empty")
         return self
 
 

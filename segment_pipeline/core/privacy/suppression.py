@@ -15,8 +15,10 @@ source_line, reason``: the value itself is not kept) and counted; blank lines ar
 ``blank``. A declared list whose file or folder is missing, or a file lacking the column, fails the
 load naming the list, the file and the column (an empty list would silently let its addresses through).
 
-Readers: ``.csv`` (header row; ``column``), ``.txt`` (one address per line, no header), ``.ndjson``
-/ ``.jsonl`` (``column`` is the key of each object), ``.parquet`` (``column``). A folder is read
+Readers: ``.csv`` (header row; ``column``; ``delimiter``), ``.txt`` (one address per line, no
+header), ``.ndjson`` / ``.jsonl`` (``column`` is the key of each object; a line that is not a JSON
+object or lacks the key is quarantined with that reason), ``.parquet`` (``column``). An empty line
+or cell is counted as ``blank``. A folder is read
 recursively (hidden files and other suffixes are skipped); ``source_line`` is the 1-based line of
 the file (csv: counting the header; parquet: the row).
 
@@ -29,6 +31,7 @@ state read their members through.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,16 +106,28 @@ def list_files(location: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(location).parts))
 
 
+def _lines_sql(f: str) -> str:
+    """Every line of a text file as ``v VARCHAR`` (NULL for an empty line), with its 1-based ``line``."""
+    return (f"SELECT v, row_number() OVER () AS line FROM read_csv({f}, header = false, "
+            "columns = {'v': 'VARCHAR'}, delim = '\x1f', quote = '', escape = '', strict_mode = false)")
+
+
 def _entries_sql(con: duckdb.DuckDBPyConnection, entry: SuppressionList, path: Path, shown: str) -> str:
-    """``value VARCHAR, line BIGINT`` of one file (DuckDB reads, nothing in Python per row)."""
+    """``value VARCHAR, line BIGINT, blank BOOLEAN, bad VARCHAR`` of one file: ``blank`` for an empty
+    line or cell (counted, not quarantined), ``bad`` a reason found while reading (NULL: none)."""
     f, col = sql_string(str(path)), entry.column
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        return (f"SELECT v AS value, row_number() OVER () AS line FROM read_csv({f}, header = false, "
-                "columns = {'v': 'VARCHAR'}, delim = '\x1f', quote = '', escape = '', strict_mode = false)")
+        return f"SELECT v AS value, line, v IS NULL OR trim(v) = '' AS blank, NULL AS bad FROM ({_lines_sql(f)})"
     if suffix in (".ndjson", ".jsonl"):
-        return (f"SELECT json ->> {sql_string('$.' + col)} AS value, row_number() OVER () AS line "
-                f"FROM read_ndjson_objects({f})")
+        key = sql_string("$." + json.dumps(col))
+        return f"""SELECT CASE WHEN json_valid(v) AND json_type(v) = 'OBJECT' THEN json_extract_string(v, {key}) END AS value,
+                          line, v IS NULL OR trim(v) = '' AS blank,
+                          CASE WHEN NOT json_valid(v) THEN 'not valid JSON'
+                               WHEN json_type(v) <> 'OBJECT' THEN 'not a JSON object'
+                               WHEN json_extract_string(v, {key}) IS NULL THEN {sql_string(f"no value for key {col!r}")}
+                          END AS bad
+                   FROM ({_lines_sql(f)})"""
     reader = (f"read_csv({f}, header = true, all_varchar = true, delim = {sql_string(entry.delimiter)}, quote = '\"', "
               "escape = '\"', strict_mode = false, null_padding = true)" if suffix == ".csv" else f"read_parquet({f})")
     cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
@@ -120,7 +135,9 @@ def _entries_sql(con: duckdb.DuckDBPyConnection, entry: SuppressionList, path: P
         raise PrivacyFileError(f"suppression list {entry.name!r}: {shown} has no column {col!r} (columns: "
                                f"{', '.join(cols[:10])})")
     offset = 1 if suffix == ".csv" else 0
-    return f"SELECT CAST({sql_ident(col)} AS VARCHAR) AS value, row_number() OVER () + {offset} AS line FROM {reader}"
+    value = f"CAST({sql_ident(col)} AS VARCHAR)"
+    return (f"SELECT {value} AS value, row_number() OVER () + {offset} AS line, "
+            f"{value} IS NULL OR trim({value}) = '' AS blank, NULL AS bad FROM {reader}")
 
 
 def load_suppression(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, config: PrivacyConfig,
@@ -158,8 +175,8 @@ def load_suppression(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, confi
                     con.execute(
                         f"""INSERT INTO suppression_entries
                             SELECT ?, ?, line, CASE WHEN r IS NULL THEN {digest} END, r, blank
-                            FROM (SELECT *, CASE WHEN blank THEN NULL ELSE {reason} END AS r
-                                  FROM (SELECT value, line, value IS NULL OR trim(value) = '' AS blank FROM ({rows})))""",
+                            FROM (SELECT *, CASE WHEN blank THEN NULL WHEN bad IS NOT NULL THEN bad ELSE {reason} END AS r
+                                  FROM ({rows}))""",
                         [entry.name, shown])
                 except duckdb.Error as exc:
                     raise PrivacyFileError(f"suppression list {entry.name!r}: cannot read {shown}: "
