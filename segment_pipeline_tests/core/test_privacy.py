@@ -457,3 +457,19 @@ def test_the_beauty_shop_privacy_file_is_valid_against_its_model():
 
     config = load_privacy(root / "privacy.yaml", load_model(root / "model.yaml"))
     assert config.consent_for_destination("klaviyo") == "accepts_email_marketing" and config.suppression == []
+
+
+def test_a_failed_contact_lookup_names_the_endpoint_not_the_address():
+    from segment_pipeline.core.esp.dotdigital import DotdigitalClient
+    from segment_pipeline.core.esp.http import EspError
+    from segment_pipeline_tests.fakes.helpers import FAST
+
+    with FakeDotdigital() as dotdigital:
+        dotdigital.seed_contact("jane@example.com")
+        client = dotdigital_client(dotdigital.url)
+        assert client.contact_id("jane@example.com") == dotdigital.contacts["jane@example.com"]["id"]
+        assert client.contact_id("nobody@example.com") is None
+        bad = DotdigitalClient("wrong-user", "wrong-password", base_url=dotdigital.url, policy=FAST)
+        with pytest.raises(EspError) as err:
+            bad.contact_id("jane@example.com")
+        assert "jane" not in str(err.value) and "/v2/contacts/{email}" in str(err.value) and err.value.status == 401

@@ -10,7 +10,9 @@ the 50 MB file limit, at most ``max_active_imports`` running imports, per-minute
 tier (429 + ``Retry-After``), merge-option semantics for the columns in the file (other data is
 never touched), opt-in type ``Unknown`` for new contacts. Consent columns (``consent*``) or an
 opt-in column in an import are recorded in ``consent_attempts`` (and ignored), as are calls to
-unsubscribe/resubscribe/suppress or ``with-consent`` endpoints (answered 404).
+unsubscribe/resubscribe/suppress or ``with-consent`` endpoints (answered 404). A contact can be
+read by email (``GET /v2/contacts/{email}``) and contacts removed from an address book by id
+(``POST /v2/address-books/{id}/contacts/delete``; the contacts themselves stay), as suppression does.
 """
 
 from __future__ import annotations

@@ -151,13 +151,15 @@ class DotdigitalClient(EspClient):
 
     # -- removal from an address book (suppressed contacts, issue 15) ----------------------
     def contact_id(self, email: str) -> int | None:
-        """The contact id of ``email`` (``GET /v2/contacts/{email}``), None when there is no such contact."""
+        """The contact id of ``email`` (``GET /v2/contacts/{email}``), None when there is no such contact.
+        An error names the endpoint, not the address (the path holds it)."""
         try:
             resp = self.http.request("GET", f"/v2/contacts/{quote(email, safe='@')}", family="default", expect=(200,))
         except EspError as exc:
             if exc.status == 404:
                 return None
-            raise
+            error = type(exc)(f"dotdigital GET /v2/contacts/{{email}}: {str(exc).partition(': ')[2]}", exc.status)
+            raise error from None
         return int(resp.json()["id"])
 
     def remove_from_address_book(self, address_book_id: int, emails: Sequence[str]) -> int:
