@@ -7,7 +7,8 @@ no list, no gate). Example::
       - name: unsubscribed            # [A-Za-z0-9_-], unique; names the list in run metadata
         path: suppression/unsubscribed.csv   # a file or a folder (csv, txt, ndjson/jsonl, parquet,
                                              #   relative to this file); or instead:
-        # source: suppression         # a landing folder (<landing>/<source>/, every day's files)
+        # source: _suppression        # a landing folder (<landing>/<source>/, every day's files; a
+                                      #   leading _ keeps ingestion from reporting it as unsourced)
         column: email                 # the column (csv, parquet) or key (ndjson); txt: one per line
         delimiter: ","                # csv only (a header row is required)
         hashed: false                 # true: values are SHA-256 hex of the trimmed, lowercased address
