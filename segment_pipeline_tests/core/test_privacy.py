@@ -473,3 +473,31 @@ def test_a_failed_contact_lookup_names_the_endpoint_not_the_address():
         with pytest.raises(EspError) as err:
             bad.contact_id("jane@example.com")
         assert "jane" not in str(err.value) and "/v2/contacts/{email}" in str(err.value) and err.value.status == 401
+
+
+def test_sigkill_mid_removal_then_rerun_still_removes_the_suppressed(tmp_path, privacy, monkeypatch):
+    from segment_pipeline_tests.fakes.helpers import kill_when, start_sync_child
+
+    wh = Warehouse(tmp_path / "warehouse")
+    customers(wh)
+    monkeypatch.setenv("SEGMENT_PIPELINE_PRIVACY", str(tmp_path / "none.yaml"))
+    state = tmp_path / "state"
+    with FakeDotdigital() as dotdigital:
+        sync_dotdigital(wh, DAY, SEGMENTS, state_dir=state, dry_run_root=state / "dry",
+                        client=dotdigital_client(dotdigital.url), settings=DotdigitalSettings())
+        (book,) = dotdigital.books_named("Nosto Customers")
+        assert {PLAIN, HASHED} <= dotdigital.book_members(book)
+        monkeypatch.setenv("SEGMENT_PIPELINE_PRIVACY", str(privacy))
+        load(wh, privacy)
+        proc = start_sync_child("dotdigital", dotdigital.url, wh.root, state, DAY.isoformat(), SEGMENTS)
+        # killed once the book removal arrived, before the child could record it in its mirror
+        kill_when(dotdigital, proc, lambda: any(r.path.endswith("/contacts/delete") for r in dotdigital.log),
+                  "the child's address book removal")
+        report = sync_dotdigital(wh, DAY, SEGMENTS, state_dir=state, dry_run_root=state / "dry",
+                                 client=dotdigital_client(dotdigital.url), settings=DotdigitalSettings())
+        assert report.removed == 2  # sent again (removal is idempotent) and now recorded
+        assert dotdigital.book_members(book) == set(KEEP) and {PLAIN, HASHED} <= set(dotdigital.contacts)
+        again = sync_dotdigital(wh, DAY, SEGMENTS, state_dir=state, dry_run_root=state / "dry",
+                                client=dotdigital_client(dotdigital.url), settings=DotdigitalSettings())
+        assert (again.removed, again.cleared, again.upserted) == (0, 0, 0)
+        assert dotdigital.spec_violations == [] and dotdigital.consent_attempts == []
