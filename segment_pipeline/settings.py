@@ -69,3 +69,31 @@ def end_date() -> str | None:
 def sources_file() -> str:
     """Per-source reading options (encoding, empty CSV cells, timestamp tolerance); optional file."""
     return _env_path("SEGMENT_PIPELINE_SOURCES", "data/sources.yaml")
+
+
+def privacy_file() -> str:
+    """Suppression lists and consent gates (``core/privacy/config.py``): ``SEGMENT_PIPELINE_PRIVACY``,
+    default ``data/privacy.yaml``; optional file."""
+    return _env_path("SEGMENT_PIPELINE_PRIVACY", "data/privacy.yaml")
+
+
+#: Retention settings (``core/privacy/retention.py``): what -> environment variable holding days.
+RETENTION_SETTINGS = {
+    "landing": "SEGMENT_PIPELINE_RETAIN_LANDING_DAYS",
+    "quarantine": "SEGMENT_PIPELINE_RETAIN_QUARANTINE_DAYS",
+    "dry_run": "SEGMENT_PIPELINE_RETAIN_DRY_RUN_DAYS",
+    "published": "SEGMENT_PIPELINE_RETAIN_PUBLISHED_DAYS",
+}
+
+
+def retention_days(what: str) -> int | None:
+    """Days to keep ``what`` (a key of :data:`RETENTION_SETTINGS`); ``None`` (unset, empty or
+    ``off``, the default) keeps everything. Raises ``ValueError`` naming the variable for a value
+    that is not a whole number of days >= 1."""
+    var = RETENTION_SETTINGS[what]
+    raw = (os.environ.get(var) or "").strip()
+    if raw.lower() in ("", "off", "none"):
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{var}={raw!r}: expected a whole number of days >= 1, or off")
+    return int(raw)

@@ -54,6 +54,7 @@ from segment_pipeline.core.exports.segment_export import (
     parse_object_prefix,
 )
 from segment_pipeline.core.exports.storage import ExportStorage
+from segment_pipeline.core.privacy.filters import sendable_memberships
 from segment_pipeline.core.warehouse import Warehouse, connect
 
 API_LOCK_KIND = "segment-export-api"
@@ -145,7 +146,7 @@ class ExportService:
                 [segment_id],
             ).fetchall()[0][0]
             members = con.execute(
-                f"SELECT count(DISTINCT identity_id) FROM {self.warehouse.scan('memberships', days=[day])} "
+                f"SELECT count(DISTINCT identity_id) FROM {sendable_memberships(self.warehouse, days=[day])} "
                 "WHERE segment_id = ?",
                 [segment_id],
             ).fetchall()[0][0]

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from segment_pipeline.core.atomic import atomic_path, open_private, private_mkdir
 from segment_pipeline.core.identity import email_problem, is_email, normalize_email
+from segment_pipeline.core.privacy.filters import privacy_fingerprint, sendable_memberships
+from segment_pipeline.core.privacy.suppression import keep_email_sql
 from segment_pipeline.core.warehouse import Warehouse, connect
 
 __all__ = ["IdentityIndex", "email_problem", "is_email", "normalize_email"]
@@ -75,6 +77,7 @@ class IdentityIndex:
             path = self.warehouse.partition_path(table, day)
             st = path.stat()
             h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}\n".encode())
+        h.update(privacy_fingerprint(self.warehouse).encode())  # a list or gate change rebuilds the index
         return h.hexdigest()[:16]
 
     def index_path(self, day: dt.date) -> Path:
@@ -114,14 +117,15 @@ class IdentityIndex:
                 FROM {wh.scan("segment_stats", days=[day])} GROUP BY segment_id),
             ids AS (
                 SELECT identity_id, any_value(email) AS email FROM (
-                    SELECT identity_id, email FROM {wh.scan("profiles", days=[day])}
-                    UNION ALL SELECT identity_id, email FROM {wh.scan("memberships", days=[day])})
+                    SELECT identity_id, email FROM {wh.scan("profiles", days=[day])} AS p
+                    WHERE {keep_email_sql(wh, "p.email")}  -- suppressed: an unknown identity to the API
+                    UNION ALL SELECT identity_id, email FROM {sendable_memberships(wh, days=[day])})
                 WHERE email IS NOT NULL GROUP BY identity_id),
             per AS (
                 SELECT m.identity_id,
                        to_json(list({{'id': m.segment_id, 'name': coalesce(n.segment_name, m.segment_id)}}
                                     ORDER BY m.segment_id))::VARCHAR AS segments
-                FROM (SELECT DISTINCT segment_id, identity_id FROM {wh.scan("memberships", days=[day])}) m
+                FROM (SELECT DISTINCT segment_id, identity_id FROM {sendable_memberships(wh, days=[day])}) m
                 LEFT JOIN names n USING (segment_id)
                 GROUP BY m.identity_id)
             SELECT ids.email, ids.identity_id, coalesce(per.segments, '[]') AS segments

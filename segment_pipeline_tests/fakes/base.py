@@ -217,6 +217,10 @@ class FakeService:
         self.log: list[LoggedRequest] = []
         self.max_body_bytes = max_body_bytes
         self.spec_violations: list[str] = []
+        #: With :attr:`keep_bodies`, every request's ``(method, path with query, body)`` as received
+        #: (tests that scan all payloads for an address; off by default: bodies can be large).
+        self.keep_bodies = False
+        self.bodies: list[tuple[str, str, bytes]] = []
         self._cond = threading.Condition(self.lock)
         #: Freeze the garbage collector's view of the heap after every request (``gc.freeze()``).
         #: A fake holding a million profiles otherwise spends most of its CPU in full collections
@@ -385,6 +389,9 @@ class FakeService:
     def complete(self, a: _Admission, headers: Any, body: bytes) -> tuple[Response, Fault | None]:
         """Handle an admitted request once its body has arrived."""
         method, path, family, fault = a.method, a.path, a.family, a.fault
+        if self.keep_bodies:
+            with self.lock:
+                self.bodies.append((method, path + "?" + "&".join(f"{k}={v}" for k, v in a.query.items()), body))
         if a.fn is None:
             self.on_unknown(method, path, body)
             resp = self.error_response(a.error or HttpError(404, "not found", "not_found"))

@@ -10,7 +10,9 @@ the 50 MB file limit, at most ``max_active_imports`` running imports, per-minute
 tier (429 + ``Retry-After``), merge-option semantics for the columns in the file (other data is
 never touched), opt-in type ``Unknown`` for new contacts. Consent columns (``consent*``) or an
 opt-in column in an import are recorded in ``consent_attempts`` (and ignored), as are calls to
-unsubscribe/resubscribe/suppress or ``with-consent`` endpoints (answered 404).
+unsubscribe/resubscribe/suppress or ``with-consent`` endpoints (answered 404). A contact can be
+read by email (``GET /v2/contacts/{email}``) and contacts removed from an address book by id
+(``POST /v2/address-books/{id}/contacts/delete``; the contacts themselves stay), as suppression does.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import unquote
 
 from segment_pipeline_tests.fakes.base import SPECS_DIR, FakeService, HttpError, Response, SpecValidator
 
@@ -88,6 +91,8 @@ class FakeDotdigital(FakeService):
         r("POST", r"/v2/address-books/(?P<book>\d+)/contacts/import/with-merge-option/(?P<merge>\w+)", "import",
           self._import)
         r("GET", r"/v2/contacts/import/(?P<id>[0-9a-f-]{36})", "status", self._status)
+        r("GET", r"/v2/contacts/(?P<email>[^/]+@[^/]+)", "default", self._get_contact)
+        r("POST", r"/v2/address-books/(?P<book>\d+)/contacts/delete", "default", self._remove_from_book)
         r("GET", r"/v2/contacts/import/(?P<id>[0-9a-f-]{36})/report", "default", self._report)
         r("GET", r"/v2/contacts/import/(?P<id>[0-9a-f-]{36})/report-faults", "default", self._faults)
 
@@ -185,6 +190,36 @@ class FakeDotdigital(FakeService):
             self.address_books[bid] = {"name": doc["name"], "visibility": doc.get("visibility", "Private")}
             return Response(201, {"id": bid, "name": doc["name"], "visibility": self.address_books[bid]["visibility"],
                                   "contacts": 0})
+
+    # -- contacts and book removal (suppression, issue 15) ---------------------------------
+    def _get_contact(self, match: re.Match[str], **_: Any) -> Response:
+        email = unquote(match["email"]).lower()
+        with self.lock:
+            c = self.contacts.get(email)
+            if c is None:
+                raise HttpError(404, "ERROR_CONTACT_NOT_FOUND")
+            return Response(200, {"id": c["id"], "email": c["email"], "optInType": c["optInType"],
+                                  "emailType": c["emailType"], "status": c["status"],
+                                  "dataFields": [{"key": k, "value": v} for k, v in sorted(c["dataFields"].items())]})
+
+    def _remove_from_book(self, match: re.Match[str], body: bytes, headers: Any, **_: Any) -> Response:
+        """``ApiContact_DeleteContactsFromAddressBook``: an array of contact ids; the contacts stay."""
+        if (headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
+            raise HttpError(415, "The request entity's media type is not supported.")
+        ids = json.loads(body)
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            with self.lock:
+                self.spec_violations.append(f"contacts/delete: body must be an array of contact ids, got {body[:80]!r}")
+            raise HttpError(400, "ERROR_VALIDATION: an array of integer contact ids")
+        book = int(match["book"])
+        with self.lock:
+            if book not in self.address_books:
+                raise HttpError(404, "ERROR_ADDRESSBOOK_NOT_FOUND")
+            wanted = set(ids)
+            for c in self.contacts.values():
+                if c["id"] in wanted:
+                    c["books"].discard(book)
+        return Response(202, {"id": str(uuid.uuid4()), "status": "Completed"})
 
     # -- imports -------------------------------------------------------------------------
     def _active(self) -> int:

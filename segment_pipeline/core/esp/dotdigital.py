@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from segment_pipeline.core.esp.http import (
     EspAmbiguous,
@@ -147,6 +148,29 @@ class DotdigitalClient(EspClient):
 
         return find_or_create(lambda: self.find_address_book(name), create,
                               f"dotdigital: could not ensure address book {name!r}", attempts)
+
+    # -- removal from an address book (suppressed contacts, issue 15) ----------------------
+    def contact_id(self, email: str) -> int | None:
+        """The contact id of ``email`` (``GET /v2/contacts/{email}``), None when there is no such contact.
+        An error names the endpoint, not the address (the path holds it)."""
+        try:
+            resp = self.http.request("GET", f"/v2/contacts/{quote(email, safe='@')}", family="default", expect=(200,))
+        except EspError as exc:
+            if exc.status == 404:
+                return None
+            error = type(exc)(f"dotdigital GET /v2/contacts/{{email}}: {str(exc).partition(': ')[2]}", exc.status)
+            raise error from None
+        return int(resp.json()["id"])
+
+    def remove_from_address_book(self, address_book_id: int, emails: Sequence[str]) -> int:
+        """Remove these contacts from the address book (the contacts themselves are kept); return
+        how many were found. ``POST /v2/address-books/{id}/contacts/delete`` takes contact ids and
+        answers 202 (v2 API spec: ``ApiContact_DeleteContactsFromAddressBook``)."""
+        ids = [i for i in (self.contact_id(e) for e in emails) if i is not None]
+        if ids:
+            self.http.request("POST", f"/v2/address-books/{int(address_book_id)}/contacts/delete", family="default",
+                              json_body=sorted(ids), content_type="application/json", expect=(200, 202, 204))
+        return len(ids)
 
     # -- imports -------------------------------------------------------------------------
     def start_import(self, address_book_id: int, csv_bytes: bytes, merge_option: str, file_name: str = "nosto.csv") -> str:

@@ -23,6 +23,7 @@ from segment_pipeline.core.exports.daily_feed import ExportInputError
 from segment_pipeline.core.exports.keys import encode_segment, join_key
 from segment_pipeline.core.exports.segment_export import latest_membership_day
 from segment_pipeline.core.exports.storage import ExportStorage
+from segment_pipeline.core.privacy.filters import sendable_memberships
 from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
 
 CSV_PREFIX = "csv"
@@ -92,9 +93,10 @@ def write_segment_csv(
     ).fetchall()[0][0]
     if not known:
         raise ExportInputError(f"segment {segment_id!r} has no stats or memberships between {start} and {end}")
+    sendable = sendable_memberships(warehouse, since=start, upto=end)  # suppression lists and consent gates
     select = f"""
         SELECT email, strftime(min(date), '%Y-%m-%d') AS first_seen, strftime(max(date), '%Y-%m-%d') AS last_seen
-        FROM {memberships}
+        FROM {sendable}
         WHERE segment_id = $s AND email IS NOT NULL
         GROUP BY email ORDER BY email
     """

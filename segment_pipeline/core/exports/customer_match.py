@@ -48,6 +48,7 @@ import duckdb
 
 from segment_pipeline.core.exports.keys import encode_segment, join_key
 from segment_pipeline.core.exports.storage import ExportStorage
+from segment_pipeline.core.privacy.filters import sendable_memberships
 from segment_pipeline.core.sync.hashing import google_email_hash_sql
 from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
 
@@ -106,7 +107,7 @@ def write_customer_match(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, s
         raise ValueError(f"customer match export: no complete memberships partition for {day}")
     prefix = day_prefix(day)
     result = CustomerMatchResult(day.isoformat(), prefix, storage.location(manifest_key(day)))
-    memberships = warehouse.scan("memberships", days=[day])
+    memberships = sendable_memberships(warehouse, days=[day])  # suppression lists and consent gates
     members_of = dict(con.execute(  # one read for every segment's member count
         f"SELECT segment_id, count(*) FROM {memberships} WHERE email IS NOT NULL AND email <> '' GROUP BY 1"
     ).fetchall())

@@ -36,6 +36,8 @@ import duckdb
 
 from segment_pipeline.core.exports.keys import check_identifier, join_key
 from segment_pipeline.core.exports.storage import ExportStorage, LocalExportStorage
+from segment_pipeline.core.privacy.filters import sendable_memberships
+from segment_pipeline.core.privacy.suppression import keep_email_sql
 from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
 from segment_pipeline.core.warehouse import sql_ident as _ident
 
@@ -99,7 +101,7 @@ def segment_names_relation(warehouse: Warehouse, con: duckdb.DuckDBPyConnection,
 def daily_feed_sql(warehouse: Warehouse, con: duckdb.DuckDBPyConnection, day: dt.date, identifier: str) -> str:
     names = segment_names_relation(warehouse, con, day)
     profiles = warehouse.scan("profiles", days=[day])
-    memberships = warehouse.scan("memberships", days=[day])
+    memberships = sendable_memberships(warehouse, days=[day])  # suppression lists and consent gates
     return f"""
         WITH per_identity AS (
             SELECT m.identity_id, list(n.segment_name ORDER BY n.segment_name) AS names
@@ -108,6 +110,7 @@ def daily_feed_sql(warehouse: Warehouse, con: duckdb.DuckDBPyConnection, day: dt
         )
         SELECT p.email AS email, coalesce(pi.names, []::VARCHAR[]) AS {_ident(check_identifier(identifier))}
         FROM {profiles} p LEFT JOIN per_identity pi ON pi.identity_id = p.identity_id
+        WHERE {keep_email_sql(warehouse, 'p.email')}
         ORDER BY p.email ASC NULLS FIRST, p.identity_id
     """
 
@@ -180,7 +183,8 @@ def verify_daily_feed(
     day = as_date(day)
     key = daily_key(identifier, day)
     problems: list[str] = []
-    identities = con.execute(f"SELECT count(*) FROM {warehouse.scan('profiles', days=[day])}").fetchall()[0][0]
+    identities = con.execute(f"SELECT count(*) FROM {warehouse.scan('profiles', days=[day])} AS p "
+                             f"WHERE {keep_email_sql(warehouse, 'p.email')}").fetchall()[0][0]
     if not storage.exists(key):
         return DailyFeedCheck(day.isoformat(), False, 0, identities, [f"{storage.location(key)} is missing"])
     with _local_copy(storage, key) as path:

@@ -76,6 +76,7 @@ from segment_pipeline.core.exports.keys import encode_segment, join_key
 from segment_pipeline.core.exports.locks import LockState, global_slot, segment_lock
 from segment_pipeline.core.exports.storage import ExportStorage, LocalExportStorage
 from segment_pipeline.core.model import DataModel
+from segment_pipeline.core.privacy.filters import sendable_memberships
 from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
 from segment_pipeline.core.warehouse import sql_ident as _q
 
@@ -350,7 +351,7 @@ def member_lines_sql(
     lines are those of members that have no ``profiles`` row (only ``identity_id``/``email``, from
     ``memberships``): a separate, normally empty, pass.
     """
-    memberships = warehouse.scan("memberships", days=[as_of])
+    memberships = sendable_memberships(warehouse, days=[as_of])  # suppression lists and consent gates
     profiles = warehouse.scan("profiles", days=[as_of])
 
     def in_part(column: str) -> str:
@@ -455,7 +456,7 @@ def _member_line_arrays(
     next statement runs on the connection.
     """
     params = {"segment_id": request.segment_id}
-    memberships = warehouse.scan("memberships", days=[as_of])
+    memberships = sendable_memberships(warehouse, days=[as_of])
     for part in range(parts):
         in_part = f"AND hash(identity_id) % {parts} = {part}" if parts > 1 else ""
         expected = con.execute(

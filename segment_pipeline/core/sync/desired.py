@@ -12,16 +12,20 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
+from segment_pipeline.core.privacy.filters import sendable_memberships
 from segment_pipeline.core.warehouse import Warehouse
 
 WORD_BITS = 64
 
 
-def desired_sql(warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str]) -> tuple[str, list[object]]:
+def desired_sql(warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str],
+                destination: str | None = None) -> tuple[str, list[object]]:
     """SQL (+ params) with columns ``email VARCHAR, segments VARCHAR`` (JSON list of names, sorted).
 
     ``synced`` maps segment id -> segment name for the segments whose sync toggle is on for this
-    integration. Rows without an email are skipped (the destinations are keyed by email). The
+    integration. Rows without an email are skipped (the destinations are keyed by email), and so are
+    suppressed addresses and contacts a consent gate of ``destination`` or of the segment holds back
+    (:func:`segment_pipeline.core.privacy.filters.sendable_memberships`). The
     text equals ``to_json(list_sort(list_distinct(<names>)))`` of the email's synced segments.
     """
     if not synced:
@@ -40,7 +44,7 @@ def desired_sql(warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, s
         WITH seg(segment_id, segment_name, word, bit) AS (VALUES {values}),
         g AS MATERIALIZED (
             SELECT m.email AS email, {fold}
-            FROM {warehouse.scan('memberships', days=[day])} AS m
+            FROM {sendable_memberships(warehouse, days=[day], destination=destination)} AS m
             JOIN seg AS s ON s.segment_id = m.segment_id
             WHERE m.email IS NOT NULL AND m.email <> ''
             GROUP BY m.email),

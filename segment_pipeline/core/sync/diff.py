@@ -72,14 +72,16 @@ class ValueFit:
 
 def write_plan(store: StateStore, target: Target, desired_sql: str, params: list[object], plan_path: Path,
                track_membership: bool, removes: bool, fit: ValueFit | None = None, run_id: str | None = None,
-               values: bool = True) -> PlanCounts:
+               values: bool = True, withdraw: str | None = None) -> PlanCounts:
     """Write ``action, email, segments, member, held`` rows to ``plan_path``; return the counts.
 
     * ``upsert``: email is desired with segments different from what its profile is confirmed to
       carry in ``target.holder`` (or, with ``track_membership``, not yet confirmed as a member of
       ``target.container``); ``segments`` is the desired JSON list (fitted to ``fit``).
     * ``clear``: email is no longer desired but its profile still carries a non-empty list.
-    * ``remove`` (``removes`` only): email is no longer desired but still a member of the list.
+    * ``remove`` (``removes`` only): email is no longer desired but still a member of the list;
+      with ``withdraw`` (a SQL predicate on ``email``, e.g. "is suppressed") also without ``removes``
+      for the members it holds for.
 
     ``member`` is whether the email is a confirmed member of the target's list (for "added" counts);
     ``held`` is the JSON list its profile is confirmed to carry (NULL: nothing known), for
@@ -126,7 +128,7 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
                                       FROM desired_fitted WHERE kept IS NOT NULL""", [target.holder, run_id, _now()])
         track = "TRUE" if track_membership else "FALSE"
         compare = "TRUE" if values else "FALSE"
-        remove = "TRUE" if removes else "FALSE"
+        remove = "TRUE" if removes else (f"({withdraw})" if withdraw else "FALSE")
         sql = f"""
             WITH d AS (SELECT email, segments FROM {desired_from}),
             h AS (SELECT email, segments FROM held WHERE holder = ?),

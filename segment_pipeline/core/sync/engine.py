@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from segment_pipeline.core.esp.http import EspClient, HttpStats
+from segment_pipeline.core.privacy.suppression import keep_email_sql
 from segment_pipeline.core.sync.batching import Batch, InFlight, Row, chunk, plan_batches, plan_rows
 from segment_pipeline.core.sync.desired import desired_sql
 from segment_pipeline.core.sync.diff import CLEAR, REMOVE, UPSERT, ValueFit, write_plan
@@ -79,6 +80,9 @@ class Capabilities:
     list_add: bool = True
     list_remove: bool = False
     audience_per_segment: bool = False
+    #: without ``list_remove``: a member whose address is now on a suppression list is still
+    #: removed from the list (:meth:`Destination.remove`), not left in it with its value cleared
+    list_withdraw: bool = False
 
 
 @dataclass(frozen=True)
@@ -358,10 +362,15 @@ class _Run:
         d, r, target = self.d, self.report, self.target
         assert target is not None
         r.destination = target.dest
-        sql, params = desired_sql(self.warehouse, self.day, self.synced)
+        sql, params = desired_sql(self.warehouse, self.day, self.synced, destination=d.name)
+        caps = d.capabilities
+        # suppressed members leave the list even where leavers stay in it (issue 15)
+        withdraw = f"NOT {keep_email_sql(self.warehouse, 'email')}" if caps.list_withdraw and not caps.list_remove \
+            else None
         self.plan_path = self.state_dir / "plans" / f"{self.run_id}.parquet"
         counts = write_plan(self.store, target, sql, params, self.plan_path,
                             track_membership=d.capabilities.list_add, removes=d.capabilities.list_remove,
+                            withdraw=withdraw,
                             fit=self.limits.value, run_id=None if self.dry else self.run_id,
                             values=d.capabilities.property_upsert)
         r.desired, r.planned_upserts, r.planned_clears, r.planned_removals = (
@@ -414,7 +423,7 @@ class _Run:
             finally:
                 self.record(action)  # what finished is recorded, also when a later batch failed
 
-        if d.capabilities.list_remove:
+        if d.capabilities.list_remove or d.capabilities.list_withdraw:
             self.removals(writer)
         if writer is not None:
             r.payload_dir = str(writer.dir)

@@ -13,6 +13,8 @@ itself with a lock per segment and ``max_concurrent_segment_exports`` slots.
 """
 
 
+import datetime as dt
+
 import dagster as dg
 from pydantic import Field
 
@@ -25,6 +27,7 @@ from segment_pipeline.core.warehouse import connect
 from segment_pipeline.defs.automation.conditions import DAILY_FRESHNESS, FEED
 from segment_pipeline.defs.exports.resources import ExportsResource
 from segment_pipeline.defs.partitions import daily_partitions, partition_days, single_run
+from segment_pipeline.defs.privacy.assets import held_back, privacy_metadata, refresh_suppression
 from segment_pipeline.defs.resources import SegmentCatalogResource, WarehouseResource
 
 SEGMENT_TAG = "segment_export/segment_id"
@@ -64,10 +67,12 @@ def segment_feed_daily(context: dg.AssetExecutionContext, warehouse: WarehouseRe
         swept = storage.sweep()  # leftovers of killed writes (feed, exports, locks) whose writer is gone
         if swept:
             context.log.info(f"removed {len(swept)} leftover temporary file(s) of killed writes")
+    refresh_suppression(wh)  # the lists in force (suppressed addresses are left out of the feed)
     con = connect(memory_limit=exports.duckdb_memory_limit)
     problems: dict[str, list[str]] = {}
     for day in partition_days(context):
         result = daily_feed.write_daily_feed(con, wh, storage, day, identifier)
+        privacy = privacy_metadata(held_back(wh, day, refresh=False))
         check = daily_feed.verify_daily_feed(con, wh, storage, day, identifier)
         if not check.passed:
             problems[day.isoformat()] = check.problems
@@ -79,6 +84,7 @@ def segment_feed_daily(context: dg.AssetExecutionContext, warehouse: WarehouseRe
                 "dagster/row_count": result.lines,
                 "bytes": result.bytes,
                 "latest_updated": result.latest_updated,
+                **privacy,
             },
             partition_key=day.isoformat(),
         )
@@ -110,6 +116,7 @@ def google_customer_match_files(context: dg.AssetExecutionContext, warehouse: Wa
     (Shown as the asset's description: plain text, no markup.)"""
     wh, storage = warehouse.get(), exports.storage()
     segments = segment_catalog.load().synced(customer_match.TOGGLE)
+    refresh_suppression(wh)
     con = connect(memory_limit=exports.duckdb_memory_limit)
     try:
         for day in partition_days(context):
@@ -118,7 +125,8 @@ def google_customer_match_files(context: dg.AssetExecutionContext, warehouse: Wa
                 {"location": result.location, "segments": len(result.files), "rows": result.rows,
                  "dagster/row_count": result.rows,
                  "files": dg.MetadataValue.json([{k: f.__dict__[k] for k in ("segment_name", "file", "rows")}
-                                                 for f in result.files])},
+                                                 for f in result.files]),
+                 **privacy_metadata(held_back(wh, day, segments, refresh=False))},
                 partition_key=day.isoformat(),
             )
     finally:
@@ -180,6 +188,7 @@ def segment_export(
             f"run tag {SEGMENT_TAG}={tagged!r} does not match segment {request.segment_id!r} "
             f"(expected {tag_value(request.segment_id)!r}); launch with segment_export_tags(segment_id)"
         )
+    refresh_suppression(warehouse.get())  # the lists in force: suppressed members are not exported
     storage = exports.storage()
 
     def fail_dead_run(found) -> None:
@@ -230,6 +239,8 @@ def segment_export(
         "bytes": result.bytes,
         "fields": ", ".join(result.fields),
         "output_format": result.output_format,
+        **privacy_metadata(held_back(warehouse.get(), dt.date.fromisoformat(result.as_of), [request.segment_id],
+                                     refresh=False)),
         "callback": "none" if result.callback is None else (
             f"delivered after {result.callback.attempts} attempt(s)" if result.callback.delivered
             else f"FAILED after {result.callback.attempts} attempt(s): {result.callback.error}"
@@ -299,6 +310,7 @@ def export_segment_csv(
         start, end = csv_range.resolve_range(wh, config.date_range, config.start, config.end, config.as_of)
     except ValueError as exc:
         raise dg.Failure(f"segment {config.segment_id!r}: {exc}") from exc
+    refresh_suppression(wh)
     storage = exports.storage()
     result = csv_range.write_segment_csv(connect(memory_limit=exports.duckdb_memory_limit), wh, storage,
                                          config.segment_id, start, end)

@@ -25,6 +25,7 @@ from segment_pipeline.core.sync.engine import Destination, run_sync
 from segment_pipeline.core.sync.report import SyncReport
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline.defs.automation.sync_gate import gated_sync
+from segment_pipeline.defs.privacy.assets import held_back, privacy_metadata
 
 MEMBERSHIPS = dg.AssetKey("memberships")
 
@@ -49,8 +50,9 @@ def _synced(catalog, integration: str) -> dict[str, str]:
     return {s.id: s.name for s in catalog.segments if s.sync.get(integration)}
 
 
-def _result(report: SyncReport) -> dg.MaterializeResult:
+def _result(report: SyncReport, privacy: dict[str, object] | None = None) -> dg.MaterializeResult:
     meta: dict[str, object] = dict(report.counts())
+    meta.update(privacy_metadata(privacy or {}))
     meta.update(dry_run=report.dry_run, day=report.day, status=report.status, run_id=report.run_id,
                 destination=report.destination)
     if report.notes:
@@ -82,6 +84,7 @@ def sync_asset(d: type[Destination]) -> dg.AssetsDefinition:
         if not synced:
             context.log.warning(f"no segment of {catalog.source} has sync: {{{d.name}: true}}: no segment names are "
                                 f"sent to {d.title} (what earlier runs sent is cleared)")
+        privacy = held_back(wh, day, synced, d.name)
         try:
             report = run_sync(d(client, resource.settings()), wh, day, synced,
                               state_dir=wh.root / "sync_state" / d.name, dry_run_root=wh.root / "sync_dry_run",
@@ -89,7 +92,7 @@ def sync_asset(d: type[Destination]) -> dg.AssetsDefinition:
         finally:
             if client:
                 client.close()
-        return _result(report)
+        return _result(report, privacy)
 
     return _sync
 

@@ -3,7 +3,12 @@
 Requests: CSV contact imports into the address book (``Email,<FIELD>`` only, so no other contact
 data and no consent is touched) with merge option ``OnlyOverwriteIfNotEmpty`` for upserts (an empty
 cell never wipes anything) and ``Overwrite`` for clears (the only way to empty a field). The value
-is the names joined by ``separator`` (default ``|``). Contacts are never removed from the book.
+is the names joined by ``separator`` (default ``|``). Contacts are never deleted, and a contact
+leaving the synced segments stays in the book with the field cleared, except a contact whose address
+is now on a suppression list (issue 15): it is removed from the address book ("Delete multiple
+contacts from address book", ``POST /v2/address-books/{id}/contacts/delete`` with contact ids found
+by ``GET /v2/contacts/{email}``, v2 API spec ``ApiContact_DeleteContactsFromAddressBook``), the
+contact itself kept.
 Per-row result: the import's faults CSV (one row per contact not applied, with its reason); the
 report's counters are only compared with it (see :mod:`segment_pipeline.core.sync.engine`).
 
@@ -22,6 +27,7 @@ Limits and their sources:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +66,7 @@ class DotdigitalDestination(Destination):
     name = "dotdigital"
     title = "dotdigital"
     description = "dotdigital NOSTOSEGMENT data field and address book, for the synced segments."
-    capabilities = Capabilities(property_upsert=True, list_add=True, list_remove=False)
+    capabilities = Capabilities(property_upsert=True, list_add=True, list_remove=False, list_withdraw=True)
     options = (
         Option("api_user", "DOTDIGITAL_API_USER", secret=True, help="API user (HTTP Basic)"),
         Option("api_password", "DOTDIGITAL_API_PASSWORD", secret=True),
@@ -138,5 +144,10 @@ class DotdigitalDestination(Destination):
     def summary(self) -> dict[str, object]:
         return {"data_field": self.settings.data_field, "address_book": self.settings.address_book}
 
-    def remove(self, emails: Sequence[str]) -> None:  # pragma: no cover - capabilities.list_remove is False
-        raise NotImplementedError("dotdigital contacts are never removed from the address book")
+    def remove(self, emails: Sequence[str]) -> None:
+        """Remove suppressed contacts from the address book (``capabilities.list_withdraw``)."""
+        assert self.client is not None
+        self.client.remove_from_address_book(self.container_ref, emails)
+
+    def dry_removal(self, emails: Sequence[str]) -> bytes:
+        return json.dumps({"addressBookId": self.container_ref, "emails": list(emails)}, indent=1).encode()

@@ -1,0 +1,1 @@
+"""Privacy by construction: suppression lists, consent gates, retention (issue 15)."""

@@ -1,0 +1,1 @@
+"""Privacy: suppression lists (loaded daily), consent gates (applied by every export and sync), retention."""
