@@ -48,11 +48,12 @@ class ImportFault:
     reason: str
 
 
-def contacts_csv(rows: Iterable[tuple[str, str]], field: str) -> bytes:
-    """``Email,<FIELD>`` CSV (RFC 4180 quoting) for ``(email, value)`` rows; an empty value clears."""
+def contacts_csv(rows: Iterable[Sequence[str]], field: str, *more: str) -> bytes:
+    """``Email,<FIELD>[,<FIELD2>...]`` CSV (RFC 4180 quoting) for ``(email, value, ...)`` rows; an
+    empty value clears (under the Overwrite merge option)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\r\n")
-    w.writerow(["Email", field])
+    w.writerow(["Email", field, *more])
     w.writerows(rows)
     return out.getvalue().encode("utf-8")
 
@@ -74,8 +75,8 @@ def contact_line_sql(separator: str, email: str = "email", segments: str = "segm
     return f"({csv_field_sql(email)} || ',' || {csv_field_sql(value)} || chr(13) || chr(10))"
 
 
-def csv_header(field: str) -> bytes:
-    return contacts_csv([], field)
+def csv_header(field: str, *more: str) -> bytes:
+    return contacts_csv([], field, *more)
 
 
 class DotdigitalClient(EspClient):
