@@ -10,7 +10,7 @@ link or a computed trait, all columns of the ``profiles`` table) to a destinatio
         - {from: first_name, to: first_name}            # a standard profile attribute
         - {from: city, to: location.city}               # a standard location attribute
         - {from: loyalty_tier, to: loyalty_tier}        # a custom profile property
-        - {from: last_order_at, to: last_order_at, null: clear}
+        - {from: last_order_at, to: last_order_at, when_null: clear}
     dotdigital:
       mappings:
         - {from: first_name, to: FIRSTNAME}
@@ -20,8 +20,8 @@ link or a computed trait, all columns of the ``profiles`` table) to a destinatio
         - {from: first_name, to: first_name}            # a standard attribute
         - {from: total_revenue, to: lifetime_revenue}   # a custom attribute
 
-Each entry is ``from`` (the model field), ``to`` (the destination field) and ``null`` (what a
-missing value does): ``leave`` (default: nothing is sent, the destination keeps what it holds) or
+Each entry is ``from`` (the model field), ``to`` (the destination field) and ``when_null`` (what
+a missing value does; ``null:`` is read the same): ``leave`` (default: nothing is sent, the destination keeps what it holds) or
 ``clear`` (the destination's clear is sent: Klaviyo ``null`` for a standard attribute, ``unset`` for
 a custom property; dotdigital an empty cell under the ``Overwrite`` merge option; Braze ``null``).
 
@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from segment_pipeline.core.model import DataModel, format_errors
 from segment_pipeline.core.safe_yaml import YamlFileError, cap_message, load_yaml_file
@@ -129,7 +129,7 @@ class MappingFileError(ValueError):
 @dataclass(frozen=True)
 class FieldMapping:
     """One validated mapping: model field ``source`` (its model type ``source_type``) -> destination
-    field ``target`` (dotdigital: upper case), ``null`` ``"leave"`` or ``"clear"``; ``kind`` is
+    field ``target`` (dotdigital: upper case), ``null`` (``when_null``) ``"leave"`` or ``"clear"``; ``kind`` is
     ``standard``/``custom`` (Klaviyo also ``location``), ``field_type`` the dotdigital data field
     type (``String``/``Numeric``/``Date``/``Boolean``; None elsewhere), ``max_chars`` the longest
     text the field holds (None: no documented limit)."""
@@ -151,8 +151,17 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     from_: str = Field(alias="from", min_length=1)
     to: str = Field(min_length=1)
-    null: Literal["leave", "clear"] = "leave"
+    when_null: Literal["leave", "clear"] = "leave"
     type: Literal["String", "Numeric", "Date", "Boolean"] | None = None  # dotdigital only: checked below
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_null_key(cls, value: Any) -> Any:
+        """``null: clear`` in YAML is a key None (YAML's null): read it as ``when_null``."""
+        if isinstance(value, dict) and None in value:
+            value = {("when_null" if k is None else k): v for k, v in value.items()}
+        return value
 
 
 class _DestinationEntry(BaseModel):
@@ -199,12 +208,12 @@ def _check(vendor: str, e: _Entry, model_types: dict[str, str], reserved: str | 
         if target in KLAVIYO_STANDARD:
             if st not in KLAVIYO_STANDARD[target]:
                 raise ValueError(f"{e.from_} is {st}; Klaviyo {target} takes {' or '.join(KLAVIYO_STANDARD[target])}")
-            return FieldMapping(e.from_, st, target, e.null, "location" if target.startswith("location.") else "standard")
+            return FieldMapping(e.from_, st, target, e.when_null, "location" if target.startswith("location.") else "standard")
         if target.startswith("location.") or not TARGET_RE.match(target):
             raise ValueError(f"{target!r} is not a Klaviyo standard attribute "
                              f"({', '.join(KLAVIYO_STANDARD)}) nor a custom property name "
                              "(a letter, then letters, digits, '_', '-', '.', ' ', at most 100)")
-        return FieldMapping(e.from_, st, target, e.null, "custom")
+        return FieldMapping(e.from_, st, target, e.when_null, "custom")
     if vendor == "dotdigital":
         name = target.upper()
         if not DOTDIGITAL_NAME_RE.match(target):
@@ -220,7 +229,7 @@ def _check(vendor: str, e: _Entry, model_types: dict[str, str], reserved: str | 
         if e.type is not None and e.type != want and not (e.type == "String" and st in NUMERIC + ("boolean",)):
             raise ValueError(f"{e.from_} is {st}, which a {e.type} data field cannot hold (use {want})")
         ftype = e.type or want
-        return FieldMapping(e.from_, st, name, e.null, "standard" if name in DOTDIGITAL_BUILTIN else "custom",
+        return FieldMapping(e.from_, st, name, e.when_null, "standard" if name in DOTDIGITAL_BUILTIN else "custom",
                             ftype, MAX_TEXT_CHARS if ftype == "String" else None)
     if vendor == "braze":
         if target.lower() in BRAZE_REFUSED or target.startswith("$"):
@@ -230,11 +239,11 @@ def _check(vendor: str, e: _Entry, model_types: dict[str, str], reserved: str | 
         if target in BRAZE_STANDARD:
             if st not in BRAZE_STANDARD[target]:
                 raise ValueError(f"{e.from_} is {st}; Braze {target} takes {' or '.join(BRAZE_STANDARD[target])}")
-            return FieldMapping(e.from_, st, target, e.null, "standard",
+            return FieldMapping(e.from_, st, target, e.when_null, "standard",
                                 max_chars=MAX_TEXT_CHARS if st == "string" else None)
         if not TARGET_RE.match(target):
             raise ValueError(f"{target!r} is not a Braze custom attribute name")
-        return FieldMapping(e.from_, st, target, e.null, "custom",
+        return FieldMapping(e.from_, st, target, e.when_null, "custom",
                             max_chars=MAX_TEXT_CHARS if st == "string" else None)
     raise ValueError(f"{vendor} holds audience members only; it has no profile fields to map")
 
