@@ -323,3 +323,13 @@ def test_removal_guard_stops_a_run_that_would_empty_the_list_unless_confirmed(tm
         assert ok.removed == 18 and ok.cleared == 18 and fake.member_emails(lid) == set(people[:2])
         assert any(n.startswith("confirmed: klaviyo: this run would") for n in ok.notes)
         assert ok.plan["leaving"] == 18 and ok.plan["contacts_held"] == 20
+
+
+def test_the_shipped_example_validates_against_the_shipped_model():
+    from segment_pipeline.core.model import load_model
+    from segment_pipeline.settings import PROJECT_ROOT
+
+    loaded = load_mappings(PROJECT_ROOT / "examples" / "destinations.yaml", load_model(PROJECT_ROOT / "data" / "model.yaml"),
+                           ("klaviyo", "dotdigital", "braze", "meta"))
+    assert [m.field_type for m in loaded.of("dotdigital")] == ["String", "String", "String", "Numeric", "Date"]
+    assert {m.target for m in loaded.of("klaviyo")} >= {"location.city", "last_order_at"}
