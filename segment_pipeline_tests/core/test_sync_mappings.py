@@ -184,6 +184,7 @@ def test_klaviyo_mapped_fields_land_typed_and_only_changes_are_sent(tmp_path, wh
             {"email": "bob@shop.com", "properties": {}}]
         assert sent[1]["meta"] == {"patch_properties": {"unset": ["last_order_at"]}}
         assert r2.upserted == 2 and r2.plan["fields"]["loyalty_points"]["set"] == 1
+        assert r2.leaving == 1  # Bob loses a value Klaviyo held: what the removal guard counts
         assert r2.plan["fields"]["last_order_at"]["clear"] == 1
         assert fake.profile("ann@shop.com")["properties"]["loyalty_points"] == 130
         assert "last_order_at" not in fake.profile("bob@shop.com")["properties"]
@@ -245,7 +246,7 @@ def test_dotdigital_creates_typed_fields_respects_limits_and_clears_one_field_al
         bob = fake.contacts["bob@shop.com"]["dataFields"]
         assert bob["LASTORDER"] is None and bob["POINTS"] == 7 and bob["NOSTOSEGMENT"] == "Loyal Customers"
         assert fake.contacts["ann@shop.com"]["dataFields"]["OTHER"] == "keep"
-        assert (r2.upserted, r2.fields_cleared) == (1, 1)
+        assert (r2.upserted, r2.fields_cleared, r2.leaving) == (1, 1, 1)
         again = run("dotdigital", wh, tmp_path, D2, dotdigital_client(fake.url), maps)
         assert again.upserted == 0 and again.fields_cleared == 0 and again.planned_field_clears == 0
 

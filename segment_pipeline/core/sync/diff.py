@@ -42,7 +42,7 @@ class PlanCounts:
     dropped_all: int = 0  # of which no name fitted at all (treated as not desired: cleared/removed)
     dropped_names: tuple[tuple[str, int], ...] = ()  # the names dropped most often, with how often (top 5)
     held_contacts: int = 0  # contacts holding a non-empty value per the mirror (members-only destinations: members)
-    leaving: int = 0  # of the planned contacts, those whose value is cleared, who are removed, or lose a mapped field
+    leaving: int = 0  # planned contacts whose value is cleared, who are removed, or lose a mapped value they held
     field_counts: FieldCounts | None = None  # per mapped field: values to send, clears, over the limit
     unsets: int = 0  # ``unset:<field>`` rows (destinations that clear fields in their own requests)
 
@@ -150,7 +150,7 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
             field_counts = FieldCounts.from_row(fields.mappings, con.execute(field_counts_sql(fields)).fetchall()[0])
             obj, nclear = fields_object_sql(fields)
             extra_cols = f", {obj} AS fields, ({nclear}) AS field_clears"
-            if fields.unset_separately:
+            if fields.unset_separately:  # the clears are unset rows, which count them
                 extra_cols = f", {obj} AS fields, 0 AS field_clears"
             extra_join = " LEFT JOIN field_rows f ON f.email = k.email"
             extra_cond = f" OR ({obj}) IS NOT NULL"
@@ -195,8 +195,7 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
         con.execute("DROP TABLE IF EXISTS desired_rows")
     plan = f"read_parquet({sql_string(str(plan_path))})"
     counts = dict(con.execute(f"SELECT action, count(*) FROM {plan} GROUP BY action").fetchall())
-    losing = (f"action IN ('{CLEAR}', '{REMOVE}') OR action LIKE '{UNSET_PREFIX}%'"
-              + (" OR field_clears > 0" if extra_cols else ""))
+    losing = f"action IN ('{CLEAR}', '{REMOVE}')" + (" OR field_clears > 0" if extra_cols else "")
     leaving = con.execute(f"SELECT count(DISTINCT email) FILTER (WHERE {losing}) FROM {plan}").fetchall()[0][0]
     return PlanCounts(desired, counts.get(UPSERT, 0), counts.get(CLEAR, 0), counts.get(REMOVE, 0),
                       truncated, dropped_all, tuple((str(a), int(b)) for a, b in dropped_names),

@@ -64,9 +64,10 @@ def path_literal(name: str) -> str:
 
 
 def field_rows_sql(fp: FieldPlan, desired_from: str) -> tuple[str, list[object]]:
-    """SQL (+ params) with columns ``email, s0.., o0..`` for every desired email that has a profile:
-    ``s<i>`` the JSON text to send for mapping ``i`` (NULL: nothing), ``o<i>`` the value is over the
-    field's limit (not sent)."""
+    """SQL (+ params) with columns ``email, s0.., o0.., w0..`` for every desired email that has a
+    profile: ``s<i>`` the JSON text to send for mapping ``i`` (NULL: nothing), ``o<i>`` the value is
+    over the field's limit (not sent), ``w<i>`` the send clears a value the destination was
+    confirmed to hold (what the removal guard counts; a clear of a value never sent is not)."""
     ms = fp.mappings
     values = ", ".join(f"{value_sql(m, fp.vendor)} AS v{i}" for i, m in enumerate(ms))
     held = ", ".join(f"max(value) FILTER (WHERE holder = ?) AS h{i}" for i in range(len(ms)))
@@ -84,7 +85,9 @@ def field_rows_sql(fp: FieldPlan, desired_from: str) -> tuple[str, list[object]]
         po AS (SELECT *, {overs} FROM pv),
         hv AS (SELECT email, {held} FROM held_values
                WHERE holder IN ({", ".join("?" for _ in ms)}) GROUP BY email)
-        SELECT po.email, {", ".join(outs)}, {", ".join(f"o{i}" for i in range(len(ms)))}
+        SELECT po.email, {", ".join(outs)}, {", ".join(f"o{i}" for i in range(len(ms)))},
+               {", ".join(f"(h{i} IS NOT NULL AND h{i} <> 'null' AND v{i} IS NULL AND {'TRUE' if m.clears else 'FALSE'}) AS w{i}"
+                          for i, m in enumerate(ms))}
         FROM po LEFT JOIN hv ON hv.email = po.email
     """
     return sql, [*holders, *holders]
@@ -92,14 +95,15 @@ def field_rows_sql(fp: FieldPlan, desired_from: str) -> tuple[str, list[object]]
 
 def fields_object_sql(fp: FieldPlan, alias: str = "f") -> tuple[str, str]:
     """``(fields, field_clears)`` SQL over :func:`field_rows_sql`'s columns: the JSON object text of
-    the changes an upsert carries (NULL when none) and how many of them clear. With
+    the changes an upsert carries (NULL when none) and how many of them clear a value the
+    destination was confirmed to hold. With
     ``unset_separately`` the clears are left out (they become ``unset:<field>`` rows)."""
     parts, clears = [], []
     for i, m in enumerate(fp.mappings):
         s = f"{alias}.s{i}"
         cond = f"{s} IS NOT NULL" + (f" AND {s} <> 'null'" if fp.unset_separately else "")
         parts.append(f"CASE WHEN {cond} THEN {key_literal(m.target)} || ':' || {s} END")
-        clears.append(f"CASE WHEN {s} = 'null' THEN 1 ELSE 0 END")
+        clears.append(f"CASE WHEN {alias}.w{i} THEN 1 ELSE 0 END")
     obj = f"NULLIF('{{' || concat_ws(',', {', '.join(parts)}) || '}}', '{{}}')"
     return obj, " + ".join(clears) or "0"
 
@@ -112,7 +116,8 @@ def unset_rows_sql(fp: FieldPlan, k: str = "k", f: str = "f") -> list[str]:
             continue
         out.append(f"SELECT {sql_string(UNSET_PREFIX + m.target)} AS action, {k}.email, {k}.want AS segments, "
                    f"{k}.member, {k}.have AS held, '{{' || {key_literal(m.target)} || ':null}}' AS fields, "
-                   f"1 AS field_clears FROM {k} JOIN field_rows {f} ON {f}.email = {k}.email "
+                   f"CASE WHEN {f}.w{i} THEN 1 ELSE 0 END AS field_clears "
+                   f"FROM {k} JOIN field_rows {f} ON {f}.email = {k}.email "
                    f"WHERE {k}.want IS NOT NULL AND {f}.s{i} = 'null'")
     return out
 

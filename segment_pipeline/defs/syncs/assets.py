@@ -5,7 +5,12 @@ Each asset syncs the latest complete ``memberships`` day (or ``config.day``) for
 toggle for that destination is on, incrementally against the destination mirror under
 ``<warehouse>/sync_state/<name>/``; without credentials it dry-runs into
 ``<warehouse>/sync_dry_run/<name>/<timestamp>/``. Each materialization records the run's counts as
-metadata (the asset page plots them: the run history).
+metadata (the asset page plots them: the run history), and the run's ``plan`` summary.
+
+Field mappings (which attributes and traits each destination receives) are read per run from
+``settings.destinations_file()`` and validated against the model. A run that would clear or remove
+more than ``SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE`` of the destination's contacts fails before
+sending anything unless its run config says ``allow_large_removal: true`` (docs/syncs.md).
 
 Schedules (UTC; cron overridable per destination): Klaviyo ``SEGMENT_PIPELINE_KLAVIYO_SYNC_CRON``
 (default every 12 hours, ``0 */12 * * *``), dotdigital ``SEGMENT_PIPELINE_DOTDIGITAL_SYNC_CRON``
