@@ -146,14 +146,15 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
         extra_cols, extra_join, extra_cond, extra_none, unsets = "", "", "", "", []
         if fields is not None and fields.mappings:
             fsql, fparams = field_rows_sql(fields, desired_from)
-            con.execute(f"CREATE OR REPLACE TEMP TABLE field_rows AS {fsql}", fparams)
-            field_counts = FieldCounts.from_row(fields.mappings, con.execute(field_counts_sql(fields)).fetchall()[0])
-            obj, nclear = fields_object_sql(fields)
-            extra_cols = f", {obj} AS fields, ({nclear}) AS field_clears"
+            obj, nclear = fields_object_sql(fields, alias="r")
             if fields.unset_separately:  # the clears are unset rows, which count them
-                extra_cols = f", {obj} AS fields, 0 AS field_clears"
+                nclear = "0"
+            con.execute(f"CREATE OR REPLACE TEMP TABLE field_rows AS "
+                        f"SELECT r.*, {obj} AS fields, ({nclear}) AS field_clears FROM ({fsql}) AS r", fparams)
+            field_counts = FieldCounts.from_row(fields.mappings, con.execute(field_counts_sql(fields)).fetchall()[0])
+            extra_cols = ", f.fields, coalesce(f.field_clears, 0) AS field_clears"
             extra_join = " LEFT JOIN field_rows f ON f.email = k.email"
-            extra_cond = f" OR ({obj}) IS NOT NULL"
+            extra_cond = " OR f.fields IS NOT NULL"
             extra_none = ", NULL::VARCHAR AS fields, 0 AS field_clears"
             unsets = unset_rows_sql(fields) if fields.unset_separately else []
         track = "TRUE" if track_membership else "FALSE"
