@@ -83,7 +83,7 @@ def main() -> None:
                 # confirm everything as a run would (segments + members + field values)
                 con = duckdb.connect()
                 table = con.execute(f"SELECT email, segments, member, fields FROM read_parquet('{tmp}/p1.parquet') "
-                                    "WHERE action = 'upsert'").fetch_arrow_table()
+                                    "WHERE action = 'upsert'").to_arrow_table()
                 con.close()
                 store.confirm_table(target, table, True)
                 store.confirm_values(target, table)

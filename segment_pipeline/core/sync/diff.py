@@ -149,8 +149,13 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
             obj, nclear = fields_object_sql(fields, alias="r")
             if fields.unset_separately:  # the clears are unset rows, which count them
                 nclear = "0"
+            # only the contacts with something to send or count (about the day's changes, not the audience)
+            idx = range(len(fields.mappings))
+            keep = (f"coalesce({', '.join(f'r.s{i}' for i in idx)}) IS NOT NULL OR "
+                    + " OR ".join(f"r.o{i}" for i in idx))
             con.execute(f"CREATE OR REPLACE TEMP TABLE field_rows AS "
-                        f"SELECT r.*, {obj} AS fields, ({nclear}) AS field_clears FROM ({fsql}) AS r", fparams)
+                        f"SELECT r.*, {obj} AS fields, ({nclear}) AS field_clears FROM ({fsql}) AS r WHERE {keep}",
+                        fparams)
             field_counts = FieldCounts.from_row(fields.mappings, con.execute(field_counts_sql(fields)).fetchall()[0])
             extra_cols = ", f.fields, coalesce(f.field_clears, 0) AS field_clears"
             extra_join = " LEFT JOIN field_rows f ON f.email = k.email"
