@@ -13,7 +13,7 @@ from segment_pipeline.core.sync.runner import destination_mappings, sync
 from segment_pipeline.core.sync.state import StateStore
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline_tests.core.test_sync_mappings import MODEL, write_profiles
-from segment_pipeline_tests.fakes.helpers import klaviyo_client, write_memberships
+from segment_pipeline_tests.fakes.helpers import KLAVIYO_KEY, klaviyo_client, write_memberships
 from segment_pipeline_tests.fakes.klaviyo import FakeKlaviyo
 
 D1, D2 = "2026-11-01", "2026-11-02"
@@ -79,6 +79,28 @@ def test_sync_plan_prints_changes_per_field_with_masked_sample_and_the_guard(pro
         with StateStore(state) as store:
             assert len(store.runs()) == 1
             assert store.field_values(store.get_meta("last_dest") or "", "loyalty_points")["u00@shop.com"] == 1
+
+def test_sync_run_stops_at_the_guard_and_allow_large_removal_lets_it_through(project, capsys, monkeypatch):
+    wh = project
+    _day(wh, D1, PEOPLE)
+    with FakeKlaviyo() as fake:
+        monkeypatch.setenv("KLAVIYO_API_KEY", KLAVIYO_KEY)
+        monkeypatch.setenv("KLAVIYO_BASE_URL", fake.url)
+        assert main(["sync", "run", "klaviyo"]) == 0
+        assert '"upserted": 20' in capsys.readouterr().out
+        (lid,) = fake.lists_named("Nosto Customers")
+        _day(wh, D2, PEOPLE[:2], {"u00@shop.com": 50})  # a bad upstream day
+        jobs = len(fake.jobs)
+        assert main(["sync", "run", "klaviyo"]) == 3
+        err = capsys.readouterr().err
+        assert "18 of the 20 contacts the destination holds (90.0%), over the removal guard of 20%" in err
+        assert "segment-pipeline sync run klaviyo --allow-large-removal" in err
+        assert len(fake.jobs) == jobs and len(fake.member_emails(lid)) == 20
+        assert main(["sync", "run", "klaviyo", "--allow-large-removal"]) == 0
+        out = capsys.readouterr().out
+        assert '"removed": 18' in out and '"fields_updated": 1' in out
+        assert fake.member_emails(lid) == set(PEOPLE[:2])
+        assert fake.property_of("u00@shop.com", "loyalty_points") == 50
 
 
 def test_sync_plan_names_an_unknown_destination(project, capsys):

@@ -334,3 +334,16 @@ def test_the_shipped_example_validates_against_the_shipped_model():
                            ("klaviyo", "dotdigital", "braze", "meta"))
     assert [m.field_type for m in loaded.of("dotdigital")] == ["String", "String", "String", "Numeric", "Date"]
     assert {m.target for m in loaded.of("klaviyo")} >= {"location.city", "last_order_at"}
+
+
+def test_dry_runs_with_mappings_write_the_requests_they_would_send(tmp_path, wh):
+    day_data(wh, D1, BASE)
+    text = KLAVIYO_MAP + DD_MAP + "braze:\n  mappings:\n    - {from: points, to: points}\n"
+    for name in ("klaviyo", "dotdigital", "braze"):
+        report = run(name, wh, tmp_path, D1, None, mappings(tmp_path, text, name))
+        files = sorted(p.name for p in Path(report.payload_dir).iterdir())
+        assert report.dry_run and report.planned_field_values > 0 and "summary.json" in files
+        if name == "dotdigital":  # Cat has no last order (when_null: clear): its own Overwrite file
+            assert "unset-LASTORDER-00001-Overwrite.csv" in files
+            body = (Path(report.payload_dir) / "upsert-00001-OnlyOverwriteIfNotEmpty.csv").read_bytes().decode()
+            assert body.startswith("Email,NOSTOSEGMENT,FIRSTNAME,POINTS,VIP,LASTORDER,BIO,REVENUE\r\n")

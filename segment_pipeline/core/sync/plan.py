@@ -15,8 +15,8 @@ emails masked (:func:`mask_email`: ``j***@example.com``).
 
 The **removal guard** (:class:`RemovalGuardError`): a real run whose plan has ``leaving`` over
 ``SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE`` (default 0.2) of ``contacts_held`` stops before it
-sends anything, unless confirmed (``--allow-large-removal`` on the CLI, run config
-``allow_large_removal: true`` on the ``<name>_sync`` asset). A destination holding nobody yet
+sends anything, unless confirmed (``segment-pipeline sync run <name> --allow-large-removal`` on the
+CLI, run config ``allow_large_removal: true`` on the ``<name>_sync`` asset). A destination holding nobody yet
 (first sync) has nothing to lose and is never stopped.
 """
 
@@ -52,8 +52,8 @@ def guard_message(name: str, counts: PlanCounts, limit: float, day: str) -> str:
     return (f"{name}: this run would clear, remove or take a mapped field from {counts.leaving:,} of the "
             f"{counts.held_contacts:,} contacts the destination holds ({share:.1%}), over the removal guard of "
             f"{limit:.0%} ({GUARD_ENV}); check the data of {day} (a bad upstream day empties audiences), see "
-            f"`segment-pipeline sync plan {name}`, and confirm with `--allow-large-removal` or the sync asset's "
-            "run config `allow_large_removal: true`")
+            f"`segment-pipeline sync plan {name}`, and confirm with the sync asset's run config "
+            f"`allow_large_removal: true` or `segment-pipeline sync run {name} --allow-large-removal`")
 
 
 def mask_email(email: str) -> str:
