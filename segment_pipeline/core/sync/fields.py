@@ -80,8 +80,7 @@ def field_rows_sql(fp: FieldPlan, desired_from: str) -> tuple[str, list[object]]
     overs = ", ".join(f"{over_limit_sql(m, f'v{i}')} AS o{i}" for i, m in enumerate(ms))
     sql = f"""
         WITH d AS (SELECT email FROM {desired_from}),
-        pv AS (SELECT p.email AS email, {values} FROM {fp.profiles} AS p
-               WHERE p.email IN (SELECT email FROM d)),
+        pv AS (SELECT p.email AS email, {values} FROM {fp.profiles} AS p JOIN d ON d.email = p.email),
         po AS (SELECT *, {overs} FROM pv),
         hv AS (SELECT email, {held} FROM held_values
                WHERE holder IN ({", ".join("?" for _ in ms)}) GROUP BY email)
