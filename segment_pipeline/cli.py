@@ -1,4 +1,5 @@
-"""The ``segment-pipeline`` command line: the demo, sample data, the segment API and its credentials."""
+"""The ``segment-pipeline`` command line: the demo, sample data, the segment API and its credentials,
+and the sync plan preview."""
 
 from __future__ import annotations
 
@@ -200,6 +201,113 @@ def _add_api_keys(sub: argparse._SubParsersAction) -> None:
     _add_credentials(sub, "api-keys", "api_key")
 
 
+def _add_sync(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sync",
+        help="preview what the next sync run of a destination would change, or run it (see docs/syncs.md)",
+    )
+    actions = p.add_subparsers(dest="action", required=True)
+    plan = actions.add_parser(
+        "plan",
+        help="print what the next run would add, update, clear and remove, per mapped field, with a sample",
+        description=(
+            "Plans the next run of the destination's sync asset from the same warehouse, mirror, segments, "
+            "field mappings and settings (environment) as the asset, against the list/field the last real run "
+            "used, and prints counts and a small sample (emails masked). Nothing is sent; no network call. "
+            "Exit status 3 when the removal guard (SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE) would stop the run."
+        ),
+    )
+    plan.add_argument("destination", help="klaviyo, dotdigital, braze or meta")
+    plan.add_argument("--day", default="", help="memberships day (YYYY-MM-DD); default: the latest complete one")
+    plan.add_argument("--sample", type=int, default=3, help="contacts shown per change")
+    plan.add_argument("--allow-large-removal", action="store_true",
+                      help="report the guard as confirmed (exit 0)")
+    apply = actions.add_parser(
+        "run",
+        help="run the sync now, as the <destination>_sync asset does (outside Dagster: no materialization)",
+        description=(
+            "One sync run of the destination with the asset's warehouse, mirror, segments, mappings and "
+            "environment (credentials from the environment; without them a dry run). Prints the run's counts "
+            "as JSON. Exit status 3 when the removal guard stopped it (nothing was sent)."
+        ),
+    )
+    apply.add_argument("destination", help="klaviyo, dotdigital, braze or meta")
+    apply.add_argument("--day", default="", help="memberships day (YYYY-MM-DD); default: the latest complete one")
+    apply.add_argument("--allow-large-removal", action="store_true",
+                       help="confirm a run that clears or removes more than SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE "
+                            "of the destination's contacts")
+
+    def run(args: argparse.Namespace) -> int:
+        import datetime as dt
+        import os
+        from pathlib import Path
+
+        from segment_pipeline import settings
+        from segment_pipeline.core.segments import load_catalog
+        from segment_pipeline.core.sync.destinations import destination
+        from segment_pipeline.core.sync.plan import preview
+        from segment_pipeline.core.sync.runner import destination_mappings
+        from segment_pipeline.core.warehouse import Warehouse
+
+        try:
+            cls = destination(args.destination)
+        except KeyError as exc:
+            print(exc.args[0], file=sys.stderr)
+            return 2
+        wh = Warehouse(settings.warehouse_root())
+        if args.day:
+            day = dt.date.fromisoformat(args.day)
+            if not wh.has_partition("memberships", day):
+                print(f"no complete memberships partition for {day}", file=sys.stderr)
+                return 2
+        else:
+            days = wh.partition_dates("memberships")
+            if not days:
+                print("no complete memberships partition yet: materialize memberships first", file=sys.stderr)
+                return 2
+            day = days[-1]
+        catalog = load_catalog(settings.segments_file(), wh.model)
+        synced = {s.id: s.name for s in catalog.segments if s.sync.get(cls.name)}
+        values = cls.option_values({o.name: os.environ.get(o.env) for o in cls.options})
+        guard = settings.sync_max_removal_share()
+        state_dir = Path(wh.root) / "sync_state" / cls.name
+        if args.action == "run":
+            import json
+
+            from segment_pipeline.core.sync.engine import run_sync
+            from segment_pipeline.core.sync.plan import RemovalGuardError
+
+            client = cls.client_from(values)
+            d = cls(client, cls.settings_from(values))
+            d.mappings = destination_mappings(d, wh.model)
+            try:
+                report = run_sync(d, wh, day, synced, state_dir=state_dir, dry_run_root=Path(wh.root) / "sync_dry_run",
+                                  log=lambda m: print(m, file=sys.stderr), max_removal_share=guard,
+                                  allow_large_removal=args.allow_large_removal)
+            except RemovalGuardError as exc:
+                print(str(exc), file=sys.stderr)
+                return 3
+            finally:
+                if client is not None:
+                    client.close()
+            print(json.dumps({**report.counts(), "status": report.status, "dry_run": report.dry_run,
+                              "day": report.day, "notes": report.notes, "plan": report.plan}, indent=1))
+            return 0
+        d = cls(None, cls.settings_from(values))  # no client: planning never calls the destination
+        d.mappings = destination_mappings(d, wh.model)
+        result = preview(d, wh, day, synced, state_dir=state_dir, max_removal_share=guard, sample=args.sample)
+        print(result.render())
+        if result.guard_stops and not args.allow_large_removal:
+            print(f"the next {cls.name} run stops at the removal guard unless confirmed (asset run config "
+                  f"allow_large_removal: true, or segment-pipeline sync run {cls.name} --allow-large-removal)",
+                  file=sys.stderr)
+            return 3
+        return 0
+
+    plan.set_defaults(func=run)
+    apply.set_defaults(func=run)
+
+
 def _export_location() -> str:
     import os
     from pathlib import Path
@@ -220,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_tokens(sub)
     _add_api_keys(sub)
+    _add_sync(sub)
     return parser
 
 

@@ -97,3 +97,30 @@ def retention_days(what: str) -> int | None:
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"{var}={raw!r}: expected a whole number of days >= 1, or off")
     return int(raw)
+
+
+def destinations_file() -> str:
+    """Field mappings per sync destination (``SEGMENT_PIPELINE_DESTINATIONS``, default
+    ``data/destinations.yaml``); optional file: without it destinations get the segment names only."""
+    return _env_path("SEGMENT_PIPELINE_DESTINATIONS", "data/destinations.yaml")
+
+
+#: Default removal guard: a sync run that would clear, remove or take a mapped field from more than
+#: this share of the contacts a destination holds stops unless confirmed (docs/syncs.md).
+DEFAULT_MAX_REMOVAL_SHARE = 0.2
+
+
+def sync_max_removal_share() -> float:
+    """``SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE``: 0..1 (default 0.2; 1 turns the guard off).
+    Raises ``ValueError`` naming the variable for anything else."""
+    raw = os.environ.get("SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE", "").strip()
+    if not raw:
+        return DEFAULT_MAX_REMOVAL_SHARE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE must be a number from 0 to 1 "
+                         f"(e.g. 0.2 for 20%), got {raw[:40]!r}")
+    return value

@@ -70,6 +70,11 @@ class _Refused(Exception):
     """One attributes object refused (becomes an ``errors`` entry with its index)."""
 
 
+#: Braze "Data types": String "Text; 255 characters or fewer"
+#: (https://www.braze.com/docs/user_guide/data/activation/custom_data/data_types/).
+MAX_STRING_CHARS = 255
+
+
 def braze_client(url: str, **kw: Any) -> BrazeClient:
     """Our production client pointed at a fake, with the tests' short retry policy."""
     from segment_pipeline_tests.fakes.helpers import FAST  # here, not at import: helpers imports this module
@@ -278,6 +283,8 @@ class FakeBraze(FakeService):
 
     @staticmethod
     def _check_value(key: str, value: Any) -> None:
+        if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+            raise _Refused(f"'{key}': string values hold {MAX_STRING_CHARS} characters")
         if value is None or isinstance(value, str | int | float | bool):
             return
         if isinstance(value, list):

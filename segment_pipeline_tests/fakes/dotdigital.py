@@ -47,6 +47,38 @@ MAX_TEXT_FIELD_CHARS = 255
 BUILTIN_FIELDS = ("FIRSTNAME", "LASTNAME", "FULLNAME", "GENDER", "POSTCODE")
 
 
+_INVALID = object()
+
+
+def _typed(kind: str, text: str) -> Any:
+    """A CSV cell as the data field of type ``kind`` holds it (``ApiDataTypes`` of the v2 spec),
+    or ``_INVALID``: Numeric a number, Date an ISO 8601 date/date-time (kept as text), Boolean
+    true/false (also yes/no, 1/0). Modelling choice: dotdigital's import page does not list the
+    exact formats it parses; these are the ones the sync sends."""
+    import datetime as _dt
+
+    if kind == "Numeric":
+        try:
+            number = float(text)
+        except ValueError:
+            return _INVALID
+        return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+    if kind == "Date":
+        try:
+            _dt.datetime.fromisoformat(text)
+        except ValueError:
+            return _INVALID
+        return text
+    if kind == "Boolean":
+        low = text.strip().lower()
+        if low in ("true", "yes", "1"):
+            return True
+        if low in ("false", "no", "0"):
+            return False
+        return _INVALID
+    return text
+
+
 class FakeDotdigital(FakeService):
     name = "dotdigital"
 
@@ -320,6 +352,12 @@ class FakeDotdigital(FakeService):
                 report["suppressedContacts"] += 1
                 imp["faults"].append((f"Contact is suppressed ({self.suppressed_emails[email]})", row))
                 continue
+            wrong = [(name, self.data_fields[name]["type"]) for i, name in field_cols
+                     if i < len(row) and row[i] and _typed(self.data_fields[name]["type"], row[i]) is _INVALID]
+            if wrong:  # dotdigital refuses a value its data field's type cannot hold
+                report["invalidEntries"] += 1
+                imp["faults"].append((f"Invalid value for data field {wrong[0][0]} ({wrong[0][1]})", row))
+                continue
             too_long = [name for i, name in field_cols if i < len(row) and len(row[i]) > MAX_TEXT_FIELD_CHARS]
             if too_long:  # text data fields hold 255 characters (see the client's docstring for the source)
                 self.spec_violations.append(f"import: {too_long[0]} value over {MAX_TEXT_FIELD_CHARS} characters")
@@ -335,13 +373,14 @@ class FakeDotdigital(FakeService):
             fields = c["dataFields"]
             for i, name in field_cols:
                 value = row[i] if i < len(row) else ""
+                typed = _typed(self.data_fields[name]["type"], value) if value else None
                 if merge == "Overwrite":
-                    fields[name] = value or None
+                    fields[name] = typed
                 elif merge == "OnlyOverwriteIfNotEmpty":
                     if value:
-                        fields[name] = value
+                        fields[name] = typed
                 elif not fields.get(name):  # OnlyOverwriteIfContactDataNotPopulated
-                    fields[name] = value or None
+                    fields[name] = typed
             c["books"].add(book)
         report["newContacts"] += new
         report["updatedContacts"] += updated

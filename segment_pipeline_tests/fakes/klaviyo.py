@@ -415,8 +415,14 @@ class FakeKlaviyo(FakeService):
             for k, v in attrs.items():
                 if k == "properties":
                     prof["properties"].update(v or {})
+                elif k == "location":  # the given location keys change; a null one clears it
+                    loc = prof.setdefault("location", {})
+                    loc.update(v or {})
                 elif k not in ("email", "subscriptions"):
-                    prof[k] = v
+                    prof[k] = v  # a standard attribute; null clears it (update_profile.json)
+            unset = ((p.get("meta") or {}).get("patch_properties") or {}).get("unset")
+            for key in ([unset] if isinstance(unset, str) else unset or []):
+                prof["properties"].pop(key, None)  # ProfileMetaPatchProperties.unset
             prof["updated"] = now
             ids.append(pid)
             for m in members:

@@ -97,13 +97,19 @@ def attributes_object_sql(attribute: str, clear: bool) -> str:
     head = f"'{{\"email\":' || to_json(email)::VARCHAR || {key}"
     if clear:
         return f"({head} || 'null}},')"
+    return f"({head} || {segments_value_sql()} || '}},')"
+
+
+def segments_value_sql() -> str:
+    """DuckDB expression: the attribute's value for an upsert plan row: the whole array when the
+    previous value is unknown (``held`` NULL), else ``{"add": [...], "remove": [...]}``."""
     want = "from_json(segments, '[\"VARCHAR\"]')"
     have = "from_json(held, '[\"VARCHAR\"]')"
     add = f"list_filter({want}, lambda x: NOT list_contains({have}, x))"
     remove = f"list_filter({have}, lambda x: NOT list_contains({want}, x))"
     delta = (f"'{{' || concat_ws(',', CASE WHEN len({add}) > 0 THEN '\"add\":' || to_json({add})::VARCHAR END, "
              f"CASE WHEN len({remove}) > 0 THEN '\"remove\":' || to_json({remove})::VARCHAR END) || '}}'")
-    return f"({head} || CASE WHEN held IS NULL THEN segments ELSE {delta} END || '}},')"
+    return f"(CASE WHEN held IS NULL THEN segments ELSE {delta} END)"
 
 
 class BrazeClient(EspClient):

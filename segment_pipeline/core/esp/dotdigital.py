@@ -49,11 +49,12 @@ class ImportFault:
     reason: str
 
 
-def contacts_csv(rows: Iterable[tuple[str, str]], field: str) -> bytes:
-    """``Email,<FIELD>`` CSV (RFC 4180 quoting) for ``(email, value)`` rows; an empty value clears."""
+def contacts_csv(rows: Iterable[Sequence[str]], field: str, *more: str) -> bytes:
+    """``Email,<FIELD>[,<FIELD2>...]`` CSV (RFC 4180 quoting) for ``(email, value, ...)`` rows; an
+    empty value clears (under the Overwrite merge option)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\r\n")
-    w.writerow(["Email", field])
+    w.writerow(["Email", field, *more])
     w.writerows(rows)
     return out.getvalue().encode("utf-8")
 
@@ -75,8 +76,8 @@ def contact_line_sql(separator: str, email: str = "email", segments: str = "segm
     return f"({csv_field_sql(email)} || ',' || {csv_field_sql(value)} || chr(13) || chr(10))"
 
 
-def csv_header(field: str) -> bytes:
-    return contacts_csv([], field)
+def csv_header(field: str, *more: str) -> bytes:
+    return contacts_csv([], field, *more)
 
 
 class DotdigitalClient(EspClient):
@@ -110,13 +111,29 @@ class DotdigitalClient(EspClient):
     def _has_field(self, name: str) -> bool:
         return any(str(f.get("name", "")).upper() == name.upper() for f in self.data_fields())
 
-    def ensure_data_field(self, name: str, attempts: int = 5) -> None:
-        """Create the String data field ``name`` unless it exists; a failed create is re-checked."""
+    def _field_type(self, name: str) -> str | None:
+        for f in self.data_fields():
+            if str(f.get("name", "")).upper() == name.upper():
+                return str(f.get("type") or "String")
+        return None
+
+    def ensure_data_field(self, name: str, type_: str = "String", attempts: int = 5, what: str = "") -> None:
+        """Create the data field ``name`` of type ``type_`` (``String``, ``Numeric``, ``Date``,
+        ``Boolean``: ``ApiDataTypes`` of the v2 spec) unless it exists; a failed create is
+        re-checked. A field that exists with another type raises :class:`EspError` naming both
+        types (``what`` says where the field comes from, for the message)."""
+        existing = self._field_type(name)
+        if existing is not None:
+            if existing != type_:
+                raise EspError(f"dotdigital data field {name.upper()} exists with type {existing}, but "
+                               f"{what or 'the sync'} needs {type_}: map it to another field, set the mapping's "
+                               "type, or change the field in dotdigital")
+            return
 
         def create() -> bool:
             try:
                 self.http.request("POST", "/v2/data-fields", family="default", idempotent=False, expect=(200, 201),
-                                  json_body={"name": name, "type": "String", "visibility": "Private",
+                                  json_body={"name": name, "type": type_, "visibility": "Private",
                                              "defaultValue": None}, content_type="application/json")
             except EspAmbiguous:
                 raise  # may or may not exist now: find_or_create looks again

@@ -94,11 +94,13 @@ class Batch:
 
 
 def plan_batches(plan_path: Path, action: str, record_sql: str, max_rows: int, max_bytes: int | None = None,
-                 params: Mapping[str, object] | None = None, read_rows: int = 65_536) -> Iterator[Batch]:
+                 params: Mapping[str, object] | None = None, read_rows: int = 65_536,
+                 extra: tuple[str, ...] = ()) -> Iterator[Batch]:
     """Batches of one action's plan rows (ordered by email), each at most ``max_rows`` rows and
     ``max_bytes`` payload bytes; ``record_sql`` is the DuckDB expression rendering one row's
     record (over the plan columns ``email``, ``segments``, ``member``, ``held``). A single record over
-    ``max_bytes`` raises ``ValueError``.
+    ``max_bytes`` raises ``ValueError``. ``extra``: more plan columns kept in each batch's table
+    (after ``email``, ``segments``, ``member``), e.g. ``fields`` for the mapped-field mirror.
     """
     con = duckdb.connect(config={"temp_directory": str(spill_dir())})  # spills stay private (0700)
     pending: list[pa.RecordBatch] = []
@@ -108,7 +110,8 @@ def plan_batches(plan_path: Path, action: str, record_sql: str, max_rows: int, m
         # the plan file is written sorted by (action, email) and DuckDB keeps a file's row order
         # (preserve_insertion_order): no second sort before the first batch can go out
         reader = con.sql(
-            f"SELECT email, segments, member, {record_sql} AS record FROM read_parquet($path) "
+            f"SELECT email, segments, member, {record_sql} AS record{''.join(', ' + c for c in extra)} "
+            "FROM read_parquet($path) "
             "WHERE action = $action",
             params={"path": str(plan_path), "action": action, **(params or {})},
         ).to_arrow_reader(read_rows)
@@ -124,7 +127,7 @@ def plan_batches(plan_path: Path, action: str, record_sql: str, max_rows: int, m
             if not pending:
                 break
             table = pa.Table.from_batches(pending).combine_chunks()
-            rest = yield from _cut(table, max_rows, max_bytes, final=rb is None)
+            rest = yield from _cut(table, max_rows, max_bytes, final=rb is None, keep=len(extra))
             pending = rest.to_batches() if rest is not None and rest.num_rows else []
             pending_rows = sum(b.num_rows for b in pending)
             pending_bytes = sum(_payload_bytes(b.column(3)) for b in pending)
@@ -132,7 +135,7 @@ def plan_batches(plan_path: Path, action: str, record_sql: str, max_rows: int, m
         con.close()
 
 
-def _cut(table: pa.Table, max_rows: int, max_bytes: int | None, final: bool) -> Iterator[Batch]:
+def _cut(table: pa.Table, max_rows: int, max_bytes: int | None, final: bool, keep: int = 0) -> Iterator[Batch]:
     """Yield full batches from the front of ``table`` (all of it when ``final``); return the rest."""
     records = table.column(3).combine_chunks()
     lengths = pc.binary_length(records).to_pylist()
@@ -149,7 +152,8 @@ def _cut(table: pa.Table, max_rows: int, max_bytes: int | None, final: bool) -> 
         if stop == n and not final and (stop - start < max_rows) and (
                 max_bytes is None or ends[n - 1] - before < max_bytes):
             break  # not full yet: wait for more rows
-        yield Batch(table.slice(start, stop - start).select([0, 1, 2]), _payload(records.slice(start, stop - start)))
+        yield Batch(table.slice(start, stop - start).select([0, 1, 2, *range(4, 4 + keep)]),
+                    _payload(records.slice(start, stop - start)))
         start = stop
     return table.slice(start) if start < n else None
 

@@ -17,6 +17,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from segment_pipeline.core.atomic import FILE_MODE, private_mkdir
+from segment_pipeline.core.sync.fields import (
+    UNSET_PREFIX,
+    FieldCounts,
+    FieldPlan,
+    field_counts_sql,
+    field_rows_sql,
+    fields_object_sql,
+    unset_rows_sql,
+)
 from segment_pipeline.core.sync.state import StateStore, Target, _now
 from segment_pipeline.core.warehouse import sql_string
 
@@ -32,6 +41,10 @@ class PlanCounts:
     truncated: int = 0  # desired profiles whose value was cut to the destination's limit
     dropped_all: int = 0  # of which no name fitted at all (treated as not desired: cleared/removed)
     dropped_names: tuple[tuple[str, int], ...] = ()  # the names dropped most often, with how often (top 5)
+    held_contacts: int = 0  # contacts holding a non-empty value per the mirror (members-only destinations: members)
+    leaving: int = 0  # planned contacts whose value is cleared, who are removed, or lose a mapped value they held
+    field_counts: FieldCounts | None = None  # per mapped field: values to send, clears, over the limit
+    unsets: int = 0  # ``unset:<field>`` rows (destinations that clear fields in their own requests)
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ class ValueFit:
 
 def write_plan(store: StateStore, target: Target, desired_sql: str, params: list[object], plan_path: Path,
                track_membership: bool, removes: bool, fit: ValueFit | None = None, run_id: str | None = None,
-               values: bool = True, withdraw: str | None = None) -> PlanCounts:
+               values: bool = True, withdraw: str | None = None, fields: FieldPlan | None = None) -> PlanCounts:
     """Write ``action, email, segments, member, held`` rows to ``plan_path``; return the counts.
 
     * ``upsert``: email is desired with segments different from what its profile is confirmed to
@@ -90,6 +103,11 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
     is not compared (nothing is kept in ``held``), so upserts are the desired non-members and there
     are no clears; leavers are ``remove`` rows.
     With ``run_id`` (a real run) the fitted profiles replace the holder's rows in ``truncated``.
+
+    ``fields`` (mapped destination fields, :mod:`segment_pipeline.core.sync.fields`): every row also
+    has ``fields`` (JSON object of the mapped-field changes, NULL when none) and ``field_clears``;
+    a desired contact whose mapped values changed is an upsert even when its segment names did not;
+    with ``fields.unset_separately`` the clears are ``unset:<field>`` rows of their own.
     """
     private_mkdir(plan_path.parent)
     con = store.con
@@ -126,6 +144,26 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
                     if long:
                         tx.execute("""INSERT INTO truncated SELECT ?, email, kept, dropped, ?, ?
                                       FROM desired_fitted WHERE kept IS NOT NULL""", [target.holder, run_id, _now()])
+        field_counts = None
+        extra_cols, extra_join, extra_cond, extra_none, unsets = "", "", "", "", []
+        if fields is not None and fields.mappings:
+            fsql, fparams = field_rows_sql(fields, desired_from)
+            obj, nclear = fields_object_sql(fields, alias="r")
+            if fields.unset_separately:  # the clears are unset rows, which count them
+                nclear = "0"
+            # only the contacts with something to send or count (about the day's changes, not the audience)
+            idx = range(len(fields.mappings))
+            keep = (f"coalesce({', '.join(f'r.s{i}' for i in idx)}) IS NOT NULL OR "
+                    + " OR ".join(f"r.o{i}" for i in idx))
+            con.execute(f"CREATE OR REPLACE TEMP TABLE field_rows AS "
+                        f"SELECT r.*, {obj} AS fields, ({nclear}) AS field_clears FROM ({fsql}) AS r WHERE {keep}",
+                        fparams)
+            field_counts = FieldCounts.from_row(fields.mappings, con.execute(field_counts_sql(fields)).fetchall()[0])
+            extra_cols = ", f.fields, coalesce(f.field_clears, 0) AS field_clears"
+            extra_join = " LEFT JOIN field_rows f ON f.email = k.email"
+            extra_cond = " OR f.fields IS NOT NULL"
+            extra_none = ", NULL::VARCHAR AS fields, 0 AS field_clears"
+            unsets = unset_rows_sql(fields) if fields.unset_separately else []
         track = "TRUE" if track_membership else "FALSE"
         compare = "TRUE" if values else "FALSE"
         remove = "TRUE" if removes else (f"({withdraw})" if withdraw else "FALSE")
@@ -139,12 +177,13 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
             k AS (
                 SELECT coalesce(j.email, mb.email) AS email, j.want, j.have, mb.email IS NOT NULL AS member
                 FROM j FULL OUTER JOIN mb ON j.email = mb.email)
-            SELECT '{UPSERT}' AS action, email, want AS segments, member, have AS held FROM k
-                WHERE want IS NOT NULL AND (({compare} AND have IS DISTINCT FROM want) OR ({track} AND NOT member))
+            SELECT '{UPSERT}' AS action, k.email, want AS segments, member, have AS held{extra_cols} FROM k{extra_join}
+                WHERE want IS NOT NULL AND (({compare} AND have IS DISTINCT FROM want) OR ({track} AND NOT member){extra_cond})
             UNION ALL
-            SELECT '{CLEAR}', email, '[]', member, have FROM k WHERE {compare} AND want IS NULL AND have <> '[]'
+            SELECT '{CLEAR}', email, '[]', member, have{extra_none} FROM k WHERE {compare} AND want IS NULL AND have <> '[]'
             UNION ALL
-            SELECT '{REMOVE}', email, '[]', member, have FROM k WHERE want IS NULL AND {remove} AND member
+            SELECT '{REMOVE}', email, '[]', member, have{extra_none} FROM k WHERE want IS NULL AND {remove} AND member
+            {"".join(f" UNION ALL {u}" for u in unsets)}
         """
         con.execute(
             f"COPY ({sql} ORDER BY action, email) TO {sql_string(str(plan_path))} (FORMAT parquet, COMPRESSION zstd)",
@@ -152,10 +191,21 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
         ).fetchall()
         os.chmod(plan_path, FILE_MODE)  # in a 0700 folder from its creation; the file itself 0600 too
         desired = con.execute(f"SELECT count(*) FROM {desired_from}").fetchall()[0][0]
+        # what the destination holds: profiles carrying a non-empty value (members-only destinations:
+        # list/audience members); one count, no join, so the guard costs the plan next to nothing
+        held_contacts = con.execute(
+            "SELECT count(*) FROM held WHERE holder = ? AND segments <> '[]'" if values else
+            "SELECT count(*) FROM members WHERE container = ?",
+            [target.holder if values else target.container]).fetchall()[0][0]
     finally:
+        con.execute("DROP TABLE IF EXISTS field_rows")
         con.execute("DROP TABLE IF EXISTS desired_fitted")
         con.execute("DROP TABLE IF EXISTS desired_rows")
-    counts = dict(con.execute(
-        f"SELECT action, count(*) FROM read_parquet({sql_string(str(plan_path))}) GROUP BY action").fetchall())
+    plan = f"read_parquet({sql_string(str(plan_path))})"
+    counts = dict(con.execute(f"SELECT action, count(*) FROM {plan} GROUP BY action").fetchall())
+    losing = f"action IN ('{CLEAR}', '{REMOVE}')" + (" OR field_clears > 0" if extra_cols else "")
+    leaving = con.execute(f"SELECT count(DISTINCT email) FILTER (WHERE {losing}) FROM {plan}").fetchall()[0][0]
     return PlanCounts(desired, counts.get(UPSERT, 0), counts.get(CLEAR, 0), counts.get(REMOVE, 0),
-                      truncated, dropped_all, tuple((str(a), int(b)) for a, b in dropped_names))
+                      truncated, dropped_all, tuple((str(a), int(b)) for a, b in dropped_names),
+                      int(held_contacts), int(leaving or 0), field_counts,
+                      sum(n for a, n in counts.items() if str(a).startswith(UNSET_PREFIX)))

@@ -49,8 +49,11 @@ from segment_pipeline.core.esp.http import EspClient, HttpStats
 from segment_pipeline.core.privacy.suppression import keep_email_sql
 from segment_pipeline.core.sync.batching import Batch, InFlight, Row, chunk, plan_batches, plan_rows
 from segment_pipeline.core.sync.desired import desired_sql
-from segment_pipeline.core.sync.diff import CLEAR, REMOVE, UPSERT, ValueFit, write_plan
+from segment_pipeline.core.sync.diff import CLEAR, REMOVE, UPSERT, PlanCounts, ValueFit, write_plan
 from segment_pipeline.core.sync.dryrun import DryRunWriter
+from segment_pipeline.core.sync.fields import UNSET_PREFIX, FieldPlan
+from segment_pipeline.core.sync.mappings import FieldMapping
+from segment_pipeline.core.sync.plan import RemovalGuardError, guard_message, plan_summary
 from segment_pipeline.core.sync.report import SyncReport
 from segment_pipeline.core.sync.state import StateStore, Target
 from segment_pipeline.core.warehouse import Warehouse
@@ -161,10 +164,16 @@ class Destination(abc.ABC):
     cron_env: ClassVar[str]  # environment variable overriding the schedule
     cron: ClassVar[str]  # default schedule (UTC)
     freshness_hours: ClassVar[int]  # asset is late after this long without a run (warn one hour before)
+    #: mapped-field clears cannot ride on an upsert: each cleared field is sent in ``unset:<field>``
+    #: requests of its own (dotdigital: an empty cell clears only under the Overwrite merge option)
+    unset_separately: ClassVar[bool] = False
 
-    def __init__(self, client: EspClient | None, settings: Any):
+    def __init__(self, client: EspClient | None, settings: Any, mappings: Sequence[FieldMapping] = ()):
         self.client = client
         self.settings = settings
+        #: the validated field mappings of this destination (:mod:`segment_pipeline.core.sync.mappings`);
+        #: ``record_sql`` then renders the plan's ``fields`` column too
+        self.mappings: tuple[FieldMapping, ...] = tuple(mappings)
         #: the list/book id (or a dry-run placeholder) once :meth:`connect` / :meth:`dry_connect` ran
         self.container_ref: Any = None
         #: ``(segment_id, segment_name)`` being synced (``capabilities.audience_per_segment`` only)
@@ -207,8 +216,10 @@ class Destination(abc.ABC):
     @abc.abstractmethod
     def record_sql(self, action: str) -> str:
         """DuckDB expression rendering one plan row (``email``, ``segments`` JSON, ``member``,
-        ``held``: the JSON list the profile is confirmed to carry, NULL if unknown) as its record
-        in a request body, *with its own trailing separator*."""
+        ``held``: the JSON list the profile is confirmed to carry, NULL if unknown; with
+        :attr:`mappings` also ``fields``: the JSON object of mapped-field changes, NULL: none) as
+        its record in a request body, *with its own trailing separator*. ``action`` is
+        ``upsert``, ``clear`` or (``unset_separately``) ``unset:<field>``."""
 
     @abc.abstractmethod
     def build_request(self, action: str, payload: bytes) -> bytes:
@@ -242,19 +253,33 @@ class Destination(abc.ABC):
         """Settings worth showing in the dry-run summary (never secrets)."""
         return {}
 
+    def segment_field(self) -> str | None:
+        """The property/field/attribute holding the segment names (never a mapping's target);
+        None for destinations holding members only."""
+        return None
+
 
 # -- one run ----------------------------------------------------------------------------------
 def run_sync(destination: Destination, warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str], *,
-             state_dir: Path, dry_run_root: Path, log: Log | None = None) -> SyncReport:
+             state_dir: Path, dry_run_root: Path, log: Log | None = None, max_removal_share: float | None = None,
+             allow_large_removal: bool = False) -> SyncReport:
     """Sync ``day``'s memberships of the ``synced`` segments (id -> name) to ``destination``.
 
     Raises what the destination's client raises (after recording the run as failed); a dry run
     (``destination.client is None``) never touches the network. A destination with
     ``capabilities.audience_per_segment`` is run once per synced segment (in name order, stopping
     at the first failure) and the reports are summed (:func:`merge_reports`).
+
+    Removal guard: with ``max_removal_share`` (0..1; the asset and the CLI pass
+    ``settings.sync_max_removal_share()``), a real run whose plan would clear, remove or take a
+    mapped field from more than that share of the contacts the destination holds (per the mirror)
+    raises :class:`~segment_pipeline.core.sync.plan.RemovalGuardError` before sending anything,
+    unless ``allow_large_removal``. A dry run only notes it.
     """
+    guard = (max_removal_share, allow_large_removal)
     if not destination.capabilities.audience_per_segment:
-        return _Run(destination, warehouse, day, synced, Path(state_dir), Path(dry_run_root), log).execute()
+        return _Run(destination, warehouse, day, synced, Path(state_dir), Path(dry_run_root), log,
+                    guard=guard).execute()
     reports = []
     started = time.monotonic()
     store = StateStore(state_dir)  # one lock and one open state for all the audiences' runs
@@ -263,7 +288,7 @@ def run_sync(destination: Destination, warehouse: Warehouse, day: str | dt.date,
         for segment_id, name in sorted(synced.items(), key=lambda kv: (kv[1], kv[0])):
             destination.segment = (segment_id, name)
             reports.append(_Run(destination, warehouse, day, {segment_id: name}, Path(state_dir), Path(dry_run_root),
-                                log, scope=segment_id, store=store).execute())
+                                log, scope=segment_id, store=store, guard=guard).execute())
     finally:
         destination.segment = None
         store.close()
@@ -283,6 +308,7 @@ def merge_reports(integration: str, day: str, dry_run: bool, reports: Sequence[S
     out.seconds = round(out.seconds, 3)
     out.status = "ok" if all(r.status == "ok" for r in reports) else "failed"
     out.notes = [n for r in reports for n in r.notes]
+    out.plan = {r.run_id: r.plan for r in reports if r.plan}
     dirs = sorted({str(Path(r.payload_dir).parent.parent) for r in reports if r.payload_dir})
     out.payload_dir = dirs[0] if len(dirs) == 1 else (", ".join(dirs) or None)
     return out
@@ -291,7 +317,7 @@ def merge_reports(integration: str, day: str, dry_run: bool, reports: Sequence[S
 class _Run:
     def __init__(self, d: Destination, warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str],
                  state_dir: Path, dry_run_root: Path, log: Log | None, scope: str = "",
-                 store: StateStore | None = None):
+                 store: StateStore | None = None, guard: tuple[float | None, bool] = (None, False)):
         self.d = d
         self.warehouse = warehouse
         self.day = str(day)
@@ -315,6 +341,10 @@ class _Run:
         #: per-audience runs keep their own "last real target" and dry-run folder
         self.scope = scope
         self.last_key = f"last_dest:{scope}" if scope else "last_dest"
+        self.max_removal_share, self.allow_large_removal = guard
+        #: mapped fields take part only where the destination holds profile values
+        self.mapped = bool(d.mappings) and d.capabilities.property_upsert
+        self.counts: PlanCounts | None = None
 
     @staticmethod
     def _snap(stats: HttpStats) -> tuple[int, ...]:
@@ -372,9 +402,21 @@ class _Run:
                             track_membership=d.capabilities.list_add, removes=d.capabilities.list_remove,
                             withdraw=withdraw,
                             fit=self.limits.value, run_id=None if self.dry else self.run_id,
-                            values=d.capabilities.property_upsert)
+                            values=d.capabilities.property_upsert, fields=self.field_plan(target))
+        self.counts = counts
         r.desired, r.planned_upserts, r.planned_clears, r.planned_removals = (
             counts.desired, counts.upserts, counts.clears, counts.removals)
+        r.held_contacts, r.leaving = counts.held_contacts, counts.leaving
+        fc = counts.field_counts
+        if fc is not None:
+            r.planned_field_values, r.planned_field_clears = sum(fc.sets.values()), sum(fc.clears.values())
+            r.fields_over_limit = sum(fc.over.values())
+            over = {k: v for k, v in fc.over.items() if v}
+            if over:
+                r.notes.append("values over the field's length limit, not sent (the destination keeps its value): "
+                               + ", ".join(f"{k} ({v})" for k, v in over.items()))
+        r.plan = plan_summary(counts, self.plan_path, d.mappings if self.mapped else ())
+        share = counts.leaving / counts.held_contacts if counts.held_contacts else 0.0
         r.truncated = counts.truncated
         self.log(f"{d.name}: {counts.desired} desired; plan: {counts.upserts} upserts, "
                  f"{counts.clears} clears, {counts.removals} removals")
@@ -389,6 +431,25 @@ class _Run:
         if not self.dry:
             self.store.start_run(self.run_id, d.name, target.dest, self.day, False)
             self.store.set_meta(self.last_key, target.dest)
+        limit = self.max_removal_share
+        if limit is not None and counts.held_contacts and share > limit:
+            message = guard_message(d.name, counts, limit, self.day)
+            if self.dry or self.allow_large_removal:
+                r.notes.append(("confirmed: " if self.allow_large_removal and not self.dry else "") + message)
+                self.log(f"{d.name}: {r.notes[-1]}")
+            else:
+                raise RemovalGuardError(message)
+
+    def field_plan(self, target: Target) -> FieldPlan | None:
+        """The mapped fields' part of the plan (None without mappings). Values come from the
+        ``profiles`` partition of the synced day, which memberships are computed from."""
+        if not self.mapped:
+            return None
+        if not self.warehouse.has_partition("profiles", self.day):
+            raise ValueError(f"{self.d.name}: field mappings need the profiles partition of {self.day}, "
+                             "which is missing: materialize profiles for that day first")
+        return FieldPlan(self.d.mappings, self.d.name, self.warehouse.scan("profiles", days=[self.day]),
+                         target.field_holder(), self.d.unset_separately)
 
     # -- send ------------------------------------------------------------------------------
     def send(self) -> None:
@@ -400,8 +461,12 @@ class _Run:
         jobs = threading.BoundedSemaphore(max(1, min(lim.concurrent_jobs, lim.in_flight))) \
             if lim.concurrent_jobs else None
 
-        for action in (UPSERT, CLEAR):
-            batches = plan_batches(self.plan_path, action, d.record_sql(action), lim.records_per_request, budget)
+        unsets = [f"{UNSET_PREFIX}{m.target}" for m in d.mappings if m.clears] \
+            if self.mapped and d.unset_separately else []
+        extra = ("fields",) if self.mapped else ()
+        for action in (UPSERT, *unsets, CLEAR):
+            batches = plan_batches(self.plan_path, action, d.record_sql(action), lim.records_per_request, budget,
+                                   extra=extra)
             if writer is not None:
                 for i, batch in enumerate(batches, 1):
                     writer.write(d.dry_run_name(action, i), d.build_request(action, batch.payload))
@@ -487,9 +552,13 @@ class _Run:
         ok = g.ok[0] if len(g.ok) == 1 else pa.concat_tables(g.ok)
         if not self.d.capabilities.property_upsert:  # members only (ad audiences): no value to keep
             self.store.confirm_members(target, ok)
+        elif action.startswith(UNSET_PREFIX):  # a mapped field's clear alone: nothing else was sent
+            self.store.confirm_values(target, ok)
         else:
             member = True if action == UPSERT and self.d.capabilities.list_add else None
             self.store.confirm_table(target, ok, member)
+            if self.mapped:
+                self.store.confirm_values(target, ok)
         self.store.reject(target.dest, g.rejected, self.run_id)
         _count(r, action, ok, g.batches)
         r.rejected += len(g.rejected)
@@ -529,5 +598,9 @@ def _count(r: SyncReport, action: str, ok: pa.Table, batches: int = 1) -> None:
     if action == UPSERT:
         r.upserted += ok.num_rows
         r.added += _not_members(ok)
+        if "fields" in ok.column_names:
+            r.fields_updated += ok.num_rows - ok.column("fields").null_count
+    elif action.startswith(UNSET_PREFIX):
+        r.fields_cleared += ok.num_rows
     else:
         r.cleared += ok.num_rows

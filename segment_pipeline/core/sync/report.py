@@ -25,6 +25,13 @@ class SyncReport:
     truncated: int = 0  # values over the destination's length limit, fitted (whole names kept; state ``truncated``)
     report_mismatches: int = 0  # batches whose counters reported more problems than the rows they named
     unconfirmed: int = 0  # rows left unconfirmed because a refusal named no row (sent again next run)
+    held_contacts: int = 0  # contacts the destination held before the run, per the mirror
+    leaving: int = 0  # planned: contacts cleared, removed or losing a mapped field (the removal guard's count)
+    planned_field_values: int = 0  # planned mapped-field values to send (contacts x fields)
+    planned_field_clears: int = 0  # planned mapped-field clears (contacts x fields)
+    fields_over_limit: int = 0  # mapped values over the field's length limit, not sent
+    fields_updated: int = 0  # upserted contacts that carried mapped-field changes (confirmed)
+    fields_cleared: int = 0  # mapped-field clears sent on their own (dotdigital ``unset`` rows, confirmed)
     batches: int = 0
     requests: int = 0
     retries: int = 0
@@ -35,6 +42,9 @@ class SyncReport:
     status: str = "ok"
     payload_dir: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: the plan summary (:func:`segment_pipeline.core.sync.plan.plan_summary`: counts per action and
+    #: per mapped field, no email addresses), also the asset's ``plan`` metadata
+    plan: dict[str, object] = field(default_factory=dict)
 
     @property
     def records_sent(self) -> int:

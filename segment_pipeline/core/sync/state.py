@@ -19,6 +19,11 @@ One DuckDB file per integration, ``<state_dir>/state.duckdb``:
     simply sends again. Keeping values and memberships apart is what makes a change of list, book,
     property or field name converge: switching list L1 -> L2 -> L1 still knows what every
     profile's property holds (issue 13, "list switch leaves stale values").
+``held_values(holder, email, value, updated_at)``
+    What the destination was last *confirmed* to hold in each mapped field (issue 16): ``holder``
+    is the service URL + field name (:meth:`Target.field_holder`, e.g.
+    ``dotdigital|https://r1-api.dotdigital.com|field=FIRSTNAME``), ``value`` the JSON text sent
+    (``'null'`` once cleared). Like ``held``, it belongs to the profile, not to a list.
 ``truncated(holder, email, kept, dropped, run_id, recorded_at)``
     Profiles whose value was cut to the destination's value-length limit in the latest run that
     planned them: the names kept and the names dropped (JSON lists).
@@ -62,6 +67,9 @@ CREATE TABLE IF NOT EXISTS held (
     updated_at TIMESTAMP NOT NULL, PRIMARY KEY (holder, email));
 CREATE TABLE IF NOT EXISTS members (
     container VARCHAR NOT NULL, email VARCHAR NOT NULL, updated_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS held_values (
+    holder VARCHAR NOT NULL, email VARCHAR NOT NULL, value VARCHAR NOT NULL,
+    updated_at TIMESTAMP NOT NULL, PRIMARY KEY (holder, email));
 CREATE TABLE IF NOT EXISTS truncated (
     holder VARCHAR NOT NULL, email VARCHAR NOT NULL, kept VARCHAR NOT NULL, dropped VARCHAR NOT NULL,
     run_id VARCHAR NOT NULL, recorded_at TIMESTAMP NOT NULL, PRIMARY KEY (holder, email));
@@ -95,6 +103,13 @@ class Target:
         head = f"{service}|{base_url.rstrip('/')}"
         c, h = f"{container[0]}={container[1]}", f"{holder[0]}={holder[1]}"
         return cls(f"{head}|{c}|{h}", f"{head}|{h}", f"{head}|{c}")
+
+    def field_holder(self, name: str = "") -> str:
+        """The ``held_values`` key of mapped field ``name`` at this target's service
+        (``service|url|field=<name>``); without a name, the prefix."""
+        parts = self.dest.split("|", 2)
+        head = f"{parts[0]}|{parts[1]}" if len(parts) >= 2 else self.dest
+        return f"{head}|field={name}"
 
     @classmethod
     def parse(cls, dest: str) -> Target:
@@ -237,6 +252,28 @@ class StateStore:
                 con.execute("DELETE FROM rejects WHERE dest = ? AND email IN (SELECT email FROM confirmed_batch)",
                             [target.dest])
             con.unregister("confirmed_batch")
+
+    def confirm_values(self, target: Target, batch: pa.Table) -> None:
+        """Record, in one transaction, the mapped-field values the rows of ``batch`` (``email``,
+        ``fields``: the JSON object of the changes sent, NULL: none) now hold; ``null`` = cleared."""
+        if batch.num_rows == 0 or "fields" not in batch.column_names:
+            return
+        with self.transaction() as con:
+            con.register("confirmed_values", batch.select(["email", "fields"]))
+            con.execute("""INSERT OR REPLACE INTO held_values
+                           SELECT ? || k, email, json_extract(fields, '$."' || k || '"')::VARCHAR, ?
+                           FROM (SELECT email, fields, unnest(json_keys(fields)) AS k
+                                 FROM confirmed_values WHERE fields IS NOT NULL)""",
+                        [target.field_holder(), _now()])
+            con.unregister("confirmed_values")
+
+    def field_values(self, target: Target | str, name: str) -> dict[str, object]:
+        """``email -> value`` (decoded JSON; None once cleared) the mirror holds for mapped field
+        ``name``. Small-state helper for tests and tools (never used on the sync path)."""
+        t = self._target(target)
+        rows = self.con.execute("SELECT email, value FROM held_values WHERE holder = ?",
+                                [t.field_holder(name)]).fetchall()
+        return {e: json.loads(v) for e, v in rows}
 
     @staticmethod
     def _add_members(con: duckdb.DuckDBPyConnection, target: Target, planned: bool, now: dt.datetime) -> None:

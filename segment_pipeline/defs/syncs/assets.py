@@ -5,7 +5,12 @@ Each asset syncs the latest complete ``memberships`` day (or ``config.day``) for
 toggle for that destination is on, incrementally against the destination mirror under
 ``<warehouse>/sync_state/<name>/``; without credentials it dry-runs into
 ``<warehouse>/sync_dry_run/<name>/<timestamp>/``. Each materialization records the run's counts as
-metadata (the asset page plots them: the run history).
+metadata (the asset page plots them: the run history), and the run's ``plan`` summary.
+
+Field mappings (which attributes and traits each destination receives) are read per run from
+``settings.destinations_file()`` and validated against the model. A run that would clear or remove
+more than ``SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE`` of the destination's contacts fails before
+sending anything unless its run config says ``allow_large_removal: true`` (docs/syncs.md).
 
 Schedules (UTC; cron overridable per destination): Klaviyo ``SEGMENT_PIPELINE_KLAVIYO_SYNC_CRON``
 (default every 12 hours, ``0 */12 * * *``), dotdigital ``SEGMENT_PIPELINE_DOTDIGITAL_SYNC_CRON``
@@ -20,9 +25,12 @@ import os
 
 import dagster as dg
 
+from segment_pipeline import settings
 from segment_pipeline.core.sync.destinations import DESTINATIONS
 from segment_pipeline.core.sync.engine import Destination, run_sync
+from segment_pipeline.core.sync.plan import RemovalGuardError
 from segment_pipeline.core.sync.report import SyncReport
+from segment_pipeline.core.sync.runner import destination_mappings
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline.defs.automation.sync_gate import gated_sync
 from segment_pipeline.defs.privacy.assets import held_back, privacy_metadata
@@ -32,6 +40,9 @@ MEMBERSHIPS = dg.AssetKey("memberships")
 
 class SyncConfig(dg.Config):
     day: str = ""  # YYYY-MM-DD; empty = the latest complete memberships day
+    #: confirm a run that clears or removes more than SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE of the
+    #: contacts the destination holds (the removal guard, docs/syncs.md)
+    allow_large_removal: bool = False
 
 
 def _day(wh: Warehouse, config: SyncConfig) -> dt.date:
@@ -57,6 +68,8 @@ def _result(report: SyncReport, privacy: dict[str, object] | None = None) -> dg.
                 destination=report.destination)
     if report.notes:
         meta["notes"] = "; ".join(report.notes)
+    if report.plan:
+        meta["plan"] = dg.MetadataValue.json(report.plan)
     if report.payload_dir:
         meta["payload_dir"] = dg.MetadataValue.path(report.payload_dir)
     return dg.MaterializeResult(metadata=meta)
@@ -86,9 +99,17 @@ def sync_asset(d: type[Destination]) -> dg.AssetsDefinition:
                                 f"sent to {d.title} (what earlier runs sent is cleared)")
         privacy = held_back(wh, day, synced, d.name)
         try:
-            report = run_sync(d(client, resource.settings()), wh, day, synced,
-                              state_dir=wh.root / "sync_state" / d.name, dry_run_root=wh.root / "sync_dry_run",
-                              log=context.log.info)
+            dest = d(client, resource.settings())
+            dest.mappings = destination_mappings(dest, wh.model)
+            if dest.mappings:
+                context.log.info(f"{d.name}: {len(dest.mappings)} mapped fields from {settings.destinations_file()}")
+            try:
+                report = run_sync(dest, wh, day, synced, state_dir=wh.root / "sync_state" / d.name,
+                                  dry_run_root=wh.root / "sync_dry_run", log=context.log.info,
+                                  max_removal_share=settings.sync_max_removal_share(),
+                                  allow_large_removal=config.allow_large_removal)
+            except RemovalGuardError as exc:
+                raise dg.Failure(str(exc), allow_retries=False) from None
         finally:
             if client:
                 client.close()

@@ -46,12 +46,20 @@ names kept in alphabetical order up to the limit, the rest recorded as dropped a
 are rejected with Braze's reason (and retried next run), every other row of the request is
 confirmed. An entry without an index makes the batch unconfirmed (sent again next run).
 
+**Mapped fields** (:mod:`segment_pipeline.core.sync.mappings`): standard attributes
+(``first_name``, ``home_city``, ``dob``, ...) and custom attributes ride in the same attributes
+object, only those that changed; a clear is ``null`` ("To remove a profile attribute, set it to
+null", user_attributes_object). With mappings the segment attribute is left out of an object
+whose names did not change ("only pass deltas", post_user_track).
+
 **Never sent:** ``email_subscribe``, ``push_subscribe``, ``subscription_groups`` or any other
-field: only the email identifier and our one attribute.
+consent field (a mapping to one is refused when the mappings are loaded): only the email
+identifier, our one attribute and the mapped fields.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +67,9 @@ from typing import Any
 from segment_pipeline.core.esp import braze as bz
 from segment_pipeline.core.sync.diff import CLEAR, ValueFit
 from segment_pipeline.core.sync.engine import Capabilities, Destination, Limits, Option, Outcome
+from segment_pipeline.core.sync.fields import members_sql
 from segment_pipeline.core.sync.state import Target
+from segment_pipeline.core.warehouse import sql_string
 
 
 @dataclass(frozen=True)
@@ -150,8 +160,16 @@ class BrazeDestination(Destination):
     def dry_connect(self) -> None:
         self.container_ref = "email"
 
+    def segment_field(self) -> str:
+        return self.settings.attribute
+
     def record_sql(self, action: str) -> str:
-        return bz.attributes_object_sql(self.settings.attribute, clear=action == CLEAR)
+        if action == CLEAR or not self.mappings:
+            return bz.attributes_object_sql(self.settings.attribute, clear=action == CLEAR)
+        key = sql_string(json.dumps(self.settings.attribute, ensure_ascii=False) + ":")
+        seg = f"CASE WHEN held IS DISTINCT FROM segments THEN {key} || {bz.segments_value_sql()} END"
+        body = f"NULLIF(concat_ws(',', {seg}, {members_sql(self.mappings, with_nulls=True)}), '')"
+        return f"""('{{"email":' || to_json(email)::VARCHAR || coalesce(',' || {body}, '') || '}},')"""
 
     def build_request(self, action: str, payload: bytes) -> bytes:
         return bz.track_body(payload[:-1])  # records end with ","

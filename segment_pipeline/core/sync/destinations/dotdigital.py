@@ -23,6 +23,16 @@ Limits and their sources:
   limits per minute and the number of imports running at once depend on the account's package:
   :data:`segment_pipeline.core.esp.dotdigital.DEFAULT_LIMITS` and ``max_active_imports`` are
   conservative defaults.
+
+Mapped fields (:mod:`segment_pipeline.core.sync.mappings`): every mapped data field is created on
+connect when missing, with the type its source needs (``String``/``Numeric``/``Date``/``Boolean``,
+the v2 spec's ``ApiDataTypes``); one that exists with another type stops the run with an error
+naming it (a Date value in a String field would be refused row by row). Upsert files then carry
+``Email``, the segment field and the mapped fields only, a cell only where the value changed (an
+empty cell changes nothing under ``OnlyOverwriteIfNotEmpty``), so unmapped fields are never touched.
+A mapped field's clear (``null: clear``) is sent in a file of its own, ``Email`` and that one
+field, under ``Overwrite`` (the only way to empty a field), as ``unset:<FIELD>`` plan rows.
+Text values over 255 characters are not sent (counted, see the mappings module).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from typing import Any
 from segment_pipeline.core.esp import dotdigital as dd
 from segment_pipeline.core.sync.diff import UPSERT, ValueFit
 from segment_pipeline.core.sync.engine import Capabilities, Destination, Limits, Option, Outcome
+from segment_pipeline.core.sync.fields import UNSET_PREFIX, path_literal
 from segment_pipeline.core.sync.state import Target
 
 #: Characters a dotdigital text data field holds (source in the module docstring).
@@ -77,6 +88,7 @@ class DotdigitalDestination(Destination):
     )
     cron_env, cron = "SEGMENT_PIPELINE_DOTDIGITAL_SYNC_CRON", "0 6 * * *"
     freshness_hours = 26
+    unset_separately = True  # an empty cell clears only under Overwrite: each cleared field gets its own file
 
     client: dd.DotdigitalClient | None
     settings: DotdigitalSettings
@@ -99,12 +111,14 @@ class DotdigitalDestination(Destination):
             s.max_value_chars, sep.join,
             f"length(array_to_string(from_json(segments, '[\"VARCHAR\"]'), {_sql_literal(sep)}))")
         return Limits(records_per_request=s.contacts_per_import, bytes_per_request=dd.MAX_FILE_BYTES,
-                      request_overhead=len(dd.csv_header(s.data_field)) + 1024, value=value,
+                      request_overhead=len(self._header(UPSERT)) + 1024, value=value,
                       rate_limits=dd.DEFAULT_LIMITS, concurrent_jobs=s.max_active_imports, in_flight=s.max_in_flight)
 
     def connect(self) -> Target:
         assert self.client is not None
         self.client.ensure_data_field(self.settings.data_field)
+        for m in self.mappings:
+            self.client.ensure_data_field(m.target, m.field_type or "String", what=f"mapped from {m.source}")
         self.container_ref = self.client.ensure_address_book(self.settings.address_book)
         return Target.of("dotdigital", self.client.base_url, ("book", self.container_ref),
                          ("field", self.settings.data_field.upper()))
@@ -115,11 +129,31 @@ class DotdigitalDestination(Destination):
     def _merge(self, action: str) -> str:
         return self.settings.upsert_merge_option if action == UPSERT else self.settings.clear_merge_option
 
+    def _header(self, action: str) -> bytes:
+        if action.startswith(UNSET_PREFIX):
+            return dd.csv_header(action[len(UNSET_PREFIX):])
+        if action == UPSERT and self.mappings:
+            return dd.csv_header(self.settings.data_field, *(m.target for m in self.mappings))
+        return dd.csv_header(self.settings.data_field)
+
+    def segment_field(self) -> str:
+        return self.settings.data_field
+
     def record_sql(self, action: str) -> str:
-        return dd.contact_line_sql(self.settings.separator)
+        if action.startswith(UNSET_PREFIX):  # Email and the one field, empty: cleared under Overwrite
+            return f"({dd.csv_field_sql('email')} || ',' || chr(13) || chr(10))"
+        if action != UPSERT or not self.mappings:
+            return dd.contact_line_sql(self.settings.separator)
+        names = f"array_to_string(from_json(segments, '[\"VARCHAR\"]'), {_sql_literal(self.settings.separator)})"
+        seg = f"(CASE WHEN held IS DISTINCT FROM segments THEN {names} ELSE '' END)"
+        cells = [dd.csv_field_sql(seg)] + [
+            dd.csv_field_sql(f"coalesce(json_extract_string(fields, {path_literal(m.target)}), '')")
+            for m in self.mappings]
+        joined = " || ',' || ".join(cells)
+        return f"({dd.csv_field_sql('email')} || ',' || {joined} || chr(13) || chr(10))"
 
     def build_request(self, action: str, payload: bytes) -> bytes:
-        return dd.csv_header(self.settings.data_field) + payload
+        return self._header(action) + payload
 
     def submit(self, action: str, body: bytes) -> str:
         assert self.client is not None
@@ -139,7 +173,7 @@ class DotdigitalDestination(Destination):
                        unattributed=sum(1 for f in faults if not f.email), ref=f"import {import_id}")
 
     def dry_run_name(self, action: str, index: int) -> str:
-        return f"{action}-{index:05d}-{self._merge(action)}.csv"
+        return f"{action.replace(':', '-')}-{index:05d}-{self._merge(action)}.csv"
 
     def summary(self) -> dict[str, object]:
         return {"data_field": self.settings.data_field, "address_book": self.settings.address_book}

@@ -14,6 +14,15 @@ entries of the specs, see :data:`segment_pipeline.core.esp.klaviyo.DEFAULT_LIMIT
 membership calls take 1,000 profiles. Klaviyo documents no length limit for a list-valued custom
 property (searched the reference and help centre), so values are not fitted; every record is
 still checked against the 5 MB request limit.
+
+Mapped fields (:mod:`segment_pipeline.core.sync.mappings`): a standard attribute (``first_name``,
+``phone_number``, ...) is set in ``attributes`` and ``location.*`` in ``attributes.location``; a clear
+sends ``null`` ("setting a field to null will clear out the field, whereas not including a field in
+your request will leave it unchanged": the profile endpoints of the shipped spec, ``update_profile.json``).
+A custom property is set in ``properties``; a clear is ``meta.patch_properties.unset`` ("Remove a key
+or keys (and their values) completely from properties", ``ProfileMetaPatchProperties`` of
+``bulk_import_profiles.json``). A record carries only the fields that changed (and the segment
+property only when it changed), so everything else on the profile is left as it is.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from typing import Any
 from segment_pipeline.core.esp import klaviyo as kl
 from segment_pipeline.core.sync.diff import UPSERT
 from segment_pipeline.core.sync.engine import Capabilities, Destination, Limits, Option, Outcome
+from segment_pipeline.core.sync.fields import cleared_names_sql, members_sql
 from segment_pipeline.core.sync.state import Target
+from segment_pipeline.core.warehouse import sql_string
 
 
 @dataclass(frozen=True)
@@ -87,8 +98,25 @@ class KlaviyoDestination(Destination):
     def dry_connect(self) -> None:
         self.container_ref = f"DRY-RUN:{self.settings.list_name}"
 
+    def segment_field(self) -> str:
+        return self.settings.property_name
+
     def record_sql(self, action: str) -> str:
-        return kl.profile_item_sql(self.settings.property_name)
+        if not self.mappings:
+            return kl.profile_item_sql(self.settings.property_name)
+        ms = self.mappings
+        std = members_sql([m for m in ms if m.kind == "standard"], with_nulls=True)
+        loc = members_sql([m for m in ms if m.kind == "location"], with_nulls=True)
+        custom = [m for m in ms if m.kind == "custom"]
+        seg = (f"CASE WHEN held IS DISTINCT FROM segments THEN "
+               f"{sql_string(json.dumps(self.settings.property_name, ensure_ascii=False) + ':')} || segments END")
+        unset = cleared_names_sql(custom)
+        return ("""('{"type":"profile","attributes":{"email":' || to_json(email)::VARCHAR"""
+                f" || coalesce(',' || {std}, '')"
+                f""" || coalesce(',"location":{{' || {loc} || '}}', '')"""
+                f""" || ',"properties":{{' || concat_ws(',', {seg}, {members_sql(custom, with_nulls=False)}) || '}}}}'"""
+                f""" || coalesce(',"meta":{{"patch_properties":{{"unset":' || {unset} || '}}}}', '')"""
+                " || '},')")
 
     def build_request(self, action: str, payload: bytes) -> bytes:
         # records end with ","; clears never (re-)add anyone to the list
