@@ -93,6 +93,10 @@ CHUNK_BYTES = 1 << 22
 #: tokens, so a line holding only those is judged by the JSON parser alone), as an RE2 class.
 JSON_CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+#: Rows per row group of the numbered-lines and staging Parquet files. DuckDB scans a Parquet file
+#: in parallel by row group: one large group (a day's lines, up to hundreds of thousands) is
+#: parsed and validated by a single thread, small ones by every thread.
+SCRATCH_ROW_GROUP = 4096
 
 
 class LandingFileError(RuntimeError):
@@ -338,7 +342,7 @@ def _number_lines(text: TextFile, target: Path, containing: list[str] | None = N
     if containing:
         lines = lines.filter(pl.col("raw").str.contains_any(containing))
     try:
-        lines.sink_parquet(target, compression="lz4")
+        lines.sink_parquet(target, compression="lz4", row_group_size=SCRATCH_ROW_GROUP)
     except (pl.exceptions.PolarsError, OSError) as exc:
         if text.read_path == text.path and "utf8" in str(exc).lower().replace("-", ""):
             raise _NotUtf8 from None
@@ -877,7 +881,8 @@ def ingest_day(
         # carry their line numbers already, so their parse runs in parallel, in any order.
         con.execute(f"SET preserve_insertion_order = {'true' if has_csv else 'false'}")
         try:
-            con.execute(f"COPY ({staged_sql}) TO {sql_string(str(staging))} (FORMAT parquet, COMPRESSION lz4)")
+            con.execute(f"COPY ({staged_sql}) TO {sql_string(str(staging))} "
+                        f"(FORMAT parquet, COMPRESSION lz4, ROW_GROUP_SIZE {SCRATCH_ROW_GROUP})")
         except duckdb.Error as exc:
             names = ", ".join(report.files) or "(no files)"
             raise LandingFileError(f"{kind} for {day}: cannot read landing file(s) {names}: {_first_line(exc)}") from None
