@@ -395,13 +395,30 @@ def _ndjson_text(t: Target, nested: set[str] = frozenset(), within: tuple[str, s
         elif p in nested:
             exprs.append("_jp" + "".join(f"[{sql_string(k)}]" for k in p.split(".")))
         elif "[*]" in p and within is not None and p.startswith(within[0] + "."):
-            rest = sql_string(json_path(p[len(within[0]) + 1:]))
-            exprs.append(f"nullif(to_json(json_extract_string(coalesce({within[1]}, '{{}}'), {rest}))::VARCHAR, '[]')")
+            below = p[len(within[0]) + 1:]
+            rest = sql_string(json_path(below))
+            value = f"nullif(to_json(json_extract_string(coalesce({within[1]}, '{{}}'), {rest}))::VARCHAR, '[]')"
+            exprs.append(_when_key_written(within[1], below.split(".")[0].removesuffix("[*]"), value))
         elif "[*]" in p:
             exprs.append(f"nullif(to_json(json_extract_string(obj, {sql_string(json_path(p))}))::VARCHAR, '[]')")
         else:
             exprs.append(f"json_extract_string(obj, {sql_string(json_path(p))})")
     return exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
+
+
+def _when_key_written(column: str, key: str, value: str) -> str:
+    """SQL: ``value`` (a path below ``key`` read from the JSON text in ``column``) only where that
+    text holds the key as written, else NULL (what the path gives on an object without the key).
+
+    The text is DuckDB's own rendering of an object (``json_extract``), which writes a plain key
+    (no quote, backslash or control character) as itself between quotes, however the line spelled
+    it: an object without that text has no such key, and most lines are read no further (a list
+    path such as ``products[*].brand`` is read on the few events that carry ``products``). Other
+    keys are read on every line.
+    """
+    if not key or any(c in key for c in '"\\') or any(ord(c) < 0x20 or c in "\u2028\u2029" for c in key):
+        return value
+    return f"CASE WHEN contains({column}, {sql_string(json.dumps(key, ensure_ascii=False))}) THEN {value} END"
 
 
 def _nested_structure(plan: SourcePlan) -> tuple[str | None, set[str]]:

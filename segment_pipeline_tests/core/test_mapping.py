@@ -278,6 +278,9 @@ def test_stream_list_paths_read_from_the_properties_object_give_the_json_path_va
         track(4, {"products": [{"brand": 1e300}, {"brand": 12345678901234567890}]}),
         '{"type": "track", "timestamp": "2026-11-03T10:00:00Z", "userId": "u1", "event": "Order Completed", '
         '"messageId": "m5", "properties": {"products": [{"brand": 1.0e2}, {"brand": "\\u00e9\\""}], "x": {"y": 1}}}',
+        # the key spelled with an escape is the same key (read only where the properties hold it)
+        '{"type": "track", "timestamp": "2026-11-03T10:00:00Z", "userId": "u1", "event": "Order Completed", '
+        '"messageId": "m6", "properties": {"\\u0070roducts": [{"brand": "D"}], "note": "products"}}',
     ])
     src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
     con = connect(preserve_order=True)
@@ -289,6 +292,7 @@ def test_stream_list_paths_read_from_the_properties_object_give_the_json_path_va
         ("m3", None, None),
         ("m4", ["1e300", "12345678901234567890"], None),
         ("m5", ["100.0", '\u00e9"'], '{"x":{"y":1}}'),
+        ("m6", ["D"], '{"note":"products"}'),
     ]
 
 
