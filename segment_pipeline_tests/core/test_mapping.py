@@ -296,6 +296,23 @@ def test_stream_list_paths_read_from_the_properties_object_give_the_json_path_va
     ]
 
 
+def test_stream_traits_given_as_null_or_empty_clear_their_attribute_and_absent_ones_keep(tmp_path, wh):
+    # a trait present as null or "" (in traits or context.traits) clears its attribute, an absent one
+    # keeps it: the presence of every trait path is read in one json_exists of the line (issue 11 perf)
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId="i1", userId="u1", traits={"email": "a@example.com", "country": None,
+                                                                  "skin_type": ""}),
+        segment("identify", messageId="i2", userId="u2", traits={"email": "b@example.com"},
+                context={"traits": {"first_name": None}}),
+        segment("identify", messageId="i3", userId="u3", traits={"email": "c@example.com", "country": "FR"}),
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
+    assert rows(wh, "raw_profiles", "user_id, cleared, country") == [
+        ("u1", ["country", "skin_type"], None), ("u2", ["first_name"], None), ("u3", None, "FR"),
+    ]
+
+
 def test_paths_whose_keys_differ_only_in_case_are_each_read_exactly(tmp_path, wh):
     write_ndjson(tmp_path, "app", DAY, [
         segment("identify", messageId="m1", userId="u1", traits={"Email": "up@example.com"}),
