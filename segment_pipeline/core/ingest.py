@@ -464,7 +464,39 @@ def _removal_patch(keys: list[str]) -> str:
     return sql_string(json.dumps(dict.fromkeys(keys), ensure_ascii=False))
 
 
-def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given: bool) -> str:
+#: Lines sampled from the start of an NDJSON file for its common unread keys (see _common_unread_keys).
+UNREAD_SAMPLE_LINES = 1000
+#: At most this many common unread keys are read along with the mapped keys.
+MAX_COMMON_UNREAD = 16
+
+
+def _common_unread_keys(con: duckdb.DuckDBPyConnection, lines: Path, plan: SourcePlan) -> list[str]:
+    """The keys no mapping reads that the first lines of a numbered NDJSON file give most often
+    (e.g. a Segment ``anonymousId`` when the model has no such link), at most
+    :data:`MAX_COMMON_UNREAD`: :func:`_ndjson_relation` reads their values in its parse of the
+    mapped keys, so a line whose unread keys are all among them needs no further pass. A sample,
+    not a rule: other lines are read the general way, with the same result."""
+    known = {*plan.read_keys(), *plan.other_keys, *plan.source.ignore}
+    rows = con.execute(f"""
+        SELECT k FROM (
+            SELECT unnest(json_keys(raw)) AS k
+            FROM (SELECT raw FROM read_parquet({sql_string(str(lines))}) LIMIT {UNREAD_SAMPLE_LINES})
+            WHERE starts_with(raw, '{{') AND json_valid(raw) AND json_type(raw) = 'OBJECT')
+        GROUP BY k ORDER BY count(*) DESC, k
+    """).fetchall()
+    names = [k for (k,) in rows if k not in known]
+    taken: list[str] = []
+    # one struct holds them and the mapped keys: no two names that DuckDB would take as one
+    folded = {k.lower() for k in known}
+    for k in names:
+        if k and k.lower() not in folded and len(taken) < MAX_COMMON_UNREAD:
+            taken.append(k)
+            folded.add(k.lower())
+    return taken
+
+
+def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given: bool,
+                     common_unread: list[str] = ()) -> str:
     # Each line is parsed once, by one json_transform of the keys the mapping reads. DuckDB may
     # evaluate an expression on rows a filter or CASE branch excludes, so the parser only ever
     # receives valid input: the line when it is a JSON object, else '{}' (its fields then read as NULL).
@@ -478,7 +510,10 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
               for k in ([t.fmap.column] if t.fmap.column is not None else t.fmap.paths()) if "." not in k and "[" not in k}
     via_jp = {p.split(".")[0] for p in nested} - direct
     js_keys = [k for k in keys if k not in via_jp]
-    structure = sql_string("{" + ", ".join(json.dumps(k) + ': "VARCHAR"' for k in js_keys) + "}") if js_keys else None
+    # the common unread keys (JSON text of their values) are read in the same parse
+    common = [k for k in common_unread if k not in known]
+    members = [json.dumps(k) + ': "VARCHAR"' for k in js_keys] + [json.dumps(k) + ': "JSON"' for k in common]
+    structure = sql_string("{" + ", ".join(members) + "}") if members else None
     invalid_text = (
         f"WHEN contains(raw, '\ufffd') THEN {sql_string(f'line is not valid {text.encoding_label}')}"
         if text.lossy else ""
@@ -505,10 +540,25 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     texts = ", ".join(f"{_ndjson_text(t, nested, within)} AS {t.sql_name}" for t in plan.targets)
     # the unread keys: the object without the known ones (a merge patch setting them to null
     # removes them; one parse, not a conversion of every value to JSON)
+    # A line whose unread keys are all common ones (see _common_unread_keys) writes that object from
+    # its key list and the values its parse read: the same text (the same JSON writer), in the same
+    # order, without a second pass over the line.
     extra = (
         "CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known THEN "
         f"json_merge_patch(obj, {_removal_patch(known)})::VARCHAR END"
     )
+    if common:
+        known_list = _sql_list(known) if known else "[]::VARCHAR[]"
+        unread = f"list_filter(keys, lambda k: NOT list_contains({known_list}, k))"
+        values = "[" + ", ".join(f"coalesce(_js[{sql_string(k)}]::VARCHAR, 'null')" for k in common) + "]"
+        common_list = _sql_list(common)
+        extra = (
+            "CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known THEN "
+            f"CASE WHEN list_has_all({common_list}, {unread}) THEN "
+            f"'{{' || array_to_string(list_transform({unread}, lambda k: to_json(k)::VARCHAR || ':' || "
+            f"{values}[list_position({common_list}, k)]), ',') || '}}' "
+            f"ELSE json_merge_patch(obj, {_removal_patch(known)})::VARCHAR END END"
+        )
     props = "NULL::VARCHAR"
     if plan.object_paths and not any("[" in path for path in plan.object_paths):
         # the first path holding an object, from one extraction of every path (a JSON text starts
@@ -876,7 +926,8 @@ def ingest_day(
                     except _NotUtf8:  # number a copy with the invalid bytes replaced
                         text = _prepare_text(path, compression, source.encoding, copy)
                         _number_lines(text, lines, _stream_prefilter(plan))
-                    parts.append(_ndjson_relation(text, lines, plan, kind == "profiles"))
+                    parts.append(_ndjson_relation(text, lines, plan, kind == "profiles",
+                                                  _common_unread_keys(con, lines, plan)))
                     ndjson_files.append(path)
                 else:
                     text.csv_options = source.csv

@@ -313,6 +313,35 @@ def test_stream_traits_given_as_null_or_empty_clear_their_attribute_and_absent_o
     ]
 
 
+def test_unread_keys_are_kept_as_given_whether_common_in_the_file_or_not(tmp_path, wh):
+    # keys no mapping reads (anonymousId: the model has no such link) that a file's first lines give
+    # most often are read with the mapped keys (issue 11 perf); a line with other unread keys (here
+    # one of 17, beyond the 16 read so) is read the general way: the same properties either way
+    many = {f"k{i}": i for i in range(17)}
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId="i1", userId="u1", anonymousId="a0", traits={"email": "a@example.com"}),
+        segment("page", messageId="m1", userId="u1", anonymousId="a1", properties={"url": "/"}),
+        segment("page", messageId="m2", userId="u1", anonymousId={"b": [1, 2.50, None]}, properties={"url": "/"}),
+        segment("page", messageId="m3", userId="u1", anonymousId=None, coupon="X", properties={"url": "/"}),
+        segment("page", messageId="m4", userId="u1", coupon="Y", anonymousId="a4"),
+        segment("page", messageId="m5", userId="u1", **many),
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+    con = connect(preserve_order=True)
+    ingest_day(con, wh, tmp_path, "profiles", DAY, src)
+    events = ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id, properties") == [
+        ("m1", '{"anonymousId":"a1"}'),
+        ("m2", '{"anonymousId":{"b":[1,2.5,null]}}'),
+        ("m3", '{"coupon":"X"}'),
+        ("m4", '{"coupon":"Y","anonymousId":"a4"}'),
+        ("m5", json.dumps(many, separators=(",", ":"))),
+    ]
+    assert events.unmapped["app"] == {"k0": 1, "k1": 1, "k10": 1, "k11": 1, "k12": 1, "k13": 1, "k14": 1, "k15": 1,
+                                      "k16": 1, "k2": 1, "k3": 1, "k4": 1, "k5": 1, "k6": 1, "k7": 1, "k8": 1, "k9": 1,
+                                      "anonymousId": 3, "coupon": 2}
+
+
 def test_paths_whose_keys_differ_only_in_case_are_each_read_exactly(tmp_path, wh):
     write_ndjson(tmp_path, "app", DAY, [
         segment("identify", messageId="m1", userId="u1", traits={"Email": "up@example.com"}),
