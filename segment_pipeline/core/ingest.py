@@ -93,6 +93,10 @@ CHUNK_BYTES = 1 << 22
 #: tokens, so a line holding only those is judged by the JSON parser alone), as an RE2 class.
 JSON_CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+#: Rows per row group of the numbered-lines and staging Parquet files. DuckDB scans a Parquet file
+#: in parallel by row group: one large group (a day's lines, up to hundreds of thousands) is
+#: parsed and validated by a single thread, small ones by every thread.
+SCRATCH_ROW_GROUP = 4096
 
 
 class LandingFileError(RuntimeError):
@@ -338,7 +342,7 @@ def _number_lines(text: TextFile, target: Path, containing: list[str] | None = N
     if containing:
         lines = lines.filter(pl.col("raw").str.contains_any(containing))
     try:
-        lines.sink_parquet(target, compression="lz4")
+        lines.sink_parquet(target, compression="lz4", row_group_size=SCRATCH_ROW_GROUP)
     except (pl.exceptions.PolarsError, OSError) as exc:
         if text.read_path == text.path and "utf8" in str(exc).lower().replace("-", ""):
             raise _NotUtf8 from None
@@ -391,13 +395,30 @@ def _ndjson_text(t: Target, nested: set[str] = frozenset(), within: tuple[str, s
         elif p in nested:
             exprs.append("_jp" + "".join(f"[{sql_string(k)}]" for k in p.split(".")))
         elif "[*]" in p and within is not None and p.startswith(within[0] + "."):
-            rest = sql_string(json_path(p[len(within[0]) + 1:]))
-            exprs.append(f"nullif(to_json(json_extract_string(coalesce({within[1]}, '{{}}'), {rest}))::VARCHAR, '[]')")
+            below = p[len(within[0]) + 1:]
+            rest = sql_string(json_path(below))
+            value = f"nullif(to_json(json_extract_string(coalesce({within[1]}, '{{}}'), {rest}))::VARCHAR, '[]')"
+            exprs.append(_when_key_written(within[1], below.split(".")[0].removesuffix("[*]"), value))
         elif "[*]" in p:
             exprs.append(f"nullif(to_json(json_extract_string(obj, {sql_string(json_path(p))}))::VARCHAR, '[]')")
         else:
             exprs.append(f"json_extract_string(obj, {sql_string(json_path(p))})")
     return exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
+
+
+def _when_key_written(column: str, key: str, value: str) -> str:
+    """SQL: ``value`` (a path below ``key`` read from the JSON text in ``column``) only where that
+    text holds the key as written, else NULL (what the path gives on an object without the key).
+
+    The text is DuckDB's own rendering of an object (``json_extract``), which writes a plain key
+    (no quote, backslash or control character) as itself between quotes, however the line spelled
+    it: an object without that text has no such key, and most lines are read no further (a list
+    path such as ``products[*].brand`` is read on the few events that carry ``products``). Other
+    keys are read on every line.
+    """
+    if not key or any(c in key for c in '"\\') or any(ord(c) < 0x20 or c in "\u2028\u2029" for c in key):
+        return value
+    return f"CASE WHEN contains({column}, {sql_string(json.dumps(key, ensure_ascii=False))}) THEN {value} END"
 
 
 def _nested_structure(plan: SourcePlan) -> tuple[str | None, set[str]]:
@@ -443,7 +464,39 @@ def _removal_patch(keys: list[str]) -> str:
     return sql_string(json.dumps(dict.fromkeys(keys), ensure_ascii=False))
 
 
-def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given: bool) -> str:
+#: Lines sampled from the start of an NDJSON file for its common unread keys (see _common_unread_keys).
+UNREAD_SAMPLE_LINES = 1000
+#: At most this many common unread keys are read along with the mapped keys.
+MAX_COMMON_UNREAD = 16
+
+
+def _common_unread_keys(con: duckdb.DuckDBPyConnection, lines: Path, plan: SourcePlan) -> list[str]:
+    """The keys no mapping reads that the first lines of a numbered NDJSON file give most often
+    (e.g. a Segment ``anonymousId`` when the model has no such link), at most
+    :data:`MAX_COMMON_UNREAD`: :func:`_ndjson_relation` reads their values in its parse of the
+    mapped keys, so a line whose unread keys are all among them needs no further pass. A sample,
+    not a rule: other lines are read the general way, with the same result."""
+    known = {*plan.read_keys(), *plan.other_keys, *plan.source.ignore}
+    rows = con.execute(f"""
+        SELECT k FROM (
+            SELECT unnest(json_keys(raw)) AS k
+            FROM (SELECT raw FROM read_parquet({sql_string(str(lines))}) LIMIT {UNREAD_SAMPLE_LINES})
+            WHERE starts_with(raw, '{{') AND json_valid(raw) AND json_type(raw) = 'OBJECT')
+        GROUP BY k ORDER BY count(*) DESC, k
+    """).fetchall()
+    names = [k for (k,) in rows if k not in known]
+    taken: list[str] = []
+    # one struct holds them and the mapped keys: no two names that DuckDB would take as one
+    folded = {k.lower() for k in known}
+    for k in names:
+        if k and k.lower() not in folded and len(taken) < MAX_COMMON_UNREAD:
+            taken.append(k)
+            folded.add(k.lower())
+    return taken
+
+
+def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given: bool,
+                     common_unread: list[str] = ()) -> str:
     # Each line is parsed once, by one json_transform of the keys the mapping reads. DuckDB may
     # evaluate an expression on rows a filter or CASE branch excludes, so the parser only ever
     # receives valid input: the line when it is a JSON object, else '{}' (its fields then read as NULL).
@@ -457,7 +510,10 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
               for k in ([t.fmap.column] if t.fmap.column is not None else t.fmap.paths()) if "." not in k and "[" not in k}
     via_jp = {p.split(".")[0] for p in nested} - direct
     js_keys = [k for k in keys if k not in via_jp]
-    structure = sql_string("{" + ", ".join(json.dumps(k) + ': "VARCHAR"' for k in js_keys) + "}") if js_keys else None
+    # the common unread keys (JSON text of their values) are read in the same parse
+    common = [k for k in common_unread if k not in known]
+    members = [json.dumps(k) + ': "VARCHAR"' for k in js_keys] + [json.dumps(k) + ': "JSON"' for k in common]
+    structure = sql_string("{" + ", ".join(members) + "}") if members else None
     invalid_text = (
         f"WHEN contains(raw, '\ufffd') THEN {sql_string(f'line is not valid {text.encoding_label}')}"
         if text.lossy else ""
@@ -484,10 +540,25 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     texts = ", ".join(f"{_ndjson_text(t, nested, within)} AS {t.sql_name}" for t in plan.targets)
     # the unread keys: the object without the known ones (a merge patch setting them to null
     # removes them; one parse, not a conversion of every value to JSON)
+    # A line whose unread keys are all common ones (see _common_unread_keys) writes that object from
+    # its key list and the values its parse read: the same text (the same JSON writer), in the same
+    # order, without a second pass over the line.
     extra = (
         "CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known THEN "
         f"json_merge_patch(obj, {_removal_patch(known)})::VARCHAR END"
     )
+    if common:
+        known_list = _sql_list(known) if known else "[]::VARCHAR[]"
+        unread = f"list_filter(keys, lambda k: NOT list_contains({known_list}, k))"
+        values = "[" + ", ".join(f"coalesce(_js[{sql_string(k)}]::VARCHAR, 'null')" for k in common) + "]"
+        common_list = _sql_list(common)
+        extra = (
+            "CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known THEN "
+            f"CASE WHEN list_has_all({common_list}, {unread}) THEN "
+            f"'{{' || array_to_string(list_transform({unread}, lambda k: to_json(k)::VARCHAR || ':' || "
+            f"{values}[list_position({common_list}, k)]), ',') || '}}' "
+            f"ELSE json_merge_patch(obj, {_removal_patch(known)})::VARCHAR END END"
+        )
     props = "NULL::VARCHAR"
     if plan.object_paths and not any("[" in path for path in plan.object_paths):
         # the first path holding an object, from one extraction of every path (a JSON text starts
@@ -855,7 +926,8 @@ def ingest_day(
                     except _NotUtf8:  # number a copy with the invalid bytes replaced
                         text = _prepare_text(path, compression, source.encoding, copy)
                         _number_lines(text, lines, _stream_prefilter(plan))
-                    parts.append(_ndjson_relation(text, lines, plan, kind == "profiles"))
+                    parts.append(_ndjson_relation(text, lines, plan, kind == "profiles",
+                                                  _common_unread_keys(con, lines, plan)))
                     ndjson_files.append(path)
                 else:
                     text.csv_options = source.csv
@@ -877,7 +949,8 @@ def ingest_day(
         # carry their line numbers already, so their parse runs in parallel, in any order.
         con.execute(f"SET preserve_insertion_order = {'true' if has_csv else 'false'}")
         try:
-            con.execute(f"COPY ({staged_sql}) TO {sql_string(str(staging))} (FORMAT parquet, COMPRESSION lz4)")
+            con.execute(f"COPY ({staged_sql}) TO {sql_string(str(staging))} "
+                        f"(FORMAT parquet, COMPRESSION lz4, ROW_GROUP_SIZE {SCRATCH_ROW_GROUP})")
         except duckdb.Error as exc:
             names = ", ".join(report.files) or "(no files)"
             raise LandingFileError(f"{kind} for {day}: cannot read landing file(s) {names}: {_first_line(exc)}") from None

@@ -320,7 +320,14 @@ def typing_sql(
     if plan.kind == "profiles":
         attrs = [t for t in plan.targets if t.role == "attribute"]
         if clearable and attrs:
-            cleared = ", ".join(f"CASE WHEN {_given_key(t)} AND {typed[t.name]} IS NULL THEN {_lit(t.name)} END"
+            # every JSON path whose presence a "given" test reads, checked in one parse of the line
+            # (one json_exists of them all, not one per path: a line has as many as twice the attributes)
+            paths = list(dict.fromkeys(p for t in attrs for p in _given_paths(t)))
+            if paths:
+                listed = ", ".join(_lit(json_path(p)) for p in paths)
+                parsed["_given_paths"] = (f"json_exists(coalesce(CASE WHEN parse_error IS NULL THEN raw END, '{{}}'), "
+                                          f"[{listed}]::VARCHAR[])")
+            cleared = ", ".join(f"CASE WHEN {_given_key(t, paths)} AND {typed[t.name]} IS NULL THEN {_lit(t.name)} END"
                                 for t in attrs)
             typed["cleared"] = f"nullif(list_filter([{cleared}], lambda x: x IS NOT NULL), [])"
         else:
@@ -343,17 +350,29 @@ def typing_sql(
     return parsed, rules, typed
 
 
-def _given_key(t: Target) -> str:
-    """SQL: the record gives target ``t`` (its key present, even as null/"", or its column there)."""
+def _given_paths(t: Target) -> list[str]:
+    """The JSON paths whose presence tells that a record gives target ``t`` (none when its top-level
+    keys or its column tell: see :func:`_given_key`)."""
+    fm = t.fmap
+    if fm is None or fm.constant is not None or fm.column is not None:
+        return []
+    if all("." not in p and "[" not in p for p in fm.paths()):
+        return []
+    return list(fm.paths())
+
+
+def _given_key(t: Target, paths: list[str]) -> str:
+    """SQL: the record gives target ``t`` (its key present, even as null/"", or its column there).
+
+    ``paths``: the paths listed in the parsed column ``_given_paths`` (a list of booleans: each
+    path present in the line), which holds every path of :func:`_given_paths`."""
     fm = t.fmap
     if fm is None or fm.constant is not None:
         return "FALSE"
-    if fm.column is not None or all("." not in p and "[" not in p for p in fm.paths()):
+    if not _given_paths(t):
         keys = fm.top_keys()
         return "(" + " OR ".join(f"list_contains(given, {_lit(k)})" for k in keys) + ")"
-    checks = " OR ".join(f"json_exists(coalesce(CASE WHEN parse_error IS NULL THEN raw END, '{{}}'), {_lit(json_path(p))})"
-                         for p in fm.paths())
-    return f"({checks})"
+    return "(" + " OR ".join(f"_given_paths[{paths.index(p) + 1}]" for p in _given_paths(t)) + ")"
 
 
 def json_path(path: str) -> str:

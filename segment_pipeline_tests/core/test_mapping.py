@@ -278,6 +278,9 @@ def test_stream_list_paths_read_from_the_properties_object_give_the_json_path_va
         track(4, {"products": [{"brand": 1e300}, {"brand": 12345678901234567890}]}),
         '{"type": "track", "timestamp": "2026-11-03T10:00:00Z", "userId": "u1", "event": "Order Completed", '
         '"messageId": "m5", "properties": {"products": [{"brand": 1.0e2}, {"brand": "\\u00e9\\""}], "x": {"y": 1}}}',
+        # the key spelled with an escape is the same key (read only where the properties hold it)
+        '{"type": "track", "timestamp": "2026-11-03T10:00:00Z", "userId": "u1", "event": "Order Completed", '
+        '"messageId": "m6", "properties": {"\\u0070roducts": [{"brand": "D"}], "note": "products"}}',
     ])
     src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
     con = connect(preserve_order=True)
@@ -289,7 +292,54 @@ def test_stream_list_paths_read_from_the_properties_object_give_the_json_path_va
         ("m3", None, None),
         ("m4", ["1e300", "12345678901234567890"], None),
         ("m5", ["100.0", '\u00e9"'], '{"x":{"y":1}}'),
+        ("m6", ["D"], '{"note":"products"}'),
     ]
+
+
+def test_stream_traits_given_as_null_or_empty_clear_their_attribute_and_absent_ones_keep(tmp_path, wh):
+    # a trait present as null or "" (in traits or context.traits) clears its attribute, an absent one
+    # keeps it: the presence of every trait path is read in one json_exists of the line (issue 11 perf)
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId="i1", userId="u1", traits={"email": "a@example.com", "country": None,
+                                                                  "skin_type": ""}),
+        segment("identify", messageId="i2", userId="u2", traits={"email": "b@example.com"},
+                context={"traits": {"first_name": None}}),
+        segment("identify", messageId="i3", userId="u3", traits={"email": "c@example.com", "country": "FR"}),
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+    ingest_day(connect(preserve_order=True), wh, tmp_path, "profiles", DAY, src)
+    assert rows(wh, "raw_profiles", "user_id, cleared, country") == [
+        ("u1", ["country", "skin_type"], None), ("u2", ["first_name"], None), ("u3", None, "FR"),
+    ]
+
+
+def test_unread_keys_are_kept_as_given_whether_common_in_the_file_or_not(tmp_path, wh):
+    # keys no mapping reads (anonymousId: the model has no such link) that a file's first lines give
+    # most often are read with the mapped keys (issue 11 perf); a line with other unread keys (here
+    # one of 17, beyond the 16 read so) is read the general way: the same properties either way
+    many = {f"k{i}": i for i in range(17)}
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId="i1", userId="u1", anonymousId="a0", traits={"email": "a@example.com"}),
+        segment("page", messageId="m1", userId="u1", anonymousId="a1", properties={"url": "/"}),
+        segment("page", messageId="m2", userId="u1", anonymousId={"b": [1, 2.50, None]}, properties={"url": "/"}),
+        segment("page", messageId="m3", userId="u1", anonymousId=None, coupon="X", properties={"url": "/"}),
+        segment("page", messageId="m4", userId="u1", coupon="Y", anonymousId="a4"),
+        segment("page", messageId="m5", userId="u1", **many),
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+    con = connect(preserve_order=True)
+    ingest_day(con, wh, tmp_path, "profiles", DAY, src)
+    events = ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id, properties") == [
+        ("m1", '{"anonymousId":"a1"}'),
+        ("m2", '{"anonymousId":{"b":[1,2.5,null]}}'),
+        ("m3", '{"coupon":"X"}'),
+        ("m4", '{"coupon":"Y","anonymousId":"a4"}'),
+        ("m5", json.dumps(many, separators=(",", ":"))),
+    ]
+    assert events.unmapped["app"] == {"k0": 1, "k1": 1, "k10": 1, "k11": 1, "k12": 1, "k13": 1, "k14": 1, "k15": 1,
+                                      "k16": 1, "k2": 1, "k3": 1, "k4": 1, "k5": 1, "k6": 1, "k7": 1, "k8": 1, "k9": 1,
+                                      "anonymousId": 3, "coupon": 2}
 
 
 def test_paths_whose_keys_differ_only_in_case_are_each_read_exactly(tmp_path, wh):
