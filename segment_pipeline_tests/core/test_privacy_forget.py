@@ -260,3 +260,33 @@ def test_request_files_and_the_scrub_of_payload_kinds(tmp_path):
     con = duckdb.connect(str(db))
     assert con.execute("SELECT email FROM held").fetchall() == [("keep@x.org",)]
     con.close()
+
+
+def test_deletion_requests_landing_source_runs_the_same_forget(tmp_path, monkeypatch):
+    from segment_pipeline.core.landing_watch import source_folders
+    from segment_pipeline.defs.privacy.assets import deletion_requests
+
+    landing, wh, exports = tmp_path / "landing", Warehouse(tmp_path / "warehouse"), tmp_path / "exports"
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  profiles: {kind: profiles}\n  gdpr: {kind: deletion_requests}\n", encoding="utf-8")
+    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", str(sources))
+    monkeypatch.setenv("SEGMENT_PIPELINE_API_STATE", str(tmp_path / "api_state"))
+    assert source_folders() == ["profiles"]  # ingestion and its landing sensor leave the requests alone
+    day = DAYS[1]
+    write_ndjson(landing, "profiles", day, [_profile(PERSON, 1, day), _profile(OTHERS[0], 2, day)])
+    con = connect(preserve_order=True)
+    assert ingest_day(con, wh, landing, "profiles", day).rows_valid == 2
+    folder = landing / "gdpr" / f"date={day}"
+    folder.mkdir(parents=True)
+    (folder / "requests.csv").write_text(f"email,requested\n{PERSON.upper()},{day}\n", encoding="utf-8")
+    res = {"warehouse": WarehouseResource(root=str(wh.root)), "landing": LandingZoneResource(root=str(landing)),
+           "exports": ExportsResource(local_dir=str(exports), s3=S3Resource())}
+    result = dg.materialize([deletion_requests], resources=res, partition_key=day,
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    meta = result.asset_materializations_for_node("deletion_requests")[0].metadata
+    assert meta["requests_done"].value == 1 and meta["rows_removed"].value == 2  # raw_profiles, identity_links
+    assert meta["requests_per_source"].value == {"gdpr": 1}
+    (request,) = Ledger(wh.root).requests()
+    assert request.source == "landing:gdpr" and request.email_sha256 == HASH
+    assert con.execute(f"SELECT email FROM {wh.scan('raw_profiles')}").fetchall() == [(OTHERS[0],)]
