@@ -118,9 +118,8 @@ def forget(
             log(f"removing them from the exports ({storage!r})")
             ExportScrubber(storage, targets, ledger.dir, result.report).run(on_key=on_file)
         scrub_identity_indexes(identity_index_dirs() if index_dirs is None else index_dirs, targets, result.report)
-        for pending in todo:
-            ledger.warehouse_done(pending.request_id)
-            result.done.append(pending.request_id)
+        ledger.warehouse_done_many(p.request_id for p in todo)
+        result.done.extend(p.request_id for p in todo)
     log(json.dumps(result.summary()))
     return result
 

@@ -102,13 +102,25 @@ class Targets:
     def __bool__(self) -> bool:
         return bool(self.tokens)
 
+    @property
+    def _bytes(self) -> frozenset[bytes]:
+        cached = self.__dict__.get("_tokens_b")
+        if cached is None:
+            cached = frozenset(t.encode() for t in self.tokens)
+            object.__setattr__(self, "_tokens_b", cached)
+        return cached
+
+    def found(self, low: bytes) -> set[bytes]:
+        """The target tokens in the lowercased bytes ``low``."""
+        if b"@" not in low and len(low) < 64:
+            return set()
+        wanted = self._bytes
+        return {t for pattern in _PY_TOKENS for t in set(pattern.findall(low)) if t in wanted}
+
     def hit(self, data: bytes | str) -> bool:
         """True if ``data`` holds a target token (any case)."""
         low = (data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data).lower()
-        if b"@" not in low and len(low) < 64:
-            return False
-        return any(m.group().rstrip(b".").decode("ascii", "replace") in self.tokens
-                   for pattern in _PY_TOKENS for m in pattern.finditer(low))
+        return bool(self.found(low))
 
     @staticmethod
     def tokens_sql(value: str) -> str:
@@ -228,27 +240,39 @@ def scrub_duckdb_file(path: str | os.PathLike[str], targets: Targets) -> tuple[i
 
 
 def _filter_lines(src: io.BufferedIOBase, dst: io.BufferedIOBase, targets: Targets) -> tuple[int, int]:
-    """Copy the lines of ``src`` without a target token to ``dst``; (lines removed, lines kept)."""
+    """Copy the lines of ``src`` without a target token to ``dst``; (lines removed, lines kept).
+
+    Streamed in blocks: each block is tokenised (C regex, no per-line Python work); only blocks
+    holding a target are walked token by token to find the lines to drop."""
     removed = kept = 0
     rest = b""
     while True:
         block = src.read(_BLOCK)
         data = rest + block
-        if not block:
-            lines, rest = data.splitlines(keepends=True), b""
-        else:
+        if block:
             cut = data.rfind(b"\n") + 1
-            lines, rest = data[:cut].splitlines(keepends=True), data[cut:]
-        if lines and targets.hit(b"".join(lines)):
-            for line in lines:
-                if targets.hit(line):
-                    removed += 1
-                else:
-                    dst.write(line)
-                    kept += 1
+            data, rest = data[:cut], data[cut:]
         else:
-            dst.writelines(lines)
-            kept += len(lines)
+            rest = b""
+        if data:
+            low = data.lower()
+            drop: set[tuple[int, int]] = set()
+            found = targets.found(low)
+            for pattern in _PY_TOKENS if found else ():
+                for match in pattern.finditer(low):
+                    if match.group() in found:
+                        pos = match.start()
+                        start = low.rfind(b"\n", 0, pos) + 1
+                        end = low.find(b"\n", pos)
+                        drop.add((start, len(low) if end < 0 else end + 1))
+            lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+            at = 0
+            for start, end in sorted(drop):
+                dst.write(data[at:start])
+                at = end
+            dst.write(data[at:])
+            removed += len(drop)
+            kept += lines - len(drop)
         if not block:
             return removed, kept
 
@@ -342,6 +366,22 @@ def _zip_hits(source: Path | io.BytesIO, targets: Targets) -> bool:
     return False
 
 
+def _json_document(path: Path) -> bool:
+    """Whether a ``.json`` file is one JSON document (not NDJSON: one value per line)."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    if head.lstrip()[:1] not in (b"{", b"["):
+        return False
+    first, _, more = head.partition(b"\n")
+    if not more.strip():
+        return True  # a single line: a compact document
+    try:
+        json.loads(first)
+    except ValueError:
+        return True  # an indented document: its first line alone is not JSON
+    return False
+
+
 def _file_hits(path: Path, targets: Targets, name: str | None = None) -> bool:
     """Whether the file holds a target token: its bytes, and the content of a gzip or zip file
     (``name``: the file's name when ``path`` is a local copy), streamed in overlapping blocks."""
@@ -360,7 +400,61 @@ def _file_hits(path: Path, targets: Targets, name: str | None = None) -> bool:
     return False
 
 
-def _scrub_local_file(path: Path, targets: Targets, report: ScrubReport) -> None:
+def _line_hits(con: duckdb.DuckDBPyConnection, path: Path) -> set[int] | None:
+    """The 1-based numbers of the lines of the UTF-8 text file ``path`` that hold a target token
+    (``forget_targets`` loaded in ``con``), found by DuckDB (RE2, linear time); None when DuckDB
+    cannot read it as text (not UTF-8): the caller falls back to :func:`_filter_lines`."""
+    lines = "string_split(content, chr(10))"
+    try:
+        rows = con.execute(f"""
+            WITH l AS (SELECT unnest({lines}) AS line, unnest(range(1, len({lines}) + 1)) AS n
+                       FROM read_text({sql_string(str(path))}))
+            SELECT DISTINCT n FROM (SELECT n, unnest({Targets.tokens_sql('line')}) AS tok FROM l
+                                    WHERE contains(line, '@') OR length(line) >= 64)
+            WHERE tok IN (SELECT token FROM forget_targets)""").fetchall()
+    except duckdb.Error:
+        return None
+    return {r[0] for r in rows}
+
+
+def _copy_without_lines(src: Path, dst: Path, drop: set[int]) -> int:
+    """Copy ``src`` to ``dst`` without the lines numbered in ``drop`` (1-based, split on ``\\n``)."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        for n, line in enumerate(fin, 1):
+            if n not in drop:
+                fout.write(line)
+    return len(drop)
+
+
+def _scrub_text_file(con: duckdb.DuckDBPyConnection, src: Path, name: str, targets: Targets,
+                     write: Callable[[], contextlib.AbstractContextManager[Path]]) -> tuple[int, int] | None:
+    """Scrub a text file (JSON document, NDJSON, CSV, other lines): None when nothing holds a
+    target, else (items or lines removed, bytes written) after writing through ``write()``."""
+    lower = name.lower()
+    if lower.endswith(".json") and _json_document(src):
+        result = scrub_bytes(src.read_bytes(), name, targets)
+        if result is None:
+            return None
+        with write() as tmp:
+            tmp.write_bytes(result[0])
+        return result[1], len(result[0])
+    drop = _line_hits(con, src)
+    if drop is None:  # not UTF-8: the streaming Python filter
+        if not _file_hits(src, targets, name):
+            return None
+        with write() as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
+            removed, _ = _filter_lines(fin, fout, targets)
+            size = tmp.stat().st_size if tmp.exists() else 0
+        return removed, size
+    if not drop:
+        return None
+    with write() as tmp:
+        removed = _copy_without_lines(src, tmp, drop)
+        size = tmp.stat().st_size
+    return removed, size
+
+
+def _scrub_local_file(con: duckdb.DuckDBPyConnection, path: Path, targets: Targets, report: ScrubReport) -> None:
     """One file of the warehouse tree, by kind (see the module docstring)."""
     name = path.name.lower()
     if name.endswith((".wal", ".duckdb.wal")):
@@ -370,26 +464,17 @@ def _scrub_local_file(path: Path, targets: Targets, report: ScrubReport) -> None
         if removed:
             report.add(str(path), removed, size)
         return
+    if name.endswith(TEXT_SUFFIXES) and path.suffix in TEXT_SUFFIXES:
+        done = _scrub_text_file(con, path, path.name, targets, lambda: atomic_path(path))
+        if done is not None:
+            report.add(str(path), *done)
+        return
     if not _file_hits(path, targets):
         return
     if path.parent.name == "identity_index" and name.endswith(".sqlite"):
         path.unlink(missing_ok=True)  # a cache (core/api_identity.py): rebuilt from the scrubbed tables
         report.files_deleted += 1
         report.changed[str(path)] = -1
-        return
-    if name.endswith(TEXT_SUFFIXES) and not name.endswith((".gz", ".zip")) and path.suffix in TEXT_SUFFIXES:
-        if name.endswith(".json") and path.stat().st_size < (256 << 20):
-            data = path.read_bytes()
-            if data.lstrip()[:1] in (b"{", b"["):
-                result = scrub_bytes(data, path.name, targets)
-                if result is not None:
-                    with atomic_path(path) as tmp:
-                        tmp.write_bytes(result[0])
-                    report.add(str(path), result[1], len(result[0]))
-                return
-        with atomic_path(path) as tmp, open(path, "rb") as src, open(tmp, "wb") as dst:
-            removed, _ = _filter_lines(src, dst, targets)
-        report.add(str(path), removed, path.stat().st_size)
         return
     if name.endswith((".gz", ".zip")):
         result = scrub_bytes(path.read_bytes(), path.name, targets)
@@ -428,7 +513,7 @@ def scrub_tree(root: str | os.PathLike[str], targets: Targets, report: ScrubRepo
                     if removed:
                         report.add(str(path), removed, size)
                 else:
-                    _scrub_local_file(path, targets, report)
+                    _scrub_local_file(con, path, targets, report)
     finally:
         con.close()
     return report
@@ -506,6 +591,14 @@ class ExportScrubber:
             self.journal.unlink(missing_ok=True)
 
     def run(self, on_key: Callable[[str], None] | None = None) -> None:
+        try:
+            self._run(on_key)
+        finally:
+            if self.__dict__.get("con") is not None:
+                self.con.close()
+                self.con = None
+
+    def _run(self, on_key: Callable[[str], None] | None) -> None:
         for key in self._journal():  # count files a killed run left to rewrite
             self._recount(key)
         keys = all_keys(self.storage)
@@ -533,28 +626,39 @@ class ExportScrubber:
         return None
 
     def _plain(self, key: str) -> None:
-        with _read_local(self.storage, key) as local:
-            if not _file_hits(local, self.targets, key.rsplit("/", 1)[-1]):
-                return
-            count_file = self._count_file_of(key)
-            if count_file:
+        name = key.rsplit("/", 1)[-1]
+        count_file = self._count_file_of(key)
+
+        @contextlib.contextmanager
+        def write() -> Iterator[Path]:
+            if count_file:  # before the file changes: a killed run leaves the count file to fix
                 self._note(count_file)
-            name = key.rsplit("/", 1)[-1]
-            lower = name.lower()
             with self.storage.writer(key) as tmp:
-                if lower.endswith((".gz", ".zip")) or (lower.endswith(".json") and local.stat().st_size < (256 << 20)
-                                                      and local.read_bytes().lstrip()[:1] in (b"{", b"[")):
-                    result = scrub_bytes(local.read_bytes(), name, self.targets)
-                    assert result is not None
+                yield tmp
+
+        with _read_local(self.storage, key) as local:
+            if name.lower().endswith((".gz", ".zip")) or Path(name).suffix not in TEXT_SUFFIXES:
+                if not _file_hits(local, self.targets, name):
+                    return
+                result = scrub_bytes(local.read_bytes(), name, self.targets)
+                if result is None:
+                    return
+                with write() as tmp:
                     tmp.write_bytes(result[0])
-                    removed = result[1]
-                else:
-                    with open(local, "rb") as src, open(tmp, "wb") as dst:
-                        removed, _ = _filter_lines(src, dst, self.targets)
-                size = tmp.stat().st_size
-        self.report.add(key, removed, size)
+                done: tuple[int, int] | None = (result[1], len(result[0]))
+            else:
+                done = _scrub_text_file(self._con(), local, name, self.targets, write)
+        if done is None:
+            return
+        self.report.add(key, *done)
         if count_file:
             self._recount(count_file)
+
+    def _con(self) -> duckdb.DuckDBPyConnection:
+        if self.__dict__.get("con") is None:
+            self.con = connect()
+            _load_targets(self.con, self.targets)
+        return self.con
 
     def _recount(self, key: str) -> None:
         """Rewrite a count file (feed pointer, Customer Match manifest, segment export manifest)
