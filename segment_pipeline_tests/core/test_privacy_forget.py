@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -290,3 +291,44 @@ def test_deletion_requests_landing_source_runs_the_same_forget(tmp_path, monkeyp
     (request,) = Ledger(wh.root).requests()
     assert request.source == "landing:gdpr" and request.email_sha256 == HASH
     assert con.execute(f"SELECT email FROM {wh.scan('raw_profiles')}").fetchall() == [(OTHERS[0],)]
+
+
+def test_forget_rewrites_exports_on_s3(tmp_path, monkeypatch):
+    from segment_pipeline.core.exports.daily_feed import read_latest, write_daily_feed
+    from segment_pipeline.core.exports.storage import S3ExportStorage
+    from segment_pipeline_tests.fakes.s3 import moto_s3_server
+
+    wh = Warehouse(tmp_path / "warehouse")
+    con = connect()
+    day = DAYS[0]
+    people = [NORM, *OTHERS]
+    email = "e.email"
+    values = ", ".join(f"('{e}')" for e in people)
+    cols = ", ".join(
+        {"identity_id": f"substr(md5({email}), 1, 16) AS identity_id", "email": f"{email} AS email"}.get(
+            c, f'NULL::{t} AS "{c}"') for c, t in wh.schema("profiles").items())
+    wh.write_partition(con, "profiles", day, f"SELECT {cols} FROM (VALUES {values}) e(email)")
+    wh.write_partition(con, "memberships", day, f"SELECT 'de' AS segment_id, substr(md5({email}), 1, 16) AS identity_id, "
+                                                f"{email} AS email FROM (VALUES {values}) e(email)")
+    wh.write_partition(con, "segment_stats", day, "SELECT 'de' AS segment_id, 'Germany' AS segment_name, 'dynamic' AS "
+                       "segment_type, 'refreshed' AS status, NULL::DATE AS frozen_on, 13 AS member_count, 0 AS added, "
+                       "0 AS removed")
+    with moto_s3_server() as moto:
+        storage = S3ExportStorage(moto.client(), moto.new_bucket(), prefix="partner")
+        write_daily_feed(con, wh, storage, day)
+        export = export_segment(con, wh, storage, SegmentExportRequest("de", ("email",), "zip"), chunk_size=4)
+        assert NORM.encode() in storage.get_bytes(f"daily/nosto_segments/{day}.json")
+        result = forget(wh.root, storage, [PERSON], index_dirs=[])
+        assert result.done and result.report.rows_removed >= 4  # profiles, memberships, feed line, export line
+        feed = storage.get_bytes(f"daily/nosto_segments/{day}.json")
+        assert NORM.encode() not in feed.lower() and len(feed.splitlines()) == 12
+        assert read_latest(storage, "nosto_segments")["lines"] == 12
+        check = verify_segment_export(storage, export.manifest_key, members=12, chunk_size=4)
+        assert check.passed, check.problems
+        for key in storage.list_keys("segment-export"):
+            data = storage.get_bytes(key)
+            if key.endswith(".zip"):
+                with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                    data = b"".join(zf.read(n) for n in zf.namelist())
+            assert NORM.encode() not in data.lower(), key
+    con.close()
