@@ -22,8 +22,10 @@ What is removed, by kind of file (the warehouse is walked, no table list: a new 
     * ``.gz`` and ``.zip`` files: their content as above, recompressed.
     * Exports (through :class:`~segment_pipeline.core.exports.storage.ExportStorage`, local folder
       or S3): the daily feed files (and the ``latest`` pointer's ``lines``/``bytes``), per-segment
-      exports (the remaining lines re-cut into chunks of the export's size, same chunk names, and
-      the manifest's ``members`` and ``files`` rewritten), Customer Match files (their manifest's
+      exports (the remaining lines re-cut into chunks of the export's size, and the manifest's
+      ``members`` and ``files`` rewritten; locally the folder is replaced whole and chunks keep
+      their names, on S3 new chunks are uploaded under fresh names, the manifest switched to them,
+      then the old ones deleted), Customer Match files (their manifest's
       ``rows``, ``members``, ``bytes``, ``sha256``), CSV range exports and any other file.
     * Any other file holding a token cannot be scrubbed: :class:`ScrubError` names it, and the
       request stays open (``warehouse_done`` is not recorded).
@@ -53,6 +55,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -716,6 +719,12 @@ class ExportScrubber:
             on_key(manifest_key)
         raw = self.storage.get_bytes(manifest_key) or b"{}"
         manifest = json.loads(raw)
+        s3 = not isinstance(self.storage, LocalExportStorage)
+        listed = [f["key"] for f in manifest.get("files", []) if f.get("key") in set(chunks)] or sorted(chunks)
+        if s3:  # chunks no manifest names: uploads of a forget killed before its manifest was written
+            for key in sorted(set(chunks) - set(listed)):
+                self.storage.delete(key)
+        chunks = listed
         hit = self.targets.hit(raw)
         for key in chunks:
             with _read_local(self.storage, key) as local:
@@ -732,8 +741,12 @@ class ExportScrubber:
         fmt = manifest.get("output_format", "gzip")
         ext = ".zip" if fmt == "zip" else ".gz"
         started = dt.datetime.fromtimestamp(int(manifest.get("started_at", 0)), tz=dt.UTC)
-        order = [f["key"] for f in manifest.get("files", [])] or sorted(chunks)
-        order += [k for k in sorted(chunks) if k not in order]
+        order = chunks
+        # locally the folder is replaced whole, so the chunks keep their names (index-based, as a
+        # re-export writes them); on S3 (no multi-object atomicity) they get fresh names, the
+        # manifest is switched to them, then the old ones are deleted: a killed run leaves the old
+        # export complete and consistent, plus unnamed uploads the next run deletes
+        name_prefix = f"{object_prefix}/forget-{uuid.uuid4().hex[:12]}" if s3 else object_prefix
         # the chunk size the export was cut with: every file but the last is full
         sizes = [int(f.get("lines", 0)) for f in manifest.get("files", [])]
         chunk_size = max(sizes) if len(sizes) > 1 else max([CHUNK_SIZE, *sizes])
@@ -753,19 +766,19 @@ class ExportScrubber:
                     lines = [line for _, line in zip(range(chunk_size), src, strict=False)]
                     if not lines:
                         break
-                    name = chunk_name(object_prefix, index)
+                    name = chunk_name(name_prefix, index)
                     with batch.writer(name + ext) as tmp:
                         _write_chunk(tmp, name, [memoryview(b"".join(lines))], fmt, started)
                         size = tmp.stat().st_size
                     written.append({"key": f"{prefix}/{name}{ext}", "lines": len(lines), "bytes": size})
                     self.report.bytes_rewritten += size
                     index += 1
-        if not isinstance(self.storage, LocalExportStorage):  # locally the batch replaced the folder
-            for key in set(chunks) - {f["key"] for f in written}:
-                self.storage.delete(key)
         manifest["files"] = written
         manifest["members"] = sum(f["lines"] for f in written)
         self.storage.put_bytes(manifest_key, json.dumps(manifest, ensure_ascii=False, indent=1).encode())
+        if s3:  # locally the batch replaced the folder
+            for key in sorted(set(chunks) - {f["key"] for f in written}):
+                self.storage.delete(key)
         self._done(manifest_key)
         self.report.add(manifest_key, removed, 0)
 
