@@ -417,27 +417,42 @@ def _file_hits(path: Path, targets: Targets, name: str | None = None) -> bool:
 
 def _line_hits(con: duckdb.DuckDBPyConnection, path: Path) -> set[int] | None:
     """The 1-based numbers of the lines of the UTF-8 text file ``path`` that hold a target token
-    (``forget_targets`` loaded in ``con``), found by DuckDB (RE2, linear time); None when DuckDB
-    cannot read it as text (not UTF-8): the caller falls back to :func:`_filter_lines`."""
-    lines = "string_split(content, chr(10))"
+    (``forget_targets`` loaded in ``con``, which must preserve insertion order), found by DuckDB
+    (RE2, linear time, parallel scan); None when DuckDB cannot read it as plain lines (not UTF-8,
+    a record separator byte in it): the caller falls back to :func:`_filter_lines`.
+    :func:`_copy_without_lines` checks every dropped line, so a numbering mismatch can never
+    drop a line that holds no target."""
+    lines = (f"read_csv({sql_string(str(path))}, columns = {{'line': 'VARCHAR'}}, header = false, auto_detect = false, "
+             f"delim = chr(30), quote = '', escape = '', new_line = '\\n', max_line_size = {1 << 30})")
     try:
         rows = con.execute(f"""
-            WITH l AS (SELECT unnest({lines}) AS line, unnest(range(1, len({lines}) + 1)) AS n
-                       FROM read_text({sql_string(str(path))}))
-            SELECT DISTINCT n FROM (SELECT n, unnest({Targets.tokens_sql('line')}) AS tok FROM l)
+            SELECT DISTINCT n FROM (SELECT n, unnest({Targets.tokens_sql('line')}) AS tok
+                                    FROM (SELECT line, row_number() OVER () AS n FROM {lines}))
             WHERE tok IN (SELECT token FROM forget_targets)""").fetchall()
     except duckdb.Error:
         return None
     return {r[0] for r in rows}
 
 
-def _copy_without_lines(src: Path, dst: Path, drop: set[int]) -> int:
-    """Copy ``src`` to ``dst`` without the lines numbered in ``drop`` (1-based, split on ``\\n``)."""
+class _Misnumbered(Exception):
+    pass
+
+
+def _copy_without_lines(src: Path, dst: Path, drop: set[int], targets: Targets) -> int:
+    """Copy ``src`` to ``dst`` without the lines numbered in ``drop`` (1-based, split on ``\\n``);
+    raises :class:`_Misnumbered` if a line to drop holds no target (or is missing)."""
+    dropped = 0
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         for n, line in enumerate(fin, 1):
             if n not in drop:
                 fout.write(line)
-    return len(drop)
+            elif not targets.hit(line):
+                raise _Misnumbered(f"{src}: line {n}")
+            else:
+                dropped += 1
+    if dropped != len(drop):
+        raise _Misnumbered(f"{src}: {len(drop) - dropped} line(s) not found")
+    return dropped
 
 
 def _scrub_text_file(con: duckdb.DuckDBPyConnection, src: Path, name: str, targets: Targets,
@@ -453,19 +468,22 @@ def _scrub_text_file(con: duckdb.DuckDBPyConnection, src: Path, name: str, targe
             tmp.write_bytes(result[0])
         return result[1], len(result[0])
     drop = _line_hits(con, src)
-    if drop is None:  # not UTF-8: the streaming Python filter
+    if drop:
+        try:
+            with write() as tmp:
+                removed = _copy_without_lines(src, tmp, drop, targets)
+                size = tmp.stat().st_size
+            return removed, size
+        except _Misnumbered:
+            drop = None  # nothing was published: the Python filter below does it
+    if drop is None:  # not plain UTF-8 lines: the streaming Python filter
         if not _file_hits(src, targets, name):
             return None
         with write() as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
             removed, _ = _filter_lines(fin, fout, targets)
             size = tmp.stat().st_size if tmp.exists() else 0
         return removed, size
-    if not drop:
-        return None
-    with write() as tmp:
-        removed = _copy_without_lines(src, tmp, drop)
-        size = tmp.stat().st_size
-    return removed, size
+    return None
 
 
 def _scrub_local_file(con: duckdb.DuckDBPyConnection, path: Path, targets: Targets, report: ScrubReport) -> None:
@@ -670,7 +688,7 @@ class ExportScrubber:
 
     def _con(self) -> duckdb.DuckDBPyConnection:
         if self.__dict__.get("con") is None:
-            self.con = connect()
+            self.con = connect(preserve_order=True)
             _load_targets(self.con, self.targets)
         return self.con
 
