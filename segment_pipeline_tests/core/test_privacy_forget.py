@@ -12,6 +12,8 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -108,14 +110,24 @@ def traces(*roots: Path, allow_hash_in: tuple[str, ...] = ()) -> list[str]:
 
 
 def _killed_forget(root: str, exports: str) -> None:
-    """Child: forget, killing itself (SIGKILL) once two files were rewritten and the next begins."""
-    state = {"seen": 0}
+    """Child: forget, killed (SIGKILL) while it writes a file, once two files were rewritten: a
+    thread kills the process as soon as a temporary entry of a rewrite appears (at the latest when
+    the next file starts)."""
+    state = {"watching": False}
+
+    def watch() -> None:
+        while True:
+            if any(Path(root).rglob(".tmp-*")):
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.0005)
 
     def on_file(_path: object) -> None:
-        state["seen"] += 1
         rewritten = [p for p in Path(root).rglob("data.parquet") if p.stat().st_mtime > START]
-        if len(rewritten) >= 2:
+        if len(rewritten) >= 3:
             os.kill(os.getpid(), signal.SIGKILL)
+        if len(rewritten) >= 2 and not state["watching"]:
+            state["watching"] = True
+            threading.Thread(target=watch, daemon=True).start()
 
     forget(root, LocalExportStorage(exports), [PERSON], "cli", index_dirs=[], on_file=on_file)
 

@@ -44,6 +44,7 @@ from segment_pipeline.core.privacy.scrub import (
     scrub_identity_indexes,
     scrub_tree,
 )
+from segment_pipeline.core.warehouse import Warehouse
 
 LOCK_FILE = "forget.lock"
 #: Column (CSV header) or key (NDJSON) of a request file holding the address.
@@ -112,6 +113,10 @@ def forget(
             log("no open deletion request to apply to the warehouse")
             return result
         targets = Targets.of(p.email for p in todo)
+        # leftovers of killed writes (this command's too) may hold old content: removed first
+        swept = Warehouse(root).sweep() + (storage.sweep() if isinstance(storage, LocalExportStorage) else [])
+        if swept:
+            log(f"removed {len(swept)} leftover temporary file(s) of killed writes")
         log(f"removing {len(todo)} identit{'y' if len(todo) == 1 else 'ies'} from {root}")
         scrub_tree(root, targets, result.report, on_file=on_file)
         if storage is not None:
