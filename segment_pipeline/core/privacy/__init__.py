@@ -1,1 +1,2 @@
-"""Privacy by construction: suppression lists, consent gates, retention (issue 15)."""
+"""Privacy by construction (issue 15): suppression lists, consent gates and retention; deletion requests
+(the ledger, ``forget``), tombstones, and the scrubbing of files."""
