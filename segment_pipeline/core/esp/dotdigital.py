@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from segment_pipeline.core.esp.http import (
     EspAmbiguous,
@@ -192,6 +193,30 @@ class DotdigitalClient(EspClient):
         return [ImportFault(row[ei].strip().lower() if ei is not None and ei < len(row) else None,
                             (row[ri] if ri is not None and ri < len(row) else "rejected")[:500])
                 for row in rows[1:] if row]
+
+    # -- contact deletion (issue 15) --------------------------------------------------------
+    def contact_id(self, email: str) -> int | None:
+        """The id of the contact with this email, None when dotdigital has none (``404``):
+        ``GET /v2/contacts/{email}`` (``ApiContact_GetContactByEmail`` in ``v2-api-swagger.json``).
+        The address travels URL-encoded in the path, so an error raised here names the path as
+        ``/v2/contacts/<address>``, never the address."""
+        try:
+            resp = self.http.request("GET", f"/v2/contacts/{quote(email, safe='@')}", family="default",
+                                     expect=(200, 404))
+        except EspError as exc:
+            hint = str(exc).split(": ", 2)[-1] if str(exc).count(": ") >= 2 else f"HTTP {exc.status}"
+            raise type(exc)(f"dotdigital GET /v2/contacts/<address>: {hint.replace(email, '<address>')}",
+                            exc.status) from None
+        if resp.status_code == 404:
+            return None
+        return int(resp.json()["id"])
+
+    def delete_contact(self, contact: int) -> bool:
+        """Delete the contact (``DELETE /v2/contacts/{id}``, ``ApiContact_DeleteContact``, answered
+        ``204``); False when it was already gone (``404``). Deleting twice is harmless, so the call
+        is retried on faults."""
+        resp = self.http.request("DELETE", f"/v2/contacts/{int(contact)}", family="default", expect=(204, 404))
+        return resp.status_code == 204
 
 
 def field_value(segments: Sequence[str], separator: str) -> str:
