@@ -1,0 +1,1 @@
+"""Privacy: deletion requests (the ledger, ``forget``), tombstones, and the scrubbing of files."""
