@@ -1,0 +1,256 @@
+"""Deletion requests propagated to every destination (issue 15, part 3), against the stateful fakes:
+real HTTP on loopback, the production clients and adapters, the real ledger and sync mirrors."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segment_pipeline.core.esp.http import RetryPolicy
+from segment_pipeline.core.privacy.erasure import mirror_lock, propagate
+from segment_pipeline.core.privacy.ledger import Ledger
+from segment_pipeline.core.sync.destinations.braze import BrazeDestination, BrazeSettings
+from segment_pipeline.core.sync.destinations.dotdigital import DotdigitalDestination, DotdigitalSettings
+from segment_pipeline.core.sync.destinations.klaviyo import KlaviyoDestination, KlaviyoSettings
+from segment_pipeline.core.sync.destinations.meta import MetaDestination, MetaSettings
+from segment_pipeline.core.sync.hashing import meta_email_hash
+from segment_pipeline.core.sync.runner import sync
+from segment_pipeline.core.sync.state import StateStore
+from segment_pipeline.core.warehouse import Warehouse
+from segment_pipeline_tests.fakes.braze import FakeBraze, braze_client
+from segment_pipeline_tests.fakes.dotdigital import FakeDotdigital
+from segment_pipeline_tests.fakes.erasure_child import destinations as child_destinations
+from segment_pipeline_tests.fakes.helpers import (
+    META_ACCOUNT,
+    META_TOKEN,
+    dotdigital_client,
+    kill_when,
+    klaviyo_client,
+    meta_client,
+    write_memberships,
+)
+from segment_pipeline_tests.fakes.klaviyo import FakeKlaviyo
+from segment_pipeline_tests.fakes.meta import FakeMeta
+from segment_pipeline_tests.waiting import child_env
+
+DAY = "2026-11-01"
+SYNCED = {"loyal": "Loyal Customers"}
+GONE, STAY = "gone@shop.com", "stay@shop.com"
+#: a retry budget short enough that a persistent fault fails the call within the test
+SHORT = RetryPolicy(max_elapsed=1.0, base_delay=0.01, max_delay=0.05, connect_timeout=10.0, read_timeout=10.0)
+
+
+@pytest.fixture
+def fakes():
+    with FakeKlaviyo() as k, FakeDotdigital() as d, FakeBraze() as b, \
+            FakeMeta(access_token=META_TOKEN, ad_account_id=META_ACCOUNT) as m:
+        yield {"klaviyo": k, "dotdigital": d, "braze": b, "meta": m}
+
+
+@pytest.fixture
+def wh(tmp_path: Path) -> Warehouse:
+    return Warehouse(tmp_path / "warehouse")
+
+
+def _clients(fakes, **policy):
+    return {"klaviyo": klaviyo_client(fakes["klaviyo"].url, **policy),
+            "dotdigital": dotdigital_client(fakes["dotdigital"].url, **policy),
+            "braze": braze_client(fakes["braze"].url, **policy),
+            "meta": meta_client(fakes["meta"].url, **policy)}
+
+
+def _destinations(fakes, klaviyo_wait: float = 5.0, **policy):
+    c = _clients(fakes, **policy)
+    k = KlaviyoDestination(c["klaviyo"], KlaviyoSettings())
+    k.erase_wait_seconds = klaviyo_wait
+    return {"klaviyo": k, "dotdigital": DotdigitalDestination(c["dotdigital"], DotdigitalSettings()),
+            "braze": BrazeDestination(c["braze"], BrazeSettings()), "meta": MetaDestination(c["meta"], MetaSettings())}
+
+
+def _sync_all(wh: Warehouse, fakes, emails) -> None:
+    """A real sync of every destination, so each fake holds the contacts and each mirror has them."""
+    write_memberships(wh, DAY, [("loyal", e) for e in emails])
+    settings = {"klaviyo": KlaviyoSettings(), "dotdigital": DotdigitalSettings(), "braze": BrazeSettings(),
+                "meta": MetaSettings()}
+    for name, client in _clients(fakes).items():
+        report = sync(name, wh, DAY, SYNCED, state_dir=wh.root / "sync_state" / name,
+                      dry_run_root=wh.root / "sync_dry_run", client=client, settings=settings[name])
+        assert report.status == "ok" and report.rejected == 0, (name, report)
+
+
+def _forget(wh: Warehouse, *emails: str) -> list[str]:
+    """A deletion request whose warehouse part is done (that part is the forget engineer's, tested there)."""
+    ledger = Ledger(wh.root)
+    ids = [r.request_id for r in ledger.request(list(emails), "cli")]
+    for i in ids:
+        ledger.warehouse_done(i)
+    return ids
+
+
+def _status(wh: Warehouse, request_id: str) -> dict[str, dict]:
+    return {r["destination"]: r for r in Ledger(wh.root).status(request_id) if r["destination"]}
+
+
+def _mirror_emails(wh: Warehouse, name: str) -> set[str]:
+    with StateStore(wh.root / "sync_state" / name) as store:
+        return {r[0] for t in ("held", "members", "truncated", "rejects")
+                for r in store.con.execute(f"SELECT email FROM {t}").fetchall()}
+
+
+def _bytes_under(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def test_a_request_reaches_every_destination_and_each_confirms(fakes, wh):
+    others = [f"u{i}@shop.com" for i in range(5)]
+    _sync_all(wh, fakes, [GONE, STAY, *others])
+    k, d, b, m = fakes["klaviyo"], fakes["dotdigital"], fakes["braze"], fakes["meta"]
+    (audience,) = m.audience_named("Loyal Customers")
+    assert k.profile(GONE) and d.contact(GONE) and b.users_with_email(GONE) == 1
+    assert meta_email_hash(GONE) in m.members("Loyal Customers")
+    assert all(GONE in _mirror_emails(wh, n) for n in fakes)
+    (rid,) = _forget(wh, " Gone@Shop.com ")
+    lines: list[str] = []
+
+    report = propagate(wh.root, _destinations(fakes), log=lines.append)
+
+    # each vendor received its own deletion call, and no longer holds the contact
+    assert k.deletions_for(GONE) == 1 and k.profile(GONE) is None and k.profile(STAY) is not None
+    assert [c["email"] for c in d.deletion_calls] == [GONE] and d.contact(GONE) is None and d.contact(STAY)
+    assert len(b.deletion_calls) == 1 and b.users_with_email(GONE) == 0 and b.users_with_email(STAY) == 1
+    assert m.count(method="DELETE") == 1 and meta_email_hash(GONE) not in m.members("Loyal Customers")
+    assert meta_email_hash(STAY) in m.members("Loyal Customers")
+    assert all(f.spec_violations == [] for f in fakes.values())
+    # the ledger shows asked, done and confirmed per destination, and the request settled
+    status = _status(wh, rid)
+    assert sorted(status) == ["braze", "dotdigital", "klaviyo", "meta"]
+    assert all(s["asked_at"] and s["done_at"] and s["confirmed_at"] and s["attempts"] == 1 for s in status.values())
+    assert report.settled == 1 and report.open_requests == 0 and report.ok
+    assert Ledger(wh.root).pending(rid) is None
+    # every mirror lost the address (and only it), and no byte of it survives in the state files
+    for name in fakes:
+        emails = _mirror_emails(wh, name)
+        assert GONE not in emails and STAY in emails, name
+        assert report.destinations[name].mirror_rows_removed >= 1 and report.destinations[name].mirror_rewritten
+        assert GONE.encode() not in _bytes_under(wh.root / "sync_state" / name), name
+    # no address in logs, metadata or the ledger
+    text = "\n".join(lines) + repr(report.metadata()) + repr(Ledger(wh.root).status())
+    assert GONE not in text and "gone%40" not in text.lower()
+    assert GONE.encode() not in _bytes_under(wh.root / "privacy")
+
+    # a later pass asks nobody again
+    before = (len(k.deletion_requests), len(d.deletion_calls), len(b.deletion_calls), m.count(method="DELETE"))
+    again = propagate(wh.root, _destinations(fakes))
+    assert (len(k.deletion_requests), len(d.deletion_calls), len(b.deletion_calls), m.count(method="DELETE")) == before
+    assert again.settled == 0 and again.open_requests == 0
+    # the next sync does not bring the contact back: the mirror and the vendors agree it is gone
+    write_memberships(wh, "2026-11-02", [("loyal", e) for e in [STAY, *others]])
+    for name, client in _clients(fakes).items():
+        sync(name, wh, "2026-11-02", SYNCED, state_dir=wh.root / "sync_state" / name,
+             dry_run_root=wh.root / "sync_dry_run", client=client)
+    assert k.profile(GONE) is None and d.contact(GONE) is None and b.users_with_email(GONE) == 0
+
+
+def test_an_address_a_destination_never_held_is_confirmed_by_its_lookup_without_a_deletion_call(fakes, wh):
+    (rid,) = _forget(wh, "never@shop.com")
+    report = propagate(wh.root, _destinations(fakes))
+    status = _status(wh, rid)
+    assert all(s["confirmed_at"] for s in status.values()) and report.settled == 1
+    assert fakes["klaviyo"].deletion_requests == [] and fakes["dotdigital"].deletion_calls == []
+    assert fakes["braze"].deletion_calls == [] and fakes["meta"].count(method="DELETE") == 0
+
+
+def test_faults_and_throttling_leave_the_request_pending_and_the_next_pass_confirms(fakes, wh):
+    _sync_all(wh, fakes, [GONE, STAY, "third@shop.com"])
+    k, d = fakes["klaviyo"], fakes["dotdigital"]
+    rid_gone, rid_third = _forget(wh, GONE, "third@shop.com")
+    d.inject("500", times=10_000, match="DELETE /v2/contacts")  # dotdigital fails beyond the retry budget
+    k.set_limits("request_profile_deletion", [(1, 60.0)])  # Klaviyo takes one deletion, then answers 429
+
+    first = propagate(wh.root, _destinations(fakes, **{"policy": SHORT}))
+
+    dd = _status(wh, rid_gone)["dotdigital"]
+    assert dd["asked_at"] and dd["confirmed_at"] is None and "HTTP 500" in dd["last_error"]
+    assert d.contact(GONE) is not None and first.destinations["dotdigital"].failed == 2
+    kl = [_status(wh, r)["klaviyo"] for r in (rid_gone, rid_third)]
+    assert sum(1 for s in kl if s["confirmed_at"]) == 1 and k.count(status=429) >= 1
+    (throttled,) = [s for s in kl if not s["confirmed_at"]]
+    assert "429" in throttled["last_error"] and throttled["attempts"] == 1
+    assert first.settled == 0 and first.open_requests == 2 and not first.ok
+    assert GONE in _mirror_emails(wh, "dotdigital")  # not confirmed there: the mirror keeps it
+    assert all(GONE not in (s["last_error"] or "") for r in (rid_gone, rid_third) for s in _status(wh, r).values())
+
+    with d.lock:
+        d.faults.clear()
+    k.set_limits("request_profile_deletion", [(3, 1.0), (60, 60.0)])
+    second = propagate(wh.root, _destinations(fakes, **{"policy": SHORT}))
+
+    for rid in (rid_gone, rid_third):
+        status = _status(wh, rid)
+        assert all(s["confirmed_at"] for s in status.values()), status
+        assert status["dotdigital"]["attempts"] == 2
+    assert d.contact(GONE) is None and k.profile(GONE) is None and second.settled == 2
+    assert GONE not in _mirror_emails(wh, "dotdigital")
+    assert sorted(k.deleted_emails) == sorted([GONE, "third@shop.com"])  # each deleted once
+
+
+def test_a_deletion_klaviyo_has_not_carried_out_yet_is_done_and_confirmed_by_the_next_pass(fakes, wh):
+    _sync_all(wh, fakes, [GONE, STAY])
+    k = fakes["klaviyo"]
+    k.deletion_seconds = 0.5  # Klaviyo deletes asynchronously
+    (rid,) = _forget(wh, GONE)
+
+    first = propagate(wh.root, _destinations(fakes, klaviyo_wait=0.0))
+    s = _status(wh, rid)["klaviyo"]
+    assert s["done_at"] and s["confirmed_at"] is None and first.destinations["klaviyo"].done == 1
+    assert GONE in _mirror_emails(wh, "klaviyo") and first.settled == 0
+
+    assert k.wait_for(lambda: GONE in k.deleted_emails, timeout=60)
+    second = propagate(wh.root, _destinations(fakes, klaviyo_wait=0.0))
+    s = _status(wh, rid)["klaviyo"]
+    assert s["confirmed_at"] and s["attempts"] == 2 and k.deletions_for(GONE) == 1  # confirmed by the lookup
+    assert second.settled == 1 and GONE not in _mirror_emails(wh, "klaviyo")
+
+
+def test_a_pass_waits_while_a_sync_holds_the_mirror(fakes, wh):
+    _sync_all(wh, fakes, [GONE, STAY])
+    (rid,) = _forget(wh, GONE)
+    with mirror_lock(wh.root / "sync_state" / "dotdigital"):  # a dotdigital sync is running
+        report = propagate(wh.root, _destinations(fakes))
+    assert report.destinations["dotdigital"].mirror_skipped and report.settled == 0
+    assert _status(wh, rid).get("dotdigital") is None and fakes["dotdigital"].deletion_calls == []
+    later = propagate(wh.root, _destinations(fakes))
+    assert later.settled == 1 and _status(wh, rid)["dotdigital"]["confirmed_at"]
+
+
+def test_sigkill_mid_propagation_then_a_rerun_finishes_without_duplicates(fakes, wh):
+    people = [f"p{i}@shop.com" for i in range(6)]
+    _sync_all(wh, fakes, [*people, STAY])
+    k, d = fakes["klaviyo"], fakes["dotdigital"]
+    ids = _forget(wh, *people)
+    cmd = [sys.executable, "-m", "segment_pipeline_tests.fakes.erasure_child", str(wh.root), k.url, d.url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=child_env())
+    # killed after dotdigital (the first destination) deleted two contacts of the batch it was asked
+    kill_when(d, proc, lambda: len(d.deletion_calls) >= 2, "two dotdigital deletions")
+    assert proc.returncode == -9
+    mid = [_status(wh, r).get("dotdigital") or {} for r in ids]
+    assert all(s.get("asked_at") and not s.get("confirmed_at") for s in mid)
+    assert k.deletion_requests == [] and sum(1 for x in people if d.contact(x) is None) == 2
+
+    report = propagate(wh.root, child_destinations(k.url, d.url))
+
+    assert report.settled == len(people) and report.open_requests == 0
+    rows = [r for r in Ledger(wh.root).status() if r["destination"]]
+    assert len(rows) == 2 * len(people)  # one row per request and destination: no duplicates
+    assert all(r["confirmed_at"] for r in rows)
+    deleted = [c["email"] for c in d.deletion_calls if c["status"] == 204]
+    assert sorted(deleted) == sorted(people)  # each contact deleted exactly once
+    assert all(k.deletions_for(p) == 1 for p in people) and all(d.contact(p) is None for p in people)
+    for name in ("klaviyo", "dotdigital"):
+        assert _mirror_emails(wh, name) == {STAY}
+    digests = {hashlib.sha256(p.encode()).hexdigest() for p in people}
+    assert {r["email_sha256"] for r in rows} == digests
