@@ -4,6 +4,7 @@ real HTTP on loopback, the production clients and adapters, the real ledger and 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ from segment_pipeline_tests.waiting import child_env
 DAY = "2026-11-01"
 SYNCED = {"loyal": "Loyal Customers"}
 GONE, STAY = "gone@shop.com", "stay@shop.com"
+KD = ("klaviyo", "dotdigital")
 #: a retry budget short enough that a persistent fault fails the call within the test
 SHORT = RetryPolicy(max_elapsed=1.0, base_delay=0.01, max_delay=0.05, connect_timeout=10.0, read_timeout=10.0)
 
@@ -63,20 +65,23 @@ def _clients(fakes, **policy):
             "meta": meta_client(fakes["meta"].url, **policy)}
 
 
-def _destinations(fakes, klaviyo_wait: float = 5.0, **policy):
+def _destinations(fakes, klaviyo_wait: float = 5.0, only: tuple[str, ...] = (), **policy):
     c = _clients(fakes, **policy)
     k = KlaviyoDestination(c["klaviyo"], KlaviyoSettings())
     k.erase_wait_seconds = klaviyo_wait
-    return {"klaviyo": k, "dotdigital": DotdigitalDestination(c["dotdigital"], DotdigitalSettings()),
-            "braze": BrazeDestination(c["braze"], BrazeSettings()), "meta": MetaDestination(c["meta"], MetaSettings())}
+    out = {"klaviyo": k, "dotdigital": DotdigitalDestination(c["dotdigital"], DotdigitalSettings()),
+           "braze": BrazeDestination(c["braze"], BrazeSettings()), "meta": MetaDestination(c["meta"], MetaSettings())}
+    return {n: d for n, d in out.items() if not only or n in only}
 
 
-def _sync_all(wh: Warehouse, fakes, emails) -> None:
+def _sync_all(wh: Warehouse, fakes, emails, only: tuple[str, ...] = ()) -> None:
     """A real sync of every destination, so each fake holds the contacts and each mirror has them."""
     write_memberships(wh, DAY, [("loyal", e) for e in emails])
     settings = {"klaviyo": KlaviyoSettings(), "dotdigital": DotdigitalSettings(), "braze": BrazeSettings(),
                 "meta": MetaSettings()}
     for name, client in _clients(fakes).items():
+        if only and name not in only:
+            continue
         report = sync(name, wh, DAY, SYNCED, state_dir=wh.root / "sync_state" / name,
                       dry_run_root=wh.root / "sync_dry_run", client=client, settings=settings[name])
         assert report.status == "ok" and report.rejected == 0, (name, report)
@@ -106,6 +111,8 @@ def _bytes_under(folder: Path) -> bytes:
 
 
 def test_a_request_reaches_every_destination_and_each_confirms(fakes, wh):
+    """... and an address no ESP held is confirmed by its lookup without a deletion call (Meta cannot be
+    asked who is in an audience: its hash goes into the same removal call)."""
     others = [f"u{i}@shop.com" for i in range(5)]
     _sync_all(wh, fakes, [GONE, STAY, *others])
     k, d, b, m = fakes["klaviyo"], fakes["dotdigital"], fakes["braze"], fakes["meta"]
@@ -113,13 +120,14 @@ def test_a_request_reaches_every_destination_and_each_confirms(fakes, wh):
     assert k.profile(GONE) and d.contact(GONE) and b.users_with_email(GONE) == 1
     assert meta_email_hash(GONE) in m.members("Loyal Customers")
     assert all(GONE in _mirror_emails(wh, n) for n in fakes)
-    (rid,) = _forget(wh, " Gone@Shop.com ")
+    rid, never = _forget(wh, " Gone@Shop.com ", "never@shop.com")
     lines: list[str] = []
 
     report = propagate(wh.root, _destinations(fakes), log=lines.append)
 
     # each vendor received its own deletion call, and no longer holds the contact
-    assert k.deletions_for(GONE) == 1 and k.profile(GONE) is None and k.profile(STAY) is not None
+    assert k.deletions_for(GONE) == 1 and len(k.deletion_requests) == 1
+    assert k.profile(GONE) is None and k.profile(STAY) is not None
     assert [c["email"] for c in d.deletion_calls] == [GONE] and d.contact(GONE) is None and d.contact(STAY)
     assert len(b.deletion_calls) == 1 and b.users_with_email(GONE) == 0 and b.users_with_email(STAY) == 1
     assert m.count(method="DELETE") == 1 and meta_email_hash(GONE) not in m.members("Loyal Customers")
@@ -129,7 +137,8 @@ def test_a_request_reaches_every_destination_and_each_confirms(fakes, wh):
     status = _status(wh, rid)
     assert sorted(status) == ["braze", "dotdigital", "klaviyo", "meta"]
     assert all(s["asked_at"] and s["done_at"] and s["confirmed_at"] and s["attempts"] == 1 for s in status.values())
-    assert report.settled == 1 and report.open_requests == 0 and report.ok
+    assert all(s["confirmed_at"] for s in _status(wh, never).values()) and len(_status(wh, never)) == 4
+    assert report.settled == 2 and report.open_requests == 0 and report.ok
     assert Ledger(wh.root).pending(rid) is None
     # every mirror lost the address (and only it), and no byte of it survives in the state files
     for name in fakes:
@@ -155,23 +164,14 @@ def test_a_request_reaches_every_destination_and_each_confirms(fakes, wh):
     assert k.profile(GONE) is None and d.contact(GONE) is None and b.users_with_email(GONE) == 0
 
 
-def test_an_address_a_destination_never_held_is_confirmed_by_its_lookup_without_a_deletion_call(fakes, wh):
-    (rid,) = _forget(wh, "never@shop.com")
-    report = propagate(wh.root, _destinations(fakes))
-    status = _status(wh, rid)
-    assert all(s["confirmed_at"] for s in status.values()) and report.settled == 1
-    assert fakes["klaviyo"].deletion_requests == [] and fakes["dotdigital"].deletion_calls == []
-    assert fakes["braze"].deletion_calls == [] and fakes["meta"].count(method="DELETE") == 0
-
-
 def test_faults_and_throttling_leave_the_request_pending_and_the_next_pass_confirms(fakes, wh):
-    _sync_all(wh, fakes, [GONE, STAY, "third@shop.com"])
+    _sync_all(wh, fakes, [GONE, STAY, "third@shop.com"], only=KD)
     k, d = fakes["klaviyo"], fakes["dotdigital"]
     rid_gone, rid_third = _forget(wh, GONE, "third@shop.com")
     d.inject("500", times=10_000, match="DELETE /v2/contacts")  # dotdigital fails beyond the retry budget
     k.set_limits("request_profile_deletion", [(1, 60.0)])  # Klaviyo takes one deletion, then answers 429
 
-    first = propagate(wh.root, _destinations(fakes, **{"policy": SHORT}))
+    first = propagate(wh.root, _destinations(fakes, only=KD, policy=SHORT))
 
     dd = _status(wh, rid_gone)["dotdigital"]
     assert dd["asked_at"] and dd["confirmed_at"] is None and "HTTP 500" in dd["last_error"]
@@ -187,7 +187,7 @@ def test_faults_and_throttling_leave_the_request_pending_and_the_next_pass_confi
     with d.lock:
         d.faults.clear()
     k.set_limits("request_profile_deletion", [(3, 1.0), (60, 60.0)])
-    second = propagate(wh.root, _destinations(fakes, **{"policy": SHORT}))
+    second = propagate(wh.root, _destinations(fakes, only=KD, policy=SHORT))
 
     for rid in (rid_gone, rid_third):
         status = _status(wh, rid)
@@ -199,37 +199,37 @@ def test_faults_and_throttling_leave_the_request_pending_and_the_next_pass_confi
 
 
 def test_a_deletion_klaviyo_has_not_carried_out_yet_is_done_and_confirmed_by_the_next_pass(fakes, wh):
-    _sync_all(wh, fakes, [GONE, STAY])
+    _sync_all(wh, fakes, [GONE, STAY], only=("klaviyo",))
     k = fakes["klaviyo"]
     k.deletion_seconds = 0.5  # Klaviyo deletes asynchronously
     (rid,) = _forget(wh, GONE)
 
-    first = propagate(wh.root, _destinations(fakes, klaviyo_wait=0.0))
+    first = propagate(wh.root, _destinations(fakes, klaviyo_wait=0.0, only=("klaviyo",)))
     s = _status(wh, rid)["klaviyo"]
     assert s["done_at"] and s["confirmed_at"] is None and first.destinations["klaviyo"].done == 1
     assert GONE in _mirror_emails(wh, "klaviyo") and first.settled == 0
 
     assert k.wait_for(lambda: GONE in k.deleted_emails, timeout=60)
-    second = propagate(wh.root, _destinations(fakes, klaviyo_wait=0.0))
+    second = propagate(wh.root, _destinations(fakes, klaviyo_wait=0.0, only=("klaviyo",)))
     s = _status(wh, rid)["klaviyo"]
     assert s["confirmed_at"] and s["attempts"] == 2 and k.deletions_for(GONE) == 1  # confirmed by the lookup
     assert second.settled == 1 and GONE not in _mirror_emails(wh, "klaviyo")
 
 
 def test_a_pass_waits_while_a_sync_holds_the_mirror(fakes, wh):
-    _sync_all(wh, fakes, [GONE, STAY])
+    _sync_all(wh, fakes, [GONE, STAY], only=KD)
     (rid,) = _forget(wh, GONE)
     with mirror_lock(wh.root / "sync_state" / "dotdigital"):  # a dotdigital sync is running
-        report = propagate(wh.root, _destinations(fakes))
+        report = propagate(wh.root, _destinations(fakes, only=KD))
     assert report.destinations["dotdigital"].mirror_skipped and report.settled == 0
     assert _status(wh, rid).get("dotdigital") is None and fakes["dotdigital"].deletion_calls == []
-    later = propagate(wh.root, _destinations(fakes))
+    later = propagate(wh.root, _destinations(fakes, only=KD))
     assert later.settled == 1 and _status(wh, rid)["dotdigital"]["confirmed_at"]
 
 
 def test_sigkill_mid_propagation_then_a_rerun_finishes_without_duplicates(fakes, wh):
-    people = [f"p{i}@shop.com" for i in range(6)]
-    _sync_all(wh, fakes, [*people, STAY])
+    people = [f"p{i}@shop.com" for i in range(4)]
+    _sync_all(wh, fakes, [*people, STAY], only=KD)
     k, d = fakes["klaviyo"], fakes["dotdigital"]
     ids = _forget(wh, *people)
     cmd = [sys.executable, "-m", "segment_pipeline_tests.fakes.erasure_child", str(wh.root), k.url, d.url]
@@ -254,3 +254,61 @@ def test_sigkill_mid_propagation_then_a_rerun_finishes_without_duplicates(fakes,
         assert _mirror_emails(wh, name) == {STAY}
     digests = {hashlib.sha256(p.encode()).hexdigest() for p in people}
     assert {r["email_sha256"] for r in rows} == digests
+
+
+def test_the_daily_asset_propagates_with_the_sync_resources_and_names_unconfigured_mirrors(fakes, wh):
+    import dagster as dg
+
+    from segment_pipeline.defs.erasure.assets import privacy_erasure
+    from segment_pipeline.defs.resources import WarehouseResource
+    from segment_pipeline.defs.syncs.resources import RESOURCES
+    from segment_pipeline_tests.fakes.helpers import DD_PASSWORD, DD_USER, KLAVIYO_KEY
+
+    _sync_all(wh, fakes, [GONE, STAY], only=(*KD, "braze"))
+    (rid,) = _forget(wh, GONE)
+    resources = {"warehouse": WarehouseResource(root=str(wh.root)),
+                 "klaviyo": RESOURCES["klaviyo"](api_key=KLAVIYO_KEY, base_url=fakes["klaviyo"].url),
+                 "dotdigital": RESOURCES["dotdigital"](api_user=DD_USER, api_password=DD_PASSWORD,
+                                                       base_url=fakes["dotdigital"].url),
+                 "braze": RESOURCES["braze"](), "meta": RESOURCES["meta"]()}  # no credentials: not configured
+
+    result = dg.materialize([privacy_erasure], resources=resources)
+
+    (mat,) = result.asset_materializations_for_node("privacy_erasure")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert meta["klaviyo_confirmed"] == 1 and meta["dotdigital_confirmed"] == 1 and meta["destinations"] == \
+        "dotdigital, klaviyo"
+    assert meta["unconfigured_with_mirror"] == "braze"  # it synced the person: nothing here can erase there
+    assert meta["braze_blocked_unconfigured"] == 1
+    # the address stays pending (its only copy) until Braze can erase it too
+    assert meta["open_requests"] == 1 and meta["settled"] == 0 and Ledger(wh.root).pending(rid) is not None
+    assert GONE not in repr(meta) and fakes["klaviyo"].profile(GONE) is None and fakes["dotdigital"].contact(GONE) is None
+    assert sorted(_status(wh, rid)) == ["dotdigital", "klaviyo"]
+
+
+def test_cli_prints_the_ledger_by_hash_and_runs_a_pass_with_the_environment_credentials(fakes, wh, monkeypatch,
+                                                                                          capsys):
+    from segment_pipeline.cli import main
+    from segment_pipeline.core.sync.destinations import DESTINATIONS
+    from segment_pipeline_tests.fakes.helpers import KLAVIYO_KEY
+
+    _sync_all(wh, fakes, [GONE, STAY], only=KD)
+    (rid,) = _forget(wh, GONE)
+    for cls in DESTINATIONS.values():
+        for o in cls.options:
+            monkeypatch.delenv(o.env, raising=False)
+    monkeypatch.setenv("SEGMENT_PIPELINE_WAREHOUSE", str(wh.root))
+    monkeypatch.setenv("KLAVIYO_API_KEY", KLAVIYO_KEY)
+    monkeypatch.setenv("KLAVIYO_BASE_URL", fakes["klaviyo"].url)
+
+    assert main(["erasure", "run"]) == 0
+    assert main(["erasure", "status"]) == 0
+    out = capsys.readouterr().out
+    digest = hashlib.sha256(GONE.encode()).hexdigest()
+    assert "klaviyo_confirmed: 1" in out and "unconfigured_with_mirror: dotdigital" in out
+    (line,) = [x for x in out.splitlines() if x.startswith(rid)]
+    assert digest[:16] in line and "klaviyo" in line and line.split()[-1] == "1"  # one attempt
+    assert GONE not in out and fakes["klaviyo"].profile(GONE) is None
+    assert main(["erasure", "status", "--json", "--request", rid]) == 0
+    (row,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert row["destination"] == "klaviyo" and row["confirmed_at"] and row["email_sha256"] == digest

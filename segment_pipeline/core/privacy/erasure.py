@@ -20,13 +20,18 @@ that destination has not confirmed yet:
    behind (``plans/*.parquet``, which hold addresses) are removed too. This runs under the mirror's
    lock (a sync of that destination running now: the rewrite waits for the next pass);
 4. ``ledger.settle`` with the configured destinations: the pending address is deleted once the
-   warehouse scrub and every destination confirmed.
+   warehouse scrub and every destination confirmed. A registered destination without credentials
+   whose mirror still holds the address (it was synced there before its credentials were removed)
+   keeps the request open: settling would delete the only copy of the address its deletion needs.
+   The pass names such destinations (``unconfigured_with_mirror``); removing that destination's
+   ``sync_state/<name>`` folder says the account is gone.
 
 SIGKILL-safe: every step is recorded in the ledger (its own transaction) before the next one; a
 pass killed anywhere is finished by the next pass without duplicate ledger rows or lost
 confirmations (a confirmation is never taken back, and a deletion re-asked is looked up first).
-The mirror rewrite is marked in the mirror itself in the same transaction as the deletion
-(``meta.erasure_rewrite``), so a kill before the rename is caught up by the next pass.
+The mirror rewrite is marked by a file (``sync_state/<name>/erasure-rewrite``) written before
+the deletion commits and removed after the rename, so a kill in between is caught up by the next
+pass.
 
 Nothing here puts an address into a log line, an error, the ledger or metadata: addresses are
 referred to by their SHA-256 prefix, and vendor error texts are stripped of the address.
@@ -59,8 +64,8 @@ Log = Callable[[str], None]
 
 #: The mirror tables holding addresses (column ``email``).
 MIRROR_TABLES = ("held", "members", "truncated", "rejects")
-#: Set in a mirror (``meta``) from the deletion of erased rows until the fresh copy replaced it.
-REWRITE_MARK = "erasure_rewrite"
+#: Present in a mirror's folder from before erased rows are deleted until the fresh copy replaced it.
+REWRITE_MARK = "erasure-rewrite"
 SYNC_STATE = "sync_state"
 
 
@@ -95,6 +100,8 @@ class ErasureReport:
     #: registered destinations without credentials whose mirror shows real syncs: the vendor may
     #: still hold the people asked to be forgotten, and nothing here can delete them
     unconfigured_with_mirror: list[str] = field(default_factory=list)
+    #: per such destination: open requests whose address its mirror holds (they are not settled)
+    blocked: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -112,6 +119,8 @@ class ErasureReport:
                 out[f"{name}_mirror_skipped"] = d.mirror_skipped
         if self.unconfigured_with_mirror:
             out["unconfigured_with_mirror"] = ", ".join(self.unconfigured_with_mirror)
+            for name, n in sorted(self.blocked.items()):
+                out[f"{name}_blocked_unconfigured"] = n
         return out
 
 
@@ -207,6 +216,8 @@ def scrub_mirror(state_dir: Path, hashes: Collection[str]) -> MirrorScrub:
     rewritten = False
     removed = plans = 0
     with mirror_lock(state_dir):
+        if not hashes and not (state_dir / REWRITE_MARK).exists():
+            return MirrorScrub(0, False, _remove_stale_plans(state_dir))
         store = StateStore(state_dir)  # opened under the lock: no sync has the file open
         try:
             plans, removed, rewritten = _scrub_locked(store, state_dir, path, hashes)
@@ -221,6 +232,7 @@ def _scrub_locked(store: StateStore, state_dir: Path, path: Path, hashes: Collec
     plans = _remove_stale_plans(state_dir)
     con = store.con
     removed = 0
+    mark = state_dir / REWRITE_MARK
     if hashes:
         con.register("erased_hashes", pa.table({"email_sha256": pa.array(sorted(hashes), pa.string())}))
         with store.transaction():
@@ -228,13 +240,14 @@ def _scrub_locked(store: StateStore, state_dir: Path, path: Path, hashes: Collec
                 where = f"FROM {table} WHERE sha256(email) IN (SELECT email_sha256 FROM erased_hashes)"
                 n = con.execute(f"SELECT count(*) {where}").fetchall()[0][0]
                 if n:
+                    if not mark.exists():  # before the deletion commits: a kill until the rename is caught up
+                        os.close(open_private(mark, os.O_CREAT | os.O_WRONLY))
                     con.execute(f"DELETE {where}")
                     removed += n
-            if removed:  # in the same transaction: a kill before the rename is caught up next pass
-                con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [REWRITE_MARK, "1"])
         con.unregister("erased_hashes")
-    if removed or store.get_meta(REWRITE_MARK):
+    if removed or mark.exists():
         _rewrite(store, path)
+        mark.unlink(missing_ok=True)
         return plans, removed, True
     return plans, removed, False
 
@@ -258,7 +271,6 @@ def _rewrite(store: StateStore, path: Path) -> None:
     con.execute(f"ATTACH {sql_string(str(tmp))} AS erasure_fresh")
     try:
         con.execute(f"COPY FROM DATABASE {catalog} TO erasure_fresh")
-        con.execute("DELETE FROM erasure_fresh.meta WHERE key = ?", [REWRITE_MARK])
     finally:
         con.execute("DETACH erasure_fresh")
     os.chmod(tmp, FILE_MODE)
@@ -315,20 +327,45 @@ def propagate(warehouse_root: str | os.PathLike[str], destinations: Mapping[str,
         if d.client is None:
             continue
         report.destinations[name] = _propagate_one(ledger, root, name, d, log)
+    confirmed = _confirmed_open_hashes(ledger)
+    for name, rep in sorted(report.destinations.items()):
+        if rep.mirror_skipped is None:
+            _scrub(name, root / SYNC_STATE / name, confirmed.get(name, set()), rep, log)
+    open_requests = ledger.requests(open_only=True)
+    blocked: set[str] = set()
     for name in sorted(set(DESTINATIONS) - set(report.destinations)):
-        if has_real_runs(root / SYNC_STATE / name):
-            report.unconfigured_with_mirror.append(name)
-            log(f"erasure: {name} has synced contacts but no credentials now: its deletions cannot be "
-                "propagated (set its credentials to erase there)")
+        state_dir = root / SYNC_STATE / name
+        if not has_real_runs(state_dir):
+            continue
+        report.unconfigured_with_mirror.append(name)
+        held = _hashes_in_mirror(state_dir, {r.email_sha256 for r in open_requests})
+        report.blocked[name] = len(held)
+        blocked |= held
+        log(f"erasure: {name} has synced contacts but no credentials now: {len(held)} of the people asked to be "
+            "forgotten are in its mirror, so their requests stay open (set its credentials to erase there, or "
+            f"remove {SYNC_STATE}/{name} once the account is gone)")
     names = sorted(report.destinations)
     mirrors_current = all(r.mirror_skipped is None for r in report.destinations.values())
-    for req in ledger.requests(open_only=True):
-        if mirrors_current and ledger.settle(req.request_id, names):
+    for req in open_requests:
+        if mirrors_current and req.email_sha256 not in blocked and ledger.settle(req.request_id, names):
             report.settled += 1
             log(f"erasure: request {req.request_id} ({_tag(req.email_sha256)}) settled")
         else:
             report.open_requests += 1
     return report
+
+
+def _hashes_in_mirror(state_dir: Path, hashes: Collection[str]) -> set[str]:
+    """Which of ``hashes`` (SHA-256 of addresses) the destination's mirror holds (all while a sync runs)."""
+    if not hashes:
+        return set()
+    union = " UNION ".join(f"SELECT sha256(email) AS h FROM {t}" for t in MIRROR_TABLES)
+    try:
+        with mirror_lock(state_dir):
+            rows = _read_mirror(state_dir, f"SELECT DISTINCT h FROM ({union})")
+    except SyncLockedError:
+        return set(hashes)
+    return set(hashes) & {r[0] for r in rows}
 
 
 def _propagate_one(ledger: Ledger, root: Path, name: str, d: Destination, log: Log) -> DestinationErasure:
@@ -386,17 +423,19 @@ def _propagate_one(ledger: Ledger, root: Path, name: str, d: Destination, log: L
     if todo:
         log(f"erasure: {name}: {rep.asked} asked, {rep.confirmed} confirmed, {rep.done} awaiting confirmation, "
             f"{rep.failed} failed")
-    _scrub(ledger, name, state_dir, rep, log)
     return rep
 
 
-def _confirmed_open_hashes(ledger: Ledger, name: str) -> set[str]:
-    return {row["email_sha256"] for row in ledger.status()
-            if row["destination"] == name and row["confirmed_at"] is not None and row["settled_at"] is None}
+def _confirmed_open_hashes(ledger: Ledger) -> dict[str, set[str]]:
+    """Destination -> SHA-256 of the open requests it confirmed (what its mirror must not hold)."""
+    out: dict[str, set[str]] = {}
+    for row in ledger.status():
+        if row["destination"] and row["confirmed_at"] is not None and row["settled_at"] is None:
+            out.setdefault(row["destination"], set()).add(row["email_sha256"])
+    return out
 
 
-def _scrub(ledger: Ledger, name: str, state_dir: Path, rep: DestinationErasure, log: Log) -> None:
-    hashes = _confirmed_open_hashes(ledger, name)
+def _scrub(name: str, state_dir: Path, hashes: set[str], rep: DestinationErasure, log: Log) -> None:
     try:
         done = scrub_mirror(state_dir, hashes)
     except SyncLockedError:
