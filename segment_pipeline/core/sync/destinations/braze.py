@@ -102,7 +102,8 @@ class BrazeDestination(Destination):
     description = "Braze nosto_segment array custom attribute (users identified by email), for the synced segments."
     capabilities = Capabilities(property_upsert=True, list_add=False, list_remove=False)
     options = (
-        Option("api_key", "BRAZE_API_KEY", secret=True, help="REST API key with the users.track permission"),
+        Option("api_key", "BRAZE_API_KEY", secret=True,
+               help="REST API key with the users.track permission (users.export.ids, users.delete to erase)"),
         Option("rest_endpoint", "BRAZE_REST_ENDPOINT", "",
                help="the workspace's REST endpoint, e.g. https://rest.iad-01.braze.com"),
         Option("attribute", "SEGMENT_PIPELINE_BRAZE_ATTRIBUTE", "nosto_segment", help="array custom attribute"),

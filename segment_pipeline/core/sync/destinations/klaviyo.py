@@ -49,7 +49,7 @@ class KlaviyoDestination(Destination):
     capabilities = Capabilities(property_upsert=True, list_add=True, list_remove=True)
     options = (
         Option("api_key", "KLAVIYO_API_KEY", secret=True,
-               help="private API key (scopes lists:read/write, profiles:read/write)"),
+               help="private API key (scopes lists:read/write, profiles:read/write; data-privacy:write to erase)"),
         Option("base_url", "KLAVIYO_BASE_URL", kl.DEFAULT_BASE_URL),
         Option("revision", "KLAVIYO_REVISION", kl.DEFAULT_REVISION, help="API revision header"),
         Option("list_name", "SEGMENT_PIPELINE_KLAVIYO_LIST", "Nosto Customers"),
