@@ -248,6 +248,60 @@ def _add_erasure(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_forget(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "forget",
+        help="forget people (GDPR Art. 17 / CCPA): record deletion requests and remove them from every "
+             "warehouse and export file; --lift lets a forgotten address back in",
+        description="Record a deletion request (the ledger keeps a SHA-256 hash and a tombstone) for each address, "
+                    "then remove every open request's identity from every file under the warehouse and export roots "
+                    "and from the identity index. Idempotent: run it again (even with no address) to finish an "
+                    "interrupted run. Destinations are asked by the erasure step of the sync.",
+    )
+    p.add_argument("addresses", nargs="*", metavar="ADDRESS", help="email addresses to forget")
+    p.add_argument("--file", action="append", default=[], metavar="F",
+                   help="a file of addresses: CSV with an 'email' column, NDJSON with an 'email' key, or one per line")
+    p.add_argument("--lift", action="store_true",
+                   help="lift the tombstones of the given addresses (or SHA-256 hex) instead: later landing "
+                        "files may bring them back")
+
+    def run(args: argparse.Namespace) -> int:
+        from segment_pipeline import settings
+        from segment_pipeline.core.privacy.forget import (
+            InvalidAddressError,
+            RequestFileError,
+            export_storage_from_env,
+            forget,
+            read_request_file,
+        )
+        from segment_pipeline.core.privacy.ledger import Ledger
+        from segment_pipeline.core.privacy.scrub import ScrubError
+
+        root = settings.warehouse_root()
+        if args.lift:
+            if args.file or not args.addresses:
+                print("forget --lift: give the addresses (or SHA-256 hex) on the command line", file=sys.stderr)
+                return 2
+            ledger = Ledger(root)
+            for n, value in enumerate(args.addresses, 1):
+                lifted = ledger.lift(value)
+                print(f"entry {n}: tombstone {'lifted' if lifted else 'not found (nothing to lift)'}")
+            return 0
+        try:
+            emails = list(args.addresses)
+            for f in args.file:
+                emails.extend(read_request_file(f))
+            result = forget(root, export_storage_from_env(), emails, "cli", log=print)
+        except (InvalidAddressError, RequestFileError, ScrubError) as exc:
+            print(f"forget: {exc}", file=sys.stderr)
+            return 1
+        for req in result.requested:
+            print(f"request {req.request_id} sha256={req.email_sha256}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def _export_location() -> str:
     import os
     from pathlib import Path
@@ -269,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokens(sub)
     _add_api_keys(sub)
     _add_erasure(sub)
+    _add_forget(sub)
     return parser
 
 

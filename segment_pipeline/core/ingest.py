@@ -62,6 +62,7 @@ from segment_pipeline.core.links import (
     write_links,
 )
 from segment_pipeline.core.mapping import MappingError, SourcePlan, Target, build_plan, json_path, typing_sql
+from segment_pipeline.core.privacy.tombstones import DELETED_IDENTITY, tombstone_filter
 from segment_pipeline.core.sources import (
     CsvOptions,
     Source,
@@ -120,6 +121,8 @@ class IngestReport:
     unresolved: int = 0
     #: rows attributed through a link that landed on a later day (core/links.py, "Late links")
     resolved_by_later_links: int = 0
+    #: rows of a forgotten identity (a tombstone of core/privacy/ledger.py), quarantined with its hash only
+    deleted_identity: int = 0
 
     @property
     def quarantine_ratio(self) -> float:
@@ -928,6 +931,16 @@ def ingest_day(
                     report.resolved_by_later_links = con.execute(
                         f"SELECT count(*) FROM {staged} s {ljoins} WHERE s.reason IS NULL AND s.email IS NULL AND "
                         f"{late_link_sql(len(model.links))} > DATE '{day.isoformat()}'").fetchall()[0][0]
+        # tombstones (issue 15): rows of a forgotten identity are quarantined with only its hash
+        tomb = tombstone_filter(con, warehouse)
+        deleted = tomb.deleted(email, "s.raw") if tomb else "FALSE"
+        if tomb and day_links is not None:
+            day_links = f"SELECT * REPLACE ({tomb.link_email('email')} AS email) FROM ({day_links})"
+        if tomb and rejected_csv:
+            csv_deleted = tomb.deleted("NULL", "raw")
+            rejected_csv = (f"(SELECT source_file, source_line, CASE WHEN {csv_deleted} THEN '{DELETED_IDENTITY}' "
+                            f"ELSE reason END AS reason, CASE WHEN {csv_deleted} THEN {tomb.kept_raw('NULL', 'raw')} "
+                            f"ELSE raw END AS raw FROM {rejected_csv})")
         columns = ", ".join(
             f"{line} AS source_line" if c == "source_line" else (f"{email} AS email" if c == "email" else f"s.{_q(c)}")
             for c in schema)
@@ -935,15 +948,18 @@ def ingest_day(
                                           if c not in ("source", "source_file", "source_line", "cleared")) + "})::VARCHAR"
         quarantine_sql = f"""
             SELECT s.source_file, {line} AS source_line,
-                   CASE WHEN s.reason IS NOT NULL THEN s.reason
+                   CASE WHEN {deleted} THEN '{DELETED_IDENTITY}'
+                        WHEN s.reason IS NOT NULL THEN s.reason
                         WHEN {duplicate} THEN 'duplicate event_id (an earlier row of this day has it)'
                         ELSE {unresolved_reason} END AS reason,
-                   coalesce(s.raw, {as_json}) AS raw
-            FROM {staged} s {joins} WHERE s.reason IS NOT NULL OR {duplicate} OR {unresolved}
+                   CASE WHEN {deleted} THEN {tomb.kept_raw(email, "s.raw") if tomb else "NULL"}
+                        ELSE coalesce(s.raw, {as_json}) END AS raw
+            FROM {staged} s {joins} WHERE s.reason IS NOT NULL OR {duplicate} OR {unresolved} OR {deleted}
         """ + (f" UNION ALL SELECT source_file, source_line, reason, raw FROM {rejected_csv}" if rejected_csv else "")
         report.rows_valid = warehouse.write_partition(
             con, f"raw_{kind}", day,
-            f"SELECT {columns} FROM {staged} s {joins} WHERE s.reason IS NULL AND NOT {duplicate} AND NOT {unresolved}"
+            f"SELECT {columns} FROM {staged} s {joins} WHERE s.reason IS NULL AND NOT {duplicate} AND NOT {unresolved} "
+            f"AND NOT {deleted}"
         )
         report.rows_quarantined = warehouse.write_partition(con, f"quarantine_{kind}", day, quarantine_sql)
         report.rows_read = report.rows_valid + report.rows_quarantined
@@ -952,13 +968,14 @@ def ingest_day(
             f"SELECT reason, count(*) FROM {quarantine} GROUP BY reason ORDER BY 2 DESC, 1"
         ).fetchall())
         report.unresolved = sum(n for r, n in report.reasons.items() if r.startswith(UNRESOLVED))
+        report.deleted_identity = report.reasons.get(DELETED_IDENTITY, 0)
         if day_links is not None:
             write_links(con, warehouse, day, day_links)
         _source_counts(con, report, warehouse, kind, day, staged, file_source, [p.name for p in plans])
     finally:
         _remove(temp_files)
         for table in ("dup_events", "csv_line_map", "csv_rejects_q", "csv_rejects", "csv_reject_scans", "links_now",
-                      "links_day"):
+                      "links_day", "tombstones_now"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
     return report
 

@@ -87,7 +87,8 @@ def source_folders(sources_file: str | Path | None = None) -> list[str]:
     from segment_pipeline.core.sources import load_sources
 
     declared = load_sources(settings.sources_file() if sources_file is None else sources_file).sources
-    return sorted(declared) if declared else list(KINDS)
+    # deletion requests are read by their own daily asset (core/privacy/forget.py), not by ingestion
+    return sorted(n for n, s in declared.items() if s.kind != "deletion_requests") if declared else list(KINDS)
 
 
 def kind_file_versions(root: str | Path, kind: str, day: str) -> list[FileVersion]:

@@ -30,6 +30,11 @@ A source ``<name>`` reads ``<landing>/<name>/date=YYYY-MM-DD/*``. Example::
                                         #   (profiles: traits: {path: [traits, context.traits]})
         undeclared_events: keep         # keep (properties untyped) | quarantine
 
+**Deletion requests** (``kind: deletion_requests``, issue 15): files of addresses to forget (CSV with an
+``email`` column, NDJSON with an ``email`` key, or text with one address per line), applied by the
+daily ``deletion_requests`` asset exactly like ``segment-pipeline forget --file``
+(:mod:`segment_pipeline.core.privacy.forget`). No mapping: the other options do not apply.
+
 **Field maps** (:class:`FieldMap`): a string is a column name (``email: Email``); otherwise exactly one
 of ``column`` (a CSV/Parquet column or top-level JSON key), ``path`` (a dotted JSON path, ``a.b``,
 ``items[*].sku`` for every element of a list; a list of paths takes the first one present) or
@@ -201,7 +206,7 @@ class Source(_Strict):
     default 15 h accepts every real time zone's local day plus clock skew).
     """
 
-    kind: Literal["profiles", "events", "stream"] = "profiles"
+    kind: Literal["profiles", "events", "stream", "deletion_requests"] = "profiles"
     preset: str | None = None
     format: Literal["auto", "csv", "ndjson", "parquet"] = "auto"
     encoding: str = "utf-8"

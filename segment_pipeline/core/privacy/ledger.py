@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Literal
 
 import duckdb
+import pyarrow as pa
 
 from segment_pipeline.core.atomic import (
     FILE_MODE,
@@ -198,32 +199,39 @@ class Ledger:
                 raise InvalidAddressError(f"deletion request entry {n}: {problem}")
             email = normalize_email(raw)
             normalised.setdefault(hashlib.sha256(email.encode("utf-8")).hexdigest(), email)
-        out: list[Request] = []
         self.sweep_pending()
+        wanted = list(normalised.items())
         with self._open() as con:
             now = _now()
-            for digest, email in normalised.items():
-                rows = con.execute("""SELECT request_id, email_sha256, requested_at, source FROM requests
-                                      WHERE email_sha256 = ? AND settled_at IS NULL
-                                      ORDER BY requested_at LIMIT 1""", [digest]).fetchall()
-                if rows:
-                    req = Request(*rows[0])
-                else:
-                    req = Request(f"del-{uuid.uuid4().hex}", digest, now, source)
-                    con.execute("INSERT INTO requests VALUES (?, ?, ?, ?, NULL, NULL)",
-                                [req.request_id, digest, now, source])
+            con.register("wanted", pa.table({"email_sha256": pa.array([d for d, _ in wanted], pa.string())}))
+            open_rows = {r[1]: Request(*r) for r in con.execute("""
+                SELECT arg_min(request_id, (requested_at, request_id)), email_sha256, min(requested_at),
+                       arg_min(source, (requested_at, request_id))
+                FROM requests WHERE settled_at IS NULL AND email_sha256 IN (SELECT email_sha256 FROM wanted)
+                GROUP BY email_sha256""").fetchall()}
+            new = [Request(f"del-{uuid.uuid4().hex}", d, now, source) for d, _ in wanted if d not in open_rows]
+            if new:
+                con.register("new_requests", pa.table({"request_id": [r.request_id for r in new],
+                                                       "email_sha256": [r.email_sha256 for r in new]}))
+                con.execute("INSERT INTO requests SELECT request_id, email_sha256, ?, ?, NULL, NULL FROM new_requests",
+                            [now, source])
+            by_hash = {**open_rows, **{r.email_sha256: r for r in new}}
+            out = [by_hash[d] for d, _ in wanted]
+            private_mkdir(self.pending_dir)
+            for (digest, email), req in zip(wanted, out, strict=True):
                 pending = self._pending_path(req.request_id)
-                if not pending.exists():
-                    private_mkdir(self.pending_dir)
+                if not pending.exists():  # fresh folder entries: no leftovers to sweep per file
                     atomic_write_text(pending, json.dumps(
-                        {"request_id": req.request_id, "email_sha256": digest, "email": email}))
-                live = con.execute("SELECT count(*) FROM tombstones WHERE email_sha256 = ? AND lifted_at IS NULL",
-                                   [digest]).fetchall()[0][0]
-                if not live:
-                    con.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?, NULL)",
-                                [digest, now, req.request_id])
-                    self._bump(con)
-                out.append(req)
+                        {"request_id": req.request_id, "email_sha256": digest, "email": email}), sweep=False)
+            con.register("all_requests", pa.table({"request_id": [r.request_id for r in out],
+                                                   "email_sha256": [r.email_sha256 for r in out]}))
+            added = con.execute("""
+                INSERT OR REPLACE INTO tombstones
+                SELECT email_sha256, ?, request_id, NULL FROM all_requests
+                WHERE email_sha256 NOT IN (SELECT email_sha256 FROM tombstones WHERE lifted_at IS NULL)""",
+                                [now]).fetchall()[0][0]
+            if added:
+                self._bump(con)
         return out
 
     def requests(self, open_only: bool = True) -> list[Request]:
@@ -253,10 +261,21 @@ class Ledger:
 
     def warehouse_done(self, request_id: str) -> None:
         """Record that the identity is gone from the warehouse and export roots (first time kept)."""
+        self.warehouse_done_many([request_id])
+
+    def warehouse_done_many(self, request_ids: Iterable[str]) -> None:
+        """:meth:`warehouse_done` for many requests in one transaction (KeyError if one is unknown)."""
+        ids = sorted(set(request_ids))
+        if not ids:
+            return
         with self._open(write=False) as con:
-            self._known(con, request_id)
-            con.execute("UPDATE requests SET warehouse_done_at = coalesce(warehouse_done_at, ?) WHERE request_id = ?",
-                        [_now(), request_id])
+            con.register("done_ids", pa.table({"request_id": pa.array(ids, pa.string())}))
+            unknown = con.execute("SELECT request_id FROM done_ids WHERE request_id NOT IN "
+                                  "(SELECT request_id FROM requests) LIMIT 1").fetchall()
+            if unknown:
+                raise KeyError(f"no deletion request {unknown[0][0]!r} in the ledger")
+            con.execute("UPDATE requests SET warehouse_done_at = coalesce(warehouse_done_at, ?) "
+                        "WHERE request_id IN (SELECT request_id FROM done_ids)", [_now()])
 
     @staticmethod
     def _known(con: duckdb.DuckDBPyConnection, request_id: str) -> None:

@@ -1,0 +1,1 @@
+"""Privacy: the daily ``deletion_requests`` asset (issue 15)."""

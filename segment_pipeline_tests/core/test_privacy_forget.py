@@ -1,0 +1,292 @@
+"""``forget`` end to end (issue 15): a person in three days of landing files, the quarantine, the
+profiles, the daily feed and a per-segment export is removed from every file under the warehouse
+and export roots; re-runs of those days bring nothing back; a SIGKILL mid-forget is finished by the
+next run; lifting the tombstone lets the person back."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+import zipfile
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from dagster_aws.s3 import S3Resource
+
+from segment_pipeline.cli import main as cli
+from segment_pipeline.core.exports.segment_export import (
+    SegmentExportRequest,
+    export_segment,
+    verify_segment_export,
+)
+from segment_pipeline.core.exports.storage import LocalExportStorage
+from segment_pipeline.core.ingest import ingest_day
+from segment_pipeline.core.privacy.forget import forget, read_request_file
+from segment_pipeline.core.privacy.ledger import Ledger
+from segment_pipeline.core.privacy.scrub import Targets, scrub_bytes, scrub_duckdb_file
+from segment_pipeline.core.privacy.tombstones import DELETED_IDENTITY
+from segment_pipeline.core.sources import Source
+from segment_pipeline.core.warehouse import Warehouse, connect
+from segment_pipeline.defs.exports.assets import segment_feed_daily
+from segment_pipeline.defs.exports.resources import ExportsResource
+from segment_pipeline.defs.resources import LandingZoneResource, SegmentCatalogResource, WarehouseResource
+from segment_pipeline_tests.defs.test_pipeline import SEGMENTS, pipeline_assets, range_tags
+from segment_pipeline_tests.landing import write_ndjson
+
+DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
+PERSON = "Jane.Forget@Example.com"
+NORM = PERSON.lower()
+HASH = hashlib.sha256(NORM.encode()).hexdigest()
+OTHERS = [f"person{i}@example.org" for i in range(12)]
+
+
+def _profile(email: str, i: int, day: str, **extra) -> dict:
+    return {"customer_id": f"C{i:05d}", "email": email, "first_name": "F", "last_name": "L", "gender": "female",
+            "dob": "1990-01-01", "phone": "+49100", "country": "DE", "city": "Berlin", "language": "de",
+            "time_zone": "Europe/Berlin", "loyalty_tier": "gold", "created_at": f"{day}T00:00:01Z",
+            "updated_at": f"{day}T01:00:00Z", **extra}
+
+
+def _event(email: str, i: int, day: str) -> dict:
+    return {"event_id": f"ev-{day}-{i}", "email": email, "event_type": "product_view", "occurred_at": f"{day}T02:00:00Z",
+            "product_id": "P1", "product_name": "Nike Cap", "brand": "Nike", "category": "accessories", "price": 20.0}
+
+
+def write_landing(landing: Path) -> None:
+    for n, day in enumerate(DAYS):
+        people = [(PERSON if n != 1 else f"  {PERSON.upper()} ", 99999)] + [(e, i) for i, e in enumerate(OTHERS)]
+        rows: list[dict | str] = [_profile(e, i, day) for e, i in people]
+        if n == 0:  # a bad row of that person (quarantined with its text) and an unparsable line naming them
+            rows.append(_profile(PERSON.upper(), 99999, day, dob="1990-13-45"))
+            rows.append('{"email": "Jane.Forget@EXAMPLE.com", "first_name": ')
+        write_ndjson(landing, "profiles", day, rows)
+        write_ndjson(landing, "events", day, [_event(e.strip(), i, day) for e, i in people])
+
+
+def materialize(root: Path, landing: Path, exports: Path, feed: bool = True) -> None:
+    res = {"warehouse": WarehouseResource(root=str(root)), "landing": LandingZoneResource(root=str(landing)),
+           "segment_catalog": SegmentCatalogResource(path=str(SEGMENTS)),
+           "exports": ExportsResource(local_dir=str(exports), s3=S3Resource())}
+    assets = [*pipeline_assets(), segment_feed_daily] if feed else pipeline_assets()[:2]
+    result = dg.materialize(assets, resources=res, tags=range_tags(DAYS[0], DAYS[-1]),
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+
+
+def traces(*roots: Path, allow_hash_in: tuple[str, ...] = ()) -> list[str]:
+    """Files under ``roots`` holding the person's address (any case) or its SHA-256 hex, read
+    independently of the scrub: raw bytes, and decompressed/decoded content of gzip, zip and Parquet."""
+    found = []
+    con = duckdb.connect()
+    for root in roots:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            rel = path.relative_to(root).as_posix()
+            contents = [path.read_bytes()]
+            if path.suffix == ".gz":
+                contents.append(gzip.decompress(contents[0]))
+            if path.suffix == ".zip":
+                with zipfile.ZipFile(path) as zf:
+                    contents += [zf.read(n) for n in zf.namelist()]
+            if path.suffix == ".parquet":
+                rows = con.execute(f"SELECT lower(CAST(t AS VARCHAR)) FROM read_parquet('{path}', hive_partitioning = false) t "
+                                   "WHERE contains(lower(CAST(t AS VARCHAR)), ?) OR contains(lower(CAST(t AS VARCHAR)), ?)",
+                                   [NORM, HASH]).fetchall()
+                contents += [r[0].encode() for r in rows]
+            for data in contents:
+                low = data.lower()
+                if NORM.encode() in low or (HASH.encode() in low and not rel.startswith(allow_hash_in)):
+                    found.append(rel)
+                    break
+    return found
+
+
+def _killed_forget(root: str, exports: str) -> None:
+    """Child: forget, killing itself (SIGKILL) once two files were rewritten and the next begins."""
+    state = {"seen": 0}
+
+    def on_file(_path: object) -> None:
+        state["seen"] += 1
+        rewritten = [p for p in Path(root).rglob("data.parquet") if p.stat().st_mtime > START]
+        if len(rewritten) >= 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    forget(root, LocalExportStorage(exports), [PERSON], "cli", index_dirs=[], on_file=on_file)
+
+
+START = 0.0
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("forget")
+    landing, root, exports = base / "landing", base / "warehouse", base / "exports"
+    write_landing(landing)
+    materialize(root, landing, exports)
+    wh = Warehouse(root)
+    storage = LocalExportStorage(exports)
+    con = connect()
+    result = export_segment(con, wh, storage, SegmentExportRequest("geo_germany", ("email", "first_name"), "gzip"),
+                            chunk_size=5)  # 13 members: three chunks, the person in the first
+    con.close()
+    return base, landing, wh, storage, result
+
+
+def test_forget_removes_every_trace_survives_sigkill_and_keeps_the_person_out(world, monkeypatch):
+    base, landing, wh, storage, export = world
+    root, exports = wh.root, Path(storage.root)
+    before = traces(root, exports)
+    for expected in ["raw_profiles/date=2026-11-01", "raw_profiles/date=2026-11-03", "raw_events/date=2026-11-02",
+                     "quarantine_profiles/date=2026-11-01", "profiles/date=2026-11-03", "memberships/",
+                     "identity_links/", "daily/nosto_segments/2026-11-03.json", "segment-export/geo_germany/"]:
+        assert any(f.startswith(expected) for f in before), (expected, before)
+
+    # a forget killed (SIGKILL) while it rewrites the warehouse
+    global START
+    START = max(p.stat().st_mtime for p in root.rglob("data.parquet"))
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_killed_forget, args=(str(root), str(exports)))
+    child.start()
+    child.join(300)
+    assert child.exitcode == -signal.SIGKILL
+    ledger = Ledger(root)
+    (request,) = ledger.requests()
+    assert ledger.warehouse_todo() and ledger.tombstoned() == [HASH]  # recorded, not done
+    assert traces(root, exports, allow_hash_in=("privacy/",))  # some files still hold the person
+
+    # the re-run (the CLI, no address: it finishes open requests) completes the job
+    monkeypatch.setenv("SEGMENT_PIPELINE_WAREHOUSE", str(root))
+    monkeypatch.setenv("SEGMENT_PIPELINE_EXPORT_DIR", str(exports))
+    monkeypatch.setenv("SEGMENT_PIPELINE_API_STATE", str(base / "api_state"))
+    monkeypatch.delenv("SEGMENT_PIPELINE_EXPORT_BUCKET", raising=False)
+    assert cli(["forget"]) == 0
+    assert ledger.warehouse_todo() == []
+    assert ledger.status(request.request_id)[0]["warehouse_done_at"] is not None
+    assert ledger.settle(request.request_id, []) is True  # no destination in this test: the address goes
+    assert traces(root, exports, allow_hash_in=("privacy/ledger.duckdb", "privacy/tombstones.parquet")) == []
+    assert NORM.encode() not in (root / "privacy" / "ledger.duckdb").read_bytes()
+    assert not list((root / "privacy").rglob("*.json"))  # no pending address, no scrub journal left
+
+    # what remains is consistent: the export's manifest and chunks, the feed's pointer
+    check = verify_segment_export(storage, export.manifest_key, members=12, chunk_size=5)
+    assert check.passed, check.problems
+    latest = json.loads((exports / "daily" / "nosto_segments" / "latest").read_text())
+    feed = exports / "daily" / "nosto_segments" / "2026-11-03.json"
+    assert latest["lines"] == len(feed.read_text().splitlines()) == 12 and latest["bytes"] == feed.stat().st_size
+    con = duckdb.connect()
+    assert con.execute(f"SELECT count(*) FROM {wh.scan('raw_profiles')}").fetchall()[0][0] == 36
+    # a second run finds nothing to do and rewrites nothing
+    again = forget(root, storage, [], index_dirs=[])
+    assert again.done == [] and again.report.files_rewritten == 0
+
+    # re-runs of the three days bring nothing back: the rows are quarantined as deleted identity
+    materialize(root, landing, exports, feed=False)
+    # (the hash, never the address, is kept where the tombstone needs it: the quarantine, and the
+    # identity links of the re-run days, which recognise later records carrying only the linked id)
+    assert traces(root, exports, allow_hash_in=("privacy/", "quarantine_", "identity_links/")) == []
+    q = wh.scan("quarantine_profiles")
+    deleted = con.execute(f"SELECT date, raw FROM {q} WHERE reason = ? ORDER BY ALL", [DELETED_IDENTITY]).fetchall()
+    assert len(deleted) == 5  # a valid row each day, the bad row, the unparsable line
+    assert {raw for _d, raw in deleted} == {json.dumps({"email_sha256": HASH}, separators=(",", ":"))}
+    events = con.execute(f"SELECT count(*) FROM {wh.scan('quarantine_events')} WHERE reason = ?",
+                         [DELETED_IDENTITY]).fetchall()[0][0]
+    assert events == 3
+    assert con.execute(f"SELECT count(*) FROM {wh.scan('raw_profiles')} WHERE email = ?", [NORM]).fetchall()[0][0] == 0
+
+    # lifting the tombstone lets the person back
+    assert cli(["forget", "--lift", PERSON.upper()]) == 0
+    assert ledger.tombstoned() == []
+    ingest_day(con, wh, landing, "profiles", DAYS[2])
+    assert con.execute(f"SELECT count(*) FROM {wh.scan('raw_profiles', days=[DAYS[2]])} WHERE email = ?",
+                       [NORM]).fetchall()[0][0] == 1
+
+
+def test_a_record_resolving_through_a_link_to_a_tombstoned_email_is_quarantined(tmp_path):
+    landing, wh = tmp_path / "landing", Warehouse(tmp_path / "warehouse")
+    Ledger(wh.root).request([PERSON], "cli")
+    sources = {"profiles": Source(kind="profiles"), "events": Source(kind="events", required=["event_id"],
+                                                                     event={"column": "event_type"})}
+    day = DAYS[0]
+    write_ndjson(landing, "profiles", day, [_profile(PERSON, 7, day), _profile(OTHERS[0], 1, day)])
+    write_ndjson(landing, "events", day, [{**_event(PERSON, 1, day), "email": None, "customer_id": "C00007"},
+                                          {**_event(OTHERS[0], 2, day), "email": None, "customer_id": "C00001"}])
+    con = connect(preserve_order=True)
+    p = ingest_day(con, wh, landing, "profiles", day, sources)
+    e = ingest_day(con, wh, landing, "events", day, sources)
+    assert (p.rows_valid, p.deleted_identity, e.rows_valid, e.deleted_identity) == (1, 1, 1, 1)
+    links = con.execute(f"SELECT value, email FROM {wh.scan('identity_links')} ORDER BY 1").fetchall()
+    assert links == [("C00001", OTHERS[0]), ("C00007", f"sha256:{HASH}")]  # the hash, never the address
+    # a later day: an order carrying only the customer number is still the deleted identity
+    later = DAYS[1]
+    write_ndjson(landing, "events", later, [{**_event(PERSON, 3, later), "email": None, "customer_id": "C00007"}])
+    e = ingest_day(con, wh, landing, "events", later, sources)
+    assert (e.rows_valid, e.deleted_identity) == (0, 1)
+    raw = con.execute(f"SELECT raw FROM {wh.scan('quarantine_events', days=[later])}").fetchall()
+    assert raw == [(json.dumps({"email_sha256": HASH}, separators=(",", ":")),)]
+
+
+def test_request_files_and_the_scrub_of_payload_kinds(tmp_path):
+    csv_file = tmp_path / "requests.csv"
+    csv_file.write_text("id,Email\n1, Jane.Forget@Example.com\n", encoding="utf-8")
+    assert read_request_file(csv_file) == [" Jane.Forget@Example.com"]
+    bad = tmp_path / "bad.ndjson"
+    bad.write_text('{"email": "a@b.co"}\n{"email": "nope"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.ndjson: line 2: email: no @"):
+        read_request_file(bad)
+
+    targets = Targets.of([PERSON])
+    payload = json.dumps({"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": [
+        {"attributes": {"email": "OTHER@x.org"}}, {"attributes": {"email": PERSON}}]}}}}).encode()
+    out, removed = scrub_bytes(payload, "klaviyo-1.json", targets)
+    assert removed == 1 and b"other@x.org" in out.lower() and not targets.hit(out)
+    meta = json.dumps({"payload": {"schema": ["EMAIL"], "data": [[HASH.upper()], ["ab" * 32]]}}).encode()
+    out, removed = scrub_bytes(gzip.compress(meta), "meta.json.gz", targets)
+    assert removed == 1 and not targets.hit(gzip.decompress(out))
+    csv_out, removed = scrub_bytes(b"Email\n" + HASH.encode() + b"\nzz@x.org\n", "cm.csv", targets)
+    assert (csv_out, removed) == (b"Email\nzz@x.org\n", 1)
+
+    db = tmp_path / "state.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE held (holder VARCHAR, email VARCHAR, PRIMARY KEY (holder, email))")
+    con.execute("INSERT INTO held VALUES ('k', ?), ('k', 'keep@x.org')", [NORM])
+    con.close()
+    assert scrub_duckdb_file(db, targets)[0] == 1
+    assert NORM.encode() not in db.read_bytes()
+    con = duckdb.connect(str(db))
+    assert con.execute("SELECT email FROM held").fetchall() == [("keep@x.org",)]
+    con.close()
+
+
+def test_deletion_requests_landing_source_runs_the_same_forget(tmp_path, monkeypatch):
+    from segment_pipeline.core.landing_watch import source_folders
+    from segment_pipeline.defs.privacy.assets import deletion_requests
+
+    landing, wh, exports = tmp_path / "landing", Warehouse(tmp_path / "warehouse"), tmp_path / "exports"
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  profiles: {kind: profiles}\n  gdpr: {kind: deletion_requests}\n", encoding="utf-8")
+    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", str(sources))
+    monkeypatch.setenv("SEGMENT_PIPELINE_API_STATE", str(tmp_path / "api_state"))
+    assert source_folders() == ["profiles"]  # ingestion and its landing sensor leave the requests alone
+    day = DAYS[1]
+    write_ndjson(landing, "profiles", day, [_profile(PERSON, 1, day), _profile(OTHERS[0], 2, day)])
+    con = connect(preserve_order=True)
+    assert ingest_day(con, wh, landing, "profiles", day).rows_valid == 2
+    folder = landing / "gdpr" / f"date={day}"
+    folder.mkdir(parents=True)
+    (folder / "requests.csv").write_text(f"email,requested\n{PERSON.upper()},{day}\n", encoding="utf-8")
+    res = {"warehouse": WarehouseResource(root=str(wh.root)), "landing": LandingZoneResource(root=str(landing)),
+           "exports": ExportsResource(local_dir=str(exports), s3=S3Resource())}
+    result = dg.materialize([deletion_requests], resources=res, partition_key=day,
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    meta = result.asset_materializations_for_node("deletion_requests")[0].metadata
+    assert meta["requests_done"].value == 1 and meta["rows_removed"].value == 2  # raw_profiles, identity_links
+    assert meta["requests_per_source"].value == {"gdpr": 1}
+    (request,) = Ledger(wh.root).requests()
+    assert request.source == "landing:gdpr" and request.email_sha256 == HASH
+    assert con.execute(f"SELECT email FROM {wh.scan('raw_profiles')}").fetchall() == [(OTHERS[0],)]
