@@ -312,3 +312,65 @@ def test_cli_prints_the_ledger_by_hash_and_runs_a_pass_with_the_environment_cred
     assert main(["erasure", "status", "--json", "--request", rid]) == 0
     (row,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert row["destination"] == "klaviyo" and row["confirmed_at"] and row["email_sha256"] == digest
+
+
+def test_issue_15_end_to_end_no_trace_under_the_roots_and_every_destination_confirmed(tmp_path, monkeypatch):
+    """Issue 15, part 5: a person in three days of landing files, the quarantine, the feed, a
+    per-segment export, Klaviyo and dotdigital; after ``forget`` and the next run (pipeline, erasure,
+    syncs) no file under the warehouse and export roots holds the address (the hash only where the
+    ledger and the tombstones need it), the fakes received the deletion calls, the ledger shows
+    each destination confirmed and the request settled."""
+    from segment_pipeline.cli import main as cli
+    from segment_pipeline.core.exports.segment_export import SegmentExportRequest, export_segment
+    from segment_pipeline.core.exports.storage import LocalExportStorage
+    from segment_pipeline.core.warehouse import connect
+    from segment_pipeline_tests.core.test_privacy_forget import (
+        DAYS,
+        NORM,
+        PERSON,
+        materialize,
+        traces,
+        write_landing,
+    )
+
+    landing, root, exports = tmp_path / "landing", tmp_path / "warehouse", tmp_path / "exports"
+    write_landing(landing)
+    materialize(root, landing, exports)
+    wh = Warehouse(root)
+    con = connect()
+    export_segment(con, wh, LocalExportStorage(exports), SegmentExportRequest("geo_germany", ("email",), "gzip"),
+                   chunk_size=5)
+    con.close()
+    synced = {"geo_germany": "Germany"}
+    with FakeKlaviyo() as k, FakeDotdigital() as d:
+        def sync_both() -> None:
+            for name, client in (("klaviyo", klaviyo_client(k.url)), ("dotdigital", dotdigital_client(d.url))):
+                report = sync(name, wh, DAYS[-1], synced, state_dir=root / "sync_state" / name,
+                              dry_run_root=root / "sync_dry_run", client=client)
+                assert report.status == "ok"
+
+        sync_both()
+        assert k.profile(NORM) is not None and d.contact(NORM) is not None
+        before = traces(root, exports)
+        for where in ("raw_profiles/", "quarantine_profiles/", "daily/nosto_segments/", "segment-export/geo_germany/",
+                      "sync_state/klaviyo/", "sync_state/dotdigital/"):
+            assert any(f.startswith(where) for f in before), (where, before)
+
+        monkeypatch.setenv("SEGMENT_PIPELINE_WAREHOUSE", str(root))
+        monkeypatch.setenv("SEGMENT_PIPELINE_EXPORT_DIR", str(exports))
+        monkeypatch.setenv("SEGMENT_PIPELINE_API_STATE", str(tmp_path / "api_state"))
+        monkeypatch.delenv("SEGMENT_PIPELINE_EXPORT_BUCKET", raising=False)
+        assert cli(["forget", PERSON]) == 0
+        # the next run: the daily pipeline (the tombstone keeps the person out), the erasure, the syncs
+        materialize(root, landing, exports)
+        report = propagate(root, child_destinations(k.url, d.url))
+        sync_both()
+
+        assert k.deletions_for(NORM) == 1 and k.profile(NORM) is None
+        assert [c["email"] for c in d.deletion_calls] == [NORM] and d.contact(NORM) is None
+        (request,) = Ledger(root).requests(open_only=False)
+        status = _status(wh, request.request_id)
+        assert sorted(status) == ["dotdigital", "klaviyo"] and all(s["confirmed_at"] for s in status.values())
+        assert report.settled == 1 and Ledger(root).pending(request.request_id) is None
+        assert traces(root, exports, allow_hash_in=("privacy/", "quarantine_", "identity_links/")) == []
+        assert k.profile(NORM) is None and d.contact(NORM) is None  # the syncs after it sent nobody back
