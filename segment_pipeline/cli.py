@@ -208,7 +208,7 @@ def _add_erasure(sub: argparse._SubParsersAction) -> None:
             "status: prints the deletion ledger per request and destination (hashes only, never an address): "
             "when each destination was asked, when it accepted (done) and confirmed the deletion, attempts and "
             "the last error. run: one propagation pass now (what the daily privacy_erasure asset does) to every "
-            "destination whose credentials are set in the environment (docs/privacy.md)."
+            "destination whose credentials are set in the environment (docs/syncs.md, \"Deletion requests\")."
         ),
     )
     actions = p.add_subparsers(dest="action", required=True)
