@@ -374,3 +374,21 @@ def test_issue_15_end_to_end_no_trace_under_the_roots_and_every_destination_conf
         assert report.settled == 1 and Ledger(root).pending(request.request_id) is None
         assert traces(root, exports, allow_hash_in=("privacy/", "quarantine_", "identity_links/")) == []
         assert k.profile(NORM) is None and d.contact(NORM) is None  # the syncs after it sent nobody back
+
+
+def test_ledger_mark_many_is_mark_for_a_batch(tmp_path):
+    ledger = Ledger(tmp_path)
+    a, b = (r.request_id for r in ledger.request(["a@x.io", "b@x.io"], "cli"))
+    ledger.mark_many([a, b], "klaviyo", "asked")
+    ledger.mark_many([a, b], "klaviyo", "asked")
+    ledger.mark_many([a], "klaviyo", "failed", "HTTP 500")
+    ledger.mark_many([b], "klaviyo", "confirmed")
+    first = {r["request_id"]: r for r in ledger.status()}
+    ledger.mark_many([b], "klaviyo", "confirmed")  # the first time is kept
+    rows = {r["request_id"]: r for r in ledger.status()}
+    assert rows[a]["attempts"] == rows[b]["attempts"] == 2 and rows[a]["last_error"] == "HTTP 500"
+    assert rows[a]["confirmed_at"] is None and rows[b]["confirmed_at"] == first[b]["confirmed_at"]
+    with pytest.raises(KeyError, match="no deletion request"):
+        ledger.mark_many([a, "del-unknown"], "klaviyo", "done")
+    with pytest.raises(ValueError, match="unknown state"):
+        ledger.mark_many([a], "klaviyo", "gone")  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ One pass (:func:`propagate`), for every configured destination (one whose creden
 over the requests of the deletion ledger (:class:`~segment_pipeline.core.privacy.ledger.Ledger`)
 that destination has not confirmed yet:
 
-1. ``ledger.mark(..., "asked")`` for a batch of addresses (:attr:`Destination.erase_batch`), then
+1. ``ledger.mark_many(..., "asked")`` for a batch of addresses (:attr:`Destination.erase_batch`), then
    :meth:`Destination.erase`: the vendor's own deletion endpoint (Klaviyo's data-privacy deletion
    job, dotdigital contact deletion, Braze ``/users/delete``, removal from every Meta audience the
    sync filled; each adapter's docstring cites the vendor pages);
@@ -346,13 +346,26 @@ def propagate(warehouse_root: str | os.PathLike[str], destinations: Mapping[str,
             f"remove {SYNC_STATE}/{name} once the account is gone)")
     names = sorted(report.destinations)
     mirrors_current = all(r.mirror_skipped is None for r in report.destinations.values())
+    ready = _settleable(ledger, names) if mirrors_current else set()
     for req in open_requests:
-        if mirrors_current and req.email_sha256 not in blocked and ledger.settle(req.request_id, names):
+        # ledger.settle decides; the one status read above only spares it the requests still waiting
+        if req.request_id in ready and req.email_sha256 not in blocked and ledger.settle(req.request_id, names):
             report.settled += 1
             log(f"erasure: request {req.request_id} ({_tag(req.email_sha256)}) settled")
         else:
             report.open_requests += 1
     return report
+
+
+def _settleable(ledger: Ledger, names: Sequence[str]) -> set[str]:
+    """Open requests whose warehouse scrub is done and which every destination of ``names`` confirmed."""
+    done: dict[str, set[str]] = {}
+    for row in ledger.status():
+        if row["settled_at"] is None and row["warehouse_done_at"] is not None:
+            confirmed = done.setdefault(row["request_id"], set())
+            if row["destination"] and row["confirmed_at"] is not None:
+                confirmed.add(row["destination"])
+    return {rid for rid, confirmed in done.items() if confirmed >= set(names)}
 
 
 def _hashes_in_mirror(state_dir: Path, hashes: Collection[str]) -> set[str]:
@@ -375,8 +388,7 @@ def _propagate_one(ledger: Ledger, root: Path, name: str, d: Destination, log: L
     if todo and not d.erase_batch:
         rep.error = f"{name} cannot erase contacts (no deletion endpoint in its adapter)"
         rep.failed = len(todo)
-        for p in todo:
-            ledger.mark(p.request_id, name, "failed", rep.error)
+        ledger.mark_many([p.request_id for p in todo], name, "failed", rep.error)
         log(f"erasure: {rep.error}")
         todo = []
     try:
@@ -387,39 +399,43 @@ def _propagate_one(ledger: Ledger, root: Path, name: str, d: Destination, log: L
         return rep
     for chunk in _chunks(todo, d.erase_batch):
         emails = [p.email for p in chunk]
-        for p in chunk:
-            ledger.mark(p.request_id, name, "asked")
+        ids = [p.request_id for p in chunk]
+        ledger.mark_many(ids, name, "asked")  # one transaction per batch and state
         rep.asked += len(chunk)
         try:
             results = d.erase(emails, known)
         except EspError as exc:
             detail = redact(str(exc), emails)[:500]
-            for p in chunk:
-                ledger.mark(p.request_id, name, "failed", detail)
+            ledger.mark_many(ids, name, "failed", detail)
             rep.failed += len(chunk)
             rep.error = detail
             log(f"erasure: {name}: {len(chunk)} deletions failed: {detail}")
             if isinstance(exc, EspAuthError):
                 rest = todo[todo.index(chunk[-1]) + 1:]
-                for p in rest:
-                    ledger.mark(p.request_id, name, "failed", f"not asked: {detail}")
+                ledger.mark_many([p.request_id for p in rest], name, "failed", f"not asked: {detail}")
                 rep.failed += len(rest)
                 break
             continue
+        failed: dict[str, list[str]] = {}
+        accepted: list[str] = []
+        confirmed: list[str] = []
         for p in chunk:
             r = results.get(p.email) or Erasure("failed", "the destination gave no result for this address")
-            detail = redact(r.detail, [p.email])[:500]
             if r.state == "failed":
-                ledger.mark(p.request_id, name, "failed", detail)
-                rep.failed += 1
+                detail = redact(r.detail, [p.email])[:500]
+                failed.setdefault(detail, []).append(p.request_id)
                 log(f"erasure: {name}: {_tag(p.email_sha256)} failed: {detail}")
                 continue
-            ledger.mark(p.request_id, name, "done")
+            accepted.append(p.request_id)
             if r.state == "confirmed":
-                ledger.mark(p.request_id, name, "confirmed")
-                rep.confirmed += 1
-            else:
-                rep.done += 1
+                confirmed.append(p.request_id)
+        for detail, failed_ids in failed.items():
+            ledger.mark_many(failed_ids, name, "failed", detail)
+        ledger.mark_many(accepted, name, "done")
+        ledger.mark_many(confirmed, name, "confirmed")
+        rep.failed += sum(len(v) for v in failed.values())
+        rep.confirmed += len(confirmed)
+        rep.done += len(accepted) - len(confirmed)
     if todo:
         log(f"erasure: {name}: {rep.asked} asked, {rep.confirmed} confirmed, {rep.done} awaiting confirmation, "
             f"{rep.failed} failed")
