@@ -137,8 +137,9 @@ def main() -> int:
     start = time.perf_counter()
     result = forget(wh_root, LocalExportStorage(exports), emails, "cli", index_dirs=[])
     ours = time.perf_counter() - start
-    rewritten = [Path(p) for p in result.report.changed if Path(p).is_file()]
-    rewritten += [exports / k for k in result.report.changed if (exports / k).is_file()]
+    changed = result.report.changed  # warehouse files by absolute path, export files by key
+    rewritten = [Path(p) for p in changed if Path(p).is_absolute() and Path(p).is_file()]
+    rewritten += [exports / k for k in changed if not Path(k).is_absolute() and (exports / k).is_file()]
     floor_s = floor(rewritten)
     r = result.report
     print(f"\nforget {len(emails)} of {n} identities, {days} days "

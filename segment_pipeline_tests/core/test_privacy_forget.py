@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -290,3 +291,70 @@ def test_deletion_requests_landing_source_runs_the_same_forget(tmp_path, monkeyp
     (request,) = Ledger(wh.root).requests()
     assert request.source == "landing:gdpr" and request.email_sha256 == HASH
     assert con.execute(f"SELECT email FROM {wh.scan('raw_profiles')}").fetchall() == [(OTHERS[0],)]
+
+
+def _small_warehouse(tmp_path: Path) -> tuple[Warehouse, duckdb.DuckDBPyConnection]:
+    """profiles, memberships (segment 'de': everyone) and segment_stats of DAYS[0] for the person and OTHERS."""
+    wh = Warehouse(tmp_path / "warehouse")
+    con = connect()
+    day = DAYS[0]
+    people = [NORM, *OTHERS]
+    email = "e.email"
+    values = ", ".join(f"('{e}')" for e in people)
+    cols = ", ".join(
+        {"identity_id": f"substr(md5({email}), 1, 16) AS identity_id", "email": f"{email} AS email"}.get(
+            c, f'NULL::{t} AS "{c}"') for c, t in wh.schema("profiles").items())
+    wh.write_partition(con, "profiles", day, f"SELECT {cols} FROM (VALUES {values}) e(email)")
+    wh.write_partition(con, "memberships", day, f"SELECT 'de' AS segment_id, substr(md5({email}), 1, 16) AS identity_id, "
+                                                f"{email} AS email FROM (VALUES {values}) e(email)")
+    wh.write_partition(con, "segment_stats", day, "SELECT 'de' AS segment_id, 'Germany' AS segment_name, 'dynamic' AS "
+                       "segment_type, 'refreshed' AS status, NULL::DATE AS frozen_on, 13 AS member_count, 0 AS added, "
+                       "0 AS removed")
+    return wh, con
+
+
+def test_forget_rewrites_exports_on_s3(tmp_path, monkeypatch):
+    from segment_pipeline.core.exports.daily_feed import read_latest, write_daily_feed
+    from segment_pipeline.core.exports.storage import S3ExportStorage
+    from segment_pipeline_tests.fakes.s3 import moto_s3_server
+
+    wh, con = _small_warehouse(tmp_path)
+    day = DAYS[0]
+    with moto_s3_server() as moto:
+        storage = S3ExportStorage(moto.client(), moto.new_bucket(), prefix="partner")
+        write_daily_feed(con, wh, storage, day)
+        export = export_segment(con, wh, storage, SegmentExportRequest("de", ("email",), "zip"), chunk_size=4)
+        assert NORM.encode() in storage.get_bytes(f"daily/nosto_segments/{day}.json")
+        result = forget(wh.root, storage, [PERSON], index_dirs=[])
+        assert result.done and result.report.rows_removed >= 4  # profiles, memberships, feed line, export line
+        feed = storage.get_bytes(f"daily/nosto_segments/{day}.json")
+        assert NORM.encode() not in feed.lower() and len(feed.splitlines()) == 12
+        assert read_latest(storage, "nosto_segments")["lines"] == 12
+        check = verify_segment_export(storage, export.manifest_key, members=12, chunk_size=4)
+        assert check.passed, check.problems
+        for key in storage.list_keys("segment-export"):
+            data = storage.get_bytes(key)
+            if key.endswith(".zip"):
+                with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                    data = b"".join(zf.read(n) for n in zf.namelist())
+            assert NORM.encode() not in data.lower(), key
+    con.close()
+
+
+def test_forget_keeps_customer_match_manifests_consistent(tmp_path):
+    from segment_pipeline.core.exports.customer_match import read_manifest, write_customer_match
+    from segment_pipeline.core.sync.hashing import google_email_hash
+
+    wh, con = _small_warehouse(tmp_path)
+    storage = LocalExportStorage(tmp_path / "exports")
+    write_customer_match(con, wh, storage, DAYS[0], {"de": "Germany"})
+    (entry,) = read_manifest(storage, DAYS[0])["files"]
+    assert (entry["rows"], entry["members"]) == (13, 13)
+    forget(wh.root, storage, [PERSON], index_dirs=[])
+    (entry,) = read_manifest(storage, DAYS[0])["files"]
+    path = tmp_path / "exports" / "customer_match" / DAYS[0] / entry["file"]
+    data = path.read_bytes()
+    assert google_email_hash(NORM).encode() not in data and HASH.encode() not in data
+    assert (entry["rows"], entry["members"], entry["bytes"]) == (12, 12, len(data))
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    con.close()

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from segment_pipeline.core.atomic import TMP_PREFIX, atomic_path, atomic_write_text, private_mkdir
 from segment_pipeline.core.exports.segment_export import CHUNK_SIZE, MANIFEST_SUFFIX, _write_chunk, chunk_name
@@ -123,13 +124,23 @@ class Targets:
         return bool(self.found(low))
 
     @staticmethod
-    def tokens_sql(value: str) -> str:
-        """DuckDB: the list of candidate tokens of the text expression ``value``."""
-        v = f"lower(CAST({value} AS VARCHAR))"
-        return (f"(CASE WHEN contains({v}, '@') THEN list_concat("
-                f"regexp_extract_all({v}, {sql_string(EMAIL_TOKEN)}), regexp_extract_all({v}, {sql_string(COMMON_TOKEN)})) "
-                f"ELSE []::VARCHAR[] END || CASE WHEN length({v}) >= 64 THEN regexp_extract_all({v}, {sql_string(HEX_TOKEN)}) "
-                f"ELSE []::VARCHAR[] END)")
+    def tokens_sql(*values: str) -> str:
+        """DuckDB: the list of candidate tokens of the text expressions ``values`` (one row's columns).
+
+        Only values with an ``@`` or long enough for a hash are looked at. A value that is one
+        address (most identity columns) is its own token (one DFA pass, no extraction); others are
+        tokenised once (addresses and hex runs in one pattern), and a token that starts with a
+        character outside the common address class (``'|jane@x.com``) also gives its common-class
+        suffix."""
+        texts = "[" + ", ".join(f"lower(CAST({v} AS VARCHAR))" for v in values) + "]"
+        start = sql_string("abcdefghijklmnopqrstuvwxyz0123456789._%+-")
+        variants = (f"lambda t: CASE WHEN contains({start}, left(t, 1)) OR NOT contains(t, '@') THEN [t] "
+                    f"ELSE [t, regexp_extract(t, {sql_string(COMMON_TOKEN)})] END")
+        per_value = (f"lambda v: CASE WHEN regexp_full_match(v, {sql_string(EMAIL_TOKEN)}) THEN [v] "
+                     f"ELSE flatten(list_transform(regexp_extract_all(v, {sql_string(EMAIL_TOKEN + '|' + HEX_TOKEN)}), "
+                     f"{variants})) END")
+        interesting = f"list_filter({texts}, lambda v: v IS NOT NULL AND (contains(v, '@') OR length(v) >= 64))"
+        return f"flatten(list_transform({interesting}, {per_value}))"
 
 
 @dataclass
@@ -158,14 +169,15 @@ def _text_columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
 
 
 def _hit_rows_sql(targets_table: str, relation: str, columns: list[str], row_id: str) -> str:
-    tokens = " || ".join(Targets.tokens_sql(sql_ident(c)) for c in columns)
+    tokens = Targets.tokens_sql(*(sql_ident(c) for c in columns))
     return f"""SELECT DISTINCT r FROM (SELECT {row_id} AS r, unnest({tokens}) AS tok FROM {relation})
                WHERE rtrim(tok, '.') IN (SELECT token FROM {targets_table})"""
 
 
 def _load_targets(con: duckdb.DuckDBPyConnection, targets: Targets) -> str:
-    con.execute("CREATE OR REPLACE TEMP TABLE forget_targets (token VARCHAR)")
-    con.executemany("INSERT INTO forget_targets VALUES (?)", [[t] for t in sorted(targets.tokens)])
+    con.register("forget_targets_in", pa.table({"token": pa.array(sorted(targets.tokens), pa.string())}))
+    con.execute("CREATE OR REPLACE TEMP TABLE forget_targets AS SELECT token FROM forget_targets_in")
+    con.unregister("forget_targets_in")
     return "forget_targets"
 
 
@@ -409,8 +421,7 @@ def _line_hits(con: duckdb.DuckDBPyConnection, path: Path) -> set[int] | None:
         rows = con.execute(f"""
             WITH l AS (SELECT unnest({lines}) AS line, unnest(range(1, len({lines}) + 1)) AS n
                        FROM read_text({sql_string(str(path))}))
-            SELECT DISTINCT n FROM (SELECT n, unnest({Targets.tokens_sql('line')}) AS tok FROM l
-                                    WHERE contains(line, '@') OR length(line) >= 64)
+            SELECT DISTINCT n FROM (SELECT n, unnest({Targets.tokens_sql('line')}) AS tok FROM l)
             WHERE tok IN (SELECT token FROM forget_targets)""").fetchall()
     except duckdb.Error:
         return None
