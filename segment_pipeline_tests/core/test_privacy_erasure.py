@@ -394,3 +394,19 @@ def test_ledger_mark_many_is_mark_for_a_batch(tmp_path):
         ledger.mark_many([a, "del-unknown"], "klaviyo", "done")
     with pytest.raises(ValueError, match="unknown state"):
         ledger.mark_many([a], "klaviyo", "gone")  # type: ignore[arg-type]
+
+
+def test_a_failed_lookup_whose_path_holds_the_address_is_recorded_without_it(tmp_path):
+    with FakeDotdigital() as d:
+        d.seed_contact("o'brien+shop@shop.com")
+        ledger = Ledger(tmp_path)
+        (req,) = ledger.request(["O'Brien+Shop@shop.com"], "cli")
+        d.inject("500", times=10_000, match="GET /v2/contacts/")
+        lines: list[str] = []
+        report = propagate(tmp_path, {"dotdigital": DotdigitalDestination(dotdigital_client(d.url, policy=SHORT),
+                                                                          DotdigitalSettings())}, log=lines.append)
+        (row,) = ledger.status(req.request_id)
+        assert row["confirmed_at"] is None and "GET /v2/contacts/<address>" in row["last_error"]
+        assert "HTTP 500" in row["last_error"] and report.destinations["dotdigital"].failed == 1
+        text = (row["last_error"] + "\n".join(lines) + repr(report.metadata())).lower()
+        assert "o'brien" not in text and "brien%2bshop" not in text and "brien+shop" not in text
