@@ -261,7 +261,7 @@ def test_sigkill_mid_propagation_then_a_rerun_finishes_without_duplicates(fakes,
 def test_the_daily_asset_propagates_with_the_sync_resources_and_names_unconfigured_mirrors(fakes, wh):
     import dagster as dg
 
-    from segment_pipeline.defs.erasure.assets import privacy_erasure
+    from segment_pipeline.defs.privacy.erasure import privacy_erasure
     from segment_pipeline.defs.resources import WarehouseResource
     from segment_pipeline.defs.syncs.resources import RESOURCES
     from segment_pipeline_tests.fakes.helpers import DD_PASSWORD, DD_USER, KLAVIYO_KEY

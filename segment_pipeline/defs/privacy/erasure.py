@@ -26,6 +26,7 @@ CRON_ENV, CRON = "SEGMENT_PIPELINE_ERASURE_CRON", "0 5 * * *"
 
 
 @dg.asset(name="privacy_erasure", group_name="privacy", kinds={"privacy"},
+          deps=[dg.AssetKey("deletion_requests")],  # lineage: the requests it propagates (and forget's CLI)
           required_resource_keys={"warehouse", *DESTINATIONS},
           description="Deletion requests of the ledger propagated to every configured destination through the "
                       "vendor's own deletion endpoint, retried until each confirms; the sync mirrors lose the "
