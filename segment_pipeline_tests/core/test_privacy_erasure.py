@@ -401,6 +401,7 @@ def test_a_failed_lookup_whose_path_holds_the_address_is_recorded_without_it(tmp
         d.seed_contact("o'brien+shop@shop.com")
         ledger = Ledger(tmp_path)
         (req,) = ledger.request(["O'Brien+Shop@shop.com"], "cli")
+        ledger.warehouse_done(req.request_id)
         d.inject("500", times=10_000, match="GET /v2/contacts/")
         lines: list[str] = []
         report = propagate(tmp_path, {"dotdigital": DotdigitalDestination(dotdigital_client(d.url, policy=SHORT),
@@ -410,3 +411,15 @@ def test_a_failed_lookup_whose_path_holds_the_address_is_recorded_without_it(tmp
         assert "HTTP 500" in row["last_error"] and report.destinations["dotdigital"].failed == 1
         text = (row["last_error"] + "\n".join(lines) + repr(report.metadata())).lower()
         assert "o'brien" not in text and "brien%2bshop" not in text and "brien+shop" not in text
+
+
+def test_a_request_waits_for_its_warehouse_scrub_before_any_destination_is_asked(fakes, wh):
+    _sync_all(wh, fakes, [GONE, STAY], only=("dotdigital",))
+    ledger = Ledger(wh.root)
+    (req,) = ledger.request([GONE], "cli")  # forget was killed before it scrubbed the warehouse
+    first = propagate(wh.root, _destinations(fakes, only=("dotdigital",)))
+    assert first.destinations["dotdigital"].waiting_for_warehouse == 1 and first.destinations["dotdigital"].asked == 0
+    assert fakes["dotdigital"].deletion_calls == [] and first.open_requests == 1
+    ledger.warehouse_done(req.request_id)
+    second = propagate(wh.root, _destinations(fakes, only=("dotdigital",)))
+    assert second.destinations["dotdigital"].confirmed == 1 and second.settled == 1

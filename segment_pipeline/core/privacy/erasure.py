@@ -4,6 +4,9 @@ One pass (:func:`propagate`), for every configured destination (one whose creden
 over the requests of the deletion ledger (:class:`~segment_pipeline.core.privacy.ledger.Ledger`)
 that destination has not confirmed yet:
 
+0. only requests whose warehouse scrub is done (``warehouse_done``) are propagated: until then a
+   sync could still send the person from a memberships file not yet scrubbed, re-creating the
+   contact after the vendor confirmed its deletion (and after the mirror forgot it);
 1. ``ledger.mark_many(..., "asked")`` for a batch of addresses (:attr:`Destination.erase_batch`), then
    :meth:`Destination.erase`: the vendor's own deletion endpoint (Klaviyo's data-privacy deletion
    job, dotdigital contact deletion, Braze ``/users/delete``, removal from every Meta audience the
@@ -88,6 +91,8 @@ class DestinationErasure:
     mirror_skipped: str | None = None
     #: a failure of the whole destination (credentials, unreachable), without any address
     error: str | None = None
+    #: requests not asked yet because their warehouse scrub is not done (next pass)
+    waiting_for_warehouse: int = 0
 
 
 @dataclass
@@ -111,7 +116,8 @@ class ErasureReport:
         out: dict[str, object] = {"open_requests": self.open_requests, "settled": self.settled,
                                   "destinations": ", ".join(sorted(self.destinations)) or "none configured"}
         for name, d in sorted(self.destinations.items()):
-            for key in ("asked", "confirmed", "done", "failed", "mirror_rows_removed", "stale_plans_removed"):
+            for key in ("asked", "confirmed", "done", "failed", "waiting_for_warehouse", "mirror_rows_removed",
+                        "stale_plans_removed"):
                 out[f"{name}_{key}"] = getattr(d, key)
             if d.error:
                 out[f"{name}_error"] = d.error
@@ -323,10 +329,11 @@ def propagate(warehouse_root: str | os.PathLike[str], destinations: Mapping[str,
     root = Path(warehouse_root)
     ledger = Ledger(root)
     report = ErasureReport()
+    scrubbed = {r["request_id"] for r in ledger.status() if r["warehouse_done_at"] is not None}
     for name, d in sorted(destinations.items()):
         if d.client is None:
             continue
-        report.destinations[name] = _propagate_one(ledger, root, name, d, log)
+        report.destinations[name] = _propagate_one(ledger, root, name, d, scrubbed, log)
     confirmed = _confirmed_open_hashes(ledger)
     for name, rep in sorted(report.destinations.items()):
         if rep.mirror_skipped is None:
@@ -381,10 +388,13 @@ def _hashes_in_mirror(state_dir: Path, hashes: Collection[str]) -> set[str]:
     return set(hashes) & {r[0] for r in rows}
 
 
-def _propagate_one(ledger: Ledger, root: Path, name: str, d: Destination, log: Log) -> DestinationErasure:
+def _propagate_one(ledger: Ledger, root: Path, name: str, d: Destination, scrubbed: Collection[str],
+                   log: Log) -> DestinationErasure:
     rep = DestinationErasure(name)
     state_dir = root / SYNC_STATE / name
     todo = ledger.destination_todo(name)
+    rep.waiting_for_warehouse = sum(1 for p in todo if p.request_id not in scrubbed)
+    todo = [p for p in todo if p.request_id in scrubbed]  # see the module docstring, step 1
     if todo and not d.erase_batch:
         rep.error = f"{name} cannot erase contacts (no deletion endpoint in its adapter)"
         rep.failed = len(todo)
