@@ -20,7 +20,7 @@ from segment_pipeline.core.sync.destinations.klaviyo import KlaviyoDestination, 
 from segment_pipeline.core.sync.destinations.meta import MetaDestination, MetaSettings
 from segment_pipeline.core.sync.hashing import meta_email_hash
 from segment_pipeline.core.sync.runner import sync
-from segment_pipeline.core.sync.state import StateStore
+from segment_pipeline.core.sync.state import StateStore, Target
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline_tests.fakes.braze import FakeBraze, braze_client
 from segment_pipeline_tests.fakes.dotdigital import FakeDotdigital
@@ -101,9 +101,7 @@ def _status(wh: Warehouse, request_id: str) -> dict[str, dict]:
 
 
 def _mirror_emails(wh: Warehouse, name: str) -> set[str]:
-    with StateStore(wh.root / "sync_state" / name) as store:
-        return {r[0] for t in ("held", "members", "truncated", "rejects")
-                for r in store.con.execute(f"SELECT email FROM {t}").fetchall()}
+    return _mirror_emails_at(wh.root / "sync_state" / name)
 
 
 def _bytes_under(folder: Path) -> bytes:
@@ -423,3 +421,28 @@ def test_a_request_waits_for_its_warehouse_scrub_before_any_destination_is_asked
     ledger.warehouse_done(req.request_id)
     second = propagate(wh.root, _destinations(fakes, only=("dotdigital",)))
     assert second.destinations["dotdigital"].confirmed == 1 and second.settled == 1
+
+
+def test_a_mirror_rewrite_cut_short_is_redone_and_stale_plans_go(tmp_path):
+    from segment_pipeline.core.privacy.erasure import REWRITE_MARK, scrub_mirror
+
+    state = tmp_path / "sync_state" / "klaviyo"
+    with StateStore(state) as store:
+        store.confirm(Target.of("klaviyo", "http://k", ("list", "L"), ("property", "p")), [GONE, STAY],
+                      ['["A"]', '["B"]'])
+    (state / "plans").mkdir()
+    (state / "plans" / "killed-run.parquet").write_bytes(b"PAR1" + GONE.encode())  # a killed sync's plan
+    assert scrub_mirror(state, set()).stale_plans_removed == 1 and not list((state / "plans").iterdir())
+    # a pass killed after deleting rows and before its rename left the mark: the next pass rewrites
+    (state / REWRITE_MARK).touch()
+    done = scrub_mirror(state, set())
+    assert done.rewritten and done.rows_removed == 0 and not (state / REWRITE_MARK).exists()
+    done = scrub_mirror(state, {hashlib.sha256(GONE.encode()).hexdigest()})
+    assert done.rows_removed == 2 and done.rewritten and _mirror_emails_at(state) == {STAY}
+    assert scrub_mirror(state, {hashlib.sha256(GONE.encode()).hexdigest()}) == type(done)(0, False, 0)
+
+
+def _mirror_emails_at(state: Path) -> set[str]:
+    with StateStore(state) as store:
+        return {r[0] for t in ("held", "members", "truncated", "rejects")
+                for r in store.con.execute(f"SELECT email FROM {t}").fetchall()}
