@@ -30,7 +30,7 @@ from segment_pipeline.core.exports.storage import LocalExportStorage
 from segment_pipeline.core.ingest import ingest_day
 from segment_pipeline.core.privacy.forget import forget, read_request_file
 from segment_pipeline.core.privacy.ledger import Ledger
-from segment_pipeline.core.privacy.scrub import Targets, scrub_bytes, scrub_duckdb_file
+from segment_pipeline.core.privacy.scrub import Targets, scrub_bytes, scrub_duckdb_file, scrub_tree
 from segment_pipeline.core.privacy.tombstones import DELETED_IDENTITY
 from segment_pipeline.core.sources import Source
 from segment_pipeline.core.warehouse import Warehouse, connect
@@ -250,6 +250,17 @@ def test_request_files_and_the_scrub_of_payload_kinds(tmp_path):
     assert removed == 1 and not targets.hit(gzip.decompress(out))
     csv_out, removed = scrub_bytes(b"Email\n" + HASH.encode() + b"\nzz@x.org\n", "cm.csv", targets)
     assert (csv_out, removed) == (b"Email\nzz@x.org\n", 1)
+
+    # text files found by walking the tree: lines with the person go, the rest stays byte for byte
+    # (blank lines and a CRLF line included, whatever numbering the fast path uses)
+    tree = tmp_path / "tree" / "sync_dry_run" / "dotdigital" / "run1"
+    tree.mkdir(parents=True)
+    (tree / "import.csv").write_bytes(b"Email,Name\r\n\nzz@x.org,Z\n" + PERSON.upper().encode() + b",J\n\nyy@x.org,Y")
+    (tree / "notes.txt").write_bytes("caf\u00e9\n".encode("latin-1") + b"mailto:" + NORM.encode() + b"\nkeep\n")
+    report = scrub_tree(tmp_path / "tree", targets)
+    assert (tree / "import.csv").read_bytes() == b"Email,Name\r\n\nzz@x.org,Z\n\nyy@x.org,Y"
+    assert (tree / "notes.txt").read_bytes() == "caf\u00e9\n".encode("latin-1") + b"keep\n"  # not UTF-8
+    assert report.rows_removed == 2 and report.files_rewritten == 2
 
     db = tmp_path / "state.duckdb"
     con = duckdb.connect(str(db))

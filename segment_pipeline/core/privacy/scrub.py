@@ -22,8 +22,10 @@ What is removed, by kind of file (the warehouse is walked, no table list: a new 
     * ``.gz`` and ``.zip`` files: their content as above, recompressed.
     * Exports (through :class:`~segment_pipeline.core.exports.storage.ExportStorage`, local folder
       or S3): the daily feed files (and the ``latest`` pointer's ``lines``/``bytes``), per-segment
-      exports (the remaining lines re-cut into chunks of the export's size, same chunk names, and
-      the manifest's ``members`` and ``files`` rewritten), Customer Match files (their manifest's
+      exports (the remaining lines re-cut into chunks of the export's size, and the manifest's
+      ``members`` and ``files`` rewritten; locally the folder is replaced whole and chunks keep
+      their names, on S3 new chunks are uploaded under fresh names, the manifest switched to them,
+      then the old ones deleted), Customer Match files (their manifest's
       ``rows``, ``members``, ``bytes``, ``sha256``), CSV range exports and any other file.
     * Any other file holding a token cannot be scrubbed: :class:`ScrubError` names it, and the
       request stays open (``warehouse_done`` is not recorded).
@@ -53,6 +55,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -414,27 +417,42 @@ def _file_hits(path: Path, targets: Targets, name: str | None = None) -> bool:
 
 def _line_hits(con: duckdb.DuckDBPyConnection, path: Path) -> set[int] | None:
     """The 1-based numbers of the lines of the UTF-8 text file ``path`` that hold a target token
-    (``forget_targets`` loaded in ``con``), found by DuckDB (RE2, linear time); None when DuckDB
-    cannot read it as text (not UTF-8): the caller falls back to :func:`_filter_lines`."""
-    lines = "string_split(content, chr(10))"
+    (``forget_targets`` loaded in ``con``, which must preserve insertion order), found by DuckDB
+    (RE2, linear time, parallel scan); None when DuckDB cannot read it as plain lines (not UTF-8,
+    a record separator byte in it): the caller falls back to :func:`_filter_lines`.
+    :func:`_copy_without_lines` checks every dropped line, so a numbering mismatch can never
+    drop a line that holds no target."""
+    lines = (f"read_csv({sql_string(str(path))}, columns = {{'line': 'VARCHAR'}}, header = false, auto_detect = false, "
+             f"delim = chr(30), quote = '', escape = '', new_line = '\\n', max_line_size = {1 << 30})")
     try:
         rows = con.execute(f"""
-            WITH l AS (SELECT unnest({lines}) AS line, unnest(range(1, len({lines}) + 1)) AS n
-                       FROM read_text({sql_string(str(path))}))
-            SELECT DISTINCT n FROM (SELECT n, unnest({Targets.tokens_sql('line')}) AS tok FROM l)
+            SELECT DISTINCT n FROM (SELECT n, unnest({Targets.tokens_sql('line')}) AS tok
+                                    FROM (SELECT line, row_number() OVER () AS n FROM {lines}))
             WHERE tok IN (SELECT token FROM forget_targets)""").fetchall()
     except duckdb.Error:
         return None
     return {r[0] for r in rows}
 
 
-def _copy_without_lines(src: Path, dst: Path, drop: set[int]) -> int:
-    """Copy ``src`` to ``dst`` without the lines numbered in ``drop`` (1-based, split on ``\\n``)."""
+class _Misnumbered(Exception):
+    pass
+
+
+def _copy_without_lines(src: Path, dst: Path, drop: set[int], targets: Targets) -> int:
+    """Copy ``src`` to ``dst`` without the lines numbered in ``drop`` (1-based, split on ``\\n``);
+    raises :class:`_Misnumbered` if a line to drop holds no target (or is missing)."""
+    dropped = 0
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         for n, line in enumerate(fin, 1):
             if n not in drop:
                 fout.write(line)
-    return len(drop)
+            elif not targets.hit(line):
+                raise _Misnumbered(f"{src}: line {n}")
+            else:
+                dropped += 1
+    if dropped != len(drop):
+        raise _Misnumbered(f"{src}: {len(drop) - dropped} line(s) not found")
+    return dropped
 
 
 def _scrub_text_file(con: duckdb.DuckDBPyConnection, src: Path, name: str, targets: Targets,
@@ -450,19 +468,22 @@ def _scrub_text_file(con: duckdb.DuckDBPyConnection, src: Path, name: str, targe
             tmp.write_bytes(result[0])
         return result[1], len(result[0])
     drop = _line_hits(con, src)
-    if drop is None:  # not UTF-8: the streaming Python filter
+    if drop:
+        try:
+            with write() as tmp:
+                removed = _copy_without_lines(src, tmp, drop, targets)
+                size = tmp.stat().st_size
+            return removed, size
+        except _Misnumbered:
+            drop = None  # nothing was published: the Python filter below does it
+    if drop is None:  # not plain UTF-8 lines: the streaming Python filter
         if not _file_hits(src, targets, name):
             return None
         with write() as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
             removed, _ = _filter_lines(fin, fout, targets)
             size = tmp.stat().st_size if tmp.exists() else 0
         return removed, size
-    if not drop:
-        return None
-    with write() as tmp:
-        removed = _copy_without_lines(src, tmp, drop)
-        size = tmp.stat().st_size
-    return removed, size
+    return None
 
 
 def _scrub_local_file(con: duckdb.DuckDBPyConnection, path: Path, targets: Targets, report: ScrubReport) -> None:
@@ -667,7 +688,7 @@ class ExportScrubber:
 
     def _con(self) -> duckdb.DuckDBPyConnection:
         if self.__dict__.get("con") is None:
-            self.con = connect()
+            self.con = connect(preserve_order=True)
             _load_targets(self.con, self.targets)
         return self.con
 
@@ -716,6 +737,12 @@ class ExportScrubber:
             on_key(manifest_key)
         raw = self.storage.get_bytes(manifest_key) or b"{}"
         manifest = json.loads(raw)
+        s3 = not isinstance(self.storage, LocalExportStorage)
+        listed = [f["key"] for f in manifest.get("files", []) if f.get("key") in set(chunks)] or sorted(chunks)
+        if s3:  # chunks no manifest names: uploads of a forget killed before its manifest was written
+            for key in sorted(set(chunks) - set(listed)):
+                self.storage.delete(key)
+        chunks = listed
         hit = self.targets.hit(raw)
         for key in chunks:
             with _read_local(self.storage, key) as local:
@@ -732,8 +759,12 @@ class ExportScrubber:
         fmt = manifest.get("output_format", "gzip")
         ext = ".zip" if fmt == "zip" else ".gz"
         started = dt.datetime.fromtimestamp(int(manifest.get("started_at", 0)), tz=dt.UTC)
-        order = [f["key"] for f in manifest.get("files", [])] or sorted(chunks)
-        order += [k for k in sorted(chunks) if k not in order]
+        order = chunks
+        # locally the folder is replaced whole, so the chunks keep their names (index-based, as a
+        # re-export writes them); on S3 (no multi-object atomicity) they get fresh names, the
+        # manifest is switched to them, then the old ones are deleted: a killed run leaves the old
+        # export complete and consistent, plus unnamed uploads the next run deletes
+        name_prefix = f"{object_prefix}/forget-{uuid.uuid4().hex[:12]}" if s3 else object_prefix
         # the chunk size the export was cut with: every file but the last is full
         sizes = [int(f.get("lines", 0)) for f in manifest.get("files", [])]
         chunk_size = max(sizes) if len(sizes) > 1 else max([CHUNK_SIZE, *sizes])
@@ -753,19 +784,19 @@ class ExportScrubber:
                     lines = [line for _, line in zip(range(chunk_size), src, strict=False)]
                     if not lines:
                         break
-                    name = chunk_name(object_prefix, index)
+                    name = chunk_name(name_prefix, index)
                     with batch.writer(name + ext) as tmp:
                         _write_chunk(tmp, name, [memoryview(b"".join(lines))], fmt, started)
                         size = tmp.stat().st_size
                     written.append({"key": f"{prefix}/{name}{ext}", "lines": len(lines), "bytes": size})
                     self.report.bytes_rewritten += size
                     index += 1
-        if not isinstance(self.storage, LocalExportStorage):  # locally the batch replaced the folder
-            for key in set(chunks) - {f["key"] for f in written}:
-                self.storage.delete(key)
         manifest["files"] = written
         manifest["members"] = sum(f["lines"] for f in written)
         self.storage.put_bytes(manifest_key, json.dumps(manifest, ensure_ascii=False, indent=1).encode())
+        if s3:  # locally the batch replaced the folder
+            for key in sorted(set(chunks) - {f["key"] for f in written}):
+                self.storage.delete(key)
         self._done(manifest_key)
         self.report.add(manifest_key, removed, 0)
 
