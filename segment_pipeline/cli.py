@@ -306,6 +306,52 @@ def _add_sync(sub: argparse._SubParsersAction) -> None:
 
     plan.set_defaults(func=run)
     apply.set_defaults(func=run)
+def _add_erasure(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "erasure",
+        help="deletion requests at the destinations: the ledger per request and destination, or one pass now",
+        description=(
+            "status: prints the deletion ledger per request and destination (hashes only, never an address): "
+            "when each destination was asked, when it accepted (done) and confirmed the deletion, attempts and "
+            "the last error. run: one propagation pass now (what the daily privacy_erasure asset does) to every "
+            "destination whose credentials are set in the environment (docs/syncs.md, \"Deletion requests\")."
+        ),
+    )
+    actions = p.add_subparsers(dest="action", required=True)
+    status = actions.add_parser("status", help="the ledger per request and destination (hashes only)")
+    status.add_argument("--request", default=None, help="only this request id")
+    status.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    actions.add_parser("run", help="propagate the open deletion requests to every configured destination now")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from segment_pipeline import settings
+        from segment_pipeline.core.privacy import erasure
+
+        root = settings.warehouse_root()
+        if args.action == "status":
+            rows = erasure.status_rows(root, args.request)
+            if args.json:
+                for row in rows:
+                    print(json.dumps(row, default=str))
+            else:
+                print(erasure.format_status(rows) if rows else "no deletion requests")
+            return 0
+        destinations = erasure.destinations_from_env()
+        if not destinations:
+            print("no destination has credentials set: nothing to propagate to", file=sys.stderr)
+        try:
+            report = erasure.propagate(root, destinations, log=print)
+        finally:
+            for d in destinations.values():
+                if d.client is not None:
+                    d.client.close()
+        for key, value in report.metadata().items():
+            print(f"{key}: {value}")
+        return 0 if report.ok else 1
+
+    p.set_defaults(func=run)
 
 
 def _add_forget(sub: argparse._SubParsersAction) -> None:
@@ -383,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokens(sub)
     _add_api_keys(sub)
     _add_sync(sub)
+    _add_erasure(sub)
     _add_forget(sub)
     return parser
 

@@ -27,6 +27,14 @@ this module; in short:
 * consent: any ``email_subscribe``, ``push_subscribe``, ``subscription_groups`` (or other
   subscription key) in an object is recorded in :attr:`consent_attempts`.
 
+Erasure (issue 15): ``POST /users/export/ids`` (one ``email_address``; ``fields_to_export``
+required: answers the matching profiles' ``braze_id``) and ``POST /users/delete`` (up to 50
+identifiers of exactly one kind: ``external_ids``, ``user_aliases``, ``braze_ids``,
+``email_addresses`` or ``phone_numbers``; answers ``{"deleted": n, "message": "success"}``), with
+their own documented limits (250 exports and 20,000 deletes per minute); every delete is recorded
+in :attr:`deletion_calls` and the profiles disappear at once (``deletion_delay`` > 0 keeps them
+exported that long, as Braze queues deletions).
+
 Faults (``500``/``503``, delays, dropped connections before or after acting) are injected as in the
 other fakes (:meth:`FakeService.inject`); ``reject_emails`` are refused per object, as Braze does
 for an address it will not take.
@@ -55,6 +63,12 @@ BRAZE_KEY = "braze-test-rest-key"
 FAMILY = "users_track"
 #: 3,000 requests per three seconds (https://www.braze.com/docs/api/api_limits/).
 DOCUMENTED_LIMITS: dict[str, list[tuple[int, float]]] = {FAMILY: [(3_000, 3.0)]}
+#: /users/delete: 20,000 per minute (shared with alias/identify/merge); /users/export/ids: 250 per
+#: minute (workspaces onboarded since 2024-08-22) (sources: specs/braze/FACTS.md, "Erasure").
+DELETE_FAMILY, EXPORT_FAMILY = "users_delete", "users_export_ids"
+DOCUMENTED_LIMITS.update({DELETE_FAMILY: [(20_000, 60.0)], EXPORT_FAMILY: [(250, 60.0)]})
+MAX_DELETE_IDS = 50
+DELETE_KINDS = ("external_ids", "user_aliases", "braze_ids", "email_addresses", "phone_numbers")
 MAX_OBJECTS = 75
 MAX_BODY_BYTES = 4_000_000
 IDENTIFIERS = ("external_id", "user_alias", "braze_id", "email", "phone")
@@ -119,6 +133,13 @@ class FakeBraze(FakeService):
         #: (family, window index, window start) -> requests counted there (fixed windows)
         self._counts: dict[tuple[str, int, float], int] = {}
         self.route("POST", r"/users/track/?", FAMILY, self._track)
+        self.route("POST", r"/users/export/ids/?", EXPORT_FAMILY, self._export_ids)
+        self.route("POST", r"/users/delete/?", DELETE_FAMILY, self._delete)
+        #: every accepted /users/delete: {"kind", "ids" (as sent), "deleted" (profiles removed)}
+        self.deletion_calls: list[dict[str, Any]] = []
+        #: seconds a deleted profile is still exported (Braze queues deletions)
+        self.deletion_delay = 0.0
+        self._deleting: dict[str, float] = {}  # braze_id -> when it disappears
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeBraze:
         super().start(host, port)
@@ -357,3 +378,66 @@ class FakeBraze(FakeService):
         cut = len(values) - self.max_array_length
         self.truncations.append((email, key, values[:cut]))
         return values[cut:]
+
+    # -- erasure endpoints ---------------------------------------------------------------------
+    def _json_object(self, body: bytes, headers: Any, what: str) -> dict[str, Any]:
+        ctype = (headers.get("Content-Type") or "").split(";")[0].strip()
+        if ctype != "application/json":
+            raise self._fatal(400, "Bad Request", f"{what}: content type {ctype!r}, not application/json")
+        try:
+            doc = _loads(body)
+        except ValueError:
+            raise self._fatal(400, "Bad Request", f"{what}: body is not JSON") from None
+        if not isinstance(doc, dict):
+            raise self._fatal(400, "Bad Request", f"{what}: body is not an object")
+        return doc
+
+    def _purge(self) -> None:
+        """Drop the profiles whose queued deletion is due (caller holds the lock)."""
+        now = time.monotonic()
+        for bid in [b for b, t in self._deleting.items() if t <= now]:
+            del self._deleting[bid]
+            user = self.users.pop(bid, None)
+            if user and user["email"]:
+                left = [b for b in self.by_email.get(user["email"], []) if b != bid]
+                if left:
+                    self.by_email[user["email"]] = left
+                else:
+                    self.by_email.pop(user["email"], None)
+
+    def _export_ids(self, body: bytes, headers: Any, **_: Any) -> Response:
+        doc = self._json_object(body, headers, "users/export/ids")
+        kinds = [k for k in ("external_ids", "user_aliases", "device_id", "braze_id", "email_address", "phone")
+                 if doc.get(k)]
+        if kinds != ["email_address"] or not isinstance(doc["email_address"], str):
+            raise self._fatal(400, "Bad Request", f"users/export/ids: this fake answers one email_address, got {kinds}")
+        fields = doc.get("fields_to_export")
+        if not isinstance(fields, list) or not fields:
+            raise self._fatal(400, "fields_to_export is required", "users/export/ids: fields_to_export missing")
+        with self.lock:
+            self._purge()
+            ids = list(self.by_email.get(doc["email_address"].strip().lower(), []))
+            users = [{f: self.users[b].get(f) for f in fields if f in ("braze_id", "external_id", "email")}
+                     for b in ids]
+        return Response(201, {"users": users, "message": "success"})
+
+    def _delete(self, body: bytes, headers: Any, **_: Any) -> Response:
+        doc = self._json_object(body, headers, "users/delete")
+        kinds = [k for k in DELETE_KINDS if doc.get(k) is not None]
+        if len(kinds) != 1 or not isinstance(doc[kinds[0]], list):
+            raise self._fatal(400, "Only one of external_ids, user_aliases, braze_ids, email_addresses or "
+                                   "phone_numbers may be given", f"users/delete: identifier kinds {kinds}")
+        kind, ids = kinds[0], doc[kinds[0]]
+        if len(ids) > MAX_DELETE_IDS:
+            raise self._fatal(400, "Max Input Length Exceeded", f"users/delete: {len(ids)} identifiers, over 50")
+        if kind != "braze_ids" or not all(isinstance(i, str) for i in ids):
+            raise self._fatal(400, "Bad Request", f"users/delete: this fake deletes by braze_ids only, got {kind}")
+        with self.lock:
+            self._purge()
+            found = [b for b in ids if b in self.users and b not in self._deleting]
+            for b in found:
+                self._deleting[b] = time.monotonic() + self.deletion_delay
+            self.deletion_calls.append({"kind": kind, "ids": list(ids), "deleted": len(found)})
+            self._purge()
+            self._cond.notify_all()
+        return Response(201, {"deleted": len(found), "message": "success"})

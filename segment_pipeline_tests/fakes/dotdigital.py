@@ -13,6 +13,12 @@ opt-in column in an import are recorded in ``consent_attempts`` (and ignored), a
 unsubscribe/resubscribe/suppress or ``with-consent`` endpoints (answered 404). A contact can be
 read by email (``GET /v2/contacts/{email}``) and contacts removed from an address book by id
 (``POST /v2/address-books/{id}/contacts/delete``; the contacts themselves stay), as suppression does.
+
+Contact deletion (issue 15): ``GET /v2/contacts/{email or id}`` answers the ``ApiContact`` (``404``
+``ERROR_CONTACT_NOT_FOUND`` when there is none) and ``DELETE /v2/contacts/{id}`` deletes the
+contact from the account and every address book (``204``; ``404`` when already gone), both in the
+``default`` rate tier, with auth and faults like every other call. Each delete is recorded in
+:attr:`deletion_calls` (contact id, email, whether it existed).
 """
 
 from __future__ import annotations
@@ -113,6 +119,8 @@ class FakeDotdigital(FakeService):
         #: real report does, counted both there and in "suppressedContacts", with one faults-file row.
         self.suppressed_emails: dict[str, str] = {}
         self.create_calls: dict[str, int] = {"data-fields": 0, "address-books": 0}
+        #: every DELETE /v2/contacts/{id}: {"id", "email" (None when there was no such contact), "status"}
+        self.deletion_calls: list[dict[str, Any]] = []
         self._book_ids = itertools.count(1001)
         self._contact_ids = itertools.count(1)
         r = self.route
@@ -123,10 +131,11 @@ class FakeDotdigital(FakeService):
         r("POST", r"/v2/address-books/(?P<book>\d+)/contacts/import/with-merge-option/(?P<merge>\w+)", "import",
           self._import)
         r("GET", r"/v2/contacts/import/(?P<id>[0-9a-f-]{36})", "status", self._status)
-        r("GET", r"/v2/contacts/(?P<email>[^/]+@[^/]+)", "default", self._get_contact)
         r("POST", r"/v2/address-books/(?P<book>\d+)/contacts/delete", "default", self._remove_from_book)
         r("GET", r"/v2/contacts/import/(?P<id>[0-9a-f-]{36})/report", "default", self._report)
         r("GET", r"/v2/contacts/import/(?P<id>[0-9a-f-]{36})/report-faults", "default", self._faults)
+        r("GET", r"/v2/contacts/(?P<key>[^/]+)", "default", self._get_contact)
+        r("DELETE", r"/v2/contacts/(?P<id>[^/]+)", "default", self._delete_contact)
 
     # -- test helpers --------------------------------------------------------------------
     def seed_contact(self, email: str, fields: dict[str, Any] | None = None, opt_in: str = "Double",
@@ -224,16 +233,6 @@ class FakeDotdigital(FakeService):
                                   "contacts": 0})
 
     # -- contacts and book removal (suppression, issue 15) ---------------------------------
-    def _get_contact(self, match: re.Match[str], **_: Any) -> Response:
-        email = unquote(match["email"]).lower()
-        with self.lock:
-            c = self.contacts.get(email)
-            if c is None:
-                raise HttpError(404, "ERROR_CONTACT_NOT_FOUND")
-            return Response(200, {"id": c["id"], "email": c["email"], "optInType": c["optInType"],
-                                  "emailType": c["emailType"], "status": c["status"],
-                                  "dataFields": [{"key": k, "value": v} for k, v in sorted(c["dataFields"].items())]})
-
     def _remove_from_book(self, match: re.Match[str], body: bytes, headers: Any, **_: Any) -> Response:
         """``ApiContact_DeleteContactsFromAddressBook``: an array of contact ids; the contacts stay."""
         if (headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
@@ -421,3 +420,44 @@ class FakeDotdigital(FakeService):
             for reason, row in imp["faults"]:
                 w.writerow([reason, *row])
             return Response(200, out.getvalue().encode("utf-8"), content_type="application/octet-stream")
+
+    # -- contacts (lookup and deletion) ------------------------------------------------------
+    def contact(self, email: str) -> dict[str, Any] | None:
+        """The contact with this email (case-insensitive, as dotdigital matches addresses), or None."""
+        with self.lock:
+            c = self.contacts.get(email)
+            if c is None:
+                c = next((v for k, v in self.contacts.items() if k.lower() == email.lower()), None)
+            return c
+
+    def _contact_resource(self, c: dict[str, Any]) -> dict[str, Any]:
+        return {"id": c["id"], "email": c["email"], "optInType": c["optInType"], "emailType": c["emailType"],
+                "dataFields": [{"key": k, "value": v} for k, v in sorted(c["dataFields"].items())],
+                "status": c["status"]}
+
+    def _get_contact(self, match: re.Match[str], **_: Any) -> Response:
+        key = unquote(match["key"])
+        with self.lock:
+            if key.isdigit():
+                c = next((v for v in self.contacts.values() if v["id"] == int(key)), None)
+            else:
+                c = self.contact(key)
+            if c is None:
+                raise HttpError(404, "Contact not found (ERROR_CONTACT_NOT_FOUND)")
+            return Response(200, self._contact_resource(c))
+
+    def _delete_contact(self, match: re.Match[str], **_: Any) -> Response:
+        raw = match["id"]
+        if not raw.isdigit() or int(raw) > 2**31 - 1:  # int32 in the spec (ApiContact_DeleteContact)
+            self.spec_violations.append(f"DELETE /v2/contacts/{{id}}: id must be an int32, got {raw[:20]!r}")
+            raise HttpError(400, "ERROR_PARAMETER_INVALID: id")
+        cid = int(raw)
+        with self.lock:
+            email = next((e for e, v in self.contacts.items() if v["id"] == cid), None)
+            self.deletion_calls.append({"id": cid, "email": email, "status": 204 if email else 404})
+            if email is None:
+                raise HttpError(404, "Contact not found (ERROR_CONTACT_NOT_FOUND)")
+            del self.contacts[email]
+            self.suppressed_emails.pop(email, None)
+            self._cond.notify_all()
+        return Response(204)

@@ -13,6 +13,13 @@ or after ``queue_seconds``/``seconds_per_profile`` (time-based), whichever is fu
 profiles change only when a job completes. Invalid emails (and ``reject_emails``) become import
 errors. Any attempt to send consent/subscription data or to call a subscribe/unsubscribe endpoint
 is recorded in ``consent_attempts``.
+
+Data-privacy deletion jobs (``POST /api/data-privacy-deletion-jobs``, issue 15): bodies valid
+against ``request_profile_deletion.json`` with exactly one identifier (``email``, ``phone_number``
+or ``id``; several: 400, as documented), answered ``202`` without a body, rate limited by the
+spec's ``x-klaviyo-ratelimit`` (3/s, 60/m). Each accepted request is recorded in
+:attr:`deletion_requests`; the matching profiles disappear (from profiles, lists and consent)
+``deletion_seconds`` later (default 0: at the next tick), as Klaviyo deletes asynchronously.
 """
 
 from __future__ import annotations
@@ -115,6 +122,13 @@ class FakeKlaviyo(FakeService):
         #: Added to every job's failed_count beyond its import errors (a counter above the named rows).
         self.extra_failed_count = 0
         self.revisions_seen: set[str] = set()
+        #: every accepted deletion job: {"identifier": "email"|"phone_number"|"id", "value", "at"}
+        self.deletion_requests: list[dict[str, Any]] = []
+        #: seconds from an accepted deletion job to the profiles' disappearance
+        self.deletion_seconds = 0.0
+        self._deletions_due: list[tuple[float, str, str]] = []  # (due, identifier, value)
+        #: emails of the profiles deleted so far, in order
+        self.deleted_emails: list[str] = []
         self._ids = itertools.count(1)
         self.specs = {f.stem: SpecValidator(f) for f in SPEC_DIR.glob("*.json")}
         r = self.route
@@ -131,6 +145,7 @@ class FakeKlaviyo(FakeService):
           "get_errors_for_bulk_import_profiles_job", self._get_job_errors)
         r("GET", r"/api/profile-bulk-import-jobs/(?P<id>[^/]+)/relationships/profiles/?",
           "get_profile_ids_for_bulk_import_profiles_job", self._get_job_profile_ids)
+        r("POST", r"/api/data-privacy-deletion-jobs/?", "request_profile_deletion", self._request_deletion)
 
     # -- test helpers --------------------------------------------------------------------
     def seed_profile(self, email: str, properties: dict[str, Any] | None = None, consent: str = "SUBSCRIBED") -> str:
@@ -378,7 +393,10 @@ class FakeKlaviyo(FakeService):
         return False
 
     def tick(self) -> None:
-        """Complete the jobs whose processing time is up, a chunk of profiles per hold of the lock."""
+        """Complete the jobs whose processing time is up, a chunk of profiles per hold of the lock;
+        carry out the deletion jobs that are due."""
+        if self._deletions_due:
+            self._apply_deletions()
         if self.seconds_per_profile is None and self.queue_seconds is None:
             return  # jobs only move when polled
         with self.lock:
@@ -456,6 +474,49 @@ class FakeKlaviyo(FakeService):
             base = f"{self.url}/api/profile-bulk-import-jobs/{job['id']}/import-errors/"
             chunk, links = self._page(job["errors"], query, base, size)
             return Response(200, {"data": chunk, "links": links}, content_type="application/vnd.api+json")
+
+    # -- data privacy ----------------------------------------------------------------------
+    def _request_deletion(self, body: bytes, headers: Any, **_: Any) -> Response:
+        doc = self._json(body, headers, "request_profile_deletion", "DataPrivacyCreateDeletionJobQuery")
+        profile = doc["data"]["attributes"]["profile"]["data"]
+        given = [("id", profile.get("id"))] + [(k, v) for k, v in (profile.get("attributes") or {}).items()
+                                               if k in ("email", "phone_number")]
+        given = [(k, v) for k, v in given if v]
+        if len(given) != 1:
+            raise HttpError(400, "Exactly one of email, phone_number or id must be provided.", "invalid")
+        kind, value = given[0]
+        with self.lock:
+            self.deletion_requests.append({"identifier": kind, "value": value, "at": time.monotonic()})
+            self._deletions_due.append((time.monotonic() + self.deletion_seconds, kind, value))
+            self._cond.notify_all()
+        return Response(202, None, content_type="application/vnd.api+json")
+
+    def _apply_deletions(self) -> None:
+        """Delete the profiles of the deletion jobs that are due (profile, list memberships, consent)."""
+        with self.lock:
+            now = time.monotonic()
+            due = [d for d in self._deletions_due if d[0] <= now]
+            self._deletions_due = [d for d in self._deletions_due if d[0] > now]
+            for _at, kind, value in due:
+                if kind == "id":
+                    pids = [value] if value in self.profiles else []
+                else:
+                    pids = [pid for pid, p in self.profiles.items() if p.get(kind) == value]
+                for pid in pids:
+                    email = self.profiles.pop(pid)["email"]
+                    if self.by_email.get(email) == pid:
+                        del self.by_email[email]
+                    self.consent.pop(pid, None)
+                    for li in self.lists.values():
+                        li["members"].discard(pid)
+                    self.deleted_emails.append(email)
+            if due:
+                self._cond.notify_all()
+
+    def deletions_for(self, email: str) -> int:
+        """Deletion jobs accepted for this email."""
+        with self.lock:
+            return sum(1 for d in self.deletion_requests if d["identifier"] == "email" and d["value"] == email)
 
     def _get_job_profile_ids(self, match: re.Match[str], query: dict[str, str], **_: Any) -> Response:
         size = self._page_size(query, 20, 100)

@@ -62,6 +62,8 @@ class FakeMeta(FakeService):
         self.sessions: dict[tuple[str, int], dict[str, Any]] = {}
         self.raw_email_bodies = 0
         self.consent_attempts: list[str] = []  # no consent field exists in these endpoints
+        #: every DELETE /{audience}/users: (audience id, the valid hashes removed), in order
+        self.removals: list[tuple[str, list[str]]] = []
         self._ids = itertools.count(23850000000000001)
         self._session_ids = itertools.count(1)
         self._mlock = threading.Lock()
@@ -227,6 +229,7 @@ class FakeMeta(FakeService):
                 a["members"].update(valid)
             else:
                 a["members"].difference_update(valid)
+                self.removals.append((audience_id, list(valid)))
             if sid is not None:
                 self.sessions[(audience_id, sid)]["received"] += len(hashes)
             session_id = sid if sid is not None else next(self._session_ids)

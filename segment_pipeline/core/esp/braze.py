@@ -51,6 +51,16 @@ DEFAULT_REQUESTS_PER_WINDOW = 3_000
 WINDOW_SECONDS = 3.0
 FAMILY = "users_track"
 DEFAULT_LIMITS: dict[str, list[tuple[int, float]]] = {FAMILY: [(DEFAULT_REQUESTS_PER_WINDOW, WINDOW_SECONDS)]}
+#: ``/users/delete``: at most 50 identifiers of one kind per request, 20,000 requests per minute
+#: shared with ``/users/alias/new``, ``/users/identify``, ``/users/merge``
+#: (https://www.braze.com/docs/api/endpoints/user_data/post_user_delete/).
+DELETE_FAMILY = "users_delete"
+MAX_DELETE_IDS = 50
+#: ``/users/export/ids``: one ``email_address`` per request; 250 requests per minute for
+#: workspaces onboarded since 2024-08-22 (older ones have higher limits)
+#: (https://www.braze.com/docs/api/endpoints/export/user_data/post_users_identifier/).
+EXPORT_FAMILY = "users_export_ids"
+ERASURE_LIMITS: dict[str, list[tuple[int, float]]] = {DELETE_FAMILY: [(20_000, 60.0)], EXPORT_FAMILY: [(250, 60.0)]}
 #: Array custom attributes hold 25 elements unless raised per attribute in the dashboard (to 100,
 #: more through Braze); longer arrays are truncated by Braze
 #: (https://www.braze.com/docs/api/objects_filters/user_attributes_object/, "Custom attribute data types").
@@ -133,7 +143,7 @@ class BrazeClient(EspClient):
         self.http = HttpSession(
             rest_endpoint, service="braze",
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
-            families={**DEFAULT_LIMITS, **(limits or {})}, policy=policy, pool_size=pool_size,
+            families={**DEFAULT_LIMITS, **ERASURE_LIMITS, **(limits or {})}, policy=policy, pool_size=pool_size,
             epoch_reset_headers=True,
         )
         self.base_url = rest_endpoint.rstrip("/")
@@ -160,6 +170,34 @@ class BrazeClient(EspClient):
             raise EspError(f"braze POST /users/track: HTTP 400: {message[:200] or 'bad request'}", 400)
         processed = doc.get("attributes_processed")
         return TrackResult(resp.status_code, message, processed if isinstance(processed, int) else None, errors)
+
+
+    # -- erasure (issue 15) ----------------------------------------------------------------
+    def user_ids(self, email: str) -> list[str]:
+        """The ``braze_id`` of every user profile with this email (several profiles may share
+        one): ``POST /users/export/ids`` with ``{"email_address": ..., "fields_to_export":
+        ["braze_id"]}`` (key permission ``users.export.ids``; answer ``{"users": [...],
+        "message": "success"}``). An empty list is Braze's word that no profile has the address."""
+        resp = self.http.request("POST", "/users/export/ids", family=EXPORT_FAMILY, content_type="application/json",
+                                 json_body={"email_address": email, "fields_to_export": ["braze_id"]}, expect=(200, 201))
+        users = (resp.json() or {}).get("users") or []
+        return [str(u["braze_id"]) for u in users if isinstance(u, dict) and u.get("braze_id")]
+
+    def delete_users(self, braze_ids: Sequence[str]) -> int:
+        """Delete these user profiles: ``POST /users/delete`` with ``{"braze_ids": [...]}``, at most
+        50 per request (key permission ``users.delete``); returns Braze's ``deleted`` count (profiles
+        queued for deletion). Deleting by ``braze_ids`` rather than ``email_addresses`` removes every
+        profile that has the address: by email Braze deletes one profile per address, chosen by a
+        ``prioritization``, and none when several match it (post_user_delete, "Deleting users by
+        email"). Deleting twice is harmless, so the call is retried on faults."""
+        deleted = 0
+        for i in range(0, len(braze_ids), MAX_DELETE_IDS):
+            chunk = list(braze_ids[i:i + MAX_DELETE_IDS])
+            resp = self.http.request("POST", "/users/delete", family=DELETE_FAMILY, content_type="application/json",
+                                     json_body={"braze_ids": chunk}, expect=(200, 201, 202))
+            n = (resp.json() or {}).get("deleted")
+            deleted += n if isinstance(n, int) else 0
+        return deleted
 
 
 def _is_attributes_error(entry: Any) -> bool:

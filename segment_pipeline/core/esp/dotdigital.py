@@ -167,18 +167,6 @@ class DotdigitalClient(EspClient):
                               f"dotdigital: could not ensure address book {name!r}", attempts)
 
     # -- removal from an address book (suppressed contacts, issue 15) ----------------------
-    def contact_id(self, email: str) -> int | None:
-        """The contact id of ``email`` (``GET /v2/contacts/{email}``), None when there is no such contact.
-        An error names the endpoint, not the address (the path holds it)."""
-        try:
-            resp = self.http.request("GET", f"/v2/contacts/{quote(email, safe='@')}", family="default", expect=(200,))
-        except EspError as exc:
-            if exc.status == 404:
-                return None
-            error = type(exc)(f"dotdigital GET /v2/contacts/{{email}}: {str(exc).partition(': ')[2]}", exc.status)
-            raise error from None
-        return int(resp.json()["id"])
-
     def remove_from_address_book(self, address_book_id: int, emails: Sequence[str]) -> int:
         """Remove these contacts from the address book (the contacts themselves are kept); return
         how many were found. ``POST /v2/address-books/{id}/contacts/delete`` takes contact ids and
@@ -233,6 +221,30 @@ class DotdigitalClient(EspClient):
         return [ImportFault(row[ei].strip().lower() if ei is not None and ei < len(row) else None,
                             (row[ri] if ri is not None and ri < len(row) else "rejected")[:500])
                 for row in rows[1:] if row]
+
+    # -- contact deletion (issue 15) --------------------------------------------------------
+    def contact_id(self, email: str) -> int | None:
+        """The id of the contact with this email, None when dotdigital has none (``404``):
+        ``GET /v2/contacts/{email}`` (``ApiContact_GetContactByEmail`` in ``v2-api-swagger.json``).
+        The address travels URL-encoded in the path, so an error raised here names the path as
+        ``/v2/contacts/<address>``, never the address."""
+        try:
+            resp = self.http.request("GET", f"/v2/contacts/{quote(email, safe='@')}", family="default",
+                                     expect=(200, 404))
+        except EspError as exc:
+            hint = str(exc).split(": ", 2)[-1] if str(exc).count(": ") >= 2 else f"HTTP {exc.status}"
+            raise type(exc)(f"dotdigital GET /v2/contacts/<address>: {hint.replace(email, '<address>')}",
+                            exc.status) from None
+        if resp.status_code == 404:
+            return None
+        return int(resp.json()["id"])
+
+    def delete_contact(self, contact: int) -> bool:
+        """Delete the contact (``DELETE /v2/contacts/{id}``, ``ApiContact_DeleteContact``, answered
+        ``204``); False when it was already gone (``404``). Deleting twice is harmless, so the call
+        is retried on faults."""
+        resp = self.http.request("DELETE", f"/v2/contacts/{int(contact)}", family="default", expect=(204, 404))
+        return resp.status_code == 204
 
 
 def field_value(segments: Sequence[str], separator: str) -> str:

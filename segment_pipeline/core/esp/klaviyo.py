@@ -40,6 +40,9 @@ DEFAULT_LIMITS: dict[str, list[tuple[int, float]]] = {
     "create_list": [(10, 1.0), (150, 60.0), (150, 86400.0)],
     "get_lists": [(75, 1.0), (750, 60.0)],
     "get_profiles": [(75, 1.0), (750, 60.0)],
+    #: data-privacy deletion jobs: burst 3/s, steady 60/m (``x-klaviyo-ratelimit`` of
+    #: ``request_profile_deletion.json``)
+    "request_profile_deletion": [(3, 1.0), (60, 60.0)],
 }
 
 
@@ -227,3 +230,18 @@ class KlaviyoClient(EspClient):
 
     def remove_from_list(self, list_id: str, profile_ids: Sequence[str]) -> int:
         return self._members("DELETE", "remove_profiles_from_list", list_id, profile_ids)
+
+    # -- data privacy (issue 15) -----------------------------------------------------------
+    def request_deletion(self, email: str) -> None:
+        """Ask Klaviyo to delete every profile with this email: ``POST /api/data-privacy-deletion-jobs``
+        (``DataPrivacyCreateDeletionJobQuery``, one identifier per request, answered ``202`` without a
+        body; the deletion itself happens later, asynchronously), key scope ``data-privacy:write``,
+        rate limit burst 3/s, steady 60/m
+        (https://developers.klaviyo.com/en/reference/request_profile_deletion and its OpenAPI spec,
+        ``segment_pipeline_tests/fakes/specs/klaviyo/request_profile_deletion.json``). Asking twice
+        is harmless, so the call is retried on faults. Errors name the path only, never the address.
+        Confirm with :meth:`profile_ids` (the profile is no longer found)."""
+        body = {"data": {"type": "data-privacy-deletion-job",
+                         "attributes": {"profile": {"data": {"type": "profile", "attributes": {"email": email}}}}}}
+        self.http.request("POST", "/api/data-privacy-deletion-jobs", family="request_profile_deletion",
+                          json_body=body, content_type=JSONAPI, expect=(202,))

@@ -359,6 +359,32 @@ class Ledger:
                 con.execute(f"UPDATE destinations SET {col} = coalesce({col}, ?){extra} "
                             "WHERE request_id = ? AND destination = ?", [now, request_id, destination])
 
+    def mark_many(self, request_ids: Iterable[str], destination: str,
+                  state: Literal["asked", "done", "confirmed", "failed"], detail: str = "") -> None:
+        """:meth:`mark` for many requests at one destination in one transaction (KeyError if one is
+        unknown): the erasure marks a batch of addresses at once (one ledger transaction per batch
+        and state, not per address)."""
+        if state not in DESTINATION_STATES:
+            raise ValueError(f"unknown state {state!r}; one of {DESTINATION_STATES}")
+        ids = sorted(set(request_ids))
+        if not ids:
+            return
+        with self._open(write=False) as con:
+            con.register("mark_ids", pa.table({"request_id": pa.array(ids, pa.string())}))
+            unknown = con.execute("SELECT request_id FROM mark_ids WHERE request_id NOT IN "
+                                  "(SELECT request_id FROM requests) LIMIT 1").fetchall()
+            if unknown:
+                raise KeyError(f"no deletion request {unknown[0][0]!r} in the ledger")
+            con.execute("INSERT OR IGNORE INTO destinations (request_id, destination) "
+                        "SELECT request_id, ? FROM mark_ids", [destination])
+            where = "WHERE destination = ? AND request_id IN (SELECT request_id FROM mark_ids)"
+            if state == "failed":
+                con.execute(f"UPDATE destinations SET last_error = ? {where}", [detail or "failed", destination])
+            else:
+                col = {"asked": "asked_at", "done": "done_at", "confirmed": "confirmed_at"}[state]
+                extra = ", attempts = attempts + 1" if state == "asked" else ""
+                con.execute(f"UPDATE destinations SET {col} = coalesce({col}, ?){extra} {where}", [_now(), destination])
+
     def status(self, request_id: str | None = None) -> list[dict]:
         """Per request and destination (one row with ``destination`` None for a request no
         destination has touched yet): ``request_id, email_sha256, requested_at, source,

@@ -147,6 +147,27 @@ class Outcome:
     ref: str = ""
 
 
+@dataclass(frozen=True)
+class Erasure:
+    """What a destination said about erasing one address (:meth:`Destination.erase`, issue 15).
+
+    ``state``: ``confirmed`` (the vendor confirmed the deletion, or its own lookup no longer finds
+    the contact: verified absence), ``done`` (the vendor accepted the deletion request but it is
+    not verified yet: checked again on the next run), ``failed`` (``detail`` says why; asked
+    again on the next run). ``detail``: the vendor's words or ours, never the address.
+    """
+
+    state: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.state not in ERASURE_STATES:
+            raise ValueError(f"erasure state must be one of {ERASURE_STATES}, got {self.state!r}")
+
+
+ERASURE_STATES = ("confirmed", "done", "failed")
+
+
 class Destination(abc.ABC):
     """A destination adapter: one instance per run, holding the client (None: dry run) and settings.
 
@@ -257,6 +278,22 @@ class Destination(abc.ABC):
         """The property/field/attribute holding the segment names (never a mapping's target);
         None for destinations holding members only."""
         return None
+
+    # -- erasure (issue 15: deletion requests propagated to the destination) ---------------------
+    #: addresses per :meth:`erase` call; 0: this destination cannot erase
+    erase_batch: ClassVar[int] = 0
+
+    def erase(self, emails: Sequence[str], known: Sequence[str] = ()) -> dict[str, Erasure]:
+        """Delete the contacts/profiles with these (normalised) addresses through the vendor's own
+        deletion endpoint, and confirm it where the vendor allows: ``email -> Erasure`` for every
+        address given. ``known``: the containers (:attr:`Target.container`) this destination's
+        mirror has ever held, for destinations that erase per container (Meta audiences).
+
+        Must be idempotent (a re-run after a crash asks again): look up first, and treat "not
+        found" as confirmed. Raises :class:`~segment_pipeline.core.esp.http.EspAuthError` when the
+        credentials cannot delete at all; any other failure of one address is its ``failed``
+        :class:`Erasure`. Never puts an address into an error, log line or ``detail``."""
+        raise NotImplementedError(f"{self.name} cannot erase contacts")
 
 
 # -- one run ----------------------------------------------------------------------------------

@@ -60,13 +60,14 @@ identifier, our one attribute and the mapped fields.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from segment_pipeline.core.esp import braze as bz
+from segment_pipeline.core.esp.http import EspAuthError, EspError
 from segment_pipeline.core.sync.diff import CLEAR, ValueFit
-from segment_pipeline.core.sync.engine import Capabilities, Destination, Limits, Option, Outcome
+from segment_pipeline.core.sync.engine import Capabilities, Destination, Erasure, Limits, Option, Outcome
 from segment_pipeline.core.sync.fields import members_sql
 from segment_pipeline.core.sync.state import Target
 from segment_pipeline.core.warehouse import sql_string
@@ -111,7 +112,8 @@ class BrazeDestination(Destination):
     description = "Braze nosto_segment array custom attribute (users identified by email), for the synced segments."
     capabilities = Capabilities(property_upsert=True, list_add=False, list_remove=False)
     options = (
-        Option("api_key", "BRAZE_API_KEY", secret=True, help="REST API key with the users.track permission"),
+        Option("api_key", "BRAZE_API_KEY", secret=True,
+               help="REST API key with the users.track permission (users.export.ids, users.delete to erase)"),
         Option("rest_endpoint", "BRAZE_REST_ENDPOINT", "",
                help="the workspace's REST endpoint, e.g. https://rest.iad-01.braze.com"),
         Option("attribute", "SEGMENT_PIPELINE_BRAZE_ATTRIBUTE", "nosto_segment", help="array custom attribute"),
@@ -203,3 +205,34 @@ class BrazeDestination(Destination):
         return {"attribute": self.settings.attribute, "identify_by": "email",
                 "max_array_length": self.settings.max_array_length}
 
+    # -- erasure (issue 15) -------------------------------------------------------------------
+    erase_batch = 50
+
+    def erase(self, emails: Sequence[str], known: Sequence[str] = ()) -> dict[str, Erasure]:
+        """Per address: find every user profile with it (``POST /users/export/ids`` with
+        ``email_address``; none: confirmed), delete them by ``braze_ids`` (``POST /users/delete``,
+        up to 50 per request) and look again: confirmed once the export finds none. Braze queues
+        deletions (its answer counts the profiles "queued for deletion"), so a profile still
+        exported is ``done`` and checked again on the next run. The key needs the
+        ``users.export.ids`` and ``users.delete`` permissions besides ``users.track``
+        (https://www.braze.com/docs/api/endpoints/user_data/post_user_delete/,
+        https://www.braze.com/docs/api/endpoints/export/user_data/post_users_identifier/)."""
+        assert self.client is not None
+        out: dict[str, Erasure] = {}
+        for email in emails:
+            try:
+                ids = self.client.user_ids(email)
+                if not ids:
+                    out[email] = Erasure("confirmed", "no Braze user profile has this address")
+                    continue
+                queued = self.client.delete_users(ids)
+                if not self.client.user_ids(email):
+                    out[email] = Erasure("confirmed", f"{len(ids)} user profile(s) deleted; no longer exported")
+                else:
+                    out[email] = Erasure("done", f"{queued} of {len(ids)} user profile(s) queued for deletion, still "
+                                                 "exported: checked again on the next run")
+            except EspAuthError:
+                raise
+            except EspError as exc:
+                out[email] = Erasure("failed", str(exc).replace(email, "<address>")[:500])
+        return out

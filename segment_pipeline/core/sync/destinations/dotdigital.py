@@ -43,8 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from segment_pipeline.core.esp import dotdigital as dd
+from segment_pipeline.core.esp.http import EspAuthError, EspError
 from segment_pipeline.core.sync.diff import UPSERT, ValueFit
-from segment_pipeline.core.sync.engine import Capabilities, Destination, Limits, Option, Outcome
+from segment_pipeline.core.sync.engine import Capabilities, Destination, Erasure, Limits, Option, Outcome
 from segment_pipeline.core.sync.fields import UNSET_PREFIX, path_literal
 from segment_pipeline.core.sync.state import Target
 
@@ -185,3 +186,31 @@ class DotdigitalDestination(Destination):
 
     def dry_removal(self, emails: Sequence[str]) -> bytes:
         return json.dumps({"addressBookId": self.container_ref, "emails": list(emails)}, indent=1).encode()
+
+    # -- erasure (issue 15) -------------------------------------------------------------------
+    erase_batch = 100
+
+    def erase(self, emails: Sequence[str], known: Sequence[str] = ()) -> dict[str, Erasure]:
+        """Per address: look the contact up (``GET /v2/contacts/{email}``; ``404``: no such contact,
+        confirmed), delete it (``DELETE /v2/contacts/{id}``; ``404``: already gone) and look it up
+        again: confirmed once dotdigital no longer finds it (``v2-api-swagger.json``,
+        ``ApiContact_GetContactByEmail`` / ``ApiContact_DeleteContact``). Deleting the contact
+        removes it from every address book of the account, not only ours."""
+        assert self.client is not None
+        out: dict[str, Erasure] = {}
+        for email in emails:
+            try:
+                contact = self.client.contact_id(email)
+                if contact is None:
+                    out[email] = Erasure("confirmed", "no dotdigital contact has this address")
+                    continue
+                self.client.delete_contact(contact)
+                if self.client.contact_id(email) is None:
+                    out[email] = Erasure("confirmed", "contact deleted; no longer found")
+                else:
+                    out[email] = Erasure("done", "contact deleted (204) but still found: checked again on the next run")
+            except EspAuthError:
+                raise
+            except EspError as exc:
+                out[email] = Erasure("failed", str(exc).replace(email, "<address>")[:500])
+        return out

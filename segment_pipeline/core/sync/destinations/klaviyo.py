@@ -28,13 +28,15 @@ property only when it changed), so everything else on the profile is left as it 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from segment_pipeline.core.esp import klaviyo as kl
+from segment_pipeline.core.esp.http import EspAuthError, EspError
 from segment_pipeline.core.sync.diff import UPSERT
-from segment_pipeline.core.sync.engine import Capabilities, Destination, Limits, Option, Outcome
+from segment_pipeline.core.sync.engine import Capabilities, Destination, Erasure, Limits, Option, Outcome
 from segment_pipeline.core.sync.fields import cleared_names_sql, members_sql
 from segment_pipeline.core.sync.state import Target
 from segment_pipeline.core.warehouse import sql_string
@@ -58,7 +60,7 @@ class KlaviyoDestination(Destination):
     capabilities = Capabilities(property_upsert=True, list_add=True, list_remove=True)
     options = (
         Option("api_key", "KLAVIYO_API_KEY", secret=True,
-               help="private API key (scopes lists:read/write, profiles:read/write)"),
+               help="private API key (scopes lists:read/write, profiles:read/write; data-privacy:write to erase)"),
         Option("base_url", "KLAVIYO_BASE_URL", kl.DEFAULT_BASE_URL),
         Option("revision", "KLAVIYO_REVISION", kl.DEFAULT_REVISION, help="API revision header"),
         Option("list_name", "SEGMENT_PIPELINE_KLAVIYO_LIST", "Nosto Customers"),
@@ -151,3 +153,49 @@ class KlaviyoDestination(Destination):
 
     def summary(self) -> dict[str, object]:
         return {"list_name": self.settings.list_name, "property_name": self.settings.property_name}
+
+    # -- erasure (issue 15) -------------------------------------------------------------------
+    #: profiles looked up per call (``any(email,[...])`` takes 100 values)
+    erase_batch = kl.MAX_FILTER_VALUES
+    #: how long :meth:`erase` keeps checking for the deleted profiles to disappear (seconds);
+    #: what is still found then is ``done`` and checked again on the next run
+    erase_wait_seconds: float = 30.0
+
+    def erase(self, emails: Sequence[str], known: Sequence[str] = ()) -> dict[str, Erasure]:
+        """Klaviyo's data-privacy deletion job per address (``POST /api/data-privacy-deletion-jobs``,
+        one profile identifier per request, 60 per minute: :meth:`KlaviyoClient.request_deletion`),
+        for the addresses a profile lookup (``GET /api/profiles?filter=any(email,[...])``) finds;
+        an address no profile has is confirmed at once. Klaviyo deletes asynchronously and sends
+        no confirmation, so a deletion is confirmed when the lookup no longer finds the profile
+        (checked for up to :attr:`erase_wait_seconds`, then again on the next run)."""
+        assert self.client is not None
+        out: dict[str, Erasure] = {}
+        found = {e.strip().lower() for e in self.client.profile_ids(list(emails))}
+        asked: set[str] = set()
+        for email in emails:
+            if email not in found:
+                out[email] = Erasure("confirmed", "no Klaviyo profile has this address")
+                continue
+            try:
+                self.client.request_deletion(email)
+            except EspAuthError:
+                raise
+            except EspError as exc:
+                out[email] = Erasure("failed", str(exc).replace(email, "<address>")[:500])
+                continue
+            asked.add(email)
+        deadline = time.monotonic() + self.erase_wait_seconds
+        delay = 0.2
+        while asked:
+            still = {e.strip().lower() for e in self.client.profile_ids(sorted(asked))}
+            for email in asked - still:
+                out[email] = Erasure("confirmed", "deletion job accepted; the profile is no longer found")
+            asked &= still
+            if not asked or time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        for email in asked:
+            out[email] = Erasure("done", "deletion job accepted (202); the profile is still found: checked again "
+                                         "on the next run")
+        return out

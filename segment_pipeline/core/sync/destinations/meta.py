@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from segment_pipeline.core.esp import meta as mt
-from segment_pipeline.core.esp.http import EspError
+from segment_pipeline.core.esp.http import EspAuthError, EspError
 from segment_pipeline.core.sync.diff import UPSERT
-from segment_pipeline.core.sync.engine import Capabilities, Destination, Limits, Option, Outcome
+from segment_pipeline.core.sync.engine import Capabilities, Destination, Erasure, Limits, Option, Outcome
 from segment_pipeline.core.sync.hashing import meta_email_hash, meta_email_hash_sql
 from segment_pipeline.core.sync.state import Target
 
@@ -153,3 +153,38 @@ class MetaDestination(Destination):
     def summary(self) -> dict[str, object]:
         return {"audience": self.audience_name() if self.segment else None,
                 "ad_account_id": self.client.ad_account_id if self.client else None}
+
+    # -- erasure (issue 15) -------------------------------------------------------------------
+    erase_batch = 1_000
+
+    def audiences_known(self, known: Sequence[str]) -> list[str]:
+        """The ids of this ad account's audiences among the mirror's containers
+        (``meta|<url>/act_<id>|audience=<audience id>``)."""
+        assert self.client is not None
+        head = f"meta|{self.client.account_url}|audience="
+        return sorted({c[len(head):] for c in known if c.startswith(head) and c[len(head):]})
+
+    def erase(self, emails: Sequence[str], known: Sequence[str] = ()) -> dict[str, Erasure]:
+        """Remove the addresses' hashes from every audience this sync ever created or filled in the
+        ad account (``known``: the mirror's audiences; ``DELETE /{audience}/users``, schema
+        ``EMAIL_SHA256``, up to 10,000 per call). Removing a hash that is not a member is harmless.
+        Meta deletes no person (a Custom Audience holds hashes only) and offers no way to read an
+        audience's members back, so "confirmed" is Meta's answer receiving every hash for every
+        audience (``num_received``, no invalid entries); a short answer is ``failed`` and retried."""
+        assert self.client is not None
+        audiences = self.audiences_known(known)
+        if not audiences:
+            return {e: Erasure("confirmed", "no audience of this ad account was ever synced") for e in emails}
+        body = self.dry_removal(emails)
+        for audience in audiences:
+            try:
+                result = self.client.users("DELETE", audience, body)
+            except EspAuthError:
+                raise
+            except EspError as exc:
+                return {e: Erasure("failed", f"audience {audience}: {exc}"[:500]) for e in emails}
+            if result.received != len(emails) or result.invalid:
+                return {e: Erasure("failed", f"audience {audience}: Meta received {result.received} of {len(emails)} "
+                                             f"hashes ({result.invalid} invalid)") for e in emails}
+        return {e: Erasure("confirmed", f"hash removed from {len(audiences)} audience(s); Meta received every hash")
+                for e in emails}
