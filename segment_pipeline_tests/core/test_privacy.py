@@ -472,7 +472,7 @@ def test_a_failed_contact_lookup_names_the_endpoint_not_the_address():
         bad = DotdigitalClient("wrong-user", "wrong-password", base_url=dotdigital.url, policy=FAST)
         with pytest.raises(EspError) as err:
             bad.contact_id("jane@example.com")
-        assert "jane" not in str(err.value) and "/v2/contacts/{email}" in str(err.value) and err.value.status == 401
+        assert "jane" not in str(err.value) and "/v2/contacts/<address>" in str(err.value) and err.value.status == 401
 
 
 def test_sigkill_mid_removal_then_rerun_still_removes_the_suppressed(tmp_path, privacy, monkeypatch):

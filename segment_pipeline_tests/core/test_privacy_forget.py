@@ -295,7 +295,7 @@ def test_request_files_and_the_scrub_of_payload_kinds(tmp_path):
 
 def test_deletion_requests_landing_source_runs_the_same_forget(tmp_path, monkeypatch):
     from segment_pipeline.core.landing_watch import source_folders
-    from segment_pipeline.defs.privacy.assets import deletion_requests
+    from segment_pipeline.defs.privacy.deletion import deletion_requests
 
     landing, wh, exports = tmp_path / "landing", Warehouse(tmp_path / "warehouse"), tmp_path / "exports"
     sources = tmp_path / "sources.yaml"
