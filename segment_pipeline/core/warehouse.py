@@ -54,6 +54,9 @@ STAGING_DIR = "_staging"
 #: derived from the declared data model (:meth:`segment_pipeline.core.model.DataModel.schemas`):
 #: read a table's columns with :meth:`Warehouse.schema`.
 MODEL_TABLES = ("raw_profiles", "raw_events", "profiles")
+#: The incremental state of profiles and traits (:mod:`segment_pipeline.core.incremental`, which
+#: writes and reads them with their own model-derived columns; ``docs/incremental.md``).
+STATE_TABLES = ("event_rollups", "pending_events", "profile_state")
 SCHEMAS: dict[str, dict[str, str]] = {
     "quarantine_profiles": {
         "source_file": "VARCHAR",
@@ -163,7 +166,7 @@ class Warehouse:
 
     # -- paths ---------------------------------------------------------------------------
     def table_dir(self, table: str) -> Path:
-        if table not in SCHEMAS and table not in MODEL_TABLES:
+        if table not in SCHEMAS and table not in MODEL_TABLES and table not in STATE_TABLES:
             raise KeyError(f"unknown warehouse table {table!r}; known: {sorted([*SCHEMAS, *MODEL_TABLES])}")
         return self.root / table
 
