@@ -48,7 +48,7 @@ from segment_pipeline.core.warehouse import (
 )
 
 q = sql_ident
-__all__ = ["STATE_TABLES", "build_state", "profiles_from_state_sql", "plan", "fingerprint", "watermark"]
+__all__ = ["STATE_TABLES", "build_state", "fingerprint", "plan", "profiles_from_state_sql", "rebuild", "watermark"]
 
 #: Bump when the layout or meaning of the state tables changes: older state is then rebuilt.
 STATE_VERSION = "1"
@@ -507,7 +507,7 @@ def build_state(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str |
         mode = "incremental"
     state_sql = _merge_select(model, pl, rows)
     _write(con, warehouse, "profile_state", day, state_sql, params, "email NULLS FIRST",
-           {**meta, "inputs": watermark(warehouse, day)})
+           {**meta, "inputs": watermark(warehouse, day), "mode": mode})
     for name in ("inc_vis", "inc_rv", *(f"inc_touched_{n}" for n in pl.windows)):
         con.execute(f"DROP TABLE IF EXISTS {name}")
     n = con.execute(f"SELECT count(*) FROM {_read(warehouse, 'profile_state', [day])}").fetchall()[0][0]
@@ -543,3 +543,34 @@ def profiles_from_state_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[s
     FROM s LEFT JOIN c USING (email)
     """
     return sql, _used(sql, params)
+
+
+def rebuild(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, first: str | dt.date,
+            last: str | dt.date | None = None, progress=None) -> list[tuple[dt.date, int, str]]:
+    """Rebuild the profiles from ``first`` through ``last`` (default: the latest day with a raw or
+    profiles partition): a full build of the state of ``first`` (from every raw partition up to
+    it), then the incremental step for each later day. For a model change, or to re-base the
+    state. Returns ``(day, identities, mode)`` per day; ``progress`` (if given) is called with each.
+    Raises ``ValueError`` when ``last`` is before ``first`` or there is nothing to rebuild.
+    """
+    from segment_pipeline.core.profiles import build_profiles
+
+    first = as_date(first)
+    if last is None:
+        known = [d for t in ("raw_profiles", "raw_events", "profiles") for d in warehouse.partition_dates(t)]
+        if not known:
+            raise ValueError(f"nothing to rebuild: the warehouse {warehouse.root} has no raw or profiles partitions")
+        last = max(known)
+    last = as_date(last)
+    if last < first:
+        raise ValueError(f"rebuild: the last day {last} is before the first day {first}")
+    out = []
+    day = first
+    while day <= last:
+        n = build_profiles(con, warehouse, day, full_rebuild=day == first)
+        mode = "full" if day == first else _meta(con, warehouse, "profile_state", day).get("mode", "incremental")
+        out.append((day, n, mode))
+        if progress:
+            progress(day, n, mode)
+        day += dt.timedelta(days=1)
+    return out

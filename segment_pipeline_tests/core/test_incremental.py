@@ -231,3 +231,25 @@ def test_sample_profiles_and_memberships_equal_a_full_recompute_every_day(tmp_pa
                            ).fetchall() == [(0,)]
     assert con.execute(f"SELECT count(*) FROM {inc.scan('profiles', days=[days[-1]])}").fetchall() == [(3000,)]
     assert con.execute(f"SELECT count(*) FROM {inc.scan('memberships', days=[days[-1]])}").fetchall() == [(7449,)]
+
+
+def test_rebuild_command_builds_the_first_day_in_full_and_continues(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from segment_pipeline import cli
+
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(MODEL_DOC))
+    monkeypatch.setenv("SEGMENT_PIPELINE_MODEL", str(tmp_path / "model.yaml"))
+    monkeypatch.setenv("SEGMENT_PIPELINE_WAREHOUSE", str(tmp_path / "wh"))
+    wh = Warehouse(tmp_path / "wh", MODEL)
+    con = connect()
+    for day in DAYS[:4]:
+        _land(wh, con, day)
+    assert cli.main(["rebuild", "--from", str(DAYS[1])]) == 0
+    out = capsys.readouterr().out
+    assert f"{DAYS[1]}  full" in out and f"{DAYS[3]}  incremental" in out and str(DAYS[0]) not in out.splitlines()[0]
+    for day in DAYS[1:4]:
+        diff, n_ref, n_new = _differences(con, wh, day)
+        assert (day, diff, n_new) == (day, 0, n_ref)
+    assert cli.main(["rebuild", "--from", str(DAYS[3]), "--to", str(DAYS[1])]) == 2
+    assert "before the first day" in capsys.readouterr().err
