@@ -91,6 +91,9 @@ class Plan:
     params: dict[str, object]
     columns: tuple[str, ...]  # raw_events columns read (plus date)
     windows: list[int] = field(default_factory=list)
+    #: (rollups, pending, state) tables; ``profiles``: the state also holds the latest-wins fields
+    tables: tuple[str, str, str] = ("event_rollups", "pending_events", "profile_state")
+    profiles: bool = True
 
     def partials(self) -> list[Partial]:
         return [p for t in self.traits for p in t.partials]
@@ -262,6 +265,9 @@ CUSTOM_TYPE = f"STRUCT(k VARCHAR, v VARCHAR, o {ORD_TYPE})[]"
 
 
 def _state_columns(model: DataModel, pl: Plan) -> list[tuple[str, str]]:
+    if not pl.profiles:
+        return [("email", "VARCHAR"), ("first_event_at", "TIMESTAMP"), ("last_event_at", "TIMESTAMP"),
+                *[(p.name, p.type) for p in pl.partials()]]
     return [
         ("email", "VARCHAR"), *_attr_partials(model), ("custom", CUSTOM_TYPE),
         ("updated_at", "TIMESTAMP"), ("first_profile_at", "TIMESTAMP"), ("first_created_at", "TIMESTAMP"),
@@ -310,11 +316,12 @@ def _profile_day_sql(warehouse: Warehouse, raw: str) -> str:
 def _merge_select(model: DataModel, pl: Plan, rows: str) -> str:
     """Merge partial rows (``rows``: a relation with every state column) per email."""
     out = ["email"]
-    for j in range(len(_attr_partials(model)) // 2):
-        out.append(f"arg_max_null(a{j}_v, a{j}_o) FILTER (WHERE a{j}_o IS NOT NULL) AS a{j}_v, max(a{j}_o) AS a{j}_o")
-    out += ["max(updated_at) AS updated_at", "min(first_profile_at) AS first_profile_at",
-            "min(first_created_at) AS first_created_at", "min(first_event_at) AS first_event_at",
-            "max(last_event_at) AS last_event_at"]
+    if pl.profiles:
+        for j in range(len(_attr_partials(model)) // 2):
+            out.append(f"arg_max_null(a{j}_v, a{j}_o) FILTER (WHERE a{j}_o IS NOT NULL) AS a{j}_v, max(a{j}_o) AS a{j}_o")
+        out += ["max(updated_at) AS updated_at", "min(first_profile_at) AS first_profile_at",
+                "min(first_created_at) AS first_created_at"]
+    out += ["min(first_event_at) AS first_event_at", "max(last_event_at) AS last_event_at"]
     vcs = []
     for p in pl.partials():
         if p.merge == "sum":
@@ -331,7 +338,7 @@ def _merge_select(model: DataModel, pl: Plan, rows: str) -> str:
         "LEFT JOIN (SELECT email, list({'k': k, 'v': v, 'o': o} ORDER BY k) AS custom FROM ("
         "SELECT email, e.k AS k, arg_max_null(e.v, e.o) AS v, max(e.o) AS o FROM "
         "(SELECT email, unnest(custom) AS e FROM rows WHERE custom IS NOT NULL) GROUP BY email, e.k) GROUP BY email) cu USING (email)"
-    ]
+    ] if pl.profiles else []
     for j, p in enumerate(vcs):
         joins.append(
             f"LEFT JOIN (SELECT email, CAST(list({{'v': v, 'n': n}} ORDER BY v) AS {p.type}) AS {p.name} FROM ("
@@ -400,7 +407,8 @@ class StateReport:
 def _can_continue(con, warehouse: Warehouse, day: dt.date, pl: Plan, fp: str) -> str:
     """'' when state(day-1) can be continued, else the reason for a full build."""
     prev = day - dt.timedelta(days=1)
-    meta = _meta(con, warehouse, "profile_state", prev)
+    rollups, pending, state = pl.tables
+    meta = _meta(con, warehouse, state, prev)
     if not meta:
         return f"no state for {prev}"
     if meta.get("model") != fp:
@@ -409,9 +417,9 @@ def _can_continue(con, warehouse: Warehouse, day: dt.date, pl: Plan, fp: str) ->
         return f"raw partitions up to {prev} changed since its state was built (re-run the days after a late file)"
     need = [prev] + [prev - dt.timedelta(days=i) for i in range(1, (max(pl.windows) if pl.windows else 0) + 1)]
     for d in need:
-        if _meta(con, warehouse, "event_rollups", d).get("model") != fp:
+        if _meta(con, warehouse, rollups, d).get("model") != fp:
             return f"the event rollups of {d} are missing or from another data model"
-    if _meta(con, warehouse, "pending_events", prev).get("model") != fp:
+    if _meta(con, warehouse, pending, prev).get("model") != fp:
         return f"the pending events of {prev} are missing or from another data model"
     return ""
 
@@ -421,13 +429,16 @@ def _event_cols(pl: Plan, warehouse: Warehouse) -> list[str]:
     return [c for c in pl.columns if c in have]
 
 
-def build_state(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str | dt.date, full: bool = False) -> StateReport:
+def build_state(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str | dt.date, full: bool = False,
+                pl: Plan | None = None, fp: str | None = None) -> StateReport:
     """Write ``event_rollups``, ``pending_events`` and ``profile_state`` for ``day`` (see the module
-    doc); return how it was built."""
+    doc); return how it was built. Another ``pl`` (with its fingerprint ``fp``) keeps another
+    state in its own tables the same way (the segments' event rules: ``segment_state``)."""
     day = as_date(day)
     model = warehouse.model
-    pl = plan(model)
-    fp = fingerprint(model)
+    if pl is None:
+        pl, fp = plan(model), fingerprint(model)
+    rollups, pending, state = pl.tables
     reason = "full rebuild requested" if full else _can_continue(con, warehouse, day, pl, fp)
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
     params: dict[str, object] = {**{k: v for k, v in pl.params.items() if k != "t_day"}, "end_ts": end}
@@ -446,16 +457,16 @@ def build_state(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str |
         con.execute(rv_sql, _used(rv_sql, params))
         first = day - dt.timedelta(days=max(pl.windows) if pl.windows else 0)
         for d in sorted({first + dt.timedelta(days=i) for i in range((day - first).days + 1)}):
-            _write(con, warehouse, "event_rollups", d,
+            _write(con, warehouse, rollups, d,
                    f"SELECT * EXCLUDE (visible_on) FROM inc_rv WHERE visible_on = DATE '{d.isoformat()}'", {},
                    "occurred_on, email", meta)
-        _write(con, warehouse, "pending_events", day,
+        _write(con, warehouse, pending, day,
                f"SELECT {pend_cols} FROM {raw_ev} WHERE occurred_at >= $end_ts AND email IS NOT NULL", params,
                "landed_on, source_file, source_line, occurred_at, email", meta)
         mask = _window_mask(pl, day, params)
         rows = " UNION ALL ".join([
-            _project(model, pl, f"({_profile_day_sql(warehouse, warehouse.scan('raw_profiles', upto=day))})",
-                     attrs=True, seen=False),
+            *([_project(model, pl, f"({_profile_day_sql(warehouse, warehouse.scan('raw_profiles', upto=day))})",
+                        attrs=True, seen=False)] if pl.profiles else []),
             _project(model, pl, "inc_rv", attrs=False, seen=True, partial=mask),
         ])
         mode = "full"
@@ -465,25 +476,25 @@ def build_state(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str |
         vis = (f"(SELECT {sel}, date, occurred_at::DATE AS occurred_on FROM {warehouse.scan('raw_events', days=[day])} "
                f"WHERE occurred_at < $end_ts AND email IS NOT NULL "
                f"UNION ALL SELECT {sel}, landed_on AS date, occurred_at::DATE AS occurred_on "
-               f"FROM {_read(warehouse, 'pending_events', [prev])} WHERE occurred_at < $end_ts)")
-        _write(con, warehouse, "event_rollups", day, _rollup_sql(pl, vis, ["email", "occurred_on"]), params,
+               f"FROM {_read(warehouse, pending, [prev])} WHERE occurred_at < $end_ts)")
+        _write(con, warehouse, rollups, day, _rollup_sql(pl, vis, ["email", "occurred_on"]), params,
                "occurred_on, email", meta)
-        _write(con, warehouse, "pending_events", day,
+        _write(con, warehouse, pending, day,
                f"SELECT {pend_cols} FROM {warehouse.scan('raw_events', days=[day])} WHERE occurred_at >= $end_ts "
-               f"AND email IS NOT NULL UNION ALL SELECT {sel}, landed_on FROM {_read(warehouse, 'pending_events', [prev])} "
+               f"AND email IS NOT NULL UNION ALL SELECT {sel}, landed_on FROM {_read(warehouse, pending, [prev])} "
                f"WHERE occurred_at >= $end_ts", params, "landed_on, source_file, source_line, occurred_at, email", meta)
-        today = _read(warehouse, "event_rollups", [day])
-        prev_state = _read(warehouse, "profile_state", [prev])
+        today = _read(warehouse, rollups, [day])
+        prev_state = _read(warehouse, state, [prev])
         mask = _window_mask(pl, day, params, skip_non_invertible=True)
         non_inv = {t.window for t in pl.traits if t.window and not all(p.invertible for p in t.partials)}
-        parts = [_project(model, pl, f"({_profile_day_sql(warehouse, warehouse.scan('raw_profiles', days=[day]))})",
-                          attrs=True, seen=False),
+        parts = [*([_project(model, pl, f"({_profile_day_sql(warehouse, warehouse.scan('raw_profiles', days=[day]))})",
+                             attrs=True, seen=False)] if pl.profiles else []),
                  _project(model, pl, today, attrs=False, seen=True, partial=mask)]
         keep_prev: dict[str, str] = {}
         for n in pl.windows:
             leaving = day - dt.timedelta(days=n)
             params[f"x_{n}"] = leaving
-            exp_rel = (f"(SELECT * FROM {_read(warehouse, 'event_rollups', [leaving + dt.timedelta(days=i) for i in range(n)])}"
+            exp_rel = (f"(SELECT * FROM {_read(warehouse, rollups, [leaving + dt.timedelta(days=i) for i in range(n)])}"
                        f" WHERE occurred_on = $x_{n})")
             win = [t for t in pl.traits if t.window == n]
             inv = {p.name: _negate(p) for t in win if all(p.invertible for p in t.partials) for p in t.partials}
@@ -494,7 +505,7 @@ def build_state(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str |
                 touched = (f"(SELECT email FROM {today} WHERE occurred_on >= $w_{n} "
                            f"UNION SELECT email FROM {exp_rel})")
                 con.execute(f"CREATE OR REPLACE TEMP TABLE inc_touched_{n} AS {touched}", _used(touched, params))
-                window_rel = (f"(SELECT * FROM {_read(warehouse, 'event_rollups', [day - dt.timedelta(days=i) for i in range(n)])}"
+                window_rel = (f"(SELECT * FROM {_read(warehouse, rollups, [day - dt.timedelta(days=i) for i in range(n)])}"
                               f" WHERE occurred_on >= $w_{n} AND email IN (SELECT email FROM inc_touched_{n}))")
                 parts.append(_project(model, pl, window_rel, attrs=False, seen=False, partial={p.name: p.name for p in rec}))
                 for p in rec:
@@ -506,11 +517,11 @@ def build_state(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str |
         rows = " UNION ALL ".join(parts)
         mode = "incremental"
     state_sql = _merge_select(model, pl, rows)
-    _write(con, warehouse, "profile_state", day, state_sql, params, "email NULLS FIRST",
+    _write(con, warehouse, state, day, state_sql, params, "email NULLS FIRST",
            {**meta, "inputs": watermark(warehouse, day), "mode": mode})
     for name in ("inc_vis", "inc_rv", *(f"inc_touched_{n}" for n in pl.windows)):
         con.execute(f"DROP TABLE IF EXISTS {name}")
-    n = con.execute(f"SELECT count(*) FROM {_read(warehouse, 'profile_state', [day])}").fetchall()[0][0]
+    n = con.execute(f"SELECT count(*) FROM {_read(warehouse, state, [day])}").fetchall()[0][0]
     return StateReport(day, mode, reason, n)
 
 

@@ -56,7 +56,7 @@ STAGING_DIR = "_staging"
 MODEL_TABLES = ("raw_profiles", "raw_events", "profiles")
 #: The incremental state of profiles and traits (:mod:`segment_pipeline.core.incremental`, which
 #: writes and reads them with their own model-derived columns; ``docs/incremental.md``).
-STATE_TABLES = ("event_rollups", "pending_events", "profile_state")
+STATE_TABLES = ("event_rollups", "pending_events", "profile_state", "segment_rollups", "segment_pending", "segment_state")
 SCHEMAS: dict[str, dict[str, str]] = {
     "quarantine_profiles": {
         "source_file": "VARCHAR",
