@@ -48,7 +48,8 @@ from segment_pipeline.core.warehouse import (
 )
 
 q = sql_ident
-__all__ = ["STATE_TABLES", "build_state", "fingerprint", "plan", "profiles_from_state_sql", "rebuild", "watermark"]
+__all__ = ["STATE_TABLES", "build_state", "fingerprint", "plan", "profiles_from_state_sql", "rebuild", "segment_plan",
+           "watermark"]
 
 #: Bump when the layout or meaning of the state tables changes: older state is then rebuilt.
 STATE_VERSION = "1"
@@ -554,6 +555,30 @@ def profiles_from_state_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[s
     FROM s LEFT JOIN c USING (email)
     """
     return sql, _used(sql, params)
+
+
+def segment_plan(catalog, day: dt.date, model: DataModel) -> tuple[Plan, str] | None:
+    """The plan (and fingerprint) of the segments' incremental state: one partial per event
+    feature and value counts per top value of their ``event:`` and ``affinity:`` rules
+    (:func:`segment_pipeline.core.segments.event_features`), in ``segment_rollups``,
+    ``segment_pending``, ``segment_state``. ``None`` when a rule cannot be kept incrementally."""
+    from segment_pipeline.core.segments import event_features
+
+    feats = event_features(catalog, day)
+    if feats is None:
+        return None
+    traits = []
+    for name, (agg, days, typ, invertible) in feats.features.items():
+        traits.append(TraitPlan(name, "feature", days, [Partial(name, typ, f"CAST({agg} AS {typ})", "sum", invertible)], []))
+    for name, (elem, where, days, vtype) in feats.tops.items():
+        traits.append(TraitPlan(name, "top", days, [Partial(f"{name}_vc", f"STRUCT(v {vtype}, n BIGINT)[]", None, "vc", True)],
+                                [], vc=(elem, where)))
+    columns = ("email", "event", "occurred_at", *feats.properties, "source_file", "source_line")
+    pl = Plan(traits, dict(feats.params), columns, sorted({t.window for t in traits if t.window is not None}),
+              tables=("segment_rollups", "segment_pending", "segment_state"), profiles=False)
+    text = json.dumps([STATE_VERSION, fingerprint(model), sorted(feats.features.items()), sorted(feats.tops.items()),
+                       sorted((k, repr(v)) for k, v in feats.params.items())], default=str)
+    return pl, hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def rebuild(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, first: str | dt.date,

@@ -225,10 +225,11 @@ def test_sample_profiles_and_memberships_equal_a_full_recompute_every_day(tmp_pa
         diff, n_ref, n_new = _differences(con, inc, dt.date.fromisoformat(day))
         assert (day, diff, n_new) == (day, 0, n_ref)
         compute_memberships(con, inc, catalog, day)
-        compute_memberships(con, full, catalog, day)
+        compute_memberships(con, full, catalog, day, use_state=False)
         a, b = inc.scan("memberships", days=[day]), full.scan("memberships", days=[day])
         assert con.execute(f"SELECT count(*) FROM ((FROM {a} EXCEPT ALL FROM {b}) UNION ALL (FROM {b} EXCEPT ALL FROM {a}))"
                            ).fetchall() == [(0,)]
+    assert inc.has_partition("segment_state", days[-1]) and not full.has_partition("segment_state", days[-1])
     assert con.execute(f"SELECT count(*) FROM {inc.scan('profiles', days=[days[-1]])}").fetchall() == [(3000,)]
     assert con.execute(f"SELECT count(*) FROM {inc.scan('memberships', days=[days[-1]])}").fetchall() == [(7449,)]
 
@@ -253,3 +254,64 @@ def test_rebuild_command_builds_the_first_day_in_full_and_continues(tmp_path, mo
         assert (day, diff, n_new) == (day, 0, n_ref)
     assert cli.main(["rebuild", "--from", str(DAYS[3]), "--to", str(DAYS[1])]) == 2
     assert "before the first day" in capsys.readouterr().err
+
+
+SEGMENTS = {"segments": [
+    {"id": "ordered_3d", "name": "a", "rule": {"event": {"name": "order", "within_days": 3}}},
+    {"id": "no_orders", "name": "b", "rule": {"event": {"name": "order", "op": "=", "value": 0}}},
+    {"id": "spend_7d", "name": "c", "rule": {"event": {"name": "order", "within_days": 7, "measure": "sum",
+                                                       "property": "revenue", "op": ">=", "value": 60}}},
+    {"id": "qty_all", "name": "d", "rule": {"event": {"name": "order", "measure": "sum", "property": "qty",
+                                                      "op": ">", "value": 4}}},
+    {"id": "price_7d", "name": "e", "rule": {"event": {"within_days": 7, "measure": "sum", "property": "price",
+                                                       "op": ">=", "value": 150}}},
+    {"id": "nike_views_7d", "name": "f", "rule": {"event": {"name": ["view", "order"], "within_days": 7,
+                                                            "where": [{"property": "brand", "op": "=", "value": "Nike"}],
+                                                            "op": ">=", "value": 2}}},
+    {"id": "nike_share", "name": "g", "rule": {"affinity": {"property": "brand", "value": "Nike", "min_share": 0.4,
+                                                            "within_days": 5}}},
+    {"id": "puma_top", "name": "h", "rule": {"affinity": {"property": "brand", "value": "Puma", "top": True,
+                                                          "within_days": 4, "min_interactions": 2}}},
+    {"id": "puma_list", "name": "i", "rule": {"affinity": {"property": "brands", "value": "Puma", "min_share": 0.3,
+                                                             "top": True, "event": "order", "within_days": 6}}},
+    {"id": "both", "name": "j", "rule": {"all": [{"segment": "ordered_3d"}, {"not": {"segment": "nike_share"}}]}},
+]}
+
+
+def test_event_rules_read_from_the_segment_state_give_the_raw_events_memberships(tmp_path):
+    from segment_pipeline.core.segments import parse_catalog
+
+    catalog = parse_catalog(SEGMENTS, source="segments-test.yaml", model=MODEL)
+    inc, ref = Warehouse(tmp_path / "inc", MODEL), Warehouse(tmp_path / "ref", MODEL)
+    con = connect()
+    days = DAYS[:12]
+    for day in days:
+        _land(inc, con, day)
+    for table in ("raw_profiles", "raw_events"):
+        shutil.copytree(inc.table_dir(table), ref.table_dir(table))
+
+    def check(day: dt.date) -> None:
+        for wh, use_state in ((inc, True), (ref, False)):
+            build_profiles(con, wh, day)
+            compute_memberships(con, wh, catalog, day, use_state=use_state)
+        a, b = inc.scan("memberships", days=[day]), ref.scan("memberships", days=[day])
+        assert con.execute(f"SELECT count(*) FROM ((FROM {a} EXCEPT ALL FROM {b}) UNION ALL (FROM {b} EXCEPT ALL FROM {a}))"
+                           ).fetchall() == [(0,)], day
+
+    for day in days:
+        check(day)
+    counts = dict(con.execute(f"SELECT segment_id, count(*) FROM {inc.scan('memberships', days=[days[-1]])} GROUP BY ALL").fetchall())
+    assert [s["id"] for s in SEGMENTS["segments"] if not counts.get(s["id"])] == [], counts
+    assert _meta_mode(inc, "segment_state", days[-1]) == "incremental"
+    # a late file for an old day, re-run from there: still the raw events' memberships
+    _land(inc, con, days[4], salt="late", n=60, m=90, extra_file="late.ndjson")
+    _land(ref, con, days[4], salt="late", n=60, m=90, extra_file="late.ndjson")
+    for day in days[4:]:
+        check(day)
+    assert _meta_mode(inc, "segment_state", days[-1]) == "incremental"
+
+
+def _meta_mode(wh: Warehouse, table: str, day: dt.date) -> str:
+    rows = duckdb.connect().execute(
+        f"SELECT value::VARCHAR FROM parquet_kv_metadata('{wh.partition_path(table, day)}') WHERE key::VARCHAR = 'mode'").fetchall()
+    return rows[0][0]
