@@ -417,9 +417,14 @@ def _can_continue(con, warehouse: Warehouse, day: dt.date, pl: Plan, fp: str) ->
     if meta.get("inputs") != watermark(warehouse, prev):
         return f"raw partitions up to {prev} changed since its state was built (re-run the days after a late file)"
     need = [prev] + [prev - dt.timedelta(days=i) for i in range(1, (max(pl.windows) if pl.windows else 0) + 1)]
-    for d in need:
-        if _meta(con, warehouse, rollups, d).get("model") != fp:
-            return f"the event rollups of {d} are missing or from another data model"
+    missing = [d for d in need if not _path(warehouse, rollups, d).exists()]
+    if missing:
+        return f"the event rollups of {missing[0]} are missing"
+    files = ", ".join(sql_string(str(_path(warehouse, rollups, d))) for d in need)
+    (matching,) = con.execute(f"SELECT count(*) FROM parquet_kv_metadata([{files}]) WHERE key::VARCHAR = 'model' "
+                              f"AND value::VARCHAR = {sql_string(fp)}").fetchall()[0]
+    if matching != len(need):
+        return "the event rollups of the window were built from another data model"
     if _meta(con, warehouse, pending, prev).get("model") != fp:
         return f"the pending events of {prev} are missing or from another data model"
     return ""
@@ -457,9 +462,10 @@ def build_state(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str |
         rv_sql = f"CREATE OR REPLACE TEMP TABLE inc_rv AS {_rollup_sql(pl, 'inc_vis', ['visible_on', 'email', 'occurred_on'])}"
         con.execute(rv_sql, _used(rv_sql, params))
         first = day - dt.timedelta(days=max(pl.windows) if pl.windows else 0)
+        with_rows = {r[0] for r in con.execute("SELECT DISTINCT visible_on FROM inc_rv").fetchall()}
         for d in sorted({first + dt.timedelta(days=i) for i in range((day - first).days + 1)}):
-            _write(con, warehouse, rollups, d,
-                   f"SELECT * EXCLUDE (visible_on) FROM inc_rv WHERE visible_on = DATE '{d.isoformat()}'", {},
+            where = f"visible_on = DATE '{d.isoformat()}'" if d in with_rows else "false"  # (empty: no scan)
+            _write(con, warehouse, rollups, d, f"SELECT * EXCLUDE (visible_on) FROM inc_rv WHERE {where}", {},
                    "occurred_on, email", meta)
         _write(con, warehouse, pending, day,
                f"SELECT {pend_cols} FROM {raw_ev} WHERE occurred_at >= $end_ts AND email IS NOT NULL", params,
@@ -513,14 +519,24 @@ def build_state(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str |
                     keep_prev[p.name] = f"CASE WHEN email IN (SELECT email FROM inc_touched_{n}) THEN NULL ELSE {p.name} END"
         # the previous state: everything carried, except non-invertible windowed partials of
         # touched identities (recomputed above); windowed rows of today only count inside windows
+        # Only the identities the day touches (a record, an event, a row leaving or a window
+        # recomputed) are merged; every other identity's state row is copied as it was.
+        changes = " UNION ALL ".join(parts)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE inc_changes AS {changes}", _used(changes, params))
+        touched = " UNION ".join(["SELECT email FROM inc_changes",
+                                  *(f"SELECT email FROM inc_touched_{n}" for n in non_inv)])
+        con.execute(f"CREATE OR REPLACE TEMP TABLE inc_touched AS SELECT email FROM ({touched}) WHERE email IS NOT NULL")
         prev_cols = {name: keep_prev.get(name, name) for name, _ in _state_columns(model, pl) if name != "email"}
-        parts.insert(0, _project(model, pl, prev_state, attrs=True, seen=True, partial=prev_cols))
-        rows = " UNION ALL ".join(parts)
+        prev_touched = f"(SELECT * FROM {prev_state} WHERE email IS NULL OR email IN (SELECT email FROM inc_touched))"
+        rows = _project(model, pl, prev_touched, attrs=True, seen=True, partial=prev_cols) + " UNION ALL FROM inc_changes"
+        untouched = f"SELECT * FROM {prev_state} WHERE email IS NOT NULL AND email NOT IN (SELECT email FROM inc_touched)"
         mode = "incremental"
     state_sql = _merge_select(model, pl, rows)
+    if mode == "incremental":
+        state_sql = f"SELECT * FROM ({state_sql}) UNION ALL BY NAME {untouched}"
     _write(con, warehouse, state, day, state_sql, params, "email NULLS FIRST",
            {**meta, "inputs": watermark(warehouse, day), "mode": mode})
-    for name in ("inc_vis", "inc_rv", *(f"inc_touched_{n}" for n in pl.windows)):
+    for name in ("inc_vis", "inc_rv", "inc_changes", "inc_touched", *(f"inc_touched_{n}" for n in pl.windows)):
         con.execute(f"DROP TABLE IF EXISTS {name}")
     n = con.execute(f"SELECT count(*) FROM {_read(warehouse, state, [day])}").fetchall()[0][0]
     return StateReport(day, mode, reason, n)
