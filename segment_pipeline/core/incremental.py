@@ -48,7 +48,7 @@ from segment_pipeline.core.warehouse import (
 )
 
 q = sql_ident
-__all__ = ["STATE_TABLES", "build_state", "fingerprint", "plan", "profiles_from_state_sql", "rebuild", "segment_plan",
+__all__ = ["STATE_TABLES", "build_state", "can_continue", "fingerprint", "plan", "profiles_from_state_sql", "rebuild", "segment_plan",
            "watermark"]
 
 #: Bump when the layout or meaning of the state tables changes: older state is then rebuilt.
@@ -430,6 +430,15 @@ def _can_continue(con, warehouse: Warehouse, day: dt.date, pl: Plan, fp: str) ->
     return ""
 
 
+def can_continue(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str | dt.date,
+                 pl: Plan | None = None, fp: str | None = None) -> str:
+    """'' when the state of the day before ``day`` can be continued (same model, same raw
+    partitions, its rollups and pending events present), else why a full build is needed."""
+    if pl is None:
+        pl, fp = plan(warehouse.model), fingerprint(warehouse.model)
+    return _can_continue(con, warehouse, as_date(day), pl, fp)
+
+
 def _event_cols(pl: Plan, warehouse: Warehouse) -> list[str]:
     have = warehouse.schema("raw_events")
     return [c for c in pl.columns if c in have]
@@ -531,12 +540,14 @@ def build_state(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str |
         rows = _project(model, pl, prev_touched, attrs=True, seen=True, partial=prev_cols) + " UNION ALL FROM inc_changes"
         untouched = f"SELECT * FROM {prev_state} WHERE email IS NOT NULL AND email NOT IN (SELECT email FROM inc_touched)"
         mode = "incremental"
-    state_sql = _merge_select(model, pl, rows)
+    # the partial rows are read once per merged part (fields, custom keys, value counts): materialize
+    con.execute(f"CREATE OR REPLACE TEMP TABLE inc_rows AS {rows}", _used(rows, params))
+    state_sql = _merge_select(model, pl, "SELECT * FROM inc_rows")
     if mode == "incremental":
         state_sql = f"SELECT * FROM ({state_sql}) UNION ALL BY NAME {untouched}"
     _write(con, warehouse, state, day, state_sql, params, "email NULLS FIRST",
            {**meta, "inputs": watermark(warehouse, day), "mode": mode})
-    for name in ("inc_vis", "inc_rv", "inc_changes", "inc_touched", *(f"inc_touched_{n}" for n in pl.windows)):
+    for name in ("inc_vis", "inc_rv", "inc_changes", "inc_touched", "inc_rows", *(f"inc_touched_{n}" for n in pl.windows)):
         con.execute(f"DROP TABLE IF EXISTS {name}")
     n = con.execute(f"SELECT count(*) FROM {_read(warehouse, state, [day])}").fetchall()[0][0]
     return StateReport(day, mode, reason, n)

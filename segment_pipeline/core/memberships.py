@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from segment_pipeline.core.incremental import build_state, segment_plan
+from segment_pipeline.core.incremental import build_state, can_continue, segment_plan
 from segment_pipeline.core.segments import Catalog, compile_segments
 from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
 
@@ -114,11 +114,15 @@ def compute_memberships(
     compiled = compile_segments(catalog, live, day, frozen=set(frozen), inactive=inactive)
     frozen_rel = _frozen_relation(warehouse, frozen)
     profiles_rel, events_rel = warehouse.scan("profiles", days=[day]), warehouse.scan("raw_events", upto=day)
-    _check_columns(con, catalog, live, day, profiles_rel, events_rel)
+    seg_plan = segment_plan(catalog, day, warehouse.model) if use_state else None
+    # continuing the segments' state reads only the day's events (the earlier ones were checked
+    # when that state was built with the same rules and model); otherwise all of them are read
+    continuing = seg_plan is not None and can_continue(con, warehouse, day, *seg_plan) == ""
+    checked_events = warehouse.scan("raw_events", days=[day]) if continuing else events_rel
+    _check_columns(con, catalog, live, day, profiles_rel, checked_events)
     # the event rules read the segments' incremental state (the day's events merged into the day
     # before's: core/incremental.py), not the whole raw history; a rule that cannot be kept that
     # way (a days_ago filter on an event property) reads the raw events
-    seg_plan = segment_plan(catalog, day, warehouse.model) if use_state else None
     if seg_plan is not None:
         build_state(con, warehouse, day, pl=seg_plan[0], fp=seg_plan[1])
         state_rel = f"read_parquet({sql_string(str(warehouse.partition_path('segment_state', day)))}, hive_partitioning = false)"

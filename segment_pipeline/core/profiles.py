@@ -158,8 +158,16 @@ def build_profiles(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: st
         "raw_events": [c for c in compile_traits(model, as_date(day), events_cte="ev", agg_cte="activity").columns
                        if c in warehouse.schema("raw_events")],  # (not the partition's hive column, date)
     }
+    # continuing the state of the day before reads only the day's raw partitions (that state was
+    # built, and the earlier partitions checked, with the same model); a full build reads them all
+    since = None
+    if not (full_rebuild or recompute):
+        from segment_pipeline.core.incremental import can_continue
+
+        if can_continue(con, warehouse, day) == "":
+            since = as_date(day)
     for table, columns in needed.items():
-        lacking = warehouse.partitions_lacking(con, table, columns, upto=day)
+        lacking = warehouse.partitions_lacking(con, table, columns, upto=day, since=since)
         if lacking:
             first = min(lacking)
             names = sorted({c for cols in lacking.values() for c in cols})

@@ -224,13 +224,15 @@ class Warehouse:
         return f"(SELECT {cols}, NULL::DATE AS date LIMIT 0)"
 
     def partitions_lacking(
-        self, con: duckdb.DuckDBPyConnection, table: str, columns: Iterable[str], *, upto: str | dt.date | None = None
+        self, con: duckdb.DuckDBPyConnection, table: str, columns: Iterable[str], *, upto: str | dt.date | None = None,
+        since: str | dt.date | None = None,
     ) -> dict[dt.date, list[str]]:
-        """Days (up to ``upto``) whose partition of ``table`` lacks some of ``columns``, with the
-        missing ones: partitions written before the data model declared those columns. Reads only
-        the files' Parquet footers."""
+        """Days (``since`` .. ``upto``) whose partition of ``table`` lacks some of ``columns``, with
+        the missing ones: partitions written before the data model declared those columns. Reads
+        only the files' Parquet footers."""
         wanted = list(dict.fromkeys(columns))
-        days = [d for d in self.partition_dates(table) if upto is None or d <= as_date(upto)]
+        days = [d for d in self.partition_dates(table)
+                if (upto is None or d <= as_date(upto)) and (since is None or d >= as_date(since))]
         if not wanted or not days:
             return {}
         by_file = {str(self.partition_path(table, d)): d for d in days}
