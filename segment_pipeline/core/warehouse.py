@@ -11,6 +11,11 @@ Layout (``<root>/<table>/date=YYYY-MM-DD/data.parquet``)::
     memberships/          one row per (date, segment, identity)
     membership_changes/   day-over-day changes: one row per (date, segment, identity, change)
     segment_stats/        one row per (date, segment): status, member count, added, removed
+    event_rollups/        per (identity, occurred day): trait partials of the events visible that day
+    pending_events/       events landed by that day that occur after it (carried to their day)
+    profile_state/        one row per identity: latest-wins fields with order keys, trait partials
+    segment_rollups/, segment_pending/, segment_state/   the same for the segments' event rules
+                          (the incremental state: core/incremental.py, docs/incremental.md)
 
 Every partition is one Parquet file, written to a temporary name and renamed into place, so a
 reader sees either the old partition or the new one, never half of one, and re-running a day
