@@ -1,5 +1,5 @@
-"""The ``segment-pipeline`` command line: the demo, sample data, the segment API and its credentials,
-and the sync plan preview."""
+"""The ``segment-pipeline`` command line: the demo, sample data, profile rebuilds, the segment API and its
+credentials, the sync plan preview, deletion requests (``forget``) and their propagation (``erasure``)."""
 
 from __future__ import annotations
 
@@ -114,6 +114,49 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
             ui_command = example_ui_command(args.example)
         return run_demo(args.start, args.end, verbose=args.verbose, export_location=_export_location,
                         ui_command=ui_command)
+
+    p.set_defaults(func=run)
+
+
+def _add_rebuild(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rebuild",
+        help="rebuild profiles and computed traits from a day on (after a data model change)",
+        description=(
+            "Builds the profile and trait state of --from from every raw partition up to it (a full build), "
+            "then each later day incrementally from the day before, through --to, writing each day's profiles "
+            "(docs/incremental.md). Needed after changing the data model's traits or attributes; a day whose "
+            "previous state was built from another model is rebuilt in full anyway. Segment memberships are "
+            "not touched: re-run them for the same days afterwards."
+        ),
+    )
+    p.add_argument("--from", dest="first", required=True, help="first day to rebuild (YYYY-MM-DD; required)")
+    p.add_argument("--to", dest="last", default=None,
+                   help="last day (YYYY-MM-DD; default: the latest day with raw or profiles data)")
+
+    def run(args: argparse.Namespace) -> int:
+        import datetime as dt
+
+        from segment_pipeline import settings
+        from segment_pipeline.core.incremental import rebuild
+        from segment_pipeline.core.warehouse import Warehouse, connect
+
+        try:
+            first = dt.date.fromisoformat(args.first)
+            last = dt.date.fromisoformat(args.last) if args.last else None
+        except ValueError:
+            print(f"--from/--to must be dates (YYYY-MM-DD), got {args.first!r} / {args.last!r}", file=sys.stderr)
+            return 2
+        warehouse = Warehouse(settings.warehouse_root())
+        try:
+            done = rebuild(connect(), warehouse, first, last,
+                           progress=lambda day, n, mode: print(f"{day}  {mode:<11}  {n:>10,} identities"))
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        print(f"rebuilt profiles of {len(done)} day(s), {done[0][0]}..{done[-1][0]}; re-run memberships for them: "
+              f"dg launch --job daily_segments --partition-range {done[0][0]}...{done[-1][0]}")
+        return 0
 
     p.set_defaults(func=run)
 
@@ -425,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_demo(sub)
+    _add_rebuild(sub)
     _add_serve(sub)
     _add_tokens(sub)
     _add_api_keys(sub)

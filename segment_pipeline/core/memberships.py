@@ -12,6 +12,10 @@ For a day D:
   or day by day (ascending) gives identical results;
 * changes compare D with the latest earlier memberships partition (normally D-1): ``added``
   and ``removed`` rows per segment, the dataset the ESP syncs read.
+
+``event:`` and ``affinity:`` rules read their counts, sums and value counts from the segments'
+incremental state (``segment_state``, kept like the traits' state: ``docs/incremental.md``), so
+a day costs what it brings, not the whole event history.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from segment_pipeline.core.incremental import build_state, can_continue, segment_plan
 from segment_pipeline.core.segments import Catalog, compile_segments
 from segment_pipeline.core.warehouse import Warehouse, as_date, sql_string
 
@@ -67,7 +72,11 @@ def compute_memberships(
     catalog: Catalog,
     day: str | dt.date,
     refresh_static: Iterable[str] = (),
+    use_state: bool = True,
 ) -> MembershipReport:
+    """Write the day's ``memberships``, ``membership_changes`` and ``segment_stats`` (see the
+    module doc). ``use_state=False`` evaluates the event rules over the raw events instead of the
+    segments' incremental state (the reference the state is tested against)."""
     day = as_date(day)
     con.execute("SET TimeZone = 'UTC'")
     refresh_static = set(refresh_static)
@@ -105,9 +114,24 @@ def compute_memberships(
     compiled = compile_segments(catalog, live, day, frozen=set(frozen), inactive=inactive)
     frozen_rel = _frozen_relation(warehouse, frozen)
     profiles_rel, events_rel = warehouse.scan("profiles", days=[day]), warehouse.scan("raw_events", upto=day)
-    _check_columns(con, catalog, live, day, profiles_rel, events_rel)
-    query = compiled.render(profiles=profiles_rel, events=events_rel, frozen=frozen_rel)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE seg_eval AS {query}", compiled.params)
+    seg_plan = segment_plan(catalog, day, warehouse.model) if use_state else None
+    # continuing the segments' state reads only the day's events (the earlier ones were checked
+    # when that state was built with the same rules and model); otherwise all of them are read
+    continuing = seg_plan is not None and can_continue(con, warehouse, day, *seg_plan) == ""
+    checked_events = warehouse.scan("raw_events", days=[day]) if continuing else events_rel
+    _check_columns(con, catalog, live, day, profiles_rel, checked_events)
+    # the event rules read the segments' incremental state (the day's events merged into the day
+    # before's: core/incremental.py), not the whole raw history; a rule that cannot be kept that
+    # way (a days_ago filter on an event property) reads the raw events
+    if seg_plan is not None:
+        build_state(con, warehouse, day, pl=seg_plan[0], fp=seg_plan[1])
+        state_rel = f"read_parquet({sql_string(str(warehouse.partition_path('segment_state', day)))}, hive_partitioning = false)"
+        query = compiled.render(profiles=profiles_rel, events=events_rel, frozen=frozen_rel, state=state_rel)
+        params = compiled.state_params
+    else:
+        query = compiled.render(profiles=profiles_rel, events=events_rel, frozen=frozen_rel)
+        params = compiled.params
+    con.execute(f"CREATE OR REPLACE TEMP TABLE seg_eval AS {query}", params)
     parts = []
     for seg_id, col in compiled.columns.items():
         parts.append(f"SELECT {sql_string(seg_id)} AS segment_id, identity_id, email FROM seg_eval WHERE {col}")

@@ -33,6 +33,13 @@ with empty attributes. ``random_bucket`` is ``md5(email) mod 10000`` (stable per
 
 A day's profiles are a pure function of all validated data landed up to and including that day,
 so re-running any day (or a range, in any order) gives the same snapshot.
+
+**Incremental** (issue 12, ``docs/incremental.md``): :func:`build_profiles` derives the day's
+profiles from the state of the day before merged with what the day brings
+(:mod:`segment_pipeline.core.incremental`), so a day costs what it brings, not the length of the
+history; it falls back to a full build when that state is missing or stale. :func:`profiles_sql`
+is the full recompute from every raw partition, the reference the incremental state is tested
+against (same values, every column).
 """
 
 from __future__ import annotations
@@ -131,8 +138,14 @@ def profiles_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[str, dict[st
     return sql, params
 
 
-def build_profiles(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str | dt.date) -> int:
+def build_profiles(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: str | dt.date,
+                   full_rebuild: bool = False, recompute: bool = False) -> int:
     """Write the ``profiles`` partition for ``day``; return the number of identities.
+
+    By default from the incremental state (:func:`segment_pipeline.core.incremental.build_state`:
+    state of ``day - 1`` + the day, or a full build of the state when that is missing or stale, or
+    when ``full_rebuild``). ``recompute=True`` bypasses the state and recomputes the profiles from
+    every raw partition with :func:`profiles_sql` (the reference; no state written).
 
     Raises ``ValueError`` naming the columns and days, with the fix, when a raw partition up to
     ``day`` was written before the data model declared a column the profiles read (an attribute,
@@ -145,8 +158,16 @@ def build_profiles(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: st
         "raw_events": [c for c in compile_traits(model, as_date(day), events_cte="ev", agg_cte="activity").columns
                        if c in warehouse.schema("raw_events")],  # (not the partition's hive column, date)
     }
+    # continuing the state of the day before reads only the day's raw partitions (that state was
+    # built, and the earlier partitions checked, with the same model); a full build reads them all
+    since = None
+    if not (full_rebuild or recompute):
+        from segment_pipeline.core.incremental import can_continue
+
+        if can_continue(con, warehouse, day) == "":
+            since = as_date(day)
     for table, columns in needed.items():
-        lacking = warehouse.partitions_lacking(con, table, columns, upto=day)
+        lacking = warehouse.partitions_lacking(con, table, columns, upto=day, since=since)
         if lacking:
             first = min(lacking)
             names = sorted({c for cols in lacking.values() for c in cols})
@@ -156,5 +177,11 @@ def build_profiles(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, day: st
                 f"the data model declared them. Re-run ingestion from {first} on, then profiles: "
                 f"dg launch --job daily_segments --partition-range {first}...{as_date(day)}"
             )
-    sql, params = profiles_sql(warehouse, day)
+    if recompute:
+        sql, params = profiles_sql(warehouse, day)
+    else:
+        from segment_pipeline.core.incremental import build_state, profiles_from_state_sql
+
+        build_state(con, warehouse, day, full=full_rebuild)
+        sql, params = profiles_from_state_sql(warehouse, day)
     return warehouse.write_partition(con, "profiles", day, sql, params)

@@ -73,6 +73,7 @@ never matches a comparison, and ``not`` of a non-match is a match.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import re
 import reprlib
@@ -973,9 +974,19 @@ class CompiledSegments:
     sql: str
     params: dict[str, Any]
     columns: dict[str, str]
+    #: The same query reading the event features from the segments' incremental state (one row per
+    #: identity, a column per feature: :func:`segment_state_plan`) instead of the raw events, via
+    #: the placeholder ``{state}`` (``None``: a rule cannot be kept incrementally).
+    state_sql: str | None = None
+    state_params: dict[str, Any] = field(default_factory=dict)
 
-    def render(self, profiles: str, events: str, frozen: str | None = None) -> str:
-        sql = self.sql.replace("{profiles}", profiles).replace("{events}", events)
+    def render(self, profiles: str, events: str, frozen: str | None = None, state: str | None = None) -> str:
+        """The query over ``profiles`` and ``events``; with ``state`` (and a ``state_sql``), over the
+        segments' state instead of the events."""
+        if state is not None and self.state_sql is not None:
+            sql = self.state_sql.replace("{profiles}", profiles).replace("{state}", state)
+        else:
+            sql = self.sql.replace("{profiles}", profiles).replace("{events}", events)
         if "{frozen}" in sql:
             if frozen is None:
                 raise ValueError("this query reads frozen segment memberships: pass the frozen relation")
@@ -1003,6 +1014,12 @@ class _Compiler:
         self.top_ctes: dict[tuple, str] = {}  # (property, window, names) -> cte name
         self.top_sql: list[str] = []
         self.inline_cache: dict[str, str] = {}
+        #: per feature column: (aggregate without the window, window days, SQL type, invertible),
+        #: per top CTE: (element, filter without the window, window days, element type): what the
+        #: incremental state keeps (core/incremental.py); ``stateable`` False when a filter
+        #: depends on the as-of day
+        self.feature_base: dict[str, tuple[str, int | None, str, bool]] = {}
+        self.top_base: dict[str, tuple[str, str, int, str]] = {}
 
     # parameters --------------------------------------------------------------------------
     def bind(self, value: Any) -> str:
@@ -1062,17 +1079,25 @@ class _Compiler:
         raise AssertionError(op)
 
     # features over events ----------------------------------------------------------------
-    def feature(self, spec: tuple, aggregate: str) -> str:
-        """The column for an aggregate over events, computed once per distinct ``spec``.
+    def feature(self, spec: tuple, aggregate: str, base: tuple[str, int | None, str, bool] | None = None) -> str:
+        """The column for an aggregate over events, computed once per distinct ``spec`` (named by
+        a hash of the spec, so a feature has the same column whichever segments are live).
 
         (A repeated spec reuses the first column; values bound while building the repeated
         aggregate text stay unreferenced and are dropped from the parameters at the end.)
         """
         if spec not in self.features:
-            name = f"f{len(self.features)}"
+            name = "f_" + hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
             self.features[spec] = name
             self.feature_sql.append(f"{aggregate} AS {name}")
+            if base is not None:
+                self.feature_base[name] = base
         return f"coalesce(ev.{self.features[spec]}, 0)"
+
+    def sum_type(self, prop: str) -> tuple[str, bool]:
+        """The stored type of a sum of ``prop`` and whether subtracting it is exact."""
+        ptype = self.props[prop]
+        return {"integer": ("DECIMAL(38,0)", True), "money": ("DECIMAL(38,2)", True)}.get(ptype, ("DOUBLE", False))
 
     def event_filter(self, names: list[str] | None, days: int | None, extra: list[str]) -> str:
         conds = []
@@ -1117,11 +1142,15 @@ class _Compiler:
         measure = ev.get("measure", "count")
         spec = ("event", tuple(names or ()), ev.get("within_days"), key_extra, measure, ev.get("property"))
         filt = self.event_filter(names, ev.get("within_days"), extra)
+        base_filt = self.event_filter(names, None, extra)
         if measure == "count":
             agg = f"count(*) FILTER (WHERE {filt})"
+            base = (f"count(*) FILTER (WHERE {base_filt})", ev.get("within_days"), "BIGINT", True)
         else:
             agg = f"sum({_ident(ev['property'])}) FILTER (WHERE {filt})"
-        col = self.feature(spec, agg)
+            base = (f"sum({_ident(ev['property'])}) FILTER (WHERE {base_filt})", ev.get("within_days"),
+                    *self.sum_type(ev["property"]))
+        col = self.feature(spec, agg, base)
         op = COMPARISON_OPS[ev.get("op", ">=")]
         return f"coalesce({col} {op} {self.bind(ev.get('value', 1))}, false)"
 
@@ -1139,17 +1168,22 @@ class _Compiler:
         value_param = self.bind(aff["value"])
         if is_list:
             total_agg = f"sum(list_count({col})) FILTER (WHERE {self.event_filter(list(names), days, [])})"
+            total_base = f"sum(list_count({col})) FILTER (WHERE {self.event_filter(list(names), None, [])})"
         else:
             total_agg = f"count(*) FILTER (WHERE {self.event_filter(list(names), days, [f'{col} IS NOT NULL'])})"
-        total = self.feature(("aff_total", prop, days, names), total_agg)
+            total_base = f"count(*) FILTER (WHERE {self.event_filter(list(names), None, [f'{col} IS NOT NULL'])})"
+        total = self.feature(("aff_total", prop, days, names), total_agg, (total_base, days, "BIGINT", True))
         conds = [f"{total} >= {self.bind(aff.get('min_interactions', 1))}"]
         if aff.get("min_share") is not None:
             if is_list:
                 hits_agg = (f"sum(list_count(list_filter({col}, lambda x: x = {value_param}))) "
                             f"FILTER (WHERE {self.event_filter(list(names), days, [])})")
+                hits_base = (f"sum(list_count(list_filter({col}, lambda x: x = {value_param}))) "
+                             f"FILTER (WHERE {self.event_filter(list(names), None, [])})")
             else:
                 hits_agg = f"count(*) FILTER (WHERE {self.event_filter(list(names), days, [f'{col} = {value_param}'])})"
-            hits = self.feature(("aff_hit", prop, days, names, aff["value"]), hits_agg)
+                hits_base = f"count(*) FILTER (WHERE {self.event_filter(list(names), None, [f'{col} = {value_param}'])})"
+            hits = self.feature(("aff_hit", prop, days, names, aff["value"]), hits_agg, (hits_base, days, "BIGINT", True))
             # a division, like a top trait's share: 7 of 25 is a share of exactly 0.28 (0.28 * 25
             # would be 7.000000000000001 in floating point and exclude it)
             conds.append(f"{hits}::DOUBLE / nullif({total}, 0) >= {self.bind(float(aff['min_share']))}")
@@ -1161,10 +1195,13 @@ class _Compiler:
     def top_cte(self, prop: str, is_list: bool, days: int, names: tuple) -> str:
         key = (prop, days, names)
         if key not in self.top_ctes:
-            name = f"top{len(self.top_ctes)}"
+            name = "top_" + hashlib.sha256(repr(key).encode()).hexdigest()[:12]
             self.top_ctes[key] = name
             col = _ident(prop)
             filt = self.event_filter(list(names), days, [f"{col} IS NOT NULL"])
+            self.top_base[name] = (f"unnest({col})" if is_list else col,
+                                   self.event_filter(list(names), None, [f"{col} IS NOT NULL"]), days,
+                                   "VARCHAR" if is_list else _BIND_TYPES.get(self.props[prop], "VARCHAR"))
             values = (f"(SELECT email, unnest({col}) AS v FROM scoped_events WHERE {filt})" if is_list
                       else f"(SELECT email, {col} AS v FROM scoped_events WHERE {filt})")
             # ties on the count go to the value that sorts last (byte order of its UTF-8 text,
@@ -1233,7 +1270,57 @@ def compile_segments(
     # a reused feature may leave a bound value unreferenced; DuckDB rejects unused named params
     used = set(re.findall(r"\$(p\d+)\b", sql))
     params = {k: v for k, v in comp.params.items() if k in used}
-    return CompiledSegments(sql=sql, params=params, columns=columns)
+    # the same rules over the incremental state: a column per feature, value counts per top CTE
+    state_ctes = ["nothing AS (SELECT 1)"]
+    state_joins = []
+    if comp.feature_sql:
+        state_ctes.append(f"ev AS (SELECT email, {', '.join(comp.features.values())} FROM {{state}})")
+        state_joins.append("LEFT JOIN ev ON ev.email = p.email")
+    for name in comp.top_ctes.values():
+        state_ctes.append(f"{name} AS (SELECT email, (list_max(list_transform({name}_vc, lambda x: "
+                          f"struct_pack(n := x.n, v := x.v)))).v AS top_value FROM {{state}})")
+        state_joins.append(f"LEFT JOIN {name} ON {name}.email = p.email")
+    state_ctes += [c for c in ctes if c.startswith("fz AS")]
+    state_joins += [j for j in joins if j.startswith("LEFT JOIN fz")]
+    state_sql = f"WITH {', '.join(state_ctes)} SELECT {select_list} FROM {{profiles}} p {' '.join(state_joins)}"
+    state_used = set(re.findall(r"\$(p\d+)\b", state_sql))
+    return CompiledSegments(sql=sql, params=params, columns=columns, state_sql=state_sql,
+                            state_params={k: v for k, v in comp.params.items() if k in state_used})
+
+
+@dataclass
+class EventFeatures:
+    """What the incremental state of the segments keeps (core/incremental.py): per feature column
+    ``(aggregate over events without the window, window days or None, SQL type, invertible)``, per
+    top CTE ``(element expression, filter without the window, window days, element type)``, and
+    the bound values they reference."""
+
+    features: dict[str, tuple[str, int | None, str, bool]]
+    tops: dict[str, tuple[str, str, int, str]]
+    params: dict[str, Any]
+    properties: list[str]
+
+
+def event_features(catalog: Catalog, as_of: dt.date) -> EventFeatures | None:
+    """The event features of every segment's rules (whichever are live on a day, a feature's
+    column name is the same), or ``None`` when a rule's event filter depends on the as-of day
+    (a ``{days_ago: N}`` value on an event property): those are evaluated over the raw events."""
+
+    def collect(day: dt.date) -> tuple[EventFeatures, tuple]:
+        comp = _Compiler(day, set(), set(), catalog)
+        for seg in catalog.segments:
+            comp.compile(seg.rule)
+        texts = [*(b[0] for b in comp.feature_base.values()), *(b[0] + b[1] for b in comp.top_base.values())]
+        used = {n for t in texts for n in re.findall(r"\$(p\d+)\b", t)}
+        feats = EventFeatures(dict(sorted(comp.feature_base.items())), dict(sorted(comp.top_base.items())),
+                              {k: v for k, v in comp.params.items() if k in used},
+                              sorted(catalog.columns_read([s.id for s in catalog.segments])[1]))
+        return feats, (feats.features, feats.tops, repr(sorted(feats.params.items())))
+
+    feats, key = collect(as_of)
+    if collect(as_of + dt.timedelta(days=1))[1] != key:
+        return None
+    return feats
 
 
 def _closure(by_id: Mapping[str, Segment], roots: list[str]) -> set[str]:

@@ -11,6 +11,11 @@ Layout (``<root>/<table>/date=YYYY-MM-DD/data.parquet``)::
     memberships/          one row per (date, segment, identity)
     membership_changes/   day-over-day changes: one row per (date, segment, identity, change)
     segment_stats/        one row per (date, segment): status, member count, added, removed
+    event_rollups/        per (identity, occurred day): trait partials of the events visible that day
+    pending_events/       events landed by that day that occur after it (carried to their day)
+    profile_state/        one row per identity: latest-wins fields with order keys, trait partials
+    segment_rollups/, segment_pending/, segment_state/   the same for the segments' event rules
+                          (the incremental state: core/incremental.py, docs/incremental.md)
 
 Every partition is one Parquet file, written to a temporary name and renamed into place, so a
 reader sees either the old partition or the new one, never half of one, and re-running a day
@@ -54,6 +59,9 @@ STAGING_DIR = "_staging"
 #: derived from the declared data model (:meth:`segment_pipeline.core.model.DataModel.schemas`):
 #: read a table's columns with :meth:`Warehouse.schema`.
 MODEL_TABLES = ("raw_profiles", "raw_events", "profiles")
+#: The incremental state of profiles and traits (:mod:`segment_pipeline.core.incremental`, which
+#: writes and reads them with their own model-derived columns; ``docs/incremental.md``).
+STATE_TABLES = ("event_rollups", "pending_events", "profile_state", "segment_rollups", "segment_pending", "segment_state")
 SCHEMAS: dict[str, dict[str, str]] = {
     "quarantine_profiles": {
         "source_file": "VARCHAR",
@@ -163,7 +171,7 @@ class Warehouse:
 
     # -- paths ---------------------------------------------------------------------------
     def table_dir(self, table: str) -> Path:
-        if table not in SCHEMAS and table not in MODEL_TABLES:
+        if table not in SCHEMAS and table not in MODEL_TABLES and table not in STATE_TABLES:
             raise KeyError(f"unknown warehouse table {table!r}; known: {sorted([*SCHEMAS, *MODEL_TABLES])}")
         return self.root / table
 
@@ -221,13 +229,15 @@ class Warehouse:
         return f"(SELECT {cols}, NULL::DATE AS date LIMIT 0)"
 
     def partitions_lacking(
-        self, con: duckdb.DuckDBPyConnection, table: str, columns: Iterable[str], *, upto: str | dt.date | None = None
+        self, con: duckdb.DuckDBPyConnection, table: str, columns: Iterable[str], *, upto: str | dt.date | None = None,
+        since: str | dt.date | None = None,
     ) -> dict[dt.date, list[str]]:
-        """Days (up to ``upto``) whose partition of ``table`` lacks some of ``columns``, with the
-        missing ones: partitions written before the data model declared those columns. Reads only
-        the files' Parquet footers."""
+        """Days (``since`` .. ``upto``) whose partition of ``table`` lacks some of ``columns``, with
+        the missing ones: partitions written before the data model declared those columns. Reads
+        only the files' Parquet footers."""
         wanted = list(dict.fromkeys(columns))
-        days = [d for d in self.partition_dates(table) if upto is None or d <= as_date(upto)]
+        days = [d for d in self.partition_dates(table)
+                if (upto is None or d <= as_date(upto)) and (since is None or d >= as_date(since))]
         if not wanted or not days:
             return {}
         by_file = {str(self.partition_path(table, d)): d for d in days}

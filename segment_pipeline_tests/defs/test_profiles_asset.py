@@ -38,6 +38,28 @@ def test_profiles_asset_builds_a_user_model_and_reports_counts_from_it(tmp_path,
     (mat,) = result.asset_materializations_for_node("profiles")
     meta = {k: v.value for k, v in mat.metadata.items() if k != "path"}
     assert meta == {"identities": 3, "with_profile_records": 2, "events_only": 1, "with_custom_attributes": 1,
-                    "traits": 2, "dagster/row_count": 3}
+                    "traits": 2, "dagster/row_count": 3, "state_build": "full"}
     (check,) = result.get_asset_check_evaluations()
     assert check.passed
+
+
+def test_profiles_asset_continues_the_previous_state_and_rebuilds_in_full_when_configured(tmp_path, monkeypatch):
+    (tmp_path / "model.yaml").write_text(MODEL)
+    monkeypatch.setenv("SEGMENT_PIPELINE_MODEL", str(tmp_path / "model.yaml"))
+    wh = Warehouse(tmp_path / "wh")
+    for day, who in (("2026-11-01", "a@x.io"), ("2026-11-02", "b@x.io")):
+        write_raw(wh, "raw_profiles", day, [profile_row(who, f"{day}T08:00:00", skin_type="dry")])
+        write_raw(wh, "raw_events", day, [event_row(day, who, "Email Opened", f"{day}T09:00:00", campaign="spring")])
+    resources = {"warehouse": WarehouseResource(root=str(wh.root))}
+
+    def build(day: str, config: dict | None = None) -> dict:
+        run_config = {"ops": {"profiles": {"config": config}}} if config else None
+        result = dg.materialize([profiles], resources=resources, partition_key=day, run_config=run_config)
+        (mat,) = result.asset_materializations_for_node("profiles")
+        return {k: v.value for k, v in mat.metadata.items()}
+
+    assert build("2026-11-01")["state_build"] == "full"  # nothing to continue
+    day2 = build("2026-11-02")
+    assert (day2["state_build"], day2["identities"]) == ("incremental", 2)
+    again = build("2026-11-02", {"full_rebuild": True})
+    assert (again["state_build"], again["identities"]) == ("full", 2)
