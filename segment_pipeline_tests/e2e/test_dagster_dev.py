@@ -70,7 +70,8 @@ def test_code_location_sensors_and_schedules_are_running(dev_server):
     schedules = {s["name"]: s["scheduleState"]["status"] for s in repo["schedules"]}
     assert {k: sensors.get(k) for k in ("landing_zone_sensor", "daily_pipeline_automation", "run_failure_alert")} == {
         "landing_zone_sensor": "RUNNING", "daily_pipeline_automation": "RUNNING", "run_failure_alert": "RUNNING"}
-    assert schedules == {f"{name}_sync_schedule": "RUNNING" for name in DESTINATIONS}
+    assert schedules == {**{f"{name}_sync_schedule": "RUNNING" for name in DESTINATIONS},
+                         "privacy_erasure_schedule": "RUNNING"}
 
 
 def test_landing_sensor_runs_the_landed_days_and_a_dropped_file(dev_server, first_sensor_run):

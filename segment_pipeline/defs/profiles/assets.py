@@ -34,7 +34,7 @@ def profiles(context: dg.AssetExecutionContext, warehouse: WarehouseResource, co
     value wins; custom attributes merged per key) with the computed traits the data model declares
     (core/traits.py), from everything landed up to the end of the day; kept incrementally: the
     previous day's state merged with the day (core/incremental.py), or a full build when that
-    state is missing, stale or ``full_rebuild`` is set."""
+    state is missing, stale or the full_rebuild config is set."""
     wh = warehouse.get()
     con = connect()
     duplicates_total = 0
