@@ -40,7 +40,7 @@ def test_guard_stops_the_asset_on_a_bad_day_and_run_config_confirms(tmp_path: Pa
         first = dg.materialize([klaviyo_sync], resources=res)
         (mat,) = first.asset_materializations_for_node("klaviyo_sync")
         assert mat.metadata["plan"].value == {"contacts_held": 0, "desired": 10, "add": 10, "update": 0, "clear": 0,
-                                              "remove": 0, "leaving": 0, "leaving_share": 0.0}
+                                              "remove": 0, "leaving": 0, "forgotten": 0, "leaving_share": 0.0}
         write_memberships(wh, "2026-11-02", [("vip", "p0@x.io")])  # 9 of 10 gone: an upstream failure
         jobs = len(fake.jobs)
         stopped = dg.materialize([klaviyo_sync], resources=res, raise_on_error=False)

@@ -81,7 +81,7 @@ def plan_summary(counts: PlanCounts, plan_path: Path | None, mappings: Sequence[
     out: dict[str, Any] = {
         "contacts_held": counts.held_contacts, "desired": counts.desired, "add": int(add or 0),
         "update": int(update or 0), "clear": counts.clears, "remove": counts.removals,
-        "leaving": counts.leaving,
+        "leaving": counts.leaving, "forgotten": counts.forgotten,
         "leaving_share": round(counts.leaving / counts.held_contacts, 4) if counts.held_contacts else 0.0,
     }
     fc = counts.field_counts
