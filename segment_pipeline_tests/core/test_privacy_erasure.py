@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from segment_pipeline.core.esp.http import RetryPolicy
-from segment_pipeline.core.privacy.erasure import mirror_lock, propagate
+from segment_pipeline.core.privacy.erasure import mirror_lock, mirror_tables, propagate
 from segment_pipeline.core.privacy.ledger import Ledger
 from segment_pipeline.core.sync.destinations.braze import BrazeDestination, BrazeSettings
 from segment_pipeline.core.sync.destinations.dotdigital import DotdigitalDestination, DotdigitalSettings
@@ -445,7 +445,7 @@ def test_a_mirror_rewrite_cut_short_is_redone_and_stale_plans_go(tmp_path):
 
 def _mirror_emails_at(state: Path) -> set[str]:
     with StateStore(state) as store:
-        return {r[0] for t in ("held", "members", "truncated", "rejects")
+        return {r[0] for t in mirror_tables(store.con)
                 for r in store.con.execute(f"SELECT email FROM {t}").fetchall()}
 
 

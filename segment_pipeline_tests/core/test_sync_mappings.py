@@ -18,6 +18,9 @@ import pytest
 
 from segment_pipeline.core.esp.http import EspError
 from segment_pipeline.core.model import parse_model
+from segment_pipeline.core.privacy.erasure import mirror_tables, propagate
+from segment_pipeline.core.privacy.ledger import Ledger
+from segment_pipeline.core.sync.destinations.klaviyo import KlaviyoDestination
 from segment_pipeline.core.sync.mappings import MappingFileError, load_mappings, parse_mappings
 from segment_pipeline.core.sync.plan import RemovalGuardError, mask_email
 from segment_pipeline.core.sync.runner import KlaviyoSettings, sync
@@ -347,3 +350,34 @@ def test_dry_runs_with_mappings_write_the_requests_they_would_send(tmp_path, wh)
             assert "unset-LASTORDER-00001-Overwrite.csv" in files
             body = (Path(report.payload_dir) / "upsert-00001-OnlyOverwriteIfNotEmpty.csv").read_bytes().decode()
             assert body.startswith("Email,NOSTOSEGMENT,FIRSTNAME,POINTS,VIP,LASTORDER,BIO,REVENUE\r\n")
+
+
+def test_erasure_removes_a_confirmed_address_from_every_mirror_table_held_values_included(tmp_path, wh):
+    """Review item 3: the mirror tables erasure scrubs come from the mirror's own schema (every table
+    with an ``email`` column), so issue 16's ``held_values`` loses the address and its mapped values."""
+    maps = mappings(tmp_path, KLAVIYO_MAP, "klaviyo")
+    day_data(wh, D1, BASE)
+    state = wh.root / "sync_state" / "klaviyo"
+    gone = "ann@shop.com"
+    with FakeKlaviyo() as fake:
+        report = sync("klaviyo", wh, D1, SYNCED, state_dir=state, dry_run_root=tmp_path / "dry",
+                      client=klaviyo_client(fake.url), mappings=maps)
+        assert report.status == "ok" and report.fields_updated == 3
+        with StateStore(state) as store:
+            tables = mirror_tables(store.con)
+            assert "held_values" in tables and {"held", "members", "truncated", "rejects"} <= set(tables)
+            assert store.con.execute("SELECT count(*) FROM held_values WHERE email = ?", [gone]).fetchall()[0][0]
+        ledger = Ledger(wh.root)
+        (req,) = ledger.request([gone], "cli")
+        ledger.warehouse_done(req.request_id)
+        klaviyo = KlaviyoDestination(klaviyo_client(fake.url), KlaviyoSettings())
+        klaviyo.erase_wait_seconds = 5.0
+
+        done = propagate(wh.root, {"klaviyo": klaviyo})
+
+        assert done.destinations["klaviyo"].confirmed == 1 and done.settled == 1 and fake.profile(gone) is None
+        with StateStore(state) as store:
+            for table in mirror_tables(store.con):
+                assert store.con.execute(f"SELECT count(*) FROM {table} WHERE email = ?", [gone]).fetchall() == [(0,)]
+            assert store.con.execute("SELECT count(DISTINCT email) FROM held_values").fetchall() == [(2,)]
+        assert gone.encode() not in (state / "state.duckdb").read_bytes()
