@@ -485,7 +485,7 @@ class _Run:
                 r.notes.append(("confirmed: " if self.allow_large_removal and not self.dry else "") + message)
                 self.log(f"{d.name}: {r.notes[-1]}")
             else:
-                raise RemovalGuardError(message)
+                raise RemovalGuardError(message, plan=r.plan, counts=counts)
 
     def field_plan(self, target: Target) -> FieldPlan | None:
         """The mapped fields' part of the plan (None without mappings). Values come from the
