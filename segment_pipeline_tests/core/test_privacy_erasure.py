@@ -8,11 +8,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from segment_pipeline.core.esp.http import RetryPolicy
-from segment_pipeline.core.privacy.erasure import mirror_lock, propagate
+from segment_pipeline.core.privacy.erasure import mirror_lock, mirror_tables, propagate
 from segment_pipeline.core.privacy.ledger import Ledger
 from segment_pipeline.core.sync.destinations.braze import BrazeDestination, BrazeSettings
 from segment_pipeline.core.sync.destinations.dotdigital import DotdigitalDestination, DotdigitalSettings
@@ -444,5 +445,41 @@ def test_a_mirror_rewrite_cut_short_is_redone_and_stale_plans_go(tmp_path):
 
 def _mirror_emails_at(state: Path) -> set[str]:
     with StateStore(state) as store:
-        return {r[0] for t in ("held", "members", "truncated", "rejects")
+        return {r[0] for t in mirror_tables(store.con)
                 for r in store.con.execute(f"SELECT email FROM {t}").fetchall()}
+
+
+def test_a_forgotten_address_is_in_no_sync_request_or_dry_run_payload_before_its_erasure(fakes, wh):
+    """Review item 4: between ``forget`` and the erasure's confirmation, a sync names the address in no
+    request of any action (a clear would make Klaviyo's bulk import re-create the deleted profile), nor a
+    dry run in its payload files; the mirror keeps its rows for the erasure, and the plan counts them."""
+    newcomer, leaver = "new@shop.com", "leaver@shop.com"
+    _sync_all(wh, fakes, [GONE, STAY, leaver], only=("klaviyo",))
+    k = fakes["klaviyo"]
+    k.keep_bodies = True
+    Ledger(wh.root).request([GONE, newcomer], "cli")  # tombstoned; no erasure pass yet
+    day2 = "2026-11-02"
+    # GONE and leaver left (a clear and a list removal each); newcomer (tombstoned) is still a member
+    write_memberships(wh, day2, [("loyal", STAY), ("loyal", newcomer)])
+
+    report = sync("klaviyo", wh, day2, SYNCED, state_dir=wh.root / "sync_state" / "klaviyo",
+                  dry_run_root=wh.root / "sync_dry_run", client=klaviyo_client(k.url), settings=KlaviyoSettings())
+
+    assert report.status == "ok" and report.forgotten == 2 and report.plan["forgotten"] == 2
+    assert report.planned_clears == 1 and report.planned_removals == 1  # the leaver only
+    assert report.planned_upserts == 0 and report.desired == 1
+    sent = b"".join(body + path.encode() for _m, path, body in k.bodies)
+    assert leaver.encode() in sent  # the check sees addresses where they travel
+    for forgotten in (GONE, newcomer):
+        assert forgotten.encode() not in sent and quote(forgotten, safe="").encode() not in sent
+    assert k.profile(newcomer) is None and k.spec_violations == []
+    assert GONE in _mirror_emails(wh, "klaviyo")  # erasure's to remove, once Klaviyo confirmed
+
+    # a dry run (no credentials) writes no payload naming them either, whatever the action
+    write_memberships(wh, "2026-11-03", [("loyal", GONE), ("loyal", newcomer)])
+    dry = sync("klaviyo", wh, "2026-11-03", SYNCED, state_dir=wh.root / "sync_state" / "klaviyo",
+               dry_run_root=wh.root / "sync_dry_run", client=None, settings=KlaviyoSettings())
+    assert dry.dry_run and dry.forgotten == 2 and dry.planned_upserts == 0
+    payloads = _bytes_under(wh.root / "sync_dry_run")
+    assert STAY.encode() in payloads  # STAY leaves: its clear is in the payload
+    assert GONE.encode() not in payloads and newcomer.encode() not in payloads

@@ -18,9 +18,12 @@ import pytest
 
 from segment_pipeline.core.esp.http import EspError
 from segment_pipeline.core.model import parse_model
+from segment_pipeline.core.privacy.erasure import mirror_tables, propagate
+from segment_pipeline.core.privacy.ledger import Ledger
+from segment_pipeline.core.sync.destinations.klaviyo import KlaviyoDestination
 from segment_pipeline.core.sync.mappings import MappingFileError, load_mappings, parse_mappings
 from segment_pipeline.core.sync.plan import RemovalGuardError, mask_email
-from segment_pipeline.core.sync.runner import KlaviyoSettings, sync
+from segment_pipeline.core.sync.runner import KlaviyoSettings, destination_mappings, sync
 from segment_pipeline.core.sync.state import StateStore
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline_tests.fakes.braze import FakeBraze, braze_client
@@ -347,3 +350,61 @@ def test_dry_runs_with_mappings_write_the_requests_they_would_send(tmp_path, wh)
             assert "unset-LASTORDER-00001-Overwrite.csv" in files
             body = (Path(report.payload_dir) / "upsert-00001-OnlyOverwriteIfNotEmpty.csv").read_bytes().decode()
             assert body.startswith("Email,NOSTOSEGMENT,FIRSTNAME,POINTS,VIP,LASTORDER,BIO,REVENUE\r\n")
+
+
+def test_erasure_removes_a_confirmed_address_from_every_mirror_table_held_values_included(tmp_path, wh):
+    """Review item 3: the mirror tables erasure scrubs come from the mirror's own schema (every table
+    with an ``email`` column), so issue 16's ``held_values`` loses the address and its mapped values."""
+    maps = mappings(tmp_path, KLAVIYO_MAP, "klaviyo")
+    day_data(wh, D1, BASE)
+    state = wh.root / "sync_state" / "klaviyo"
+    gone = "ann@shop.com"
+    with FakeKlaviyo() as fake:
+        report = sync("klaviyo", wh, D1, SYNCED, state_dir=state, dry_run_root=tmp_path / "dry",
+                      client=klaviyo_client(fake.url), mappings=maps)
+        assert report.status == "ok" and report.fields_updated == 3
+        with StateStore(state) as store:
+            tables = mirror_tables(store.con)
+            assert "held_values" in tables and {"held", "members", "truncated", "rejects"} <= set(tables)
+            assert store.con.execute("SELECT count(*) FROM held_values WHERE email = ?", [gone]).fetchall()[0][0]
+        ledger = Ledger(wh.root)
+        (req,) = ledger.request([gone], "cli")
+        ledger.warehouse_done(req.request_id)
+        klaviyo = KlaviyoDestination(klaviyo_client(fake.url), KlaviyoSettings())
+        klaviyo.erase_wait_seconds = 5.0
+
+        done = propagate(wh.root, {"klaviyo": klaviyo})
+
+        assert done.destinations["klaviyo"].confirmed == 1 and done.settled == 1 and fake.profile(gone) is None
+        with StateStore(state) as store:
+            for table in mirror_tables(store.con):
+                assert store.con.execute(f"SELECT count(*) FROM {table} WHERE email = ?", [gone]).fetchall() == [(0,)]
+            assert store.con.execute("SELECT count(DISTINCT email) FROM held_values").fetchall() == [(2,)]
+        assert gone.encode() not in (state / "state.duckdb").read_bytes()
+
+
+CONSENT_MODEL = parse_model({"attributes": {"first_name": "string", "accepts_email_marketing": "boolean",
+                                            "email_consent": "boolean", "sms_opt_in": "boolean"}})
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("accepts_email_marketing", "accepts_email_marketing is a consent attribute "
+                                "(privacy.yaml: consent.destinations.klaviyo); consent is never sent by a sync"),
+    ("email_consent", "'email_consent' names a consent, subscription or opt-in value"),
+])
+def test_a_consent_source_is_refused_naming_both_files_and_the_entry(tmp_path, monkeypatch, source, expected):
+    """Review item 6: a consent attribute (declared in the privacy file, or named like one) cannot be mapped
+    to a destination field of any name: the gate decides who is sent, its value is never sent."""
+    privacy = tmp_path / "privacy.yaml"
+    privacy.write_text("consent:\n  destinations: {klaviyo: accepts_email_marketing}\n")
+    monkeypatch.setenv("SEGMENT_PIPELINE_PRIVACY", str(privacy))
+    path = tmp_path / "destinations.yaml"
+    path.write_text(f"klaviyo: {{mappings: [{{from: first_name, to: first_name}}, {{from: {source}, to: marketing_ok}}]}}")
+    klaviyo = KlaviyoDestination(None, KlaviyoSettings())
+    with pytest.raises(MappingFileError) as err:
+        destination_mappings(klaviyo, CONSENT_MODEL, path)
+    message = str(err.value).replace(str(tmp_path) + "/", "")
+    assert message.startswith(f"destinations.yaml: klaviyo.mappings[1] (from: {source}, to: marketing_ok): ")
+    assert expected in message
+    path.write_text("klaviyo: {mappings: [{from: first_name, to: first_name}]}")  # other fields still map
+    assert [m.source for m in destination_mappings(klaviyo, CONSENT_MODEL, path)] == ["first_name"]

@@ -123,6 +123,15 @@ class PrivacyConfig(_Strict):
     def consent_for_destination(self, destination: str) -> str | None:
         return self.consent.destinations.get(destination)
 
+    def consent_attributes(self) -> dict[str, str]:
+        """Every consent attribute of the file -> where it is declared first, naming the file and
+        the entry (``data/privacy.yaml: consent.destinations.klaviyo``); empty when none is."""
+        out: dict[str, str] = {}
+        for kind, gates in (("destinations", self.consent.destinations), ("segments", self.consent.segments)):
+            for key, attr in gates.items():
+                out.setdefault(attr, f"{self.source}: consent.{kind}.{key}")
+        return out
+
     def check_model(self, model: DataModel) -> None:
         """Every consent attribute is a boolean attribute of ``model`` (else :class:`PrivacyFileError`)."""
         for kind, gates in (("destinations", self.consent.destinations), ("segments", self.consent.segments)):

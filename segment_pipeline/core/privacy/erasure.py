@@ -16,8 +16,9 @@ that destination has not confirmed yet:
    the reason otherwise (faults, throttling beyond the retry budget, refused credentials). What is
    not confirmed is asked again on the next pass: vendors' deletions are idempotent and every
    adapter looks the contact up first, so asking twice deletes nothing twice;
-3. the destination's sync mirror (``<warehouse>/sync_state/<name>/state.duckdb``: ``held``,
-   ``members``, ``truncated``, ``rejects``) loses the confirmed addresses, matched by SHA-256, and
+3. the destination's sync mirror (``<warehouse>/sync_state/<name>/state.duckdb``: every table
+   with an ``email`` column, :func:`mirror_tables`: ``held``, ``held_values``, ``members``,
+   ``truncated``, ``rejects`` today) loses the confirmed addresses, matched by SHA-256, and
    the file is rewritten into a fresh one (``COPY FROM DATABASE``, then an atomic rename), so the
    deleted rows' bytes do not survive in free blocks of the old file; plan files a killed sync left
    behind (``plans/*.parquet``, which hold addresses) are removed too. This runs under the mirror's
@@ -61,12 +62,10 @@ from segment_pipeline.core.privacy.ledger import Ledger, Pending
 from segment_pipeline.core.sync.destinations import DESTINATIONS
 from segment_pipeline.core.sync.engine import Destination, Erasure
 from segment_pipeline.core.sync.state import StateStore, SyncLockedError, Target
-from segment_pipeline.core.warehouse import sql_string
+from segment_pipeline.core.warehouse import sql_ident, sql_string
 
 Log = Callable[[str], None]
 
-#: The mirror tables holding addresses (column ``email``).
-MIRROR_TABLES = ("held", "members", "truncated", "rejects")
 #: Present in a mirror's folder from before erased rows are deleted until the fresh copy replaced it.
 REWRITE_MARK = "erasure-rewrite"
 SYNC_STATE = "sync_state"
@@ -168,14 +167,24 @@ def mirror_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _read_mirror(state_dir: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` over the mirror (caller holds :func:`mirror_lock`); none without a mirror."""
+def mirror_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The tables of the mirror open on ``con`` that hold addresses: every table of its own
+    database with a column ``email`` (read from ``information_schema``, so a table a later issue
+    adds to :mod:`segment_pipeline.core.sync.state`, like issue 16's ``held_values``, is erased too)."""
+    return [r[0] for r in con.execute(
+        "SELECT DISTINCT table_name FROM information_schema.columns WHERE table_catalog = current_database() "
+        "AND table_schema = 'main' AND column_name = 'email' ORDER BY table_name").fetchall()]
+
+
+def _read_mirror(state_dir: Path, sql: str | Callable[[duckdb.DuckDBPyConnection], str]) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` (or of the query ``sql(con)`` builds) over the mirror (caller holds
+    :func:`mirror_lock`); none without a mirror."""
     path = Path(state_dir) / "state.duckdb"
     if not path.exists():
         return []
     con = duckdb.connect(str(path), read_only=True)
     try:
-        return con.execute(sql).fetchall()
+        return con.execute(sql if isinstance(sql, str) else sql(con)).fetchall()
     finally:
         con.close()
 
@@ -209,7 +218,7 @@ class MirrorScrub:
 
 def scrub_mirror(state_dir: Path, hashes: Collection[str]) -> MirrorScrub:
     """Remove the addresses whose SHA-256 hex is in ``hashes`` from the mirror under ``state_dir``
-    (tables :data:`MIRROR_TABLES`) and rewrite ``state.duckdb`` into a fresh file, under the
+    (tables :func:`mirror_tables`) and rewrite ``state.duckdb`` into a fresh file, under the
     mirror's lock. Raises :class:`SyncLockedError` while a sync of the destination runs.
 
     Rewritten only when rows were removed now or by a pass killed before its rename (the mark);
@@ -242,8 +251,8 @@ def _scrub_locked(store: StateStore, state_dir: Path, path: Path, hashes: Collec
     if hashes:
         con.register("erased_hashes", pa.table({"email_sha256": pa.array(sorted(hashes), pa.string())}))
         with store.transaction():
-            for table in MIRROR_TABLES:
-                where = f"FROM {table} WHERE sha256(email) IN (SELECT email_sha256 FROM erased_hashes)"
+            for table in mirror_tables(con):
+                where = f"FROM {sql_ident(table)} WHERE sha256(email) IN (SELECT email_sha256 FROM erased_hashes)"
                 n = con.execute(f"SELECT count(*) {where}").fetchall()[0][0]
                 if n:
                     if not mark.exists():  # before the deletion commits: a kill until the rename is caught up
@@ -379,10 +388,13 @@ def _hashes_in_mirror(state_dir: Path, hashes: Collection[str]) -> set[str]:
     """Which of ``hashes`` (SHA-256 of addresses) the destination's mirror holds (all while a sync runs)."""
     if not hashes:
         return set()
-    union = " UNION ".join(f"SELECT sha256(email) AS h FROM {t}" for t in MIRROR_TABLES)
+    def query(con: duckdb.DuckDBPyConnection) -> str:
+        union = " UNION ".join(f"SELECT sha256(email) AS h FROM {sql_ident(t)}" for t in mirror_tables(con))
+        return f"SELECT DISTINCT h FROM ({union})"
+
     try:
         with mirror_lock(state_dir):
-            rows = _read_mirror(state_dir, f"SELECT DISTINCT h FROM ({union})")
+            rows = _read_mirror(state_dir, query)
     except SyncLockedError:
         return set(hashes)
     return set(hashes) & {r[0] for r in rows}

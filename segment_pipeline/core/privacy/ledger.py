@@ -19,7 +19,12 @@ Everything lives under ``<warehouse root>/privacy/`` (folder ``0700``, files ``0
     ``{"request_id", "email_sha256", "email"}``: the normalised address, which the warehouse scrub
     (raw quarantine text is matched on the address) and the destinations' deletion endpoints need.
     Written atomically; deleted by :meth:`Ledger.settle` once the warehouse and every destination
-    confirmed. After that the address exists nowhere under the warehouse root.
+    confirmed. After that the warehouse tables, the quarantine and every sync mirror (all its
+    tables with an ``email`` column, :func:`segment_pipeline.core.privacy.erasure.mirror_tables`)
+    no longer hold the address, and no sync plan or dry-run payload has named it since the request
+    (:func:`segment_pipeline.core.sync.diff.write_plan` leaves tombstoned addresses out). Dry-run
+    payload folders written *before* the request (``sync_dry_run/``) are not scanned: they keep it
+    until retention expires them (``SEGMENT_PIPELINE_RETAIN_DRY_RUN_DAYS``, docs/privacy.md).
 
 ``tombstones.parquet``
     A copy of the unlifted tombstones (column ``email_sha256``), rewritten atomically with every

@@ -45,6 +45,9 @@ class PlanCounts:
     leaving: int = 0  # planned contacts whose value is cleared, who are removed, or lose a mapped value they held
     field_counts: FieldCounts | None = None  # per mapped field: values to send, clears, over the limit
     unsets: int = 0  # ``unset:<field>`` rows (destinations that clear fields in their own requests)
+    #: contacts left out of the plan because they asked to be forgotten (tombstoned, ``forgotten``):
+    #: desired, held or members per the mirror, with no row of any action in the plan
+    forgotten: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ class ValueFit:
 
 def write_plan(store: StateStore, target: Target, desired_sql: str, params: list[object], plan_path: Path,
                track_membership: bool, removes: bool, fit: ValueFit | None = None, run_id: str | None = None,
-               values: bool = True, withdraw: str | None = None, fields: FieldPlan | None = None) -> PlanCounts:
+               values: bool = True, withdraw: str | None = None, fields: FieldPlan | None = None,
+               forgotten: str | None = None) -> PlanCounts:
     """Write ``action, email, segments, member, held`` rows to ``plan_path``; return the counts.
 
     * ``upsert``: email is desired with segments different from what its profile is confirmed to
@@ -108,10 +112,36 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
     has ``fields`` (JSON object of the mapped-field changes, NULL when none) and ``field_clears``;
     a desired contact whose mapped values changed is an upsert even when its segment names did not;
     with ``fields.unset_separately`` the clears are ``unset:<field>`` rows of their own.
+
+    ``forgotten``: a DuckDB relation with one column ``email_sha256`` (SHA-256 hex of normalised
+    addresses: :meth:`segment_pipeline.core.privacy.ledger.Ledger.tombstone_sql`). An address in it
+    gets no row of any action (no upsert, clear, remove nor ``unset:`` row), so neither a real run
+    nor a dry run's payload names a person who asked to be forgotten, between ``forget`` and the
+    erasure's confirmation too (Klaviyo's bulk import would re-create a deleted profile on a clear).
+    They are counted in :attr:`PlanCounts.forgotten`; their mirror rows stay for the erasure
+    (:mod:`segment_pipeline.core.privacy.erasure`), which deletes them at the vendor, then in the mirror.
     """
     private_mkdir(plan_path.parent)
     con = store.con
-    con.execute(f"CREATE OR REPLACE TEMP TABLE desired_rows AS {desired_sql}", params)
+    con.execute("CREATE OR REPLACE TEMP TABLE forgotten_hashes AS "
+                + (f"SELECT DISTINCT email_sha256 FROM ({forgotten}) WHERE email_sha256 IS NOT NULL" if forgotten
+                   else "SELECT NULL::VARCHAR AS email_sha256 LIMIT 0"))
+    n_forgotten = 0
+    try:
+        if con.execute("SELECT count(*) FROM forgotten_hashes").fetchall()[0][0]:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE desired_all AS {desired_sql}", params)
+            n_forgotten = con.execute("""
+                SELECT count(DISTINCT email) FROM (
+                    SELECT email FROM desired_all UNION ALL SELECT email FROM held WHERE holder = ?
+                    UNION ALL SELECT email FROM members WHERE container = ?)
+                WHERE sha256(email) IN (SELECT email_sha256 FROM forgotten_hashes)""",
+                                      [target.holder, target.container]).fetchall()[0][0]
+            con.execute("CREATE OR REPLACE TEMP TABLE desired_rows AS SELECT * FROM desired_all "
+                        "WHERE email IS NULL OR sha256(email) NOT IN (SELECT email_sha256 FROM forgotten_hashes)")
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE desired_rows AS {desired_sql}", params)
+    finally:
+        con.execute("DROP TABLE IF EXISTS desired_all")
     try:
         truncated = dropped_all = 0
         dropped_names: list[tuple[str, int]] = []
@@ -165,6 +195,9 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
             extra_none = ", NULL::VARCHAR AS fields, 0 AS field_clears"
             unsets = unset_rows_sql(fields) if fields.unset_separately else []
         track = "TRUE" if track_membership else "FALSE"
+        # every action: a forgotten address is in no row (its mirror rows stay: erasure removes those)
+        keep_known = ("(email IS NULL OR sha256(email) NOT IN (SELECT email_sha256 FROM forgotten_hashes))"
+                      if n_forgotten else "TRUE")
         compare = "TRUE" if values else "FALSE"
         remove = "TRUE" if removes else (f"({withdraw})" if withdraw else "FALSE")
         sql = f"""
@@ -186,7 +219,7 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
             {"".join(f" UNION ALL {u}" for u in unsets)}
         """
         con.execute(
-            f"COPY ({sql} ORDER BY action, email) TO {sql_string(str(plan_path))} (FORMAT parquet, COMPRESSION zstd)",
+            f"COPY (SELECT * FROM ({sql}) WHERE {keep_known} ORDER BY action, email) TO {sql_string(str(plan_path))} (FORMAT parquet, COMPRESSION zstd)",
             [target.holder, target.container],
         ).fetchall()
         os.chmod(plan_path, FILE_MODE)  # in a 0700 folder from its creation; the file itself 0600 too
@@ -201,6 +234,7 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
         con.execute("DROP TABLE IF EXISTS field_rows")
         con.execute("DROP TABLE IF EXISTS desired_fitted")
         con.execute("DROP TABLE IF EXISTS desired_rows")
+        con.execute("DROP TABLE IF EXISTS forgotten_hashes")
     plan = f"read_parquet({sql_string(str(plan_path))})"
     counts = dict(con.execute(f"SELECT action, count(*) FROM {plan} GROUP BY action").fetchall())
     losing = f"action IN ('{CLEAR}', '{REMOVE}')" + (" OR field_clears > 0" if extra_cols else "")
@@ -208,4 +242,4 @@ def write_plan(store: StateStore, target: Target, desired_sql: str, params: list
     return PlanCounts(desired, counts.get(UPSERT, 0), counts.get(CLEAR, 0), counts.get(REMOVE, 0),
                       truncated, dropped_all, tuple((str(a), int(b)) for a, b in dropped_names),
                       int(held_contacts), int(leaving or 0), field_counts,
-                      sum(n for a, n in counts.items() if str(a).startswith(UNSET_PREFIX)))
+                      sum(n for a, n in counts.items() if str(a).startswith(UNSET_PREFIX)), int(n_forgotten))

@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from segment_pipeline.core.esp.http import EspClient, HttpStats
+from segment_pipeline.core.privacy.ledger import PRIVACY_DIR, TOMBSTONES_FILE, Ledger
 from segment_pipeline.core.privacy.suppression import keep_email_sql
 from segment_pipeline.core.sync.batching import Batch, InFlight, Row, chunk, plan_batches, plan_rows
 from segment_pipeline.core.sync.desired import desired_sql
@@ -351,6 +352,14 @@ def merge_reports(integration: str, day: str, dry_run: bool, reports: Sequence[S
     return out
 
 
+def forgotten_sql(warehouse: Warehouse) -> str | None:
+    """The tombstoned addresses' hashes (:meth:`Ledger.tombstone_sql`) a plan leaves out, or None
+    when no deletion ledger was ever written (nothing is created then)."""
+    if not (warehouse.root / PRIVACY_DIR / TOMBSTONES_FILE).exists():
+        return None
+    return Ledger(warehouse.root).tombstone_sql()
+
+
 class _Run:
     def __init__(self, d: Destination, warehouse: Warehouse, day: str | dt.date, synced: Mapping[str, str],
                  state_dir: Path, dry_run_root: Path, log: Log | None, scope: str = "",
@@ -439,11 +448,12 @@ class _Run:
                             track_membership=d.capabilities.list_add, removes=d.capabilities.list_remove,
                             withdraw=withdraw,
                             fit=self.limits.value, run_id=None if self.dry else self.run_id,
-                            values=d.capabilities.property_upsert, fields=self.field_plan(target))
+                            values=d.capabilities.property_upsert, fields=self.field_plan(target),
+                            forgotten=forgotten_sql(self.warehouse))
         self.counts = counts
         r.desired, r.planned_upserts, r.planned_clears, r.planned_removals = (
             counts.desired, counts.upserts, counts.clears, counts.removals)
-        r.held_contacts, r.leaving = counts.held_contacts, counts.leaving
+        r.held_contacts, r.leaving, r.forgotten = counts.held_contacts, counts.leaving, counts.forgotten
         fc = counts.field_counts
         if fc is not None:
             r.planned_field_values, r.planned_field_clears = sum(fc.sets.values()), sum(fc.clears.values())
@@ -475,7 +485,7 @@ class _Run:
                 r.notes.append(("confirmed: " if self.allow_large_removal and not self.dry else "") + message)
                 self.log(f"{d.name}: {r.notes[-1]}")
             else:
-                raise RemovalGuardError(message)
+                raise RemovalGuardError(message, plan=r.plan, counts=counts)
 
     def field_plan(self, target: Target) -> FieldPlan | None:
         """The mapped fields' part of the plan (None without mappings). Values come from the

@@ -28,7 +28,10 @@ a custom property; dotdigital an empty cell under the ``Overwrite`` merge option
 Refused at load time, with :class:`MappingFileError` naming the file and the entry
 (``data/destinations.yaml: klaviyo.mappings[2] (to: subscriptions): ...``): an unknown model field,
 ``email`` (the identifier every destination is keyed on), a destination field whose type the source
-cannot fill (a date into Klaviyo ``first_name``), a consent, subscription or opt-in field (Klaviyo
+cannot fill (a date into Klaviyo ``first_name``), a consent source (an attribute the privacy file
+declares under ``consent:``, or one whose name :data:`CONSENT_WORDS` matches, e.g.
+``email_consent``: the consent gate decides who is sent, its value is never sent), a consent,
+subscription or opt-in field (Klaviyo
 ``subscriptions``/consent keys, dotdigital ``OPTINTYPE``/``STATUS``/consent columns, Braze
 ``email_subscribe``/``push_subscribe``/``subscription_groups``: consent is never ours to set, in line
 with the vendors' reference integrations), the field that holds the segment names, two mappings
@@ -64,6 +67,7 @@ and named in its notes; it is never cut.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -183,10 +187,17 @@ class DestinationMappings:
 NONE = DestinationMappings({})
 
 
-def _check(vendor: str, e: _Entry, model_types: dict[str, str], reserved: str | None) -> FieldMapping:
+def _check(vendor: str, e: _Entry, model_types: dict[str, str], reserved: str | None,
+           consent: Mapping[str, str] | None = None) -> FieldMapping:
     """One entry -> :class:`FieldMapping`, or ``ValueError`` with the reason."""
     if e.from_ == "email":
         raise ValueError("email is the identifier every destination is keyed on; it is sent already")
+    if consent and e.from_ in consent:
+        raise ValueError(f"{e.from_} is a consent attribute ({consent[e.from_]}); consent is never sent by a sync "
+                         "(it gates who is sent; manage consent in the destination)")
+    if CONSENT_WORDS.search(e.from_):
+        raise ValueError(f"{e.from_!r} names a consent, subscription or opt-in value; consent is never sent by a "
+                         "sync (manage it in the destination)")
     if e.from_ not in model_types:
         raise ValueError(f"unknown attribute or trait {e.from_!r}; known: {', '.join(sorted(model_types))}")
     st = model_types[e.from_]
@@ -253,12 +264,16 @@ SEGMENT_FIELD_DEFAULTS = {"klaviyo": "nosto_segment", "dotdigital": "NOSTOSEGMEN
 
 
 def parse_mappings(doc: Any, model: DataModel, source: str = "<memory>", destinations: tuple[str, ...] = (),
-                   reserved: dict[str, str] | None = None) -> DestinationMappings:
+                   reserved: dict[str, str] | None = None,
+                   consent: Mapping[str, str] | None = None) -> DestinationMappings:
     """Validate a parsed destinations document against ``model``.
 
     ``destinations``: the registered destination names (an unknown top-level key is an error);
     ``reserved``: destination -> the field holding its segment names (default
-    :data:`SEGMENT_FIELD_DEFAULTS`). Raises :class:`MappingFileError` naming ``source`` and the entry.
+    :data:`SEGMENT_FIELD_DEFAULTS`); ``consent``: the privacy file's consent attributes -> where each
+    is declared (:meth:`~segment_pipeline.core.privacy.config.PrivacyConfig.consent_attributes`),
+    refused as a source like a source whose name :data:`CONSENT_WORDS` matches. Raises
+    :class:`MappingFileError` naming ``source`` and the entry.
     """
     if doc is None:
         return DestinationMappings({}, source)
@@ -286,7 +301,7 @@ def parse_mappings(doc: Any, model: DataModel, source: str = "<memory>", destina
         for i, e in enumerate(entry.mappings):
             where = f"{name}.mappings[{i}] (from: {e.from_}, to: {e.to})"
             try:
-                m = _check(name, e, types, reserved.get(name))
+                m = _check(name, e, types, reserved.get(name), consent)
             except ValueError as exc:
                 problems.append(f"{where}: {exc}")
                 continue
@@ -303,15 +318,17 @@ def parse_mappings(doc: Any, model: DataModel, source: str = "<memory>", destina
 
 
 def load_mappings(path: str | Path | None, model: DataModel, destinations: tuple[str, ...] = (),
-                  reserved: dict[str, str] | None = None) -> DestinationMappings:
-    """Read and validate the destinations file; a missing file means no mappings (:data:`NONE`)."""
+                  reserved: dict[str, str] | None = None,
+                  consent: Mapping[str, str] | None = None) -> DestinationMappings:
+    """Read and validate the destinations file (as :func:`parse_mappings`); a missing file means no
+    mappings (:data:`NONE`)."""
     if path is None or not Path(path).is_file():
         return DestinationMappings({}, str(path) if path else "<none>")
     try:
         doc = load_yaml_file(path, "destinations file")
     except YamlFileError as exc:
         raise MappingFileError(str(exc)) from None
-    return parse_mappings(doc, model, str(path), destinations, reserved)
+    return parse_mappings(doc, model, str(path), destinations, reserved, consent)
 
 
 # -- conversion ----------------------------------------------------------------------------------

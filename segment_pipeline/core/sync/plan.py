@@ -44,7 +44,43 @@ GUARD_ENV = "SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE"
 
 
 class RemovalGuardError(RuntimeError):
-    """A run would clear or remove more than the configured share of the destination's contacts."""
+    """A run would clear or remove more than the configured share of the destination's contacts.
+
+    ``plan``: the run's plan summary (:func:`plan_summary`, no address), for the failure's metadata;
+    ``counts``: its :class:`~segment_pipeline.core.sync.diff.PlanCounts`."""
+
+    def __init__(self, message: str, plan: Mapping[str, Any] | None = None, counts: PlanCounts | None = None):
+        super().__init__(message)
+        self.plan: dict[str, Any] = dict(plan or {})
+        self.counts = counts
+
+
+def privacy_reason(leaving: int, held_back: Mapping[str, Any], forgotten: int = 0) -> str:
+    """The sentence a guard stop adds when privacy explains removals (empty when nothing is held back).
+
+    ``held_back``: the privacy filter's counts for the run's day and segments
+    (:func:`segment_pipeline.core.privacy.filters.privacy_counts`: ``suppressed`` per list,
+    ``consent_withheld``); ``forgotten``: contacts left out of the plan (tombstoned; not in
+    ``leaving``). When the held-back members are at least half of ``leaving`` the sentence says they
+    can explain the removals (a new suppression list, a consent gate), not a bad upstream day."""
+    per_list = {str(k): int(v) for k, v in dict(held_back.get("suppressed") or {}).items() if v}
+    suppressed = sum(per_list.values())
+    consent = int(held_back.get("consent_withheld") or 0)
+    parts = []
+    if suppressed:
+        parts.append(f"{suppressed:,} on suppression lists ("
+                     + ", ".join(f"{name} {n:,}" for name, n in sorted(per_list.items())) + ")")
+    if consent:
+        parts.append(f"{consent:,} without consent (consent gate)")
+    out = ""
+    if parts:
+        held = suppressed + consent
+        out = f" Privacy holds back {held:,} of the day's members: {' and '.join(parts)}"
+        out += ("; these can explain the removals (a new or grown suppression list, a new consent gate) rather than "
+                "a bad upstream day." if leaving and held * 2 >= leaving else ".")
+    if forgotten:
+        out += f" {forgotten:,} contacts asked to be forgotten are left out of the plan (not counted above)."
+    return out
 
 
 def guard_message(name: str, counts: PlanCounts, limit: float, day: str) -> str:
@@ -81,7 +117,7 @@ def plan_summary(counts: PlanCounts, plan_path: Path | None, mappings: Sequence[
     out: dict[str, Any] = {
         "contacts_held": counts.held_contacts, "desired": counts.desired, "add": int(add or 0),
         "update": int(update or 0), "clear": counts.clears, "remove": counts.removals,
-        "leaving": counts.leaving,
+        "leaving": counts.leaving, "forgotten": counts.forgotten,
         "leaving_share": round(counts.leaving / counts.held_contacts, 4) if counts.held_contacts else 0.0,
     }
     fc = counts.field_counts

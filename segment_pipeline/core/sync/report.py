@@ -27,6 +27,7 @@ class SyncReport:
     unconfirmed: int = 0  # rows left unconfirmed because a refusal named no row (sent again next run)
     held_contacts: int = 0  # contacts the destination held before the run, per the mirror
     leaving: int = 0  # planned: contacts cleared, removed or losing a mapped field (the removal guard's count)
+    forgotten: int = 0  # contacts left out of the plan (every action): they asked to be forgotten (tombstoned)
     planned_field_values: int = 0  # planned mapped-field values to send (contacts x fields)
     planned_field_clears: int = 0  # planned mapped-field clears (contacts x fields)
     fields_over_limit: int = 0  # mapped values over the field's length limit, not sent

@@ -60,11 +60,15 @@ def sync_dotdigital(warehouse: Warehouse, day: str | dt.date, synced: Mapping[st
 def destination_mappings(d: Any, model: DataModel, path: str | Path | None = None) -> tuple[FieldMapping, ...]:
     """The validated field mappings of destination ``d`` from the destinations file (``path``,
     default ``settings.destinations_file()``; absent file: none). Raises
-    :class:`~segment_pipeline.core.sync.mappings.MappingFileError` naming the file and the entry."""
+    :class:`~segment_pipeline.core.sync.mappings.MappingFileError` naming the file and the entry
+    (a consent attribute of the privacy file, ``settings.privacy_file()``, is refused as a source;
+    an invalid privacy file raises its :class:`~segment_pipeline.core.privacy.config.PrivacyFileError`)."""
     from segment_pipeline import settings as app_settings
+    from segment_pipeline.core.privacy.config import current_privacy
     from segment_pipeline.core.sync.destinations import DESTINATIONS
 
     field = d.segment_field()
     loaded = load_mappings(path if path is not None else app_settings.destinations_file(), model,
-                           tuple(DESTINATIONS), {d.name: field} if field else None)
+                           tuple(DESTINATIONS), {d.name: field} if field else None,
+                           current_privacy().consent_attributes())
     return loaded.of(d.name)

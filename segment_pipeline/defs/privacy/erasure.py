@@ -9,7 +9,10 @@ destination ``<name>_asked``, ``_confirmed``, ``_done`` (awaiting confirmation),
 ``_mirror_rows_removed``; ``open_requests`` and ``settled``. Never an address.
 
 Schedule ``privacy_erasure_schedule`` (UTC): ``SEGMENT_PIPELINE_ERASURE_CRON``, default daily at
-05:00 (``0 5 * * *``), before the daily syncs (dotdigital 06:00, Braze 06:30, Meta 07:00). The
+05:00 (``0 5 * * *``), before the daily syncs (dotdigital 06:00, Braze 06:30, Meta 07:00); Klaviyo
+syncs every 12 hours (00:00, 12:00), so some of its runs fall between a request and its erasure. The
+order is a convenience, not what keeps the person out: from the request on, every sync plan leaves
+tombstoned addresses out (``core/sync/diff.py``, ``write_plan``), whichever runs first. The
 asset fails (after recording everything) when a destination failed, so the failure shows in the UI;
 the next run retries what was not confirmed.
 """

@@ -10,7 +10,9 @@ metadata (the asset page plots them: the run history), and the run's ``plan`` su
 Field mappings (which attributes and traits each destination receives) are read per run from
 ``settings.destinations_file()`` and validated against the model. A run that would clear or remove
 more than ``SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE`` of the destination's contacts fails before
-sending anything unless its run config says ``allow_large_removal: true`` (docs/syncs.md).
+sending anything unless its run config says ``allow_large_removal: true`` (docs/syncs.md); the
+failure's metadata holds the ``plan`` and the privacy counts, and its message names what privacy
+holds back when that explains the removals (:func:`segment_pipeline.core.sync.plan.privacy_reason`).
 
 Schedules (UTC; cron overridable per destination): Klaviyo ``SEGMENT_PIPELINE_KLAVIYO_SYNC_CRON``
 (default every 12 hours, ``0 */12 * * *``), dotdigital ``SEGMENT_PIPELINE_DOTDIGITAL_SYNC_CRON``
@@ -28,7 +30,7 @@ import dagster as dg
 from segment_pipeline import settings
 from segment_pipeline.core.sync.destinations import DESTINATIONS
 from segment_pipeline.core.sync.engine import Destination, run_sync
-from segment_pipeline.core.sync.plan import RemovalGuardError
+from segment_pipeline.core.sync.plan import RemovalGuardError, privacy_reason
 from segment_pipeline.core.sync.report import SyncReport
 from segment_pipeline.core.sync.runner import destination_mappings
 from segment_pipeline.core.warehouse import Warehouse
@@ -75,6 +77,18 @@ def _result(report: SyncReport, privacy: dict[str, object] | None = None) -> dg.
     return dg.MaterializeResult(metadata=meta)
 
 
+def _guard_failure(exc: RemovalGuardError, privacy: dict[str, object]) -> dg.Failure:
+    """The removal guard's stop: its message, plus what privacy holds back when that explains the
+    removals; metadata ``plan`` (the summary the stop is about) and the privacy counts."""
+    counts = exc.counts
+    leaving = counts.leaving if counts is not None else int(exc.plan.get("leaving", 0))
+    forgotten = counts.forgotten if counts is not None else int(exc.plan.get("forgotten", 0))
+    meta: dict[str, object] = {"plan": dg.MetadataValue.json(exc.plan), **privacy_metadata(privacy)}
+    if forgotten:
+        meta["forgotten"] = forgotten
+    return dg.Failure(str(exc) + privacy_reason(leaving, privacy, forgotten), metadata=meta, allow_retries=False)
+
+
 def _freshness(hours: int) -> dg.FreshnessPolicy:
     return dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=hours),
                                           warn_window=dt.timedelta(hours=hours - 1))
@@ -109,7 +123,7 @@ def sync_asset(d: type[Destination]) -> dg.AssetsDefinition:
                                   max_removal_share=settings.sync_max_removal_share(),
                                   allow_large_removal=config.allow_large_removal)
             except RemovalGuardError as exc:
-                raise dg.Failure(str(exc), allow_retries=False) from None
+                raise _guard_failure(exc, privacy) from None
         finally:
             if client:
                 client.close()
