@@ -6,7 +6,11 @@ the default for each):
 ========================================== =============================================================
 ``SEGMENT_PIPELINE_RETAIN_LANDING_DAYS``   landing day folders ``<landing>/<source>/date=YYYY-MM-DD/``
                                            (the raw copies as delivered; ``raw_*`` tables are kept, since
-                                           profiles and traits are rebuilt from them)
+                                           profiles and traits are rebuilt from them: each removed day
+                                           gets a marker ``<landing>/_retention/YYYY-MM-DD.json``
+                                           naming the file versions removed, and the landing sensor
+                                           never re-runs a day for their removal,
+                                           :mod:`segment_pipeline.core.landing_watch`)
 ``SEGMENT_PIPELINE_RETAIN_QUARANTINE_DAYS`` partitions of ``quarantine_profiles``, ``quarantine_events``
                                            and ``quarantine_suppression`` (the rows and their raw text)
 ``SEGMENT_PIPELINE_RETAIN_DRY_RUN_DAYS``   dry-run payload folders ``<warehouse>/sync_dry_run/.../<stamp>/``
@@ -43,6 +47,7 @@ from segment_pipeline.core.exports.customer_match import PREFIX as CUSTOMER_MATC
 from segment_pipeline.core.exports.daily_feed import DAILY_PREFIX, LATEST_NAME, read_latest
 from segment_pipeline.core.exports.segment_export import EXPORT_PREFIX
 from segment_pipeline.core.exports.storage import ExportStorage
+from segment_pipeline.core.landing_watch import kind_file_versions, write_expired_marker
 from segment_pipeline.core.privacy.suppression import QUARANTINE_TABLE
 
 KINDS = ("landing", "quarantine", "dry_run", "published")
@@ -115,9 +120,21 @@ def _date_dirs(root: Path, depth: int) -> list[tuple[Path, dt.date]]:
     return out
 
 
-def enforce_landing(landing_root: Path, days: int | None, today: dt.date) -> KindResult:
+def enforce_landing(landing_root: Path, days: int | None, today: dt.date, now: dt.datetime | None = None) -> KindResult:
+    """Landing day folders older than ``days``; before a day's folders go, the file versions they
+    hold are recorded in the day's retention marker
+    (:func:`segment_pipeline.core.landing_watch.write_expired_marker`), so the landing sensor does
+    not take their removal for a delivery that emptied the day."""
     r = KindResult(days)
-    _dated(r, _date_dirs(landing_root, 2), today - dt.timedelta(days=days or 0), landing_root)
+    cutoff = today - dt.timedelta(days=days or 0)
+    items = _date_dirs(landing_root, 2)
+    if days is not None:
+        stamp = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
+        for day in sorted({d for _, d in items if d < cutoff}):
+            versions = [v for path, d in items if d == day
+                        for v in kind_file_versions(landing_root, path.parent.name, day.isoformat())]
+            write_expired_marker(landing_root, day.isoformat(), versions, stamp)
+    _dated(r, items, cutoff, landing_root)
     return r
 
 
@@ -193,7 +210,7 @@ def enforce_retention(warehouse_root: str | Path, landing_root: str | Path, stor
     today = now.date()
     wh, landing = Path(warehouse_root), Path(landing_root)
     kinds = {
-        "landing": enforce_landing(landing, settings.get("landing"), today),
+        "landing": enforce_landing(landing, settings.get("landing"), today, now),
         "quarantine": enforce_quarantine(wh, settings.get("quarantine"), today),
         "dry_run": enforce_dry_run(wh, settings.get("dry_run"), today),
     }
