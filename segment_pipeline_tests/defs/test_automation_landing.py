@@ -339,3 +339,24 @@ def test_landing_retention_never_makes_the_sensor_rerun_the_days_it_removed(tmp_
     redelivered, _ = evaluate(instance, landing, changed.cursor)
     (again,) = redelivered.run_requests
     assert again.tags[LANDING_DAYS_TAG] == "2026-11-01"
+
+
+def test_a_run_of_a_day_landing_retention_removed_keeps_its_raw_partitions(tmp_path, instance):
+    """Any run of such a day (a backfill, the late_links_sensor) keeps its raw_* rows."""
+    import duckdb
+
+    from segment_pipeline.core.privacy.retention import enforce_retention
+
+    landing, wh = tmp_path / "landing", tmp_path / "wh"
+    land(landing, "profiles", "2026-11-01", profiles_rows(3, day="2026-11-01"))
+    land(landing, "events", "2026-11-01", [event("e-1", "p0@example.com", "order", "2026-11-01T12:00:00Z", revenue=10)])
+    ingest_range(instance, landing, wh, "2026-11-01", "2026-11-01")
+    enforce_retention(wh, landing, None, {"landing": 1}, dt.datetime(2026, 11, 3, tzinfo=dt.UTC))
+    assert not (landing / "profiles" / "date=2026-11-01").exists()
+
+    ingest_range(instance, landing, wh, "2026-11-01", "2026-11-01")
+    for table, rows in (("raw_profiles", 3), ("raw_events", 1)):
+        glob = str(wh / table / "date=2026-11-01" / "*.parquet")
+        assert duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{glob}')").fetchone()[0] == rows
+    mat = instance.get_latest_materialization_event(dg.AssetKey("raw_profiles")).asset_materialization
+    assert mat.metadata["landing_removed_by_retention"].value is True
