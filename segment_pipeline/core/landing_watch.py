@@ -19,6 +19,13 @@ day D affects D and every later day already computed: :func:`rerun_range` return
 demo``, a CLI backfill, the UI), records the versions of the files it read in its materialization
 metadata (:data:`VERSIONS_METADATA_KEY`, :func:`versions_metadata`). A day whose current version
 equals what the latest ingestion of both kinds recorded is not run again (:meth:`LandingChanges.split`).
+*Expired by retention*: landing retention (:mod:`segment_pipeline.core.privacy.retention`) removes
+old day folders but keeps their ``raw_*`` partitions. Before it removes a day it records the file
+versions it removes in a marker (:func:`write_expired_marker`,
+``<landing>/_retention/YYYY-MM-DD.json``); :func:`detect_changes` leaves those versions out of the
+day, so a day whose folders retention removed is not "changed to no files" and is never run again
+(that run would rewrite its ``raw_*`` partitions empty). A new file delivered for such a day later
+(any file version retention did not remove) is a change like any other.
 *Late identity links*: when a day's profiles link ids that earlier days quarantined as unresolved,
 its ``raw_profiles`` materialization names those days (:data:`LATE_LINKS_METADATA_KEY`); the
 ``late_links_sensor`` re-runs them and the later days (:func:`late_link_days`, :func:`rerun_range`).
@@ -36,6 +43,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segment_pipeline.core.atomic import atomic_write_text
 from segment_pipeline.core.ingest import IGNORED_SUFFIXES, KINDS
 
 DAY_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
@@ -112,6 +120,49 @@ def kind_file_versions(root: str | Path, kind: str, day: str) -> list[FileVersio
             if path.is_file():
                 versions.append(FileVersion(path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
     return sorted(versions, key=lambda v: v.path)
+
+
+#: Folder under the landing root holding retention's markers, one per expired day (ingestion and
+#: :func:`segment_pipeline.core.ingest.unsourced_folders` skip ``_`` folders).
+EXPIRED_DIR = "_retention"
+
+
+def expired_marker_path(root: str | Path, day: str) -> Path:
+    """``<root>/_retention/YYYY-MM-DD.json``: the marker of a day whose landing folders retention removed."""
+    return Path(root) / EXPIRED_DIR / f"{day}.json"
+
+
+def write_expired_marker(root: str | Path, day: str, versions: Iterable[FileVersion], removed_at: str) -> Path:
+    """Record (atomically) that retention removes ``versions`` (files of ``day``, paths relative to
+    ``root``), merged with what an earlier sweep recorded for that day; written *before* the folders
+    are removed, so a sweep that dies half-way still leaves the marker. ``removed_at``: ISO 8601."""
+    path = expired_marker_path(root, day)
+    files = read_expired(root, [day]).get(day, {})
+    files.update(versions_metadata(versions))
+    body = {"day": day, "removed_at": removed_at, "files": dict(sorted(files.items()))}
+    atomic_write_text(path, json.dumps(body, separators=(",", ":")))
+    return path
+
+
+def read_expired(root: str | Path, days: Iterable[str] | None = None) -> dict[str, dict[str, list[int]]]:
+    """day -> the file versions retention removed (``{path: [size, mtime_ns]}``), for the days that
+    have a marker (all of them, or only ``days``). Raises ``ValueError`` naming a marker that is not
+    valid JSON of that shape."""
+    folder = Path(root) / EXPIRED_DIR
+    if not folder.is_dir():
+        return {}
+    paths = ([expired_marker_path(root, d) for d in days] if days is not None
+             else sorted(p for p in folder.iterdir() if p.suffix == ".json" and eligible(p.name)))
+    out: dict[str, dict[str, list[int]]] = {}
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+            out[path.stem] = {str(k): [int(v[0]), int(v[1])] for k, v in data["files"].items()}
+        except FileNotFoundError:
+            continue
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a retention marker ({exc})") from None
+    return out
 
 
 def versions_metadata(versions: Iterable[FileVersion]) -> dict[str, list[int]]:
@@ -191,6 +242,7 @@ class LandingChanges:
     changed: dict[str, str]  # day -> new digest, for settled days that changed and can run now
     waiting: dict[str, list[str]]  # day -> files not settled yet
     not_yet_partitions: list[str]  # days with files but no partition yet (today, future, before start)
+    expired: list[str] = field(default_factory=list)  # known days whose folders retention removed: not run
 
     def advance(self, cursor: LandingCursor) -> LandingCursor:
         days = dict(cursor.days)
@@ -207,18 +259,31 @@ class LandingChanges:
         return to_run, done
 
 
-def detect_changes(scans: Mapping[str, DayScan], cursor: LandingCursor, is_partition) -> LandingChanges:
+def detect_changes(scans: Mapping[str, DayScan], cursor: LandingCursor, is_partition,
+                   expired: Mapping[str, Mapping[str, list[int]]] | None = None) -> LandingChanges:
     """Days whose files changed since the cursor, that have settled and are partitions now.
 
     A day recorded in the cursor whose folder disappeared counts as changed to "no files" (its
-    rows must go). ``is_partition(day) -> bool`` says whether the day is a partition yet.
+    rows must go), unless retention removed it: ``expired`` (:func:`read_expired`: day -> file
+    versions retention removed) are left out of their day, and a day left with no files is
+    unchanged (listed in ``LandingChanges.expired``). ``is_partition(day) -> bool`` says whether
+    the day is a partition yet.
     """
     changed: dict[str, str] = {}
     waiting: dict[str, list[str]] = {}
     not_yet: list[str] = []
+    retired: list[str] = []
+    expired = expired or {}
     all_days = sorted(set(scans) | set(cursor.days))
     for day in all_days:
         scan = scans.get(day) or DayScan(day)
+        if day in expired:
+            gone = {FileVersion(p, s, m).token() for p, (s, m) in expired[day].items()}
+            kept = [f for f in scan.files if f.token() not in gone]
+            scan = DayScan(day, kept, [u for u in scan.unsettled if any(f.path == u for f in kept)])
+            if not kept:
+                retired.append(day)
+                continue
         if not scan.settled:
             waiting[day] = sorted(scan.unsettled)
             continue
@@ -229,7 +294,7 @@ def detect_changes(scans: Mapping[str, DayScan], cursor: LandingCursor, is_parti
             not_yet.append(day)
             continue
         changed[day] = digest
-    return LandingChanges(changed, waiting, not_yet)
+    return LandingChanges(changed, waiting, not_yet, retired)
 
 
 def rerun_range(changed_days: Iterable[str], materialized_days: Iterable[str]) -> tuple[str, str] | None:

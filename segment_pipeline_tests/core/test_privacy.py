@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from segment_pipeline.core.exports import csv_range, customer_match, daily_feed
-from segment_pipeline.core.exports.segment_export import SegmentExportRequest, export_segment
+from segment_pipeline.core.exports.segment_export import (
+    MANIFEST_SUFFIX,
+    SegmentExportRequest,
+    export_key_prefix,
+    export_segment,
+    new_object_prefix,
+)
 from segment_pipeline.core.exports.storage import LocalExportStorage
 from segment_pipeline.core.model import parse_model
 from segment_pipeline.core.privacy.config import PrivacyFileError, load_privacy, parse_privacy
@@ -435,6 +441,40 @@ def test_retention_removes_exactly_what_is_older_than_each_setting_and_reports_i
     again = enforce_retention(wh_root, landing, storage, {"landing": 10, "quarantine": 9, "dry_run": 7, "published": 5},
                               now)
     assert all(r.removed == 0 for r in again.kinds.values())
+
+
+def test_published_retention_expires_a_segment_export_as_a_unit_and_keeps_each_segments_newest(tmp_path):
+    now = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+    storage = LocalExportStorage(tmp_path / "exports")
+
+    def export(segment: str, started_days_ago: int, chunks_age: int, manifest_age: int | None) -> str:
+        prefix = export_key_prefix(segment, new_object_prefix((now - dt.timedelta(days=started_days_ago)).timestamp()))
+        keys = [f"{prefix}/chunk-{i}.zip" for i in range(2)]
+        for key in keys:
+            storage.put_bytes(key, b"12345")
+            os.utime(storage.path(key), ((now - dt.timedelta(days=chunks_age)).timestamp(),) * 2)
+        if manifest_age is not None:  # None: a crashed export, no manifest
+            storage.put_bytes(prefix + MANIFEST_SUFFIX, json.dumps({"files": keys}).encode())
+            os.utime(storage.path(prefix + MANIFEST_SUFFIX), ((now - dt.timedelta(days=manifest_age)).timestamp(),) * 2)
+        return prefix
+
+    vip_old = export("vip", 20, 20, 20)
+    vip_newest = export("vip", 9, 9, 9)  # older than the setting, but the newest of its segment
+    news_long = export("news", 8, 8, 2)  # its chunks look old, its manifest (finished 2 days ago) does not
+    news_newest = export("news", 1, 1, 1)
+    crashed = export("news", 12, 12, None)
+
+    expected_bytes = sum(storage.size(k) for k in storage.list_keys("segment-export") if k.startswith((vip_old, crashed)))
+    result = enforce_retention(tmp_path / "warehouse", tmp_path / "landing", storage, {"published": 5}, now)
+    published = result.kinds["published"]
+    assert sorted(published.removed_items) == sorted([vip_old, crashed])  # one item per export
+    assert published.removed == 2 and published.bytes == expected_bytes
+    left = storage.list_keys("segment-export")
+    for prefix in (vip_newest, news_long, news_newest):  # every kept export is whole: manifest and chunks
+        assert {prefix + MANIFEST_SUFFIX, f"{prefix}/chunk-0.zip", f"{prefix}/chunk-1.zip"} <= set(left)
+    assert not [k for k in left if k.startswith((vip_old, crashed))]
+    assert not storage.path(vip_old).exists() and not storage.path(crashed).exists()  # no empty folders left
+    assert published.oldest_kept == (now - dt.timedelta(days=9)).isoformat(timespec="seconds")
 
 
 def test_the_api_identity_index_treats_a_suppressed_address_as_unknown(tmp_path, privacy):

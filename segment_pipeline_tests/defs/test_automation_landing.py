@@ -307,3 +307,56 @@ def test_late_links_name_the_days_not_ingested_again_since_and_the_command_cover
     assert late_link_days(found, {"2026-11-01": 25, "2026-11-02": 21}) == {}
     command = late_links_command(["2026-11-01"], ["2026-11-01", "2026-11-06"], "2026-11-03")
     assert command == "dg launch --job daily_segments --partition-range 2026-11-01...2026-11-06"
+
+
+def test_landing_retention_never_makes_the_sensor_rerun_the_days_it_removed(tmp_path, instance):
+    from segment_pipeline.core.privacy.retention import enforce_retention
+
+    landing = tmp_path / "landing"
+    for day in ("2026-11-01", "2026-11-02", "2026-11-03"):
+        land(landing, "profiles", day, profiles_rows(day=day))
+        land(landing, "events", day, [event(f"e-{day}", "p0@example.com", "order", f"{day}T12:00:00Z", revenue=10)])
+    first, _ = evaluate(instance, landing, None)
+    assert first.run_requests and "2026-11-01" in LandingCursor.parse(first.cursor).days  # the cursor knows the day
+
+    now = dt.datetime(2026, 11, 3, 12, 0, tzinfo=dt.UTC)  # keep 1 day: 2026-11-01 expires
+    removed = enforce_retention(tmp_path / "warehouse", landing, None, {"landing": 1}, now).kinds["landing"]
+    assert sorted(removed.removed_items) == ["events/date=2026-11-01", "profiles/date=2026-11-01"]
+    assert not (landing / "profiles" / "date=2026-11-01").exists()
+
+    after, _ = evaluate(instance, landing, first.cursor)  # the next tick launches nothing for the removed day
+    assert not after.run_requests and "no new or changed landing files" in after.skip_message
+
+    # a genuinely changed recent day still runs, alone (the removed day is not part of the change)
+    land(landing, "events", "2026-11-03", [event("e-y", "p1@example.com", "page_view", "2026-11-03T13:00:00Z")],
+         name="late-part.ndjson")
+    changed, _ = evaluate(instance, landing, first.cursor)
+    (request,) = changed.run_requests
+    assert request.partition_key == "2026-11-03" and request.tags[LANDING_DAYS_TAG] == "2026-11-03"
+
+    # a new delivery for the expired day is a change like any other
+    land(landing, "profiles", "2026-11-01", profiles_rows(3, day="2026-11-01"), name="redelivered.ndjson")
+    redelivered, _ = evaluate(instance, landing, changed.cursor)
+    (again,) = redelivered.run_requests
+    assert again.tags[LANDING_DAYS_TAG] == "2026-11-01"
+
+
+def test_a_run_of_a_day_landing_retention_removed_keeps_its_raw_partitions(tmp_path, instance):
+    """Any run of such a day (a backfill, the late_links_sensor) keeps its raw_* rows."""
+    import duckdb
+
+    from segment_pipeline.core.privacy.retention import enforce_retention
+
+    landing, wh = tmp_path / "landing", tmp_path / "wh"
+    land(landing, "profiles", "2026-11-01", profiles_rows(3, day="2026-11-01"))
+    land(landing, "events", "2026-11-01", [event("e-1", "p0@example.com", "order", "2026-11-01T12:00:00Z", revenue=10)])
+    ingest_range(instance, landing, wh, "2026-11-01", "2026-11-01")
+    enforce_retention(wh, landing, None, {"landing": 1}, dt.datetime(2026, 11, 3, tzinfo=dt.UTC))
+    assert not (landing / "profiles" / "date=2026-11-01").exists()
+
+    ingest_range(instance, landing, wh, "2026-11-01", "2026-11-01")
+    for table, rows in (("raw_profiles", 3), ("raw_events", 1)):
+        glob = str(wh / table / "date=2026-11-01" / "*.parquet")
+        assert duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{glob}')").fetchone()[0] == rows
+    mat = instance.get_latest_materialization_event(dg.AssetKey("raw_profiles")).asset_materialization
+    assert mat.metadata["landing_removed_by_retention"].value is True

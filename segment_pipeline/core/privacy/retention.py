@@ -6,14 +6,20 @@ the default for each):
 ========================================== =============================================================
 ``SEGMENT_PIPELINE_RETAIN_LANDING_DAYS``   landing day folders ``<landing>/<source>/date=YYYY-MM-DD/``
                                            (the raw copies as delivered; ``raw_*`` tables are kept, since
-                                           profiles and traits are rebuilt from them)
+                                           profiles and traits are rebuilt from them: each removed day
+                                           gets a marker ``<landing>/_retention/YYYY-MM-DD.json``
+                                           naming the file versions removed, and the landing sensor
+                                           never re-runs a day for their removal,
+                                           :mod:`segment_pipeline.core.landing_watch`)
 ``SEGMENT_PIPELINE_RETAIN_QUARANTINE_DAYS`` partitions of ``quarantine_profiles``, ``quarantine_events``
                                            and ``quarantine_suppression`` (the rows and their raw text)
 ``SEGMENT_PIPELINE_RETAIN_DRY_RUN_DAYS``   dry-run payload folders ``<warehouse>/sync_dry_run/.../<stamp>/``
 ``SEGMENT_PIPELINE_RETAIN_PUBLISHED_DAYS`` published files under the export root: daily feed files,
-                                           per-segment export chunks and manifests, CSV range exports,
-                                           Customer Match files (the file a feed's ``latest`` pointer
-                                           names is always kept, as are the pointers and locks)
+                                           per-segment exports, CSV range exports, Customer Match
+                                           files (the file a feed's ``latest`` pointer names is always
+                                           kept, as are the pointers and locks; a segment export goes
+                                           as a unit and the newest one of each segment is kept, see
+                                           :func:`enforce_segment_exports`)
 ========================================== =============================================================
 
 Age: a dated item (a ``date=YYYY-MM-DD`` folder or partition, a feed file ``YYYY-MM-DD.json``, a
@@ -41,8 +47,9 @@ from segment_pipeline.core.atomic import TMP_PREFIX, temp_sibling
 from segment_pipeline.core.exports.csv_range import CSV_PREFIX
 from segment_pipeline.core.exports.customer_match import PREFIX as CUSTOMER_MATCH_PREFIX
 from segment_pipeline.core.exports.daily_feed import DAILY_PREFIX, LATEST_NAME, read_latest
-from segment_pipeline.core.exports.segment_export import EXPORT_PREFIX
+from segment_pipeline.core.exports.segment_export import EXPORT_PREFIX, MANIFEST_SUFFIX, parse_object_prefix
 from segment_pipeline.core.exports.storage import ExportStorage
+from segment_pipeline.core.landing_watch import kind_file_versions, write_expired_marker
 from segment_pipeline.core.privacy.suppression import QUARANTINE_TABLE
 
 KINDS = ("landing", "quarantine", "dry_run", "published")
@@ -115,9 +122,21 @@ def _date_dirs(root: Path, depth: int) -> list[tuple[Path, dt.date]]:
     return out
 
 
-def enforce_landing(landing_root: Path, days: int | None, today: dt.date) -> KindResult:
+def enforce_landing(landing_root: Path, days: int | None, today: dt.date, now: dt.datetime | None = None) -> KindResult:
+    """Landing day folders older than ``days``; before a day's folders go, the file versions they
+    hold are recorded in the day's retention marker
+    (:func:`segment_pipeline.core.landing_watch.write_expired_marker`), so the landing sensor does
+    not take their removal for a delivery that emptied the day."""
     r = KindResult(days)
-    _dated(r, _date_dirs(landing_root, 2), today - dt.timedelta(days=days or 0), landing_root)
+    cutoff = today - dt.timedelta(days=days or 0)
+    items = _date_dirs(landing_root, 2)
+    if days is not None:
+        stamp = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
+        for day in sorted({d for _, d in items if d < cutoff}):
+            versions = [v for path, d in items if d == day
+                        for v in kind_file_versions(landing_root, path.parent.name, day.isoformat())]
+            write_expired_marker(landing_root, day.isoformat(), versions, stamp)
+    _dated(r, items, cutoff, landing_root)
     return r
 
 
@@ -156,7 +175,8 @@ def enforce_published(storage: ExportStorage, days: int | None, now: dt.datetime
             latest = read_latest(storage, parts[-2])
             if latest and latest.get("key"):
                 pinned.add(latest["key"])
-    for prefix in (DAILY_PREFIX, EXPORT_PREFIX, CSV_PREFIX, CUSTOMER_MATCH_PREFIX):
+    enforce_segment_exports(storage, r, cutoff)
+    for prefix in (DAILY_PREFIX, CSV_PREFIX, CUSTOMER_MATCH_PREFIX):
         keys = feed_keys if prefix == DAILY_PREFIX else storage.list_keys(prefix)
         for key in keys:
             m = _FEED_FILE.match(key.rsplit("/", 1)[-1]) if prefix == DAILY_PREFIX else None
@@ -178,6 +198,59 @@ def enforce_published(storage: ExportStorage, days: int | None, now: dt.datetime
     return r
 
 
+def enforce_segment_exports(storage: ExportStorage, r: KindResult, cutoff: dt.datetime) -> None:
+    """Segment exports (``segment-export/<SEGMENT_ID>/<YYYY-MM-DD>/<object prefix>/`` chunks and
+    their ``<object prefix>.manifest.json``) expire as a unit, never file by file, so no manifest
+    is ever left naming chunks that are gone:
+
+    * a complete export (one with a manifest) is as old as its manifest's last modification (the
+      manifest is written last, when the export finished); when older than ``cutoff`` its manifest
+      is deleted first (readers then see an incomplete folder, never a manifest with missing
+      files), then its chunk files. The newest complete export of each segment (by its start time,
+      the object prefix's timestamp) is always kept, however old, so a segment that is no longer
+      exported still has its last export;
+    * a folder without manifest (left by a crashed export) goes when all its files are older than
+      ``cutoff`` (one still being written has fresh files).
+
+    Each removed export counts as one item in ``r`` (``removed_items``: its key prefix; ``bytes``:
+    all its files)."""
+    days = r.days
+    exports: dict[str, dict[str, list[str]]] = {}  # export key prefix -> {"manifest": [...], "files": [...]}
+    for key in storage.list_keys(EXPORT_PREFIX):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[3].endswith(MANIFEST_SUFFIX):
+            exports.setdefault(key[: -len(MANIFEST_SUFFIX)], {"manifest": [], "files": []})["manifest"].append(key)
+        elif len(parts) >= 5:
+            exports.setdefault("/".join(parts[:4]), {"manifest": [], "files": []})["files"].append(key)
+    newest: dict[str, tuple[int, str]] = {}  # segment -> (start time, export prefix) of its newest complete export
+    for prefix, found in exports.items():
+        if found["manifest"]:
+            try:
+                started = parse_object_prefix(prefix.rsplit("/", 1)[-1])
+            except ValueError:
+                started = -1
+            segment = prefix.split("/")[1]
+            newest[segment] = max(newest.get(segment, (started, prefix)), (started, prefix))
+    pinned = {prefix for _, prefix in newest.values()}
+    for prefix in sorted(exports):
+        found = exports[prefix]
+        times = [t for t in (storage.last_modified(k) for k in (found["manifest"] or found["files"])) if t is not None]
+        if not times:
+            continue
+        when = max(times)
+        if days is None or prefix in pinned or when >= cutoff:
+            r.keep(when.isoformat(timespec="seconds"))
+            continue
+        keys = found["manifest"] + found["files"]  # the manifest first: never a manifest without its files
+        r.bytes += sum(storage.size(k) for k in keys)
+        for key in keys:
+            storage.delete(key)
+        if found["files"]:
+            storage.delete_prefix(prefix)  # the emptied folder (a local storage keeps empty folders)
+        r.removed += 1
+        r.removed_items.append(prefix)
+
+
 @dataclass
 class RetentionResult:
     kinds: dict[str, KindResult]
@@ -193,7 +266,7 @@ def enforce_retention(warehouse_root: str | Path, landing_root: str | Path, stor
     today = now.date()
     wh, landing = Path(warehouse_root), Path(landing_root)
     kinds = {
-        "landing": enforce_landing(landing, settings.get("landing"), today),
+        "landing": enforce_landing(landing, settings.get("landing"), today, now),
         "quarantine": enforce_quarantine(wh, settings.get("quarantine"), today),
         "dry_run": enforce_dry_run(wh, settings.get("dry_run"), today),
     }

@@ -20,6 +20,7 @@ from segment_pipeline.core.landing_watch import (
     late_links_command,
     late_links_run_key,
     processed_digest,
+    read_expired,
     rerun_range,
     run_key,
     scan_landing,
@@ -88,7 +89,8 @@ def _short_list(days, limit: int = 12) -> str:
     description=(
         "Runs the daily pipeline for days whose landing files (in every declared source's folder) are "
         "new, changed or removed, and for "
-        "every later day already computed (they depend on it), as one single-run range. Days whose "
+        "every later day already computed (they depend on it), as one single-run range. Day folders "
+        "that landing retention removed are not re-run (their raw_* partitions are kept). Days whose "
         "files an earlier run already ingested (the demo, a backfill) are not run again. A file must "
         f"be unmodified for {SETTLE_ENV} seconds (default {DEFAULT_SETTLE_SECONDS:.0f}); names ending "
         ".tmp/.part/.partial/.crdownload and hidden files are ignored."
@@ -102,7 +104,8 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingZon
     if unsourced:
         context.log.warning(f"landing folder(s) without a source, not ingested: {unsourced} "
                             f"(declare them in {settings.sources_file()})")
-    changes = detect_changes(scan_landing(landing.root, now, _settle_seconds(), folders), cursor, _partition_days(now))
+    changes = detect_changes(scan_landing(landing.root, now, _settle_seconds(), folders), cursor, _partition_days(now),
+                             read_expired(landing.root))  # days retention removed are not re-run
     for day, files in changes.waiting.items():
         context.log.info(f"{day}: waiting for {len(files)} file(s) to settle: {', '.join(files[:5])}")
     if changes.not_yet_partitions:

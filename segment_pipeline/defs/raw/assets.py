@@ -16,8 +16,10 @@ from segment_pipeline.core.ingest import KINDS, day_sources, ingest_day
 from segment_pipeline.core.landing_watch import (
     LATE_LINKS_METADATA_KEY,
     VERSIONS_METADATA_KEY,
+    expired_marker_path,
     kind_file_versions,
     late_links_command,
+    read_expired,
     versions_metadata,
 )
 from segment_pipeline.core.links import resolves_earlier_days
@@ -71,6 +73,21 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
             key = day.isoformat()
             # taken before reading: tells the landing sensor this version of the day is processed
             versions = versions_metadata(v for name in sources for v in kind_file_versions(landing.root, name, key))
+            if not versions and read_expired(landing.root, [key]):
+                # landing retention removed this day's files: its raw_* partition is all that is left
+                # of them, so it is kept as it is (re-reading the empty folder would empty it)
+                context.log.warning(
+                    f"{kind} {key}: the landing files of this day were removed by landing retention "
+                    f"({expired_marker_path(landing.root, key).name}); raw_{kind} and quarantine_{kind} "
+                    "are kept as they are, not re-ingested")
+                context.add_asset_metadata(
+                    {"landing_removed_by_retention": True, "reingested": False,
+                     VERSIONS_METADATA_KEY: dg.MetadataValue.json({}),
+                     "path": dg.MetadataValue.path(str(wh.partition_path(f"raw_{kind}", day)))},
+                    asset_key=raw_key, partition_key=key)
+                context.add_asset_metadata({"landing_removed_by_retention": True, "reingested": False},
+                                           asset_key=quarantine_key, partition_key=key)
+                continue
             # no options: ingest_day reads the settings' sources file itself, so every declared
             # folder counts as known (not only this kind's) and errors name that file
             report = ingest_day(con, wh, landing.root, kind, day)
