@@ -202,7 +202,8 @@ class Ledger:
         """Record a deletion request per address: normalise (core/identity.py), hash (SHA-256 hex
         of the normalised address), write a tombstone and a pending file. Idempotent: an open
         request for the same hash is returned, not duplicated (and its tombstone restored if it was
-        lifted). Returns one :class:`Request` per distinct address, in input order.
+        lifted); its warehouse step is reopened (``warehouse_done_at`` reset), so the next
+        :func:`~.forget.forget` scrubs the warehouse and exports again. Returns one :class:`Request` per distinct address, in input order.
 
         Raises :class:`InvalidAddressError` (naming the value's position and the reason, never the
         value) if any entry is not a valid address; nothing is recorded then.
@@ -224,6 +225,9 @@ class Ledger:
                        arg_min(source, (requested_at, request_id))
                 FROM requests WHERE settled_at IS NULL AND email_sha256 IN (SELECT email_sha256 FROM wanted)
                 GROUP BY email_sha256""").fetchall()}
+            if open_rows:  # a repeated request scrubs again (the person may have come back since)
+                con.execute("UPDATE requests SET warehouse_done_at = NULL WHERE settled_at IS NULL "
+                            "AND email_sha256 IN (SELECT email_sha256 FROM wanted)")
             new = [Request(f"del-{uuid.uuid4().hex}", d, now, source) for d, _ in wanted if d not in open_rows]
             if new:
                 con.register("new_requests", pa.table({"request_id": [r.request_id for r in new],
