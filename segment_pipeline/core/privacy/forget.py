@@ -65,7 +65,7 @@ class ForgetResult:
         r = self.report
         return {"requests_recorded": len(self.requested), "requests_done": len(self.done),
                 "files_scanned": r.files_scanned, "files_rewritten": r.files_rewritten,
-                "files_deleted": r.files_deleted, "rows_removed": r.rows_removed,
+                "files_deleted": r.files_deleted, "rows_removed": r.rows_removed, "rows_masked": r.rows_masked,
                 "bytes_rewritten": r.bytes_rewritten}
 
 
