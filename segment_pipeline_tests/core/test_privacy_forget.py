@@ -395,6 +395,55 @@ def test_deletion_requests_landing_source_runs_the_same_forget(tmp_path, monkeyp
     assert con.execute(f"SELECT email FROM {wh.scan('raw_profiles')}").fetchall() == [(OTHERS[0],)]
 
 
+def test_deletion_requests_keep_valid_rows_quarantine_bad_ones_and_read_late_files(tmp_path, monkeypatch):
+    """Review item 7: a bad row does not hold back the valid requests of its file (they are
+    recorded and applied; the row is quarantined with file, line and reason, never the value, and
+    the check fails); a file that lands late in an earlier day's folder is read by the next run,
+    and a file already read is not read again."""
+    from segment_pipeline.defs.privacy.deletion import deletion_requests
+
+    landing, wh, exports = tmp_path / "landing", Warehouse(tmp_path / "warehouse"), tmp_path / "exports"
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  profiles: {kind: profiles}\n  gdpr: {kind: deletion_requests}\n", encoding="utf-8")
+    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", str(sources))
+    monkeypatch.setenv("SEGMENT_PIPELINE_API_STATE", str(tmp_path / "api_state"))
+    res = {"warehouse": WarehouseResource(root=str(wh.root)), "landing": LandingZoneResource(root=str(landing)),
+           "exports": ExportsResource(local_dir=str(exports), s3=S3Resource())}
+
+    def run(day: str) -> tuple[dict, bool]:
+        result = dg.materialize([deletion_requests], resources=res, partition_key=day,
+                                instance=dg.DagsterInstance.ephemeral())
+        assert result.success
+        meta = {k: v.value for k, v in result.asset_materializations_for_node("deletion_requests")[0].metadata.items()}
+        (check,) = result.get_asset_check_evaluations()
+        return meta, check.passed
+
+    def deliver(day: str, lines: list[str]) -> None:
+        folder = landing / "gdpr" / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "requests.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    deliver(DAYS[1], [json.dumps({"email": PERSON}), json.dumps({"email": "not-an-address"}), "{oops"])
+    meta, passed = run(DAYS[1])
+    assert not passed and meta["request_rows_quarantined"] == 2 and meta["requests_per_source"] == {"gdpr": 1}
+    assert meta["requests_done"] == 1
+    ledger = Ledger(wh.root)
+    assert [r.email_sha256 for r in ledger.requests()] == [HASH]
+    rejects = ledger.rejects()
+    assert [(r["source_file"], r["source_line"]) for r in rejects] == [(f"gdpr/date={DAYS[1]}/requests.ndjson", 2),
+                                                                       (f"gdpr/date={DAYS[1]}/requests.ndjson", 3)]
+    assert rejects[0]["reason"] == "email: no @" and rejects[1]["reason"].startswith("not JSON")
+    assert b"not-an-address" not in (wh.root / "privacy" / "ledger.duckdb").read_bytes()
+
+    deliver(DAYS[0], [json.dumps({"email": OTHERS[0]})])  # lands late, in an earlier day's folder
+    meta, passed = run(DAYS[2])
+    assert passed and meta["request_files_read"] == 1 and meta["requests_per_source"] == {"gdpr": 1}
+    assert sorted(r.email_sha256 for r in ledger.requests()) == sorted(
+        [HASH, hashlib.sha256(OTHERS[0].encode()).hexdigest()])
+    meta, passed = run(DAYS[2])  # nothing new: no file read again
+    assert passed and meta["request_files_read"] == 0 and meta["requests_done"] == 0
+
+
 def _small_warehouse(tmp_path: Path) -> tuple[Warehouse, duckdb.DuckDBPyConnection]:
     """profiles, memberships (segment 'de': everyone) and segment_stats of DAYS[0] for the person and OTHERS."""
     wh = Warehouse(tmp_path / "warehouse")

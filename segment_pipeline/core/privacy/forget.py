@@ -133,19 +133,36 @@ def read_request_file(path: str | os.PathLike[str]) -> list[str]:
     """The addresses of a deletion request file: CSV with an ``email`` column, NDJSON/JSON lines
     with an ``email`` key, or plain text with one address per line (``.txt`` or no extension).
     Blank lines are skipped. Raises :class:`RequestFileError` naming the file and line (never the
-    address) for a row without an address or an invalid one."""
+    address) for a row without an address or an invalid one (:func:`read_request_rows` keeps the
+    valid rows instead)."""
+    emails, rejects = read_request_rows(path)
+    if rejects:
+        line, reason = rejects[0]
+        raise RequestFileError(f"{path}: {'line ' + str(line) + ': ' if line else ''}{reason}")
+    return emails
+
+
+def read_request_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[int | None, str]]]:
+    """(valid addresses, rejected rows) of a deletion request file (formats as
+    :func:`read_request_file`). A rejected row is ``(line, reason)``, the reason never holding the
+    value (``no 'email' value``, ``not JSON (...)``, the address problem of
+    :func:`segment_pipeline.core.identity.email_problem`); a CSV without an ``email`` column is
+    one reject of line 1."""
     from segment_pipeline.core.identity import email_problem
 
     path = Path(path)
     name = path.name.lower()
     out: list[str] = []
+    rejects: list[tuple[int | None, str]] = []
 
-    def add(value: object, where: str) -> None:
+    def add(value: object, line: int) -> None:
         if not isinstance(value, str) or not value.strip():
-            raise RequestFileError(f"{path}: {where}: no {EMAIL_COLUMN!r} value")
+            rejects.append((line, f"no {EMAIL_COLUMN!r} value"))
+            return
         problem = email_problem(value)
         if problem:
-            raise RequestFileError(f"{path}: {where}: {problem}")
+            rejects.append((line, problem))
+            return
         out.append(value)
 
     text = path.read_text(encoding="utf-8-sig")
@@ -153,9 +170,9 @@ def read_request_file(path: str | os.PathLike[str]) -> list[str]:
         reader = csv.DictReader(io.StringIO(text))
         fields = {f.strip().lower(): f for f in reader.fieldnames or []}
         if EMAIL_COLUMN not in fields:
-            raise RequestFileError(f"{path}: no {EMAIL_COLUMN!r} column in the header {reader.fieldnames}")
+            return [], [(1, f"no {EMAIL_COLUMN!r} column in the header {reader.fieldnames}")]
         for row in reader:
-            add(row.get(fields[EMAIL_COLUMN]), f"line {reader.line_num}")
+            add(row.get(fields[EMAIL_COLUMN]), reader.line_num)
     elif name.endswith((".ndjson", ".jsonl", ".json")):
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -163,13 +180,14 @@ def read_request_file(path: str | os.PathLike[str]) -> list[str]:
             try:
                 record = json.loads(line)
             except ValueError as exc:
-                raise RequestFileError(f"{path}: line {n}: not JSON ({exc.msg})") from None
-            add(record.get(EMAIL_COLUMN) if isinstance(record, dict) else None, f"line {n}")
+                rejects.append((n, f"not JSON ({exc.msg})"))
+                continue
+            add(record.get(EMAIL_COLUMN) if isinstance(record, dict) else None, n)
     else:
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
-                add(line, f"line {n}")
-    return out
+                add(line, n)
+    return out, rejects
 
 
 def export_storage_from_env() -> ExportStorage:
@@ -189,4 +207,4 @@ def export_storage_from_env() -> ExportStorage:
 
 
 __all__ = ["ForgetResult", "InvalidAddressError", "RequestFileError", "export_storage_from_env", "forget",
-           "read_request_file"]
+           "read_request_file", "read_request_rows"]
