@@ -7,7 +7,10 @@ One function, :func:`forget`, serves the CLI (``segment-pipeline forget``) and t
    landing files from bringing the person back, and a pending file with the address;
 2. every open request whose warehouse step is not done is scrubbed, all together, from every file
    under the warehouse root, the export root and the API's identity index (:mod:`.scrub`);
-3. ``warehouse_done`` is recorded for each. The destinations' deletion (vendor endpoints, then the
+3. the newest incremental state (``profile_state``, ``segment_state``), scrubbed like every table,
+   gets its ``inputs`` watermark restamped (:func:`~segment_pipeline.core.incremental.restamp_after_scrub`),
+   so the next day continues it instead of rebuilding in full;
+4. ``warehouse_done`` is recorded for each. The destinations' deletion (vendor endpoints, then the
    sync mirror rows) and :meth:`~.ledger.Ledger.settle`, which deletes the pending address, are
    the erasure step's.
 
@@ -35,6 +38,7 @@ from pathlib import Path
 
 from segment_pipeline.core.atomic import open_private, private_mkdir
 from segment_pipeline.core.exports.storage import ExportStorage, LocalExportStorage, S3ExportStorage
+from segment_pipeline.core.incremental import inputs_snapshot, restamp_after_scrub
 from segment_pipeline.core.privacy.ledger import PRIVACY_DIR, InvalidAddressError, Ledger, Request
 from segment_pipeline.core.privacy.scrub import (
     ExportScrubber,
@@ -44,7 +48,7 @@ from segment_pipeline.core.privacy.scrub import (
     scrub_identity_indexes,
     scrub_tree,
 )
-from segment_pipeline.core.warehouse import Warehouse
+from segment_pipeline.core.warehouse import Warehouse, connect
 
 LOCK_FILE = "forget.lock"
 #: Column (CSV header) or key (NDJSON) of a request file holding the address.
@@ -118,7 +122,17 @@ def forget(
         if swept:
             log(f"removed {len(swept)} leftover temporary file(s) of killed writes")
         log(f"removing {len(todo)} identit{'y' if len(todo) == 1 else 'ies'} from {root}")
-        scrub_tree(root, targets, result.report, on_file=on_file)
+        wh = Warehouse(root)
+        con = connect()
+        try:
+            snapshot = inputs_snapshot(con, wh)
+            scrub_tree(root, targets, result.report, on_file=on_file)
+            # the incremental state was scrubbed with the raw partitions: it continues tomorrow
+            restamped = restamp_after_scrub(con, wh, snapshot, set(result.report.changed))
+        finally:
+            con.close()
+        if restamped:
+            log(f"incremental state kept (inputs restamped): {', '.join(restamped)}")
         if storage is not None:
             log(f"removing them from the exports ({storage!r})")
             ExportScrubber(storage, targets, ledger.dir, result.report).run(on_key=on_file)

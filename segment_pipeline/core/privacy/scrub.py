@@ -262,10 +262,15 @@ def _scrub_parquet_once(con: duckdb.DuckDBPyConnection, path: Path, table: str, 
     codec = con.execute(f"SELECT any_value(compression) FROM parquet_metadata({sql_string(str(path))})").fetchall()[0][0]
     codec = codec if codec in ("ZSTD", "SNAPPY", "GZIP", "LZ4_RAW", "UNCOMPRESSED", "BROTLI") else "ZSTD"
     codec = "LZ4" if codec == "LZ4_RAW" else codec
+    # the file's own key-value metadata (the incremental state's model and inputs) is kept
+    kv = ", ".join(f"{sql_string(k)}: {sql_string(v)}" for k, v in con.execute(
+        f"SELECT key::VARCHAR, value::VARCHAR FROM parquet_kv_metadata({sql_string(str(path))})").fetchall()
+        if not k.startswith(("ARROW:", "pandas")))
+    kv = f", KV_METADATA {{{kv}}}" if kv else ""
     with atomic_path(path) as tmp:
         con.execute(f"""COPY (SELECT * EXCLUDE (file_row_number) FROM {out_rel}
                               WHERE file_row_number NOT IN (SELECT r FROM forget_hits) ORDER BY file_row_number)
-                        TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION {codec}, ROW_GROUP_SIZE {ROW_GROUP_SIZE})""")
+                        TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION {codec}, ROW_GROUP_SIZE {ROW_GROUP_SIZE}{kv})""")
         if before_replace is not None:
             before_replace(path)
         if _stamp(path) != before:
