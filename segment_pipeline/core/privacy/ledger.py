@@ -26,8 +26,7 @@ Everything lives under ``<warehouse root>/privacy/`` (folder ``0700``, files ``0
     ``{"request_id", "email_sha256", "email"}``: the normalised address, which the warehouse scrub
     (raw quarantine text is matched on the address) and the destinations' deletion endpoints need.
     Written atomically; deleted by :meth:`Ledger.settle` once the warehouse and every destination
-    confirmed. After that the ledger holds no address (the sync mirrors under the warehouse root
-    are the erasure step's: ``core/privacy/erasure.py`` says which of their tables it clears).
+    confirmed. After that the address exists nowhere under the warehouse root.
 
 ``tombstones.parquet``
     A copy of the unlifted tombstones (column ``email_sha256``), rewritten atomically with every
