@@ -48,8 +48,8 @@ from segment_pipeline.core.warehouse import (
 )
 
 q = sql_ident
-__all__ = ["STATE_TABLES", "build_state", "can_continue", "fingerprint", "plan", "profiles_from_state_sql", "rebuild", "segment_plan",
-           "watermark"]
+__all__ = ["STATE_TABLES", "build_state", "can_continue", "fingerprint", "inputs_snapshot", "plan",
+           "profiles_from_state_sql", "rebuild", "restamp_after_scrub", "segment_plan", "watermark"]
 
 #: Bump when the layout or meaning of the state tables changes: older state is then rebuilt.
 STATE_VERSION = "1"
@@ -188,6 +188,74 @@ def watermark(warehouse: Warehouse, upto: dt.date) -> str:
                 st = os.stat(warehouse.partition_path(table, day))
                 h.update(f"{table}/{day}/{st.st_size}/{st.st_mtime_ns};".encode())
     return h.hexdigest()[:32]
+
+
+#: The state tables whose Parquet key-value metadata ``inputs`` holds :func:`watermark`.
+WATERMARKED = ("profile_state", "segment_state")
+
+
+@dataclass
+class InputsSnapshot:
+    """What :func:`restamp_after_scrub` needs: per state table, its newest day whose ``inputs``
+    matched the raw partitions, and the (device, inode, mtime, size) of those raw partitions."""
+
+    days: dict[str, dt.date] = field(default_factory=dict)
+    stamps: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+
+
+def _raw_stamps(warehouse: Warehouse, upto: dt.date) -> dict[str, tuple[int, int, int, int]]:
+    out = {}
+    for table in ("raw_profiles", "raw_events"):
+        for day in warehouse.partition_dates(table):
+            if day <= upto:
+                path = warehouse.partition_path(table, day)
+                st = os.stat(path)
+                out[str(path)] = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def inputs_snapshot(con: duckdb.DuckDBPyConnection, warehouse: Warehouse) -> InputsSnapshot:
+    """Taken before a scrub (``core/privacy/forget.py``): the newest partition of each
+    :data:`WATERMARKED` table that is consistent with the raw partitions."""
+    snap = InputsSnapshot()
+    for table in WATERMARKED:
+        days = warehouse.partition_dates(table)
+        if days and _meta(con, warehouse, table, days[-1]).get("inputs") == watermark(warehouse, days[-1]):
+            snap.days[table] = days[-1]
+    if snap.days:
+        snap.stamps = _raw_stamps(warehouse, max(snap.days.values()))
+    return snap
+
+
+def restamp_after_scrub(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, snap: InputsSnapshot,
+                        rewritten: set[str]) -> list[str]:
+    """After a scrub removed identities from the raw partitions *and* from the state tables (the
+    same rows: the state is keyed by email), the state still equals a full recompute, but the raw
+    partitions' mtime/size changed. Rewrite the ``inputs`` of the state partitions of ``snap`` to
+    the new :func:`watermark`, so the next day continues them instead of a full build. Only when
+    every raw partition that changed since ``snap`` is one the scrub rewrote (``rewritten``: paths)
+    and none was added or removed; a partition another writer published meanwhile keeps the old
+    ``inputs`` (the next day then builds in full). Returns the restamped ``table/date=D``."""
+    done = []
+    for table, day in snap.days.items():
+        before = {p: s for p, s in snap.stamps.items() if _day_of(p) <= day}
+        after = _raw_stamps(warehouse, day)
+        if set(after) != set(before) or any(after[p] != s and p not in rewritten for p, s in before.items()):
+            continue
+        path = _path(warehouse, table, day)
+        meta = {**_meta(con, warehouse, table, day), "inputs": watermark(warehouse, day)}
+        kv = ", ".join(f"{sql_string(k)}: {sql_string(v)}" for k, v in meta.items())
+        src = f"read_parquet({sql_string(str(path))}, hive_partitioning = false, file_row_number = true)"
+        with atomic_path(path) as tmp:
+            con.execute(f"COPY (SELECT * EXCLUDE (file_row_number) FROM {src} ORDER BY file_row_number) "
+                        f"TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION zstd, "
+                        f"ROW_GROUP_SIZE {ROW_GROUP_SIZE}, KV_METADATA {{{kv}}})")
+        done.append(f"{table}/date={day.isoformat()}")
+    return done
+
+
+def _day_of(path: str) -> dt.date:
+    return as_date(re.search(r"date=(\d{4}-\d{2}-\d{2})", path).group(1))
 
 
 # ---------------------------------------------------------------------------------------------

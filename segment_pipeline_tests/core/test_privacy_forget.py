@@ -32,7 +32,15 @@ from segment_pipeline.core.exports.storage import LocalExportStorage
 from segment_pipeline.core.ingest import ingest_day
 from segment_pipeline.core.privacy.forget import forget, read_request_file
 from segment_pipeline.core.privacy.ledger import Ledger
-from segment_pipeline.core.privacy.scrub import Targets, scrub_bytes, scrub_duckdb_file, scrub_tree
+from segment_pipeline.core.privacy.scrub import (
+    ScrubError,
+    Targets,
+    _load_targets,
+    scrub_bytes,
+    scrub_duckdb_file,
+    scrub_parquet_file,
+    scrub_tree,
+)
 from segment_pipeline.core.privacy.tombstones import DELETED_IDENTITY
 from segment_pipeline.core.sources import Source
 from segment_pipeline.core.warehouse import Warehouse, connect
@@ -187,7 +195,9 @@ def test_forget_removes_every_trace_survives_sigkill_and_keeps_the_person_out(wo
     assert ledger.warehouse_todo() == []
     assert ledger.status(request.request_id)[0]["warehouse_done_at"] is not None
     assert ledger.settle(request.request_id, []) is True  # no destination in this test: the address goes
-    assert traces(root, exports, allow_hash_in=("privacy/ledger.duckdb", "privacy/tombstones.parquet")) == []
+    # the hash, never the address, stays in the identity links (review item 5: the tombstone needs them)
+    assert traces(root, exports, allow_hash_in=("privacy/ledger.duckdb", "privacy/tombstones.parquet",
+                                                "identity_links/")) == []
     assert not list(root.rglob(".tmp-*")) and not list(exports.rglob(".tmp-*"))  # the kill's leftovers swept
     assert NORM.encode() not in (root / "privacy" / "ledger.duckdb").read_bytes()
     assert not list((root / "privacy").rglob("*.json"))  # no pending address, no scrub journal left
@@ -248,6 +258,67 @@ def test_a_record_resolving_through_a_link_to_a_tombstoned_email_is_quarantined(
     assert (e.rows_valid, e.deleted_identity) == (0, 1)
     raw = con.execute(f"SELECT raw FROM {wh.scan('quarantine_events', days=[later])}").fetchall()
     assert raw == [(json.dumps({"email_sha256": HASH}, separators=(",", ":")),)]
+
+
+def test_forget_keeps_the_persons_identity_links_as_the_hash(tmp_path):
+    """Review item 5: a record ingested before the request linked C00007 to the person; after
+    ``forget`` a record carrying only C00007 is still the deleted identity (not an unresolved one
+    quarantined with its text)."""
+    landing, wh = tmp_path / "landing", Warehouse(tmp_path / "warehouse")
+    sources = {"profiles": Source(kind="profiles"), "events": Source(kind="events", required=["event_id"],
+                                                                     event={"column": "event_type"})}
+    day, later = DAYS[0], DAYS[1]
+    write_ndjson(landing, "profiles", day, [_profile(PERSON, 7, day), _profile(OTHERS[0], 1, day)])
+    con = connect(preserve_order=True)
+    assert ingest_day(con, wh, landing, "profiles", day, sources).rows_valid == 2
+    result = forget(wh.root, None, [PERSON], "cli", index_dirs=[])
+    assert (result.report.rows_masked, len(result.done)) == (1, 1)
+    links = con.execute(f"SELECT value, email FROM {wh.scan('identity_links')} ORDER BY 1").fetchall()
+    assert links == [("C00001", OTHERS[0]), ("C00007", f"sha256:{HASH}")]
+    left = traces(wh.root, allow_hash_in=("privacy/", "identity_links/"))
+    assert [p for p in left if not p.startswith("privacy/pending/")] == []  # the address until settled
+    write_ndjson(landing, "events", later, [{**_event(PERSON, 3, later), "email": None, "customer_id": "C00007"},
+                                            {**_event(OTHERS[0], 4, later), "email": None, "customer_id": "C00001"}])
+    e = ingest_day(con, wh, landing, "events", later, sources)
+    assert (e.rows_valid, e.deleted_identity) == (1, 1)
+    rows = con.execute(f"SELECT reason, raw FROM {wh.scan('quarantine_events', days=[later])}").fetchall()
+    assert rows == [(DELETED_IDENTITY, json.dumps({"email_sha256": HASH}, separators=(",", ":")))]
+    assert forget(wh.root, None, (), index_dirs=[]).report.files_rewritten == 0  # nothing left to do
+
+
+def test_the_scrub_never_replaces_a_file_published_after_it_was_read(tmp_path):
+    """Review item 2: a writer publishes F' while the scrub rewrites F; the scrub discards its
+    rewrite of F and scrubs F' (the writer's rows are kept); a file that never stops changing fails."""
+    wh = Warehouse(tmp_path / "warehouse")
+    con = connect(preserve_order=True)
+
+    def publish(emails: list[str]) -> None:
+        values = ", ".join(f"('{e}')" for e in emails)
+        wh.write_partition(con, "memberships", DAYS[0],
+                           f"SELECT 'de' AS segment_id, md5(e) AS identity_id, e AS email FROM (VALUES {values}) v(e)")
+
+    publish([NORM, OTHERS[0]])
+    path = next((wh.root / "memberships").rglob("*.parquet"))
+    calls = []
+
+    def late_writer(_path: Path) -> None:
+        calls.append(1)
+        if len(calls) == 1:  # the re-run of the day lands between the scrub's read and its replace
+            publish([NORM, OTHERS[0], OTHERS[1]])
+
+    scrub_con = connect(preserve_order=True)
+    _load_targets(scrub_con, Targets.of([PERSON]))
+    removed, _size, _masked = scrub_parquet_file(scrub_con, path, before_replace=late_writer)
+    assert (removed, len(calls)) == (1, 2)
+    path = next((wh.root / "memberships").rglob("*.parquet"))
+    got = con.execute(f"SELECT email FROM read_parquet('{path}') ORDER BY 1").fetchall()
+    assert got == [(OTHERS[0],), (OTHERS[1],)]  # the late writer's row is there, the person is not
+
+    publish([NORM, OTHERS[0]])
+    path = next((wh.root / "memberships").rglob("*.parquet"))
+    with pytest.raises(ScrubError, match="kept changing"):
+        scrub_parquet_file(scrub_con, path, before_replace=lambda _p: publish([NORM, OTHERS[2]]))
+    assert not list(wh.root.rglob(".tmp-*"))
 
 
 def test_request_files_and_the_scrub_of_payload_kinds(tmp_path):
@@ -316,11 +387,61 @@ def test_deletion_requests_landing_source_runs_the_same_forget(tmp_path, monkeyp
                             instance=dg.DagsterInstance.ephemeral())
     assert result.success
     meta = result.asset_materializations_for_node("deletion_requests")[0].metadata
-    assert meta["requests_done"].value == 1 and meta["rows_removed"].value == 2  # raw_profiles, identity_links
+    assert meta["requests_done"].value == 1 and meta["rows_removed"].value == 1  # raw_profiles
+    assert meta["rows_masked"].value == 1  # the identity link, kept with the hash
     assert meta["requests_per_source"].value == {"gdpr": 1}
     (request,) = Ledger(wh.root).requests()
     assert request.source == "landing:gdpr" and request.email_sha256 == HASH
     assert con.execute(f"SELECT email FROM {wh.scan('raw_profiles')}").fetchall() == [(OTHERS[0],)]
+
+
+def test_deletion_requests_keep_valid_rows_quarantine_bad_ones_and_read_late_files(tmp_path, monkeypatch):
+    """Review item 7: a bad row does not hold back the valid requests of its file (they are
+    recorded and applied; the row is quarantined with file, line and reason, never the value, and
+    the check fails); a file that lands late in an earlier day's folder is read by the next run,
+    and a file already read is not read again."""
+    from segment_pipeline.defs.privacy.deletion import deletion_requests
+
+    landing, wh, exports = tmp_path / "landing", Warehouse(tmp_path / "warehouse"), tmp_path / "exports"
+    sources = tmp_path / "sources.yaml"
+    sources.write_text("sources:\n  profiles: {kind: profiles}\n  gdpr: {kind: deletion_requests}\n", encoding="utf-8")
+    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", str(sources))
+    monkeypatch.setenv("SEGMENT_PIPELINE_API_STATE", str(tmp_path / "api_state"))
+    res = {"warehouse": WarehouseResource(root=str(wh.root)), "landing": LandingZoneResource(root=str(landing)),
+           "exports": ExportsResource(local_dir=str(exports), s3=S3Resource())}
+
+    def run(day: str) -> tuple[dict, bool]:
+        result = dg.materialize([deletion_requests], resources=res, partition_key=day,
+                                instance=dg.DagsterInstance.ephemeral())
+        assert result.success
+        meta = {k: v.value for k, v in result.asset_materializations_for_node("deletion_requests")[0].metadata.items()}
+        (check,) = result.get_asset_check_evaluations()
+        return meta, check.passed
+
+    def deliver(day: str, lines: list[str]) -> None:
+        folder = landing / "gdpr" / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "requests.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    deliver(DAYS[1], [json.dumps({"email": PERSON}), json.dumps({"email": "not-an-address"}), "{oops"])
+    meta, passed = run(DAYS[1])
+    assert not passed and meta["request_rows_quarantined"] == 2 and meta["requests_per_source"] == {"gdpr": 1}
+    assert meta["requests_done"] == 1
+    ledger = Ledger(wh.root)
+    assert [r.email_sha256 for r in ledger.requests()] == [HASH]
+    rejects = ledger.rejects()
+    assert [(r["source_file"], r["source_line"]) for r in rejects] == [(f"gdpr/date={DAYS[1]}/requests.ndjson", 2),
+                                                                       (f"gdpr/date={DAYS[1]}/requests.ndjson", 3)]
+    assert rejects[0]["reason"] == "email: no @" and rejects[1]["reason"].startswith("not JSON")
+    assert b"not-an-address" not in (wh.root / "privacy" / "ledger.duckdb").read_bytes()
+
+    deliver(DAYS[0], [json.dumps({"email": OTHERS[0]})])  # lands late, in an earlier day's folder
+    meta, passed = run(DAYS[2])
+    assert passed and meta["request_files_read"] == 1 and meta["requests_per_source"] == {"gdpr": 1}
+    assert sorted(r.email_sha256 for r in ledger.requests()) == sorted(
+        [HASH, hashlib.sha256(OTHERS[0].encode()).hexdigest()])
+    meta, passed = run(DAYS[2])  # nothing new: no file read again
+    assert passed and meta["request_files_read"] == 0 and meta["requests_done"] == 0
 
 
 def _small_warehouse(tmp_path: Path) -> tuple[Warehouse, duckdb.DuckDBPyConnection]:

@@ -106,3 +106,15 @@ def test_processes_are_serialised(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     ledger = Ledger(tmp_path)
     assert len(ledger.tombstoned()) == 5 and len(ledger.requests()) == 5
+
+
+def test_a_repeated_request_reopens_the_warehouse_step(tmp_path):
+    ledger = Ledger(tmp_path)
+    (req,) = ledger.request([ADDR], source="cli")
+    ledger.warehouse_done(req.request_id)
+    assert ledger.warehouse_todo() == []
+    (again,) = ledger.request([NORM], source="landing:gdpr")  # the person came back and asked again
+    assert again.request_id == req.request_id
+    assert [p.request_id for p in ledger.warehouse_todo()] == [req.request_id]  # the next forget scrubs again
+    (row,) = ledger.status(req.request_id)
+    assert row["warehouse_done_at"] is None

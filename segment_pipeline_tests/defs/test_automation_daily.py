@@ -19,6 +19,7 @@ from segment_pipeline.core.segments import load_catalog
 from segment_pipeline.core.warehouse import Warehouse
 from segment_pipeline.defs.exports.assets import segment_feed_daily
 from segment_pipeline.defs.exports.resources import ExportsResource
+from segment_pipeline.defs.privacy.deletion import deletion_requests
 from segment_pipeline.defs.profiles.assets import profiles
 from segment_pipeline.defs.raw.assets import ingest_events, ingest_profiles
 from segment_pipeline.defs.resources import LandingZoneResource, SegmentCatalogResource, WarehouseResource
@@ -64,8 +65,8 @@ class Pipeline:
         self.wh = Warehouse(root / "warehouse")
         catalog = root / "segments.yaml"
         catalog.write_text(catalog_text)
-        self.assets = [ingest_profiles, ingest_events, profiles, build_memberships_asset(load_catalog(catalog)),
-                       segment_feed_daily]
+        self.assets = [deletion_requests, ingest_profiles, ingest_events, profiles,
+                       build_memberships_asset(load_catalog(catalog)), segment_feed_daily]
         self.resources = {
             "warehouse": WarehouseResource(root=str(self.wh.root)),
             "landing": LandingZoneResource(root=str(self.landing)),
@@ -133,6 +134,9 @@ def test_daily_cron_runs_yesterday_through_the_whole_chain_once(daily):
         assert tick["before"] == {}  # nothing before the cron time
         assert tick["requests"] == {tick["day"]: every_key}  # yesterday, the whole chain, in one go
         assert all(r.success for r in tick["results"])
+        # the day's deletion requests are applied before the day is ingested (review item 2)
+        steps = [e.step_key for r in tick["results"] for e in r.get_step_success_events()]
+        assert steps.index("deletion_requests") < min(steps.index("ingest_profiles"), steps.index("ingest_events"))
         assert tick["after"] == {}  # the feed was written in that run: no follow-up run
     assert pipe.feed_days() == DAYS  # the daily export, every day
 

@@ -7,7 +7,10 @@ One function, :func:`forget`, serves the CLI (``segment-pipeline forget``) and t
    landing files from bringing the person back, and a pending file with the address;
 2. every open request whose warehouse step is not done is scrubbed, all together, from every file
    under the warehouse root, the export root and the API's identity index (:mod:`.scrub`);
-3. ``warehouse_done`` is recorded for each. The destinations' deletion (vendor endpoints, then the
+3. the newest incremental state (``profile_state``, ``segment_state``), scrubbed like every table,
+   gets its ``inputs`` watermark restamped (:func:`~segment_pipeline.core.incremental.restamp_after_scrub`),
+   so the next day continues it instead of rebuilding in full;
+4. ``warehouse_done`` is recorded for each. The destinations' deletion (vendor endpoints, then the
    sync mirror rows) and :meth:`~.ledger.Ledger.settle`, which deletes the pending address, are
    the erasure step's.
 
@@ -35,6 +38,7 @@ from pathlib import Path
 
 from segment_pipeline.core.atomic import open_private, private_mkdir
 from segment_pipeline.core.exports.storage import ExportStorage, LocalExportStorage, S3ExportStorage
+from segment_pipeline.core.incremental import inputs_snapshot, restamp_after_scrub
 from segment_pipeline.core.privacy.ledger import PRIVACY_DIR, InvalidAddressError, Ledger, Request
 from segment_pipeline.core.privacy.scrub import (
     ExportScrubber,
@@ -44,7 +48,7 @@ from segment_pipeline.core.privacy.scrub import (
     scrub_identity_indexes,
     scrub_tree,
 )
-from segment_pipeline.core.warehouse import Warehouse
+from segment_pipeline.core.warehouse import Warehouse, connect
 
 LOCK_FILE = "forget.lock"
 #: Column (CSV header) or key (NDJSON) of a request file holding the address.
@@ -65,7 +69,7 @@ class ForgetResult:
         r = self.report
         return {"requests_recorded": len(self.requested), "requests_done": len(self.done),
                 "files_scanned": r.files_scanned, "files_rewritten": r.files_rewritten,
-                "files_deleted": r.files_deleted, "rows_removed": r.rows_removed,
+                "files_deleted": r.files_deleted, "rows_removed": r.rows_removed, "rows_masked": r.rows_masked,
                 "bytes_rewritten": r.bytes_rewritten}
 
 
@@ -118,7 +122,17 @@ def forget(
         if swept:
             log(f"removed {len(swept)} leftover temporary file(s) of killed writes")
         log(f"removing {len(todo)} identit{'y' if len(todo) == 1 else 'ies'} from {root}")
-        scrub_tree(root, targets, result.report, on_file=on_file)
+        wh = Warehouse(root)
+        con = connect()
+        try:
+            snapshot = inputs_snapshot(con, wh)
+            scrub_tree(root, targets, result.report, on_file=on_file)
+            # the incremental state was scrubbed with the raw partitions: it continues tomorrow
+            restamped = restamp_after_scrub(con, wh, snapshot, set(result.report.changed))
+        finally:
+            con.close()
+        if restamped:
+            log(f"incremental state kept (inputs restamped): {', '.join(restamped)}")
         if storage is not None:
             log(f"removing them from the exports ({storage!r})")
             ExportScrubber(storage, targets, ledger.dir, result.report).run(on_key=on_file)
@@ -133,19 +147,36 @@ def read_request_file(path: str | os.PathLike[str]) -> list[str]:
     """The addresses of a deletion request file: CSV with an ``email`` column, NDJSON/JSON lines
     with an ``email`` key, or plain text with one address per line (``.txt`` or no extension).
     Blank lines are skipped. Raises :class:`RequestFileError` naming the file and line (never the
-    address) for a row without an address or an invalid one."""
+    address) for a row without an address or an invalid one (:func:`read_request_rows` keeps the
+    valid rows instead)."""
+    emails, rejects = read_request_rows(path)
+    if rejects:
+        line, reason = rejects[0]
+        raise RequestFileError(f"{path}: {'line ' + str(line) + ': ' if line else ''}{reason}")
+    return emails
+
+
+def read_request_rows(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[int | None, str]]]:
+    """(valid addresses, rejected rows) of a deletion request file (formats as
+    :func:`read_request_file`). A rejected row is ``(line, reason)``, the reason never holding the
+    value (``no 'email' value``, ``not JSON (...)``, the address problem of
+    :func:`segment_pipeline.core.identity.email_problem`); a CSV without an ``email`` column is
+    one reject of line 1."""
     from segment_pipeline.core.identity import email_problem
 
     path = Path(path)
     name = path.name.lower()
     out: list[str] = []
+    rejects: list[tuple[int | None, str]] = []
 
-    def add(value: object, where: str) -> None:
+    def add(value: object, line: int) -> None:
         if not isinstance(value, str) or not value.strip():
-            raise RequestFileError(f"{path}: {where}: no {EMAIL_COLUMN!r} value")
+            rejects.append((line, f"no {EMAIL_COLUMN!r} value"))
+            return
         problem = email_problem(value)
         if problem:
-            raise RequestFileError(f"{path}: {where}: {problem}")
+            rejects.append((line, problem))
+            return
         out.append(value)
 
     text = path.read_text(encoding="utf-8-sig")
@@ -153,9 +184,9 @@ def read_request_file(path: str | os.PathLike[str]) -> list[str]:
         reader = csv.DictReader(io.StringIO(text))
         fields = {f.strip().lower(): f for f in reader.fieldnames or []}
         if EMAIL_COLUMN not in fields:
-            raise RequestFileError(f"{path}: no {EMAIL_COLUMN!r} column in the header {reader.fieldnames}")
+            return [], [(1, f"no {EMAIL_COLUMN!r} column in the header {reader.fieldnames}")]
         for row in reader:
-            add(row.get(fields[EMAIL_COLUMN]), f"line {reader.line_num}")
+            add(row.get(fields[EMAIL_COLUMN]), reader.line_num)
     elif name.endswith((".ndjson", ".jsonl", ".json")):
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -163,13 +194,14 @@ def read_request_file(path: str | os.PathLike[str]) -> list[str]:
             try:
                 record = json.loads(line)
             except ValueError as exc:
-                raise RequestFileError(f"{path}: line {n}: not JSON ({exc.msg})") from None
-            add(record.get(EMAIL_COLUMN) if isinstance(record, dict) else None, f"line {n}")
+                rejects.append((n, f"not JSON ({exc.msg})"))
+                continue
+            add(record.get(EMAIL_COLUMN) if isinstance(record, dict) else None, n)
     else:
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
-                add(line, f"line {n}")
-    return out
+                add(line, n)
+    return out, rejects
 
 
 def export_storage_from_env() -> ExportStorage:
@@ -189,4 +221,4 @@ def export_storage_from_env() -> ExportStorage:
 
 
 __all__ = ["ForgetResult", "InvalidAddressError", "RequestFileError", "export_storage_from_env", "forget",
-           "read_request_file"]
+           "read_request_file", "read_request_rows"]

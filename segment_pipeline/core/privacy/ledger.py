@@ -15,6 +15,13 @@ Everything lives under ``<warehouse root>/privacy/`` (folder ``0700``, files ``0
         Per request and destination (registry name: ``klaviyo``, ``dotdigital``, ``braze``,
         ``meta``): when the vendor's deletion was asked, done and confirmed.
 
+    ``request_files(source_file, version, recorded_at, requests, rejected)``
+        The request files of ``deletion_requests`` sources already recorded (path relative to the
+        landing root, and the version read: size and mtime), so a file is read once, however late.
+    ``request_rejects(source_file, version, source_line, reason, recorded_at)``
+        The quarantine of request rows that are not a valid address: file, line and reason, never
+        the value.
+
 ``pending/<request_id>.json``
     ``{"request_id", "email_sha256", "email"}``: the normalised address, which the warehouse scrub
     (raw quarantine text is matched on the address) and the destinations' deletion endpoints need.
@@ -88,6 +95,12 @@ CREATE TABLE IF NOT EXISTS destinations (
     confirmed_at TIMESTAMP, attempts INTEGER NOT NULL DEFAULT 0, last_error VARCHAR,
     PRIMARY KEY (request_id, destination));
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS request_files (
+    source_file VARCHAR NOT NULL, version VARCHAR NOT NULL, recorded_at TIMESTAMP NOT NULL,
+    requests INTEGER NOT NULL, rejected INTEGER NOT NULL, PRIMARY KEY (source_file, version));
+CREATE TABLE IF NOT EXISTS request_rejects (
+    source_file VARCHAR NOT NULL, version VARCHAR NOT NULL, source_line BIGINT, reason VARCHAR NOT NULL,
+    recorded_at TIMESTAMP NOT NULL);
 """
 
 
@@ -207,7 +220,8 @@ class Ledger:
         """Record a deletion request per address: normalise (core/identity.py), hash (SHA-256 hex
         of the normalised address), write a tombstone and a pending file. Idempotent: an open
         request for the same hash is returned, not duplicated (and its tombstone restored if it was
-        lifted). Returns one :class:`Request` per distinct address, in input order.
+        lifted); its warehouse step is reopened (``warehouse_done_at`` reset), so the next
+        :func:`~.forget.forget` scrubs the warehouse and exports again. Returns one :class:`Request` per distinct address, in input order.
 
         Raises :class:`InvalidAddressError` (naming the value's position and the reason, never the
         value) if any entry is not a valid address; nothing is recorded then.
@@ -229,6 +243,9 @@ class Ledger:
                        arg_min(source, (requested_at, request_id))
                 FROM requests WHERE settled_at IS NULL AND email_sha256 IN (SELECT email_sha256 FROM wanted)
                 GROUP BY email_sha256""").fetchall()}
+            if open_rows:  # a repeated request scrubs again (the person may have come back since)
+                con.execute("UPDATE requests SET warehouse_done_at = NULL WHERE settled_at IS NULL "
+                            "AND email_sha256 IN (SELECT email_sha256 FROM wanted)")
             new = [Request(f"del-{uuid.uuid4().hex}", d, now, source) for d, _ in wanted if d not in open_rows]
             if new:
                 con.register("new_requests", pa.table({"request_id": [r.request_id for r in new],
@@ -253,6 +270,38 @@ class Ledger:
             if added:
                 self._bump(con)
         return out
+
+    # -- request files -------------------------------------------------------------------
+    def file_recorded(self, source_file: str, version: str) -> bool:
+        """Whether this version of the request file ``source_file`` was recorded already."""
+        if not self.path.exists():
+            return False
+        with self._open(write=False) as con:
+            return bool(con.execute("SELECT count(*) FROM request_files WHERE source_file = ? AND version = ?",
+                                    [source_file, version]).fetchall()[0][0])
+
+    def record_file(self, source_file: str, version: str, requests: int,
+                    rejects: Iterable[tuple[int | None, str]]) -> None:
+        """Record that this version of ``source_file`` was read: ``requests`` recorded, and its
+        ``rejects`` ((line, reason), never a value) quarantined in ``request_rejects``."""
+        rejects = list(rejects)
+        with self._open(write=False) as con:
+            now = _now()
+            con.execute("INSERT OR REPLACE INTO request_files VALUES (?, ?, ?, ?, ?)",
+                        [source_file, version, now, requests, len(rejects)])
+            con.execute("DELETE FROM request_rejects WHERE source_file = ? AND version = ?", [source_file, version])
+            if rejects:
+                con.executemany("INSERT INTO request_rejects VALUES (?, ?, ?, ?, ?)",
+                                [[source_file, version, line, reason, now] for line, reason in rejects])
+
+    def rejects(self) -> list[dict]:
+        """The quarantined request rows: ``source_file``, ``source_line``, ``reason``, oldest first."""
+        if not self.path.exists():
+            return []
+        with self._open(write=False) as con:
+            rows = con.execute("SELECT source_file, source_line, reason FROM request_rejects "
+                               "ORDER BY recorded_at, source_file, source_line").fetchall()
+        return [{"source_file": f, "source_line": n, "reason": r} for f, n, r in rows]
 
     def requests(self, open_only: bool = True) -> list[Request]:
         """Requests (open ones by default), oldest first."""

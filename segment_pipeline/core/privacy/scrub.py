@@ -13,7 +13,10 @@ What is matched (:class:`Targets`)
 What is removed, by kind of file (the warehouse is walked, no table list: a new table is covered)
     * Parquet (every warehouse table and partition, whatever its columns): every row with a token
       in any text-like column (VARCHAR, JSON, lists, structs, maps cast to text). The file is
-      rewritten in its row order with the warehouse's settings and replaced atomically.
+      rewritten in its row order with the warehouse's settings and replaced atomically, unless it
+      changed since it was read (a writer published it meanwhile): then the new file is scrubbed.
+      ``identity_links`` rows of a target keep their linked id with the email rewritten to
+      ``sha256:<hex>`` (the tombstone recognises later records carrying only that id).
     * DuckDB files: every row of every table with a token; the file is then copied into a fresh
       file (DuckDB keeps deleted bytes in its blocks) which replaces it atomically.
     * SQLite identity index files (``identity_index/``, a cache): deleted when they hold a token.
@@ -152,6 +155,8 @@ class ScrubReport:
     files_rewritten: int = 0
     files_deleted: int = 0
     rows_removed: int = 0
+    #: identity link rows kept with their email rewritten to ``sha256:<hex>`` (not removed)
+    rows_masked: int = 0
     bytes_rewritten: int = 0
     #: path or export key -> rows/lines/items removed
     changed: dict[str, int] = field(default_factory=dict)
@@ -187,26 +192,91 @@ def _load_targets(con: duckdb.DuckDBPyConnection, targets: Targets) -> str:
 # -- Parquet -----------------------------------------------------------------------------------
 
 
-def scrub_parquet_file(con: duckdb.DuckDBPyConnection, path: Path, table: str = "forget_targets") -> tuple[int, int]:
+#: The email of an identity link of a deleted identity (``core/privacy/tombstones.py``).
+LINK_MARKER = "sha256:"
+#: The table whose ``email`` column the scrub masks (``sha256:<hex>``) instead of removing the row.
+LINKS_TABLE = "identity_links"
+#: How often a Parquet file that changed while it was being scrubbed is scrubbed again.
+CHANGED_RETRIES = 5
+
+
+class _Changed(Exception):
+    """The file changed (another writer published it) between the scrub's read and its replace."""
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def scrub_parquet_file(con: duckdb.DuckDBPyConnection, path: Path, table: str = "forget_targets",
+                       *, mask_links: bool = False,
+                       before_replace: Callable[[Path], None] | None = None) -> tuple[int, int, int]:
     """Remove the rows of the Parquet file ``path`` that hold a target token (``table`` of tokens
-    loaded in ``con``); rewrite it atomically in its row order. Returns (rows removed, bytes written)."""
+    loaded in ``con``); rewrite it atomically in its row order. Returns (rows removed, bytes
+    written, rows masked).
+
+    ``mask_links`` (files of :data:`LINKS_TABLE`): a row whose ``email`` is a target keeps its
+    linked id with the email rewritten to ``sha256:<hex>`` (:data:`LINK_MARKER`, the ledger's hash)
+    instead of being removed, so the tombstone still recognises later records carrying only that
+    id; such rows are counted as masked. Other hits in the row still remove it.
+
+    The file is never replaced by a scrub of an older version: if its inode, mtime or size changed
+    between the read and the replace (a writer published it meanwhile), the rewrite is discarded and
+    the new file scrubbed again, up to :data:`CHANGED_RETRIES` times, then :class:`ScrubError`.
+    ``before_replace(path)`` is called after the rewrite is written, before that check (for tests
+    of a concurrent writer)."""
+    for _attempt in range(CHANGED_RETRIES):
+        try:
+            return _scrub_parquet_once(con, path, table, mask_links, before_replace)
+        except _Changed:
+            con.execute("DROP TABLE IF EXISTS forget_hits")
+        except FileNotFoundError:
+            return 0, 0, 0  # removed meanwhile (a writer replaced its folder): nothing of it is left
+    raise ScrubError(f"{path}: kept changing while it was scrubbed ({CHANGED_RETRIES} attempts)")
+
+
+def _scrub_parquet_once(con: duckdb.DuckDBPyConnection, path: Path, table: str, mask_links: bool,
+                        before_replace: Callable[[Path], None] | None) -> tuple[int, int, int]:
+    before = _stamp(path)
     rel = f"read_parquet({sql_string(str(path))}, hive_partitioning = false, file_row_number = true)"
     columns = [c for c in _text_columns(con, rel) if c != "file_row_number"]
     if not columns:
-        return 0, 0
-    con.execute(f"CREATE OR REPLACE TEMP TABLE forget_hits AS {_hit_rows_sql(table, rel, columns, 'file_row_number')}")
+        return 0, 0, 0
+    masking = mask_links and "email" in columns
+    key = "lower(trim(email))"
+    hit_rel = out_rel = rel
+    if masking:
+        out_rel = (f"(SELECT * REPLACE (CASE WHEN {key} IN (SELECT token FROM {table}) "
+                   f"THEN '{LINK_MARKER}' || sha256({key}) ELSE email END AS email) FROM {rel})")
+        hit_rel = (f"(SELECT * REPLACE (CASE WHEN starts_with(email, '{LINK_MARKER}') THEN NULL ELSE email END "
+                   f"AS email) FROM {out_rel})")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE forget_hits AS "
+                f"{_hit_rows_sql(table, hit_rel, columns, 'file_row_number')}")
     removed = con.execute("SELECT count(*) FROM forget_hits").fetchall()[0][0]
-    if not removed:
-        return 0, 0
+    masked = con.execute(f"SELECT count(*) FROM {rel} WHERE {key} IN (SELECT token FROM {table}) "
+                         "AND file_row_number NOT IN (SELECT r FROM forget_hits)").fetchall()[0][0] if masking else 0
+    if not removed and not masked:
+        con.execute("DROP TABLE forget_hits")
+        return 0, 0, 0
     codec = con.execute(f"SELECT any_value(compression) FROM parquet_metadata({sql_string(str(path))})").fetchall()[0][0]
     codec = codec if codec in ("ZSTD", "SNAPPY", "GZIP", "LZ4_RAW", "UNCOMPRESSED", "BROTLI") else "ZSTD"
     codec = "LZ4" if codec == "LZ4_RAW" else codec
+    # the file's own key-value metadata (the incremental state's model and inputs) is kept
+    kv = ", ".join(f"{sql_string(k)}: {sql_string(v)}" for k, v in con.execute(
+        f"SELECT key::VARCHAR, value::VARCHAR FROM parquet_kv_metadata({sql_string(str(path))})").fetchall()
+        if not k.startswith(("ARROW:", "pandas")))
+    kv = f", KV_METADATA {{{kv}}}" if kv else ""
     with atomic_path(path) as tmp:
-        con.execute(f"""COPY (SELECT * EXCLUDE (file_row_number) FROM {rel}
+        con.execute(f"""COPY (SELECT * EXCLUDE (file_row_number) FROM {out_rel}
                               WHERE file_row_number NOT IN (SELECT r FROM forget_hits) ORDER BY file_row_number)
-                        TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION {codec}, ROW_GROUP_SIZE {ROW_GROUP_SIZE})""")
+                        TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION {codec}, ROW_GROUP_SIZE {ROW_GROUP_SIZE}{kv})""")
+        if before_replace is not None:
+            before_replace(path)
+        if _stamp(path) != before:
+            raise _Changed(str(path))  # the temporary file is discarded; the caller scrubs the new one
     con.execute("DROP TABLE forget_hits")
-    return removed, path.stat().st_size
+    return removed, path.stat().st_size, masked
 
 
 # -- DuckDB ------------------------------------------------------------------------------------
@@ -541,9 +611,11 @@ def scrub_tree(root: str | os.PathLike[str], targets: Targets, report: ScrubRepo
                 if on_file is not None:
                     on_file(path)
                 if fname.endswith(".parquet"):
-                    removed, size = scrub_parquet_file(con, path)
-                    if removed:
+                    links = here.relative_to(root).parts[:1] == (LINKS_TABLE,)
+                    removed, size, masked = scrub_parquet_file(con, path, mask_links=links)
+                    if removed or masked:
                         report.add(str(path), removed, size)
+                        report.rows_masked += masked
                 else:
                     _scrub_local_file(con, path, targets, report)
     finally:

@@ -26,13 +26,11 @@ from dataclasses import dataclass
 import duckdb
 
 from segment_pipeline.core.privacy.ledger import PRIVACY_DIR, TOMBSTONES_FILE, Ledger
-from segment_pipeline.core.privacy.scrub import Targets
+from segment_pipeline.core.privacy.scrub import LINK_MARKER, Targets
 from segment_pipeline.core.warehouse import Warehouse
 
 DELETED_IDENTITY = "deleted identity"
 TABLE = "tombstones_now"
-#: The email of an identity link of a deleted identity: ``sha256:<hex>`` (see the module docstring).
-LINK_MARKER = "sha256:"
 
 
 @dataclass(frozen=True)

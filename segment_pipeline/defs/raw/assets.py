@@ -4,6 +4,8 @@ validated into the warehouse; bad rows quarantined.
 ``raw_profiles`` ingests every ``profiles`` and ``stream`` source, ``raw_events`` every ``events``
 and ``stream`` source (core/sources.py). ``raw_events`` of a day depends on ``raw_profiles`` of the
 same day: the identity links that day's profile records carry resolve its events (core/links.py).
+Both depend on ``deletion_requests`` of the same day (defs/privacy/deletion.py), so the daily run
+records that day's deletion requests and scrubs them before it ingests the day.
 When a day's profiles link ids that earlier days quarantined as ``unresolved identity``, the
 ``raw_profiles`` metadata ``resolves_earlier_days`` names those days (``{day: rows}``), a log line
 gives the backfill command, and the ``late_links_sensor`` re-runs them.
@@ -39,7 +41,9 @@ def _ingest_asset(kind: str) -> dg.AssetsDefinition:
     raw_key = dg.AssetKey(f"raw_{kind}")
     quarantine_key = dg.AssetKey(f"quarantine_{kind}")
 
-    deps = [dg.AssetKey("raw_profiles")] if kind == "events" else []
+    # the same day's deletion requests first: their tombstones are recorded and the forgotten
+    # identities scrubbed before the day is ingested (and never while it is being published)
+    deps = [dg.AssetKey("deletion_requests"), *([dg.AssetKey("raw_profiles")] if kind == "events" else [])]
 
     @dg.multi_asset(
         name=f"ingest_{kind}",
