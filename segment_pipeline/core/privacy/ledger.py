@@ -355,7 +355,7 @@ class Ledger:
                             [detail or "failed", request_id, destination])
             else:
                 col = {"asked": "asked_at", "done": "done_at", "confirmed": "confirmed_at"}[state]
-                extra = {"asked": ", attempts = attempts + 1", "confirmed": ", last_error = NULL"}.get(state, "")
+                extra = ", attempts = attempts + 1" if state == "asked" else ""
                 con.execute(f"UPDATE destinations SET {col} = coalesce({col}, ?){extra} "
                             "WHERE request_id = ? AND destination = ?", [now, request_id, destination])
 
