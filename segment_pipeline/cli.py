@@ -286,6 +286,7 @@ def _add_sync(sub: argparse._SubParsersAction) -> None:
         from pathlib import Path
 
         from segment_pipeline import settings
+        from segment_pipeline.core.privacy.suppression import refresh_suppression
         from segment_pipeline.core.segments import load_catalog
         from segment_pipeline.core.sync.destinations import destination
         from segment_pipeline.core.sync.plan import preview
@@ -311,15 +312,30 @@ def _add_sync(sub: argparse._SubParsersAction) -> None:
             day = days[-1]
         catalog = load_catalog(settings.segments_file(), wh.model)
         synced = {s.id: s.name for s in catalog.segments if s.sync.get(cls.name)}
+        # the lists in force, as the asset does (fail closed: declared lists that cannot be loaded stop here)
+        refresh_suppression(wh)
         values = cls.option_values({o.name: os.environ.get(o.env) for o in cls.options})
         guard = settings.sync_max_removal_share()
         state_dir = Path(wh.root) / "sync_state" / cls.name
         if args.action == "run":
             import json
 
+            from segment_pipeline.core.privacy.filters import privacy_counts
             from segment_pipeline.core.sync.engine import run_sync
             from segment_pipeline.core.sync.plan import RemovalGuardError
+            from segment_pipeline.core.warehouse import connect
 
+            con = connect(memory_limit="1GB")
+            try:
+                held = privacy_counts(con, wh, days=[day], segment_ids=list(synced), destination=cls.name)
+            finally:
+                con.close()
+            privacy: dict[str, object] = {}
+            if "suppressed" in held:
+                per_list = dict(held["suppressed"])  # type: ignore[call-overload]
+                privacy.update(suppressed=per_list, suppressed_total=sum(per_list.values()))
+            if "consent_withheld" in held:
+                privacy["consent_withheld"] = held["consent_withheld"]
             client = cls.client_from(values)
             d = cls(client, cls.settings_from(values))
             d.mappings = destination_mappings(d, wh.model)
@@ -333,8 +349,11 @@ def _add_sync(sub: argparse._SubParsersAction) -> None:
             finally:
                 if client is not None:
                     client.close()
-            print(json.dumps({**report.counts(), "status": report.status, "dry_run": report.dry_run,
-                              "day": report.day, "notes": report.notes, "plan": report.plan}, indent=1))
+            out = {**report.counts(), **privacy, "status": report.status, "dry_run": report.dry_run,
+                   "day": report.day, "notes": report.notes, "plan": report.plan}
+            if report.payload_dir:
+                out["payload_dir"] = report.payload_dir  # dry run: the requests that would have been sent
+            print(json.dumps(out, indent=1))
             return 0
         d = cls(None, cls.settings_from(values))  # no client: planning never calls the destination
         d.mappings = destination_mappings(d, wh.model)
@@ -415,6 +434,8 @@ def _add_forget(sub: argparse._SubParsersAction) -> None:
                         "files may bring them back")
 
     def run(args: argparse.Namespace) -> int:
+        import os
+
         from segment_pipeline import settings
         from segment_pipeline.core.privacy.forget import (
             InvalidAddressError,
@@ -439,6 +460,10 @@ def _add_forget(sub: argparse._SubParsersAction) -> None:
         try:
             emails = list(args.addresses)
             for f in args.file:
+                if not os.path.isfile(f):
+                    print(f"forget: --file {f}: {'is a folder' if os.path.isdir(f) else 'no such file'}",
+                          file=sys.stderr)
+                    return 2
                 emails.extend(read_request_file(f))
             result = forget(root, export_storage_from_env(), emails, "cli", log=print)
         except (InvalidAddressError, RequestFileError, ScrubError) as exc:
@@ -478,9 +503,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Errors in what the user wrote (a settings variable, a YAML file: data model, sources,
+    segments, privacy, destination mappings; a request file): their message already names the
+    variable or the file and the entry, so the CLI prints it as one line and exits 2, no traceback."""
+    from segment_pipeline.core.model import ModelFileError
+    from segment_pipeline.core.privacy.config import PrivacyFileError
+    from segment_pipeline.core.privacy.forget import RequestFileError
+    from segment_pipeline.core.safe_yaml import YamlFileError
+    from segment_pipeline.core.segments import SegmentDefinitionError
+    from segment_pipeline.core.sources import SourcesFileError
+    from segment_pipeline.core.sync.mappings import MappingFileError
+    from segment_pipeline.settings import SettingsError
+
+    return (SettingsError, YamlFileError, ModelFileError, SourcesFileError, SegmentDefinitionError,
+            PrivacyFileError, MappingFileError, RequestFileError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except _usage_errors() as exc:
+        print(f"segment-pipeline {args.command}: " + " ".join(str(exc).split("\n")), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

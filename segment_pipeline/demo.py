@@ -61,8 +61,9 @@ EXAMPLES = {"beauty_shop": "examples/beauty_shop"}
 def use_example(name: str) -> list[str]:
     """Point this process at the shipped example ``name`` (``examples/<name>/``): its model, sources,
     segments and landing files, a warehouse and export folder of its own inside that folder, and
-    its own Dagster instance (``examples/<name>/.dagster_home``), all gitignored. A variable
-    already set in the environment is kept. The partitions end at the sample's last day.
+    its own Dagster instance (``examples/<name>/.dagster_home``), all gitignored; its own privacy
+    file and no destination field mappings (``SEGMENT_PIPELINE_DESTINATIONS=none``), so nothing of the
+    apparel demo's ``data/`` applies. A variable already set in the environment is kept. The partitions end at the sample's last day.
 
     The settings are also written to ``examples/<name>/.env``, which ``dagster dev`` loads when
     started from that folder (:func:`example_ui_command`), so the UI shows the example's data and
@@ -76,6 +77,9 @@ def use_example(name: str) -> list[str]:
         "SEGMENT_PIPELINE_LANDING": folder / "landing",
         "SEGMENT_PIPELINE_WAREHOUSE": folder / "warehouse",
         "SEGMENT_PIPELINE_EXPORT_DIR": folder / "exports",
+        "SEGMENT_PIPELINE_PRIVACY": folder / "privacy.yaml",  # its consent gates, not the apparel demo's file
+        # no field mappings (segment names only): "none" is settings.NO_FILE, never the apparel demo's file
+        "SEGMENT_PIPELINE_DESTINATIONS": settings.NO_FILE,
     }
     for var, value in wanted.items():
         os.environ.setdefault(var, str(value))

@@ -34,6 +34,31 @@ def _env_path(var: str, default_relative: str) -> str:
     return str(Path(value).expanduser().absolute()) if value else str(base_dir() / default_relative)
 
 
+class SettingsError(ValueError):
+    """A setting (environment variable) names something that is not there; the message names the
+    variable and its value."""
+
+
+#: The value of an optional-file setting that means "no file" (e.g. ``SEGMENT_PIPELINE_DESTINATIONS=none``).
+NO_FILE = "none"
+
+
+def _optional_file(var: str, default_relative: str) -> str:
+    """An optional file's path: the default (missing = no file), or the explicitly set ``var``,
+    which must name an existing file (a typo must not switch a feature off silently); ``none``
+    means no file (:data:`os.devnull`, which every loader reads as "no file"). Raises
+    :class:`SettingsError` naming the variable and the path."""
+    value = (os.environ.get(var) or "").strip()
+    if value.lower() == NO_FILE:
+        return os.devnull
+    path = _env_path(var, default_relative)
+    if value and not Path(path).is_file():
+        what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+        raise SettingsError(f"{var}={value}: {path} {what} (unset it for the default "
+                            f"{default_relative}, or set it to {NO_FILE} for no file)")
+    return path
+
+
 def warehouse_root() -> str:
     return _env_path("SEGMENT_PIPELINE_WAREHOUSE", "data/warehouse")
 
@@ -67,14 +92,17 @@ def end_date() -> str | None:
 
 
 def sources_file() -> str:
-    """Per-source reading options (encoding, empty CSV cells, timestamp tolerance); optional file."""
-    return _env_path("SEGMENT_PIPELINE_SOURCES", "data/sources.yaml")
+    """Per-source reading options (encoding, empty CSV cells, timestamp tolerance): ``SEGMENT_PIPELINE_SOURCES``,
+    default ``data/sources.yaml``; optional file (:func:`_optional_file`: set but missing raises
+    :class:`SettingsError`, ``none`` means no file)."""
+    return _optional_file("SEGMENT_PIPELINE_SOURCES", "data/sources.yaml")
 
 
 def privacy_file() -> str:
     """Suppression lists and consent gates (``core/privacy/config.py``): ``SEGMENT_PIPELINE_PRIVACY``,
-    default ``data/privacy.yaml``; optional file."""
-    return _env_path("SEGMENT_PIPELINE_PRIVACY", "data/privacy.yaml")
+    default ``data/privacy.yaml``; optional file (set but missing raises :class:`SettingsError`, ``none``
+    means no file: no suppression list, no consent gate)."""
+    return _optional_file("SEGMENT_PIPELINE_PRIVACY", "data/privacy.yaml")
 
 
 #: Retention settings (``core/privacy/retention.py``): what -> environment variable holding days.
@@ -101,8 +129,9 @@ def retention_days(what: str) -> int | None:
 
 def destinations_file() -> str:
     """Field mappings per sync destination (``SEGMENT_PIPELINE_DESTINATIONS``, default
-    ``data/destinations.yaml``); optional file: without it destinations get the segment names only."""
-    return _env_path("SEGMENT_PIPELINE_DESTINATIONS", "data/destinations.yaml")
+    ``data/destinations.yaml``); optional file: without it (or set to ``none``) destinations get the
+    segment names only; set but missing raises :class:`SettingsError`."""
+    return _optional_file("SEGMENT_PIPELINE_DESTINATIONS", "data/destinations.yaml")
 
 
 #: Default removal guard: a sync run that would clear, remove or take a mapped field from more than

@@ -300,7 +300,7 @@ def test_a_contact_synced_before_suppression_leaves_the_klaviyo_list_and_the_dot
                                                                                              monkeypatch):
     wh = Warehouse(tmp_path / "warehouse")
     customers(wh)
-    monkeypatch.setenv("SEGMENT_PIPELINE_PRIVACY", str(tmp_path / "none.yaml"))  # first: no list yet
+    monkeypatch.setenv("SEGMENT_PIPELINE_PRIVACY", "none")  # first: no list yet
     state = tmp_path / "state"
     with FakeKlaviyo() as klaviyo, FakeDotdigital() as dotdigital:
 
@@ -520,7 +520,7 @@ def test_sigkill_mid_removal_then_rerun_still_removes_the_suppressed(tmp_path, p
 
     wh = Warehouse(tmp_path / "warehouse")
     customers(wh)
-    monkeypatch.setenv("SEGMENT_PIPELINE_PRIVACY", str(tmp_path / "none.yaml"))
+    monkeypatch.setenv("SEGMENT_PIPELINE_PRIVACY", "none")
     state = tmp_path / "state"
     with FakeDotdigital() as dotdigital:
         sync_dotdigital(wh, DAY, SEGMENTS, state_dir=state, dry_run_root=state / "dry",

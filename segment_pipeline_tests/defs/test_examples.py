@@ -429,7 +429,8 @@ def test_demo_example_option_points_every_setting_at_the_example_and_keeps_what_
 
     monkeypatch.setenv("DAGSTER_HOME", "")
     monkeypatch.delenv("DAGSTER_HOME")
-    for var in ("MODEL", "SOURCES", "SEGMENTS", "LANDING", "WAREHOUSE", "EXPORT_DIR", "END_DATE"):
+    for var in ("MODEL", "SOURCES", "SEGMENTS", "LANDING", "WAREHOUSE", "EXPORT_DIR", "END_DATE", "PRIVACY",
+                "DESTINATIONS"):
         # set, then delete: monkeypatch then restores the variable's original state (unset included)
         # after the test, undoing what use_example sets; a bare delenv of an unset variable records
         # nothing, and the example's settings leaked into every later test of the process
@@ -443,5 +444,9 @@ def test_demo_example_option_points_every_setting_at_the_example_and_keeps_what_
     assert os.environ["SEGMENT_PIPELINE_EXPORT_DIR"] == str(BEAUTY / "exports")
     assert os.environ["SEGMENT_PIPELINE_WAREHOUSE"] == "elsewhere"  # already set: kept
     assert os.environ["SEGMENT_PIPELINE_END_DATE"] == BEAUTY_DAYS[-1]  # this process only: no .env written
-    assert len(lines) == 7
+    # its own privacy file and no field mappings: never the apparel demo's data/privacy.yaml, data/destinations.yaml
+    assert os.environ["SEGMENT_PIPELINE_PRIVACY"] == str(BEAUTY / "privacy.yaml")
+    assert os.environ["SEGMENT_PIPELINE_DESTINATIONS"] == "none"
+    assert "SEGMENT_PIPELINE_DESTINATIONS=none" in lines and "SEGMENT_PIPELINE_PRIVACY=" in (BEAUTY / ".env").read_text()
+    assert len(lines) == 9
     assert os.environ["DAGSTER_HOME"] == str(BEAUTY / ".dagster_home")  # its own instance

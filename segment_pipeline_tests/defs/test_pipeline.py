@@ -213,7 +213,7 @@ def test_sources_file_decides_what_an_empty_csv_cell_means(tmp_path, monkeypatch
     write_csv(landing, "profiles", "2026-11-02", ["email", "updated_at", "country", "phone"],
               [["a@example.com", "2026-11-02T08:00:00Z", "", "+4930999"]])
     sources = tmp_path / "sources.yaml"
-    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", str(sources))
+    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", "none")  # no sources file (set to a missing file: an error)
     res = {"warehouse": WarehouseResource(root=str(tmp_path / "wh")), "landing": LandingZoneResource(root=str(landing))}
     wh = Warehouse(tmp_path / "wh")
 
@@ -225,6 +225,7 @@ def test_sources_file_decides_what_an_empty_csv_cell_means(tmp_path, monkeypatch
 
     assert country_on_day_two() == "DE"  # no sources file: an empty cell keeps
     sources.write_text("sources:\n  profiles:\n    csv_empty_cell: clear\n")
+    monkeypatch.setenv("SEGMENT_PIPELINE_SOURCES", str(sources))
     assert country_on_day_two() is None
 
 

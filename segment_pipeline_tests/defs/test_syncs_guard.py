@@ -29,7 +29,7 @@ def test_guard_stops_the_asset_on_a_bad_day_and_run_config_confirms(tmp_path: Pa
     write_memberships(wh, "2026-11-01", [("vip", e) for e in people])
     catalog = tmp_path / "segments.yaml"
     catalog.write_text(CATALOG)
-    monkeypatch.setenv("SEGMENT_PIPELINE_DESTINATIONS", str(tmp_path / "none.yaml"))  # no mappings
+    monkeypatch.setenv("SEGMENT_PIPELINE_DESTINATIONS", "none")  # no mappings
     monkeypatch.setenv("SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE", "0.5")
     with FakeKlaviyo() as fake:
         monkeypatch.setenv("KLAVIYO_API_KEY", KLAVIYO_KEY)

@@ -120,6 +120,9 @@ class LocalExportStorage(ExportStorage):
     def __repr__(self) -> str:
         return f"LocalExportStorage({str(self.root)!r})"
 
+    def __str__(self) -> str:  # the location, as a person reads it (logs, CLI output)
+        return str(self.root)
+
     def path(self, key: str) -> Path:
         check_key(key)
         path = self.root.joinpath(*key.split("/"))
@@ -264,6 +267,9 @@ class S3ExportStorage(ExportStorage):
 
     def __repr__(self) -> str:
         return f"S3ExportStorage(s3://{self.bucket}/{self.prefix})"
+
+    def __str__(self) -> str:  # the location, as a person reads it (logs, CLI output)
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
     def object_key(self, key: str) -> str:
         check_key(key)

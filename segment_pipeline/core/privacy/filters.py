@@ -77,7 +77,7 @@ def privacy_fingerprint(warehouse: Warehouse) -> str:
 
     parts = []
     for path in (current_path(warehouse), Path(settings.privacy_file())):
-        if path is not None and path.exists():
+        if path is not None and path.is_file():  # "none" (os.devnull) is no file
             st = path.stat()
             parts.append(f"{path}|{st.st_size}|{st.st_mtime_ns}")
     return "\n".join(parts)

@@ -134,7 +134,7 @@ def forget(
         if restamped:
             log(f"incremental state kept (inputs restamped): {', '.join(restamped)}")
         if storage is not None:
-            log(f"removing them from the exports ({storage!r})")
+            log(f"removing them from the exports in {storage}")
             ExportScrubber(storage, targets, ledger.dir, result.report).run(on_key=on_file)
         scrub_identity_indexes(identity_index_dirs() if index_dirs is None else index_dirs, targets, result.report)
         ledger.warehouse_done_many(p.request_id for p in todo)

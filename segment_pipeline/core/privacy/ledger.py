@@ -436,7 +436,7 @@ class Ledger:
                 con.execute(f"UPDATE destinations SET last_error = ? {where}", [detail or "failed", destination])
             else:
                 col = {"asked": "asked_at", "done": "done_at", "confirmed": "confirmed_at"}[state]
-                extra = ", attempts = attempts + 1" if state == "asked" else ""
+                extra = {"asked": ", attempts = attempts + 1", "confirmed": ", last_error = NULL"}.get(state, "")
                 con.execute(f"UPDATE destinations SET {col} = coalesce({col}, ?){extra} {where}", [_now(), destination])
 
     def status(self, request_id: str | None = None) -> list[dict]:

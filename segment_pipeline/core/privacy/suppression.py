@@ -276,6 +276,47 @@ def ensure_current(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, config:
     current = partition_path(warehouse, SUPPRESSION_TABLE, today)
     if current.exists():
         loaded = current.stat().st_mtime
-        if all(not p.exists() or p.stat().st_mtime <= loaded for p in _sources(config, landing_root)):
+        # a list file gone since the load makes it stale too: the reload names the missing file
+        if all(p.exists() and p.stat().st_mtime <= loaded for p in _sources(config, landing_root)):
             return None
     return load_suppression(con, warehouse, config, landing_root, today)
+
+
+class SuppressionNotCurrentError(PrivacyFileError):
+    """The privacy file declares suppression lists but no load of them is in force and none can be
+    made: nothing may be exported or synced (it would go out unfiltered)."""
+
+
+def refresh_suppression(warehouse: Warehouse, landing_root: str | Path | None = None,
+                        config: PrivacyConfig | None = None, today: dt.date | None = None) -> SuppressionLoad | None:
+    """What every export and sync (asset or ``segment-pipeline sync plan/run``) calls before it reads
+    members: :func:`ensure_current` with the privacy file of the settings (``config``, default
+    :func:`~segment_pipeline.core.privacy.config.current_privacy`) and the landing root of the settings
+    (``landing_root``), on its own DuckDB connection. Returns the load made, or None (already current).
+
+    Fails closed: raises :class:`PrivacyFileError` naming the file, list or entry when the privacy file
+    or a list is invalid or missing, and :class:`SuppressionNotCurrentError` when lists are declared
+    but today's load cannot be written (e.g. a read-only warehouse), so nothing goes out unfiltered.
+    """
+    from segment_pipeline import settings
+    from segment_pipeline.core.privacy.config import current_privacy
+    from segment_pipeline.core.warehouse import connect
+
+    config = config if config is not None else current_privacy()
+    today = today or dt.datetime.now(dt.UTC).date()
+    con = connect(memory_limit="1GB")
+    try:
+        result = ensure_current(con, warehouse, config, landing_root or settings.landing_root(), today)
+    except (OSError, duckdb.Error) as exc:
+        if not config.suppression:
+            raise
+        raise SuppressionNotCurrentError(
+            f"{config.source}: declares suppression lists but they cannot be loaded into {warehouse.root} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): refusing to send or "
+            "export unfiltered") from None
+    finally:
+        con.close()
+    if config.suppression and not partition_path(warehouse, SUPPRESSION_TABLE, today).exists():
+        raise SuppressionNotCurrentError(f"{config.source}: declares suppression lists but no load of today "
+                                         f"({today}) is in {warehouse.root}: refusing to send or export unfiltered")
+    return result

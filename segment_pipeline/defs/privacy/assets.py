@@ -21,6 +21,7 @@ from segment_pipeline.core.privacy.config import PrivacyFileError, current_priva
 from segment_pipeline.core.privacy.filters import privacy_counts
 from segment_pipeline.core.privacy.retention import KINDS, enforce_retention
 from segment_pipeline.core.privacy.suppression import ensure_current, load_suppression
+from segment_pipeline.core.privacy.suppression import refresh_suppression as core_refresh
 from segment_pipeline.core.warehouse import Warehouse, connect
 from segment_pipeline.defs.exports.resources import ExportsResource
 from segment_pipeline.defs.resources import LandingZoneResource, WarehouseResource
@@ -30,15 +31,14 @@ RETENTION_CRON_ENV, RETENTION_CRON = "SEGMENT_PIPELINE_RETENTION_CRON", "30 4 * 
 
 
 def refresh_suppression(wh: Warehouse, landing_root: str | None = None) -> None:
-    """Reload the suppression lists if today's load is missing or stale (raises ``dg.Failure``
-    naming the file, list or entry when the privacy file or a list is invalid)."""
-    con = connect(memory_limit="1GB")
+    """Reload the suppression lists if today's load is missing or stale
+    (:func:`segment_pipeline.core.privacy.suppression.refresh_suppression`, fail closed; raises
+    ``dg.Failure`` naming the file, list or entry when the privacy file or a list is invalid, or when
+    lists are declared but cannot be loaded)."""
     try:
-        ensure_current(con, wh, current_privacy(), landing_root or settings.landing_root())
-    except PrivacyFileError as exc:
+        core_refresh(wh, landing_root or settings.landing_root())
+    except (PrivacyFileError, settings.SettingsError) as exc:
         raise dg.Failure(str(exc)) from None
-    finally:
-        con.close()
 
 
 def held_back(wh: Warehouse, day: dt.date, segment_ids: Iterable[str] | None = None,
