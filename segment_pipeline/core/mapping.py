@@ -421,7 +421,6 @@ def _properties_sql(plan: SourcePlan, misplaced: list[str]) -> str:
     keys no declared property of this event reads (``_props``), and property values given on events
     that do not declare them. NULL when empty."""
     parts = ["_extra"]
-    fast = None
     if plan.object_paths:
         props = [t for t in plan.targets if t.role == "property"]
         typed_keys = {e: _object_keys_read(plan, [t for t in props if t.name in names])
@@ -429,37 +428,16 @@ def _properties_sql(plan: SourcePlan, misplaced: list[str]) -> str:
         cases = " ".join(f"WHEN {_lit(e)} THEN {_patch(keys)}" for e, keys in typed_keys.items() if keys)
         known = f"CASE _event {cases} ELSE '{{}}' END" if cases else "'{}'"
         parts.append(_untyped_sql(known))
-        removed = sorted({k for keys in typed_keys.values() for k in keys})
-        if cases and all(_written_as_itself(k) for k in removed):
-            # '{}' <- _extra <- (_props <- removal) is '{}' <- _extra <- _props <- removal when
-            # _extra has none of the removed keys (the removal then takes only _props' keys; the
-            # other keys keep their order, null values are dropped either way): one merge, not
-            # two, and _props is parsed once. _extra is DuckDB's own JSON text, which writes such
-            # a key as itself: a text without the quoted name has no such key.
-            disjoint = " OR ".join(f"contains(_extra, {_lit(json.dumps(k, ensure_ascii=False))})" for k in removed)
-            fast = (f"_extra IS NULL OR NOT ({disjoint})",
-                    ["_extra", "_props", known])
     if misplaced:
         parts.append("json_merge_patch('{}', to_json({" + ", ".join(misplaced) + "}))::VARCHAR")
-        if fast is not None:
-            fast[1].append(parts[-1])
     if len(parts) == 1:
         return "nullif(_extra, '{}')"
     # one variadic merge patch (each part applied in turn to '{}', RFC 7396): one parse of the
     # accumulated object instead of one per part
     merged = "json_merge_patch('{}', " + ", ".join(f"coalesce({p}, '{{}}')" for p in parts) + ")"
-    if fast is not None:
-        merged = (f"CASE WHEN {fast[0]} THEN json_merge_patch('{{}}', "
-                  + ", ".join(f"coalesce({p}, '{{}}')" for p in fast[1]) + f") ELSE {merged} END")
     guard = " OR ".join(["_extra IS NOT NULL"] + (["_props IS NOT NULL"] if plan.object_paths else [])
                         + ([f"({m.split(': ', 1)[1]}) IS NOT NULL" for m in misplaced]))
     return f"CASE WHEN {guard} THEN nullif({merged}::VARCHAR, '{{}}') END"
-
-
-def _written_as_itself(key: str) -> bool:
-    """Whether DuckDB's JSON writer writes ``key`` as itself between quotes (no quote, backslash,
-    control or line-separator character to escape)."""
-    return bool(key) and not any(c in key for c in '"\\') and not any(ord(c) < 0x20 or c in "\u2028\u2029" for c in key)
 
 
 def _num(value: float) -> str:
