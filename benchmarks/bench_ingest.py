@@ -161,7 +161,8 @@ def main() -> None:
                         help="generated data and warehouses (kept: the next run of the same size reuses the data)")
     parser.add_argument("--skip-stream", action="store_true", help="only the baseline / mapping comparison")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="run baseline and mapping alternately this many times and keep the best of each")
+                        help="run baseline and mapping alternately this many times and keep the best of each "
+                             "(the stream leg, too, runs this many times, best kept)")
     args = parser.parse_args()
     rev = args.baseline_rev or default_baseline_rev()
     stream_events = args.stream_events or int(args.profiles * args.events_per_profile)
@@ -220,18 +221,23 @@ def main() -> None:
     print(f"  rows: baseline {json.dumps(baseline['rows'])}\n        mapping  {json.dumps(mapping['rows'])}")
 
     if not args.skip_stream:
-        stream = ingest(ROOT, {"SEGMENT_PIPELINE_WAREHOUSE": str(work / "wh-stream"),
-                               "SEGMENT_PIPELINE_LANDING": str(work / f"stream-{stream_events}"),
-                               "SEGMENT_PIPELINE_MODEL": str(ROOT / "examples/beauty_shop/model.yaml"),
-                               "SEGMENT_PIPELINE_SOURCES": str(ROOT / "examples/beauty_shop/sources.yaml"),
-                               "SEGMENT_PIPELINE_SEGMENTS": str(ROOT / "examples/beauty_shop/segments.yaml")},
-                        first, last)
+        stream = None
+        for _ in range(args.repeat):  # best of --repeat, like the baseline and mapping legs
+            s = ingest(ROOT, {"SEGMENT_PIPELINE_WAREHOUSE": str(work / "wh-stream"),
+                              "SEGMENT_PIPELINE_LANDING": str(work / f"stream-{stream_events}"),
+                              "SEGMENT_PIPELINE_MODEL": str(ROOT / "examples/beauty_shop/model.yaml"),
+                              "SEGMENT_PIPELINE_SOURCES": str(ROOT / "examples/beauty_shop/sources.yaml"),
+                              "SEGMENT_PIPELINE_SEGMENTS": str(ROOT / "examples/beauty_shop/segments.yaml")},
+                       first, last)
+            stream = s if stream is None or s["seconds"] < stream["seconds"] else stream
         stream_files = files_of(beauty, "segment_stream/date=*/*.ndjson")
         messages = sum(Path(f).read_bytes().count(b"\n") for f in stream_files)
         stream_floor = floor(stream_files, "ndjson", work)
         base_events = sum(v for k, v in baseline["steps"].items() if "event" in k)
         n_events = int(args.profiles * args.events_per_profile)
-        print(f"\nSegment-spec stream of {messages:,} messages (identify + track; floor: bare DuckDB read -> Parquet):")
+        best_of = f", best of {args.repeat} runs" if args.repeat > 1 else ""
+        print(f"\nSegment-spec stream of {messages:,} messages (identify + track{best_of}; "
+              "floor: bare DuckDB read -> Parquet):")
         line("stream", stream, stream_floor)
         print(f"  baseline event ingestion: {base_events:.1f}s for {n_events:,} events (floor {event_floor:.1f}s)")
         per_m = stream["seconds"] / messages * 1e6

@@ -376,14 +376,18 @@ def _sql_list(values: list[str]) -> str:
     return "[" + ", ".join(sql_string(v) for v in values) + "]::VARCHAR[]"
 
 
-def _ndjson_text(t: Target, nested: set[str] = frozenset(), within: tuple[str, str] | None = None) -> str:
+def _ndjson_text(t: Target, nested: set[str] = frozenset(), within: tuple[str, str] | None = None,
+                 sub: tuple[str, str] | None = None) -> str:
     """SQL: the text of target ``t`` in a JSON line (``_js``: the top-level keys as text; ``_jp``:
     the nested paths in ``nested`` as text, see :func:`_nested_structure`; ``obj``: the object).
 
     ``within``: ``(path, column)``, a column holding the JSON text of the object at ``path`` (NULL
     when that value is not an object): list paths (``[*]``) below ``path`` are read from it, a small
     object, instead of parsing the whole line again (the same values: a path below a value that is
-    not an object gives nothing either way)."""
+    not an object gives nothing either way).
+
+    ``sub``: ``(key, column)``, a struct read from the JSON text of the object at top-level ``key``
+    (see :func:`_ndjson_relation`): the nested paths below ``key`` are read from it."""
     fm = t.fmap
     if fm is None:
         return "NULL::VARCHAR"
@@ -395,6 +399,8 @@ def _ndjson_text(t: Target, nested: set[str] = frozenset(), within: tuple[str, s
     for p in fm.paths():
         if "." not in p and "[" not in p:
             exprs.append(f"_js[{sql_string(p)}]")
+        elif p in nested and sub is not None and p.startswith(sub[0] + "."):
+            exprs.append(sub[1] + "".join(f"[{sql_string(k)}]" for k in p[len(sub[0]) + 1:].split(".")))
         elif p in nested:
             exprs.append("_jp" + "".join(f"[{sql_string(k)}]" for k in p.split(".")))
         elif "[*]" in p and within is not None and p.startswith(within[0] + "."):
@@ -424,8 +430,9 @@ def _when_key_written(column: str, key: str, value: str) -> str:
     return f"CASE WHEN contains({column}, {sql_string(json.dumps(key, ensure_ascii=False))}) THEN {value} END"
 
 
-def _nested_structure(plan: SourcePlan) -> tuple[str | None, set[str]]:
-    """(``json_transform`` structure, the dotted paths it reads) for the targets' nested JSON paths.
+def _nested_structure(plan: SourcePlan) -> tuple[dict, set[str]]:
+    """(``json_transform`` structure as a dict, the dotted paths it reads) for the targets' nested
+    JSON paths.
 
     One ``json_transform`` of the line into nested structs reads every ``a.b.c`` path at once (the
     text of a value, as ``json_extract_string`` gives it: NULL when a step is missing or not an
@@ -459,7 +466,7 @@ def _nested_structure(plan: SourcePlan) -> tuple[str | None, set[str]]:
             node = node.setdefault(key, {})
         node[steps[-1]] = "VARCHAR"
         covered.add(path)
-    return (json.dumps(tree) if tree else None), covered
+    return tree, covered
 
 
 def _removal_patch(keys: list[str]) -> str:
@@ -506,7 +513,7 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     src = f"read_parquet({sql_string(str(lines))})"
     keys = plan.read_keys()
     known = list(dict.fromkeys([*keys, *plan.other_keys, *plan.source.ignore]))
-    nested_structure, nested = _nested_structure(plan)
+    tree, nested = _nested_structure(plan)
     # top-level keys read only through nested paths (traits, context, properties) are not taken
     # as text: that would write out their whole subtree on every line; _jp has them
     direct = {k for t in plan.targets if t.fmap is not None and t.fmap.constant is None
@@ -515,8 +522,26 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     js_keys = [k for k in keys if k not in via_jp]
     # the common unread keys (JSON text of their values) are read in the same parse
     common = [k for k in common_unread if k not in known]
-    members = [json.dumps(k) + ': "VARCHAR"' for k in js_keys] + [json.dumps(k) + ': "JSON"' for k in common]
-    structure = sql_string("{" + ", ".join(members) + "}") if members else None
+    members: dict = {**dict.fromkeys(js_keys, "VARCHAR"), **dict.fromkeys(common, "JSON")}
+    folded = {k.lower() for k in members}
+    # One parse of the line: the nested paths' structure joins the top-level keys' (when no two
+    # names are one to DuckDB). A single top-level object path (a stream's properties) is read as
+    # its JSON text, the small object the paths below it are then read from (_pp), not as a
+    # subtree of the line: the line is parsed once, not again for that object.
+    merged = not any(k.lower() in folded for k in tree)
+    pkey = plan.object_paths[0] if len(plan.object_paths) == 1 else None
+    if pkey is not None and ("." in pkey or "[" in pkey or pkey in direct or not merged or pkey.lower() in folded
+                             or any(k != pkey and k.lower() == pkey.lower() for k in tree)):
+        pkey = None
+    sub_tree = None
+    if merged:
+        if pkey is not None:
+            sub_tree = tree.pop(pkey, None)
+        members.update(tree)
+        if pkey is not None:
+            members[pkey] = "JSON"
+        tree = {}
+    structure = sql_string(json.dumps(members)) if members else None
     invalid_text = (
         f"WHEN contains(raw, '\ufffd') THEN {sql_string(f'line is not valid {text.encoding_label}')}"
         if text.lossy else ""
@@ -530,40 +555,50 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
     # known keys plus its unread ones, or its unread keys repeat one, so the costly comparison of
     # all keys runs only on the lines with two or more unread keys (a Segment line has its many
     # known keys and few unread ones).
-    non_null = " + ".join(f"({'_jp' if k in via_jp else '_js'}[{sql_string(k)}] IS NOT NULL)::INTEGER"
-                          for k in keys) or "0"
-    paths = "[" + ", ".join(sql_string(json_path(k)) for k in known) + "]::VARCHAR[]" if known else "[]::VARCHAR[]"
-    n_known = "list_count(list_filter(json_exists(obj, " + paths + "), lambda x: x))" if known else "0"
+    # the distinct known keys a line has, from its key list (the parser's decoded names)
+    n_known = " + ".join(f"list_contains(keys, {sql_string(k)})::INTEGER" for k in known) or "0"
     given = "keys" if track_given else "NULL::VARCHAR[]"
     duplicate = ("'invalid JSON: duplicate key \"' "
                  "|| list_filter(keys, lambda k, i: list_position(keys, k) < i)[1] || '\"'")
     # with one object path (a stream's properties), its object feeds the list paths below it
     within = (plan.object_paths[0], "_props_obj") if len(plan.object_paths) == 1 and \
         "[" not in plan.object_paths[0] else None
-    texts = ", ".join(f"{_ndjson_text(t, nested, within)} AS {t.sql_name}" for t in plan.targets)
+    sub = (pkey, "_pp") if sub_tree else None
+    texts = ", ".join(f"{_ndjson_text(t, nested, within, sub)} AS {t.sql_name}" for t in plan.targets)
     # the unread keys: the object without the known ones (a merge patch setting them to null
     # removes them; one parse, not a conversion of every value to JSON)
     # A line whose unread keys are all common ones (see _common_unread_keys) writes that object from
     # its key list and the values its parse read: the same text (the same JSON writer), in the same
     # order, without a second pass over the line.
     extra = (
-        "CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known THEN "
+        "CASE WHEN parse_error IS NULL AND n_keys > _n_known THEN "
         f"json_merge_patch(obj, {_removal_patch(known)})::VARCHAR END"
     )
+    n_unread = "coalesce(len(json_keys(_unread)), 0)"
     if common:
         known_list = _sql_list(known) if known else "[]::VARCHAR[]"
         unread = f"list_filter(keys, lambda k: NOT list_contains({known_list}, k))"
         values = "[" + ", ".join(f"coalesce(_js[{sql_string(k)}]::VARCHAR, 'null')" for k in common) + "]"
         common_list = _sql_list(common)
+        # A line with exactly one unread key, a common one (a Segment anonymousId), writes it
+        # without listing its keys: that key's name and value
+        n_common = " + ".join(f"list_contains(keys, {sql_string(k)})::INTEGER" for k in common)
+        single = "CASE " + " ".join(
+            f"WHEN list_contains(keys, {sql_string(k)}) THEN '{{' || to_json({sql_string(k)})::VARCHAR || ':' || "
+            f"coalesce(_js[{sql_string(k)}]::VARCHAR, 'null') || '}}'" for k in common) + " END"
+        n_unread = f"CASE WHEN _single THEN 1 ELSE {n_unread} END"
         extra = (
-            "CASE WHEN parse_error IS NULL AND maybe_extra AND n_keys > _n_known THEN "
-            f"CASE WHEN list_has_all({common_list}, {unread}) THEN "
+            "CASE WHEN parse_error IS NULL AND n_keys > _n_known THEN "
+            f"CASE WHEN _single THEN {single} WHEN list_has_all({common_list}, {unread}) THEN "
             f"'{{' || array_to_string(list_transform({unread}, lambda k: to_json(k)::VARCHAR || ':' || "
             f"{values}[list_position({common_list}, k)]), ',') || '}}' "
             f"ELSE json_merge_patch(obj, {_removal_patch(known)})::VARCHAR END END"
         )
     props = "NULL::VARCHAR"
-    if plan.object_paths and not any("[" in path for path in plan.object_paths):
+    if pkey is not None:  # its text from the one parse (a JSON text starts with '{' exactly when it is an object)
+        value = f"_js[{sql_string(pkey)}]::VARCHAR"
+        props = f"CASE WHEN starts_with({value}, '{{') THEN {value} END"
+    elif plan.object_paths and not any("[" in path for path in plan.object_paths):
         # the first path holding an object, from one extraction of every path (a JSON text starts
         # with '{' exactly when it is an object)
         listed = ", ".join(sql_string(json_path(path)) for path in plan.object_paths)
@@ -590,7 +625,10 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
         kind_filter = (f"WHERE parse_error IS NULL AND {mtype} IN ({listed})" if plan.kind == "profiles" else
                        f"WHERE parse_error IS NOT NULL OR {mtype} IS NULL OR {mtype} NOT IN ({listed}) "
                        "OR list_unique(keys) < n_keys")
-    jp = f"json_transform(obj, {sql_string(nested_structure)})" if nested_structure else "NULL::STRUCT(x VARCHAR)"
+    jp = ("_js" if merged else
+          f"json_transform(obj, {sql_string(json.dumps(tree))})" if tree else "NULL::STRUCT(x VARCHAR)")
+    pp = f"json_transform(_props_obj, {sql_string(json.dumps(sub_tree))})" if sub_tree else "NULL::STRUCT(x VARCHAR)"
+    single = f"n_keys = _n_known + 1 AND {n_common} = 1" if common else "FALSE"
     return f"""(
         SELECT {sql_string(str(text.path))} AS source_file, source_line, raw, {given} AS given,
                nullif(_unread, '{{}}') AS _extra, _props_obj AS _props, {ignored} AS _ignored, {texts},
@@ -600,13 +638,13 @@ def _ndjson_relation(text: TextFile, lines: Path, plan: SourcePlan, track_given:
                     WHEN list_unique(json_keys(_unread)) < n_unread THEN {duplicate}
                     ELSE parse_error END AS parse_error
         FROM (
-          SELECT *, coalesce(len(json_keys(_unread)), 0) AS n_unread
+          SELECT *, {n_unread} AS n_unread
           FROM (
-            SELECT *, {extra} AS _unread, {props} AS _props_obj
+            SELECT *, {extra} AS _unread, {pp} AS _pp
             FROM (
-            SELECT *, CASE WHEN maybe_extra THEN {n_known} ELSE n_keys END AS _n_known
+            SELECT *, {single} AS _single, {props} AS _props_obj
             FROM (
-                SELECT *, n_keys > {non_null} AS maybe_extra
+                SELECT *, {n_known} AS _n_known
                 FROM (SELECT *, {jp} AS _jp FROM (
                     SELECT source_line, parse_error, raw, obj, keys, len(keys) AS n_keys, {js} AS _js
                     FROM (

@@ -413,7 +413,9 @@ def _custom_attributes_sql(plan: SourcePlan) -> str:
         return "_extra"
     known = _object_keys_read(plan, plan.targets)
     merged = f"json_merge_patch(coalesce(_extra, '{{}}'), coalesce({_untyped_sql(_patch(known))}, '{{}}'))"
-    return f"CASE WHEN _extra IS NOT NULL OR _props IS NOT NULL THEN nullif({merged}::VARCHAR, '{{}}') END"
+    # unguarded: with neither object the merge gives '{}', hence NULL; a CASE around the merge
+    # (only rows with either) doubled its cost, though nearly every row has one
+    return f"nullif({merged}::VARCHAR, '{{}}')"
 
 
 def _properties_sql(plan: SourcePlan, misplaced: list[str]) -> str:
@@ -435,9 +437,9 @@ def _properties_sql(plan: SourcePlan, misplaced: list[str]) -> str:
     # one variadic merge patch (each part applied in turn to '{}', RFC 7396): one parse of the
     # accumulated object instead of one per part
     merged = "json_merge_patch('{}', " + ", ".join(f"coalesce({p}, '{{}}')" for p in parts) + ")"
-    guard = " OR ".join(["_extra IS NOT NULL"] + (["_props IS NOT NULL"] if plan.object_paths else [])
-                        + ([f"({m.split(': ', 1)[1]}) IS NOT NULL" for m in misplaced]))
-    return f"CASE WHEN {guard} THEN nullif({merged}::VARCHAR, '{{}}') END"
+    # unguarded: when every part is NULL the merge gives '{}', hence NULL; a CASE around the merge
+    # (only rows with some part) doubled its cost, though nearly every row of a stream has one
+    return f"nullif({merged}::VARCHAR, '{{}}')"
 
 
 def _num(value: float) -> str:

@@ -342,6 +342,39 @@ def test_unread_keys_are_kept_as_given_whether_common_in_the_file_or_not(tmp_pat
                                       "anonymousId": 3, "coupon": 2}
 
 
+def test_stream_fields_properties_and_unread_keys_come_from_one_parse_with_the_same_values(tmp_path, wh):
+    # one json_transform reads a line's fields and its properties object as JSON text; the property
+    # paths read that text (issue 11 perf, round 5): escaped spellings, a key in another case, a
+    # repeated key, and unread keys named like properties give what they gave before (checked on cc422a7)
+    ts = '"timestamp": "2026-11-03T10:00:00Z", "userId": "u1", "event": "Order Completed"'
+    write_ndjson(tmp_path, "app", DAY, [
+        segment("identify", messageId="i1", userId="u1", traits={"email": "a@example.com"}),
+        '{"type": "track", "messageId": "m1", ' + ts + ', "properties": {"r\\u0065venue": 5.5, "coupon": null}}',
+        '{"type": "track", "messageId": "m2", ' + ts + ', "anonymousId": "a", "anonymousId": "b"}',
+        '{"type": "track", "messageId": "m3", ' + ts + ', "\\u0061nonymousId": "a3", "properties": {"revenue": 1}}',
+        '{"type": "track", "messageId": "m4", ' + ts + ', "Properties": {"revenue": 1}, "properties": {"revenue": 2}}',
+        '{"type": "track", "messageId": "m5", ' + ts + ', "properties": {"revenue": 1}, "properties": {"revenue": 2}}',
+        '{"type": "track", "messageId": "m6", ' + ts + ', "properties": null, "revenue": 3, "anonymousId": "a6"}',
+        '{"type": "track", "messageId": "m7", ' + ts + ', "properties": "x", "anonymousId": {"revenue": null}}',
+    ])
+    src = sources({"app": {"kind": "stream", "preset": "segment_spec"}})
+    con = connect(preserve_order=True)
+    ingest_day(con, wh, tmp_path, "profiles", DAY, src)
+    events = ingest_day(con, wh, tmp_path, "events", DAY, src)
+    assert rows(wh, "raw_events", "event_id, revenue::VARCHAR, properties") == [
+        ("m1", "5.50", None),
+        ("m3", "1.00", '{"anonymousId":"a3"}'),
+        ("m4", "2.00", '{"Properties":{"revenue":1}}'),
+        ("m6", None, '{"revenue":3,"anonymousId":"a6"}'),
+        ("m7", None, '{"anonymousId":{}}'),
+    ]
+    assert rows(wh, "quarantine_events", "source_line, reason") == [
+        (3, 'invalid JSON: duplicate key "anonymousId"'),
+        (6, 'invalid JSON: duplicate key "properties"'),
+    ]
+    assert events.unmapped["app"] == {"anonymousId": 3, "Properties": 1, "revenue": 1}
+
+
 def test_paths_whose_keys_differ_only_in_case_are_each_read_exactly(tmp_path, wh):
     write_ndjson(tmp_path, "app", DAY, [
         segment("identify", messageId="m1", userId="u1", traits={"Email": "up@example.com"}),
