@@ -52,7 +52,7 @@ __all__ = ["STATE_TABLES", "build_state", "can_continue", "fingerprint", "inputs
            "profiles_from_state_sql", "rebuild", "restamp_after_scrub", "segment_plan", "watermark"]
 
 #: Bump when the layout or meaning of the state tables changes: older state is then rebuilt.
-STATE_VERSION = "1"
+STATE_VERSION = "2"
 #: The order key of profile records (see ``profiles.ORDER_KEY``) as stored: HUGEINT is written to
 #: Parquet as DOUBLE by DuckDB (lossy), DECIMAL(38,0) holds it exactly.
 ORD_TYPE = "DECIMAL(38,0)"
@@ -330,6 +330,12 @@ def _attr_partials(model: DataModel) -> list[tuple[str, str]]:
     return cols
 
 
+#: The profile columns derived from the email alone (as ``profiles.profiles_sql`` computes them); the
+#: state carries them so a day hashes only the emails new to it (MD5 of every email was the
+#: largest single cost of writing a day's profiles).
+IDENTITY_ID = "md5(email)[1:16]"
+RANDOM_BUCKET = "(md5_number(email) % 10000)::INTEGER"
+
 CUSTOM_TYPE = f"STRUCT(k VARCHAR, v VARCHAR, o {ORD_TYPE})[]"
 
 
@@ -338,7 +344,8 @@ def _state_columns(model: DataModel, pl: Plan) -> list[tuple[str, str]]:
         return [("email", "VARCHAR"), ("first_event_at", "TIMESTAMP"), ("last_event_at", "TIMESTAMP"),
                 *[(p.name, p.type) for p in pl.partials()]]
     return [
-        ("email", "VARCHAR"), *_attr_partials(model), ("custom", CUSTOM_TYPE),
+        ("email", "VARCHAR"), ("identity_id", "VARCHAR"), ("random_bucket", "INTEGER"),
+        *_attr_partials(model), ("custom", CUSTOM_TYPE),
         ("updated_at", "TIMESTAMP"), ("first_profile_at", "TIMESTAMP"), ("first_created_at", "TIMESTAMP"),
         ("first_event_at", "TIMESTAMP"), ("last_event_at", "TIMESTAMP"),
         *[(p.name, p.type) for p in pl.partials()],
@@ -388,6 +395,9 @@ def _merge_select(model: DataModel, pl: Plan, rows: str) -> str:
     if pl.profiles:
         for j in range(len(_attr_partials(model)) // 2):
             out.append(f"arg_max_null(a{j}_v, a{j}_o) FILTER (WHERE a{j}_o IS NOT NULL) AS a{j}_v, max(a{j}_o) AS a{j}_o")
+        # derived from the email alone: carried, hashed only for an identity new to the state
+        out += [f"coalesce(max(identity_id), {IDENTITY_ID}) AS identity_id",
+                f"coalesce(max(random_bucket), {RANDOM_BUCKET}) AS random_bucket"]
         out += ["max(updated_at) AS updated_at", "min(first_profile_at) AS first_profile_at",
                 "min(first_created_at) AS first_created_at"]
     out += ["min(first_event_at) AS first_event_at", "max(last_event_at) AS last_event_at"]
@@ -640,13 +650,13 @@ def profiles_from_state_sql(warehouse: Warehouse, day: str | dt.date) -> tuple[s
         FROM (SELECT email, unnest(custom) AS e FROM s WHERE custom IS NOT NULL)
         WHERE e.v IS NOT NULL AND e.v <> 'null' GROUP BY email
     )
-    SELECT md5(s.email)[1:16] AS identity_id, s.email,
+    SELECT s.identity_id, s.email,
         {''.join(f's.a{j}_v AS {q(name)}, ' for j, name in enumerate(fields))}
         c.custom_attributes, s.updated_at,
         least(s.first_profile_at, s.first_created_at, s.first_event_at) AS first_seen_at,
         greatest(s.updated_at, s.last_event_at) AS last_seen_at,
         {''.join(f'{e}, ' for e in traits)}
-        (md5_number(s.email) % 10000)::INTEGER AS random_bucket
+        s.random_bucket
     FROM s LEFT JOIN c USING (email)
     """
     return sql, _used(sql, params)

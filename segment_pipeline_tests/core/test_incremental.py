@@ -66,7 +66,9 @@ MODEL_DOC = {
 }
 MODEL = parse_model(MODEL_DOC, source="incremental-test.yaml")
 START = dt.date(2026, 10, 1)
-DAYS = [START + dt.timedelta(days=i) for i in range(11)]
+#: 9 days: the 3- and 7-day windows slide (rows leave them) on the last days, late events reach
+#: back past the first day, future-dated ones wait as pending events
+DAYS = [START + dt.timedelta(days=i) for i in range(9)]
 
 
 def _fill(wh: Warehouse, table: str, exprs: dict[str, str]) -> str:
@@ -170,11 +172,11 @@ def test_incremental_state_equals_a_full_recompute_every_day_and_after_a_late_fi
     pending = con.execute(f"SELECT count(*) FROM read_parquet('{wh.partition_path('pending_events', DAYS[-1])}')").fetchall()
     assert pending[0][0] > 0
 
-    # a late file for day 5: re-running day 5 and the later ones (what the landing sensor does)
-    # continues the state of day 4 and gives exactly the full recompute again
-    late_day = DAYS[5]
+    # a late file for day 6: re-running day 6 and the later ones (what the landing sensor does)
+    # continues the state of day 5 and gives exactly the full recompute again
+    late_day = DAYS[6]
     _land(wh, con, late_day, salt="late", n=60, m=90, extra_file="late.ndjson")
-    for day in DAYS[5:]:
+    for day in DAYS[6:]:
         assert _step(con, wh, day) == "incremental"
         diff, n_ref, n_new = _differences(con, wh, day)
         assert (day, diff, n_new) == (day, 0, n_ref)
@@ -310,7 +312,7 @@ def test_event_rules_read_from_the_segment_state_give_the_raw_events_memberships
     catalog = parse_catalog(SEGMENTS, source="segments-test.yaml", model=MODEL)
     inc, ref = Warehouse(tmp_path / "inc", MODEL), Warehouse(tmp_path / "ref", MODEL)
     con = connect()
-    days = DAYS[:9]
+    days = DAYS[:8]  # the 7-day windows slide on the last day, and again after the late file
     for day in days:
         _land(inc, con, day)
     inc.table_dir("profiles").mkdir()
