@@ -66,11 +66,11 @@ def test_a_guard_stop_caused_by_a_new_suppression_list_says_so_and_carries_the_p
     write_memberships(wh, "2026-11-01", [("vip", e) for e in people])
     catalog = tmp_path / "segments.yaml"
     catalog.write_text(CATALOG)
-    monkeypatch.setenv("SEGMENT_PIPELINE_DESTINATIONS", str(tmp_path / "none.yaml"))
+    monkeypatch.setenv("SEGMENT_PIPELINE_DESTINATIONS", "none")
     monkeypatch.setenv("SEGMENT_PIPELINE_SYNC_MAX_REMOVAL_SHARE", "0.5")
     monkeypatch.setenv("SEGMENT_PIPELINE_LANDING", str(tmp_path / "landing"))
     privacy = tmp_path / "privacy.yaml"
-    monkeypatch.setenv("SEGMENT_PIPELINE_PRIVACY", str(privacy))
+    monkeypatch.setenv("SEGMENT_PIPELINE_PRIVACY", "none")  # no privacy file on the first day
     with FakeKlaviyo() as fake:
         monkeypatch.setenv("KLAVIYO_API_KEY", KLAVIYO_KEY)
         monkeypatch.setenv("KLAVIYO_BASE_URL", fake.url)
@@ -82,6 +82,7 @@ def test_a_guard_stop_caused_by_a_new_suppression_list_says_so_and_carries_the_p
         write_memberships(wh, "2026-11-02", [("vip", e) for e in people])
         (tmp_path / "unsubscribed.csv").write_text("email\n" + "\n".join(people[:8]) + "\n")
         privacy.write_text("suppression:\n  - {name: unsubscribed, path: unsubscribed.csv, column: email}\n")
+        monkeypatch.setenv("SEGMENT_PIPELINE_PRIVACY", str(privacy))
         jobs = len(fake.jobs)
 
         stopped = dg.materialize([klaviyo_sync], resources=res, raise_on_error=False)
