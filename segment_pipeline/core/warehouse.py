@@ -62,6 +62,8 @@ MODEL_TABLES = ("raw_profiles", "raw_events", "profiles")
 #: The incremental state of profiles and traits (:mod:`segment_pipeline.core.incremental`, which
 #: writes and reads them with their own model-derived columns; ``docs/incremental.md``).
 STATE_TABLES = ("event_rollups", "pending_events", "profile_state", "segment_rollups", "segment_pending", "segment_state")
+#: Tables of the suppression lists (``core/privacy/suppression.py``: hashes only, and the rejected entries).
+PRIVACY_TABLES = ("suppression", "quarantine_suppression")
 SCHEMAS: dict[str, dict[str, str]] = {
     "quarantine_profiles": {
         "source_file": "VARCHAR",
@@ -171,7 +173,8 @@ class Warehouse:
 
     # -- paths ---------------------------------------------------------------------------
     def table_dir(self, table: str) -> Path:
-        if table not in SCHEMAS and table not in MODEL_TABLES and table not in STATE_TABLES:
+        if table not in SCHEMAS and table not in MODEL_TABLES and table not in STATE_TABLES \
+                and table not in PRIVACY_TABLES:
             raise KeyError(f"unknown warehouse table {table!r}; known: {sorted([*SCHEMAS, *MODEL_TABLES])}")
         return self.root / table
 

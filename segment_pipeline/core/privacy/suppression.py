@@ -80,20 +80,11 @@ class SuppressionLoad:
 
 
 def partition_path(warehouse: Warehouse, table: str, day: str | dt.date) -> Path:
-    return warehouse.root / table / f"date={as_date(day).isoformat()}" / PARTITION_FILE
+    return warehouse.partition_path(table, day)
 
 
 def partition_dates(warehouse: Warehouse, table: str = SUPPRESSION_TABLE) -> list[dt.date]:
-    base = warehouse.root / table
-    days = []
-    if base.is_dir():
-        for child in base.iterdir():
-            if child.name.startswith("date=") and (child / PARTITION_FILE).exists():
-                try:
-                    days.append(dt.date.fromisoformat(child.name[5:]))
-                except ValueError:
-                    continue
-    return sorted(days)
+    return warehouse.partition_dates(table)
 
 
 def list_files(location: Path) -> list[Path]:
