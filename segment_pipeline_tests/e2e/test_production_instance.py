@@ -16,7 +16,7 @@ import sys
 
 import pytest
 from dagster._grpc.client import DagsterGrpcClient
-from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from dagster_graphql import DagsterGraphQLClient
 
 from segment_pipeline import settings
 from segment_pipeline_tests.e2e.conftest import (
@@ -26,6 +26,7 @@ from segment_pipeline_tests.e2e.conftest import (
     artifacts_dir,
     server_env,
     start_dagster_dev,
+    wait_for_run,
 )
 from segment_pipeline_tests.fakes.s3 import moto_s3_server
 from segment_pipeline_tests.landing import SAMPLE_LANDING
@@ -125,15 +126,7 @@ def test_webserver_daemon_and_a_run_on_postgres_with_step_logs_in_s3(tmp_path, p
         gql = DagsterGraphQLClient("127.0.0.1", port_number=server.port)
         run_id = gql.submit_job_execution("daily_segments", repository_location_name="segment_pipeline",
                                           tags={"dagster/partition": DAY})
-
-        def finished():
-            try:
-                status = gql.get_run_status(run_id).value
-            except DagsterGraphQLClientError:
-                return None
-            return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
-
-        assert wait_for(f"run {run_id}", finished, RUN_TIMEOUT, server.log_tail, interval=1) == "SUCCESS"
+        assert wait_for_run(server, run_id) == "SUCCESS"
 
         # run storage: the run and its tags, in PostgreSQL
         (run_row,) = postgres.query("SELECT status, pipeline_name FROM runs WHERE run_id = %s", (run_id,))
